@@ -1,0 +1,233 @@
+//! The one module that talks to the Docker Engine (through bollard). Every operation's error
+//! says what was being attempted; a container that exits non-zero is an [`Exit`], not an
+//! error — a failed algorithm is a job outcome.
+
+use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::{Stream, StreamExt};
+use std::collections::HashMap;
+
+/// The label every container and network of a job carries, so leftovers can be found.
+pub const JOB_LABEL: &str = "smlocal.job";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker Engine ({source}); is Docker running? `docker info` should work for this user")]
+    Connect {
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error(
+        "image '{0}' is not on this machine; smlocal never pulls (there may be no registry): build it or `docker pull` it first, then run again"
+    )]
+    ImageMissing(String),
+    #[error("failed to {action}: {source}")]
+    Operation {
+        action: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+fn op(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    let action = action.into();
+    move |source| DockerError::Operation { action, source }
+}
+
+/// Everything needed to create one host's container.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub hostname: String,
+    pub image: String,
+    pub entrypoint: Option<Vec<String>>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// `host_path:container_path[:ro]`
+    pub binds: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    /// A network name, or `none`.
+    pub network: String,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exit {
+    pub code: i64,
+    /// The kernel's OOM killer acted inside the container's cgroup.
+    pub oom_killed: bool,
+}
+
+/// A chunk of a container's output.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub stderr: bool,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct Docker {
+    client: bollard::Docker,
+}
+
+impl Docker {
+    /// Connects through `DOCKER_HOST` or the local socket and agrees an API version with the
+    /// engine (20.10 speaks 1.41; bollard's default is newer).
+    pub async fn connect() -> Result<Self, DockerError> {
+        let client = bollard::Docker::connect_with_defaults().map_err(|source| DockerError::Connect { source })?;
+        let client = client.negotiate_version().await.map_err(|source| DockerError::Connect { source })?;
+        Ok(Docker { client })
+    }
+
+    pub async fn ensure_image(&self, image: &str) -> Result<(), DockerError> {
+        match self.client.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Err(DockerError::ImageMissing(image.into()))
+            }
+            Err(e) => Err(op(format!("inspect image '{image}'"))(e)),
+        }
+    }
+
+    /// A bridge network for one job. `internal` networks have no route out of the machine.
+    pub async fn create_network(&self, name: &str, job: &str, internal: bool) -> Result<(), DockerError> {
+        let request = NetworkCreateRequest {
+            name: name.into(),
+            driver: Some("bridge".into()),
+            internal: Some(internal),
+            labels: Some(HashMap::from([(JOB_LABEL.to_string(), job.to_string())])),
+            ..Default::default()
+        };
+        self.client.create_network(request).await.map_err(op(format!("create network '{name}'")))?;
+        Ok(())
+    }
+
+    pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
+        self.client.remove_network(name).await.map_err(op(format!("remove network '{name}'")))
+    }
+
+    pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
+        let host_config = HostConfig {
+            binds: Some(spec.binds.clone()),
+            memory: Some(spec.memory_bytes),
+            // Equal to memory: the container gets no swap beyond its cap, as on an instance.
+            memory_swap: Some(spec.memory_bytes),
+            nano_cpus: Some(spec.nano_cpus),
+            network_mode: Some(spec.network.clone()),
+            privileged: Some(false),
+            ..Default::default()
+        };
+        let networking = (spec.network != "none").then(|| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                spec.network.clone(),
+                EndpointSettings { aliases: Some(vec![spec.hostname.clone()]), ..Default::default() },
+            )])),
+        });
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            hostname: Some(spec.hostname.clone()),
+            entrypoint: spec.entrypoint.clone(),
+            cmd: Some(spec.args.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            host_config: Some(host_config),
+            networking_config: networking,
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let created = self
+            .client
+            .create_container(Some(options), body)
+            .await
+            .map_err(op(format!("create container '{}' from image '{}'", spec.name, spec.image)))?;
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), DockerError> {
+        self.client.start_container(id, None).await.map_err(op(format!("start container {}", short(id))))
+    }
+
+    /// The container's stdout and stderr from its start, following until it exits.
+    pub fn output(&self, id: &str) -> impl Stream<Item = Result<Output, DockerError>> + use<> {
+        let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).build();
+        let action = format!("read the output of container {}", short(id));
+        self.client.logs(id, Some(options)).map(move |item| match item {
+            Ok(bollard::container::LogOutput::StdErr { message }) => Ok(Output { stderr: true, bytes: message.to_vec() }),
+            Ok(other) => Ok(Output { stderr: false, bytes: other.into_bytes().to_vec() }),
+            Err(e) => Err(op(action.clone())(e)),
+        })
+    }
+
+    /// Waits for the container to stop and reports its exit code and whether it was OOM-killed.
+    pub async fn wait(&self, id: &str) -> Result<Exit, DockerError> {
+        // bollard reports a non-zero exit as an error of the wait stream; the state read
+        // afterwards is the one truth for every way a container ends.
+        let mut waiting = self.client.wait_container(id, None);
+        while let Some(item) = waiting.next().await {
+            match item {
+                Ok(_) | Err(bollard::errors::Error::DockerContainerWaitError { .. }) => {}
+                Err(e) => return Err(op(format!("wait for container {}", short(id)))(e)),
+            }
+        }
+        let inspected = self
+            .client
+            .inspect_container(id, None)
+            .await
+            .map_err(op(format!("inspect container {}", short(id))))?;
+        let state = inspected.state.unwrap_or_default();
+        Ok(Exit { code: state.exit_code.unwrap_or(-1), oom_killed: state.oom_killed.unwrap_or(false) })
+    }
+
+    /// Sends a signal (`SIGTERM`, `SIGKILL`); a container that already stopped is not an error.
+    pub async fn signal(&self, id: &str, signal: &str) -> Result<(), DockerError> {
+        let options = KillContainerOptionsBuilder::new().signal(signal).build();
+        match self.client.kill_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409 | 404, .. }) => Ok(()),
+            Err(e) => Err(op(format!("send {signal} to container {}", short(id)))(e)),
+        }
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match self.client.remove_container(id, Some(options)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(op(format!("remove container {}", short(id)))(e)),
+        }
+    }
+
+    /// IDs of containers and names of networks labelled for `job` (all jobs when `None`).
+    pub async fn labelled(&self, job: Option<&str>) -> Result<(Vec<String>, Vec<String>), DockerError> {
+        let label = match job {
+            Some(job) => format!("{JOB_LABEL}={job}"),
+            None => JOB_LABEL.to_string(),
+        };
+        let filters = HashMap::from([("label".to_string(), vec![label])]);
+        let containers = self
+            .client
+            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
+            .await
+            .map_err(op("list containers"))?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect();
+        let networks = self
+            .client
+            .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filters).build()))
+            .await
+            .map_err(op("list networks"))?
+            .into_iter()
+            .filter_map(|n| n.name)
+            .collect();
+        Ok((containers, networks))
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}

@@ -1,0 +1,401 @@
+//! From a request that matches the API to a job smlocal can run: the checks the service makes
+//! beyond the model (unique channels, compiling regexes, one way to size the cluster), what a
+//! workstation cannot honour, and the resolved plan (hosts, groups, caps, channels).
+
+use crate::resources::{self, Host, InstanceSpec, Limits};
+use crate::spec::{self, Request};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("ValidationException: {}", spec::validation_sentence(.0))]
+    Constraints(Vec<String>),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Resources(#[from] resources::ResourceError),
+}
+
+/// How smlocal was asked to run, beyond the request itself.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: Host,
+    /// Bytes of host memory no container may take.
+    pub reserve: u64,
+    pub region: String,
+    pub account: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub arn: String,
+    pub region: String,
+    pub image: String,
+    /// Replaces the image's entrypoint when the request sets `ContainerEntrypoint`.
+    pub entrypoint: Option<Vec<String>>,
+    /// `train`, or the request's `ContainerArguments`; none when only the entrypoint is set.
+    pub args: Vec<String>,
+    pub hyperparameters: Map<String, Value>,
+    pub environment: BTreeMap<String, String>,
+    pub channels: Vec<ChannelPlan>,
+    pub hosts: Vec<HostPlan>,
+    pub groups: Vec<GroupPlan>,
+    /// `S3OutputPath` without a trailing slash.
+    pub output_path: String,
+    pub compress: bool,
+    pub max_runtime: Option<Duration>,
+    pub network_isolation: bool,
+    pub request: Request,
+    /// One line per thing in the request that smlocal accepts but does not act on.
+    pub notices: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataType {
+    S3Prefix,
+    ManifestFile,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChannelPlan {
+    pub name: String,
+    pub uri: String,
+    pub data_type: DataType,
+    pub sharded: bool,
+    pub content_type: Option<String>,
+    pub record_wrapper: String,
+    pub input_mode: String,
+    pub shuffle_seed: Option<i64>,
+    /// Instance groups that receive this channel; empty means all.
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostPlan {
+    pub name: String,
+    pub group: String,
+    pub instance: InstanceSpec,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupPlan {
+    pub name: String,
+    pub instance_type: String,
+    pub hosts: Vec<String>,
+}
+
+impl Job {
+    pub fn model_artifacts_uri(&self) -> String {
+        format!("{}/{}/output/model.tar.gz", self.output_path, self.name)
+    }
+    pub fn output_artifacts_uri(&self) -> String {
+        format!("{}/{}/output/output.tar.gz", self.output_path, self.name)
+    }
+}
+
+/// The fields AWS accepts that a workstation cannot honour: echoed in the record, ignored,
+/// and named once so nothing is dropped silently.
+const IGNORED: &[&str] = &[
+    "VpcConfig",
+    "Tags",
+    "EnableInterContainerTrafficEncryption",
+    "EnableManagedSpotTraining",
+    "CheckpointConfig",
+    "DebugHookConfig",
+    "DebugRuleConfigurations",
+    "TensorBoardOutputConfig",
+    "ExperimentConfig",
+    "ProfilerConfig",
+    "ProfilerRuleConfigurations",
+    "RetryStrategy",
+    "RemoteDebugConfig",
+    "InfraCheckConfig",
+    "SessionChainingConfig",
+];
+
+pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
+    let f = &request.fields;
+    let mut errors = Vec::new();
+    let mut notices: Vec<String> = IGNORED
+        .iter()
+        .filter(|k| request.raw.contains_key(**k))
+        .map(|k| format!("{k} is accepted and recorded but has no effect on a workstation"))
+        .collect();
+
+    let algo = f.algorithm_specification.as_ref().ok_or_else(|| {
+        JobError::Unsupported("AlgorithmSpecification is required: smlocal needs AlgorithmSpecification.TrainingImage to know what to run".into())
+    })?;
+    let image = match (&algo.training_image, &algo.algorithm_name) {
+        (Some(image), _) if !image.is_empty() => image.clone(),
+        (_, Some(name)) => {
+            return Err(JobError::Unsupported(format!(
+                "AlgorithmSpecification.AlgorithmName '{name}' refers to an algorithm resource in your AWS account; smlocal runs images, so set AlgorithmSpecification.TrainingImage to a locally available image"
+            )));
+        }
+        _ => {
+            return Err(JobError::Unsupported(
+                "AlgorithmSpecification.TrainingImage is required: name a Docker image that exists on this machine".into(),
+            ));
+        }
+    };
+    check_input_mode(&algo.training_input_mode, "AlgorithmSpecification.TrainingInputMode", &mut notices)?;
+
+    for (i, metric) in algo.metric_definitions.iter().enumerate() {
+        if let Err(e) = regex::Regex::new(&metric.regex) {
+            errors.push(format!(
+                "Value '{}' at 'algorithmSpecification.metricDefinitions.{}.member.regex' failed to satisfy constraint: the regex of metric '{}' does not compile: {}",
+                metric.regex,
+                i + 1,
+                metric.name,
+                e.to_string().lines().last().unwrap_or("invalid")
+            ));
+        }
+    }
+
+    let (groups, hosts) = cluster(&request, settings, &mut errors)?;
+
+    let mut seen = HashSet::new();
+    let mut channels = Vec::new();
+    for (i, c) in f.input_data_config.iter().enumerate() {
+        if !seen.insert(c.channel_name.as_str()) {
+            errors.push(format!(
+                "Value '{}' at 'inputDataConfig.{}.member.channelName' failed to satisfy constraint: channel names must be unique within a job",
+                c.channel_name,
+                i + 1
+            ));
+        }
+        let Some(s3) = &c.data_source.s3_data_source else {
+            return Err(JobError::Unsupported(format!(
+                "InputDataConfig[{i}] (channel '{}'): only DataSource.S3DataSource is supported (with s3:// or file:// URIs); FileSystemDataSource and DatasetSource need AWS",
+                c.channel_name
+            )));
+        };
+        let data_type = match s3.s3_data_type.as_str() {
+            "S3Prefix" => DataType::S3Prefix,
+            "ManifestFile" => DataType::ManifestFile,
+            other => {
+                return Err(JobError::Unsupported(format!(
+                    "InputDataConfig[{i}].DataSource.S3DataSource.S3DataType '{other}' is not supported yet; use S3Prefix or ManifestFile"
+                )));
+            }
+        };
+        let input_mode = c.input_mode.clone().unwrap_or_else(|| algo.training_input_mode.clone());
+        check_input_mode(&input_mode, &format!("InputDataConfig[{i}].InputMode"), &mut notices)?;
+        if c.compression_type.as_deref().is_some_and(|t| t != "None") {
+            notices.push(format!(
+                "InputDataConfig[{i}].CompressionType applies to Pipe mode only; channel '{}' is staged as stored",
+                c.channel_name
+            ));
+        }
+        for g in &s3.instance_group_names {
+            if !groups.iter().any(|p| &p.name == g) {
+                errors.push(format!(
+                    "Value '{g}' at 'inputDataConfig.{}.member.dataSource.s3DataSource.instanceGroupNames' failed to satisfy constraint: no instance group has this name",
+                    i + 1
+                ));
+            }
+        }
+        channels.push(ChannelPlan {
+            name: c.channel_name.clone(),
+            uri: s3.s3_uri.clone(),
+            data_type,
+            sharded: s3.s3_data_distribution_type.as_deref() == Some("ShardedByS3Key"),
+            content_type: c.content_type.clone(),
+            record_wrapper: c.record_wrapper_type.clone().unwrap_or_else(|| "None".into()),
+            input_mode: "File".into(),
+            shuffle_seed: c.shuffle_config.as_ref().map(|s| s.seed),
+            groups: s3.instance_group_names.clone(),
+        });
+    }
+
+    if !errors.is_empty() {
+        return Err(JobError::Constraints(errors));
+    }
+
+    let compress = f.output_data_config.compression_type.as_deref() != Some("NONE");
+    let name = f.training_job_name.clone();
+    Ok(Job {
+        arn: format!("arn:aws:sagemaker:{}:{}:training-job/{}", settings.region, settings.account, name.to_lowercase()),
+        region: settings.region.clone(),
+        image,
+        entrypoint: algo.container_entrypoint.clone(),
+        args: match (&algo.container_entrypoint, &algo.container_arguments) {
+            (_, Some(args)) => args.clone(),
+            (Some(_), None) => Vec::new(),
+            (None, None) => vec!["train".into()],
+        },
+        hyperparameters: f.hyper_parameters.clone(),
+        environment: f.environment.clone(),
+        channels,
+        hosts,
+        groups,
+        output_path: f.output_data_config.s3_output_path.trim_end_matches('/').to_string(),
+        compress,
+        max_runtime: f
+            .stopping_condition
+            .as_ref()
+            .and_then(|s| s.max_runtime_in_seconds)
+            .map(Duration::from_secs),
+        network_isolation: f.enable_network_isolation,
+        notices,
+        name,
+        request,
+    })
+}
+
+fn check_input_mode(mode: &str, field: &str, notices: &mut Vec<String>) -> Result<(), JobError> {
+    match mode {
+        "File" => Ok(()),
+        "FastFile" => {
+            notices.push(format!("{field} FastFile is staged as File mode: the algorithm sees the same files"));
+            Ok(())
+        }
+        other => Err(JobError::Unsupported(format!(
+            "{field} '{other}' is not supported yet; use File (or FastFile, which smlocal stages as File)"
+        ))),
+    }
+}
+
+/// Hosts `algo-1`..`algo-N` in group order, as SageMaker numbers them.
+fn cluster(
+    request: &Request,
+    settings: &Settings,
+    errors: &mut Vec<String>,
+) -> Result<(Vec<GroupPlan>, Vec<HostPlan>), JobError> {
+    let Some(rc) = &request.fields.resource_config else {
+        return Err(JobError::Unsupported(
+            "ResourceConfig is required: set ResourceConfig.InstanceType and ResourceConfig.InstanceCount (e.g. \"ml.m5.large\" and 1)".into(),
+        ));
+    };
+    let groups: Vec<(String, String, i64)> = match (&rc.instance_type, rc.instance_count, rc.instance_groups.is_empty()) {
+        (Some(t), Some(n), true) => vec![("homogeneousCluster".into(), t.clone(), n)],
+        (None, None, false) => rc
+            .instance_groups
+            .iter()
+            .map(|g| (g.instance_group_name.clone(), g.instance_type.clone(), g.instance_count))
+            .collect(),
+        (_, _, false) => {
+            errors.push("ResourceConfig: set either InstanceType and InstanceCount, or InstanceGroups, not both".into());
+            return Ok((Vec::new(), Vec::new()));
+        }
+        _ => {
+            errors.push("ResourceConfig: InstanceType and InstanceCount are both required (or use InstanceGroups)".into());
+            return Ok((Vec::new(), Vec::new()));
+        }
+    };
+    let total: i64 = groups.iter().map(|g| g.2).sum();
+    if total < 1 {
+        errors.push(format!(
+            "Value '{total}' at 'resourceConfig.instanceCount' failed to satisfy constraint: Member must have value greater than or equal to 1"
+        ));
+        return Ok((Vec::new(), Vec::new()));
+    }
+    if total > 1 {
+        return Err(JobError::Unsupported(format!(
+            "ResourceConfig asks for {total} instances; smlocal runs single-instance jobs for now. Set ResourceConfig.InstanceCount to 1"
+        )));
+    }
+    let mut plans = Vec::new();
+    let mut hosts = Vec::new();
+    for (name, instance_type, count) in groups {
+        let instance = resources::instance(&instance_type, &settings.host)?;
+        let limits = resources::limits(&instance, &settings.host, settings.reserve, total as u32);
+        let mut group_hosts = Vec::new();
+        for _ in 0..count {
+            let host = format!("algo-{}", hosts.len() + 1);
+            group_hosts.push(host.clone());
+            hosts.push(HostPlan { name: host, group: name.clone(), instance: instance.clone(), limits });
+        }
+        plans.push(GroupPlan { name, instance_type, hosts: group_hosts });
+    }
+    Ok((plans, hosts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings() -> Settings {
+        Settings {
+            host: Host { cpus: 2, memory_bytes: 16 << 30 },
+            reserve: 1 << 30,
+            region: "eu-west-1".into(),
+            account: "000000000000".into(),
+        }
+    }
+
+    fn request(edit: impl FnOnce(&mut Value)) -> Request {
+        let mut v = json!({
+            "TrainingJobName": "Demo-1",
+            "RoleArn": "arn:aws:iam::123456789012:role/SageMakerRole",
+            "AlgorithmSpecification": {"TrainingImage": "img:1", "TrainingInputMode": "File"},
+            "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/train/"}}}],
+            "OutputDataConfig": {"S3OutputPath": "s3://b/out/"},
+            "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 3600}
+        });
+        edit(&mut v);
+        spec::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_plain_request_becomes_one_host_with_train() {
+        let job = plan(request(|_| {}), &settings()).unwrap();
+        assert_eq!(job.args, ["train"]);
+        assert_eq!(job.hosts.len(), 1);
+        assert_eq!(job.hosts[0].name, "algo-1");
+        assert_eq!(job.groups[0].name, "homogeneousCluster");
+        assert_eq!(job.hosts[0].limits.memory_bytes, 8 << 30);
+        assert_eq!(job.arn, "arn:aws:sagemaker:eu-west-1:000000000000:training-job/demo-1");
+        assert_eq!(job.model_artifacts_uri(), "s3://b/out/Demo-1/output/model.tar.gz");
+        assert_eq!(job.max_runtime, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn entrypoint_drops_train_and_arguments_replace_it() {
+        let job = plan(request(|v| v["AlgorithmSpecification"]["ContainerEntrypoint"] = json!(["python", "x.py"])), &settings()).unwrap();
+        assert!(job.args.is_empty());
+        let job = plan(request(|v| v["AlgorithmSpecification"]["ContainerArguments"] = json!(["fit", "--fast"])), &settings()).unwrap();
+        assert_eq!(job.args, ["fit", "--fast"]);
+    }
+
+    #[test]
+    fn duplicate_channels_and_bad_regexes_are_refused_by_field() {
+        let err = plan(
+            request(|v| {
+                let c = v["InputDataConfig"][0].clone();
+                v["InputDataConfig"].as_array_mut().unwrap().push(c);
+                v["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "loss", "Regex": "loss=([0-9"}]);
+            }),
+            &settings(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("ValidationException: 2 validation errors detected"), "{err}");
+        assert!(err.contains("'inputDataConfig.2.member.channelName'"), "{err}");
+        assert!(err.contains("metric 'loss'"), "{err}");
+    }
+
+    #[test]
+    fn several_instances_are_refused_for_now() {
+        let err = plan(request(|v| v["ResourceConfig"]["InstanceCount"] = json!(2)), &settings()).unwrap_err();
+        assert!(err.to_string().contains("Set ResourceConfig.InstanceCount to 1"), "{err}");
+    }
+
+    #[test]
+    fn ignored_fields_are_named() {
+        let job = plan(request(|v| v["Tags"] = json!([{"Key": "a", "Value": "b"}])), &settings()).unwrap();
+        assert_eq!(job.notices, ["Tags is accepted and recorded but has no effect on a workstation"]);
+    }
+
+    #[test]
+    fn pipe_mode_is_refused_with_the_way_out() {
+        let err = plan(request(|v| v["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe")), &settings()).unwrap_err();
+        assert!(err.to_string().contains("'Pipe' is not supported yet; use File"), "{err}");
+    }
+}

@@ -1,0 +1,38 @@
+//! smlocal runs Amazon SageMaker training jobs on a workstation, in Docker, exactly as
+//! SageMaker runs them: the real `CreateTrainingJob` request in, `model.tar.gz` out where
+//! SageMaker would put it, and a record that reads like `DescribeTrainingJob`.
+//!
+//! # Layout
+//!
+//! A job flows one way through modules that each do one thing
+//! (spec → job → stage → run → artifacts → record):
+//!
+//! - [`spec`]: the request as the AWS API defines it, checked against botocore's own service
+//!   model so unknown fields, types and constraints are refused in AWS's words.
+//! - [`job`]: the validated, resolved plan: hosts `algo-1..N`, instance groups, channels,
+//!   resource caps, and what the request asks that a workstation cannot honour.
+//! - [`resources`]: instance types (vCPU, memory) and the share of this machine a container
+//!   may take while the system keeps its reserve.
+//! - [`stage`]: each host's `/opt/ml` tree: the three config files and the channel data.
+//! - [`storage`]: the only module that talks to object storage (`object_store`: S3, any
+//!   S3-compatible server, local folders).
+//! - [`docker`]: the only module that talks to the Docker Engine (bollard).
+//! - [`run`]: drives one job: stage, start, stream logs, stop on shutdown or max runtime,
+//!   collect, upload, and keep the record current. A failed algorithm is an outcome.
+//! - [`artifacts`]: `model.tar.gz` / `output.tar.gz` with symlinks kept as links.
+//! - [`record`]: the `DescribeTrainingJob`-shaped record and its status transitions.
+//! - [`store`]: the state directory: job records (written atomically), logs, work files.
+//!
+//! The library installs no signal handlers: [`run::run`] takes a shutdown token, and the
+//! binary (`src/main.rs`, `src/cli.rs`) turns Ctrl-C into it.
+
+pub mod artifacts;
+pub mod docker;
+pub mod job;
+pub mod record;
+pub mod resources;
+pub mod run;
+pub mod spec;
+pub mod stage;
+pub mod storage;
+pub mod store;

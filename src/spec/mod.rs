@@ -1,0 +1,193 @@
+//! The `CreateTrainingJob` request exactly as the AWS API defines it: field names, nesting and
+//! enums as on the wire. Parsing checks the request against botocore's service model
+//! ([`validate`]); turning it into something runnable is [`crate::job`]'s work.
+
+pub mod validate;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Why a request text is not a valid `CreateTrainingJob` request.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("Parameter validation failed:\n{}", .0.join("\n"))]
+    Parameters(Vec<String>),
+    #[error("ValidationException: {}", validation_sentence(.0))]
+    Constraints(Vec<String>),
+}
+
+/// AWS's wording: `1 validation error detected: ...` / `2 validation errors detected: a; b`.
+pub fn validation_sentence(errors: &[String]) -> String {
+    let plural = if errors.len() == 1 { "error" } else { "errors" };
+    format!("{} validation {plural} detected: {}", errors.len(), errors.join("; "))
+}
+
+/// A request that matches the service model, with the fields smlocal acts on typed and the
+/// whole original kept for the job record (DescribeTrainingJob echoes the request).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub fields: CreateTrainingJob,
+    pub raw: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateTrainingJob {
+    pub training_job_name: String,
+    #[serde(default)]
+    pub hyper_parameters: Map<String, Value>,
+    pub algorithm_specification: Option<AlgorithmSpecification>,
+    pub role_arn: String,
+    #[serde(default)]
+    pub input_data_config: Vec<Channel>,
+    pub output_data_config: OutputDataConfig,
+    pub resource_config: Option<ResourceConfig>,
+    pub stopping_condition: Option<StoppingCondition>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default)]
+    pub enable_network_isolation: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AlgorithmSpecification {
+    pub training_image: Option<String>,
+    pub algorithm_name: Option<String>,
+    pub training_input_mode: String,
+    #[serde(default)]
+    pub metric_definitions: Vec<MetricDefinition>,
+    pub container_entrypoint: Option<Vec<String>>,
+    pub container_arguments: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MetricDefinition {
+    pub name: String,
+    pub regex: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Channel {
+    pub channel_name: String,
+    pub data_source: DataSource,
+    pub content_type: Option<String>,
+    pub compression_type: Option<String>,
+    pub record_wrapper_type: Option<String>,
+    pub input_mode: Option<String>,
+    pub shuffle_config: Option<ShuffleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DataSource {
+    pub s3_data_source: Option<S3DataSource>,
+    pub file_system_data_source: Option<Value>,
+    pub dataset_source: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct S3DataSource {
+    pub s3_data_type: String,
+    pub s3_uri: String,
+    pub s3_data_distribution_type: Option<String>,
+    #[serde(default)]
+    pub attribute_names: Vec<String>,
+    #[serde(default)]
+    pub instance_group_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ShuffleConfig {
+    pub seed: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct OutputDataConfig {
+    pub s3_output_path: String,
+    pub compression_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ResourceConfig {
+    pub instance_type: Option<String>,
+    pub instance_count: Option<i64>,
+    #[serde(default)]
+    pub instance_groups: Vec<InstanceGroup>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceGroup {
+    pub instance_type: String,
+    pub instance_count: i64,
+    pub instance_group_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StoppingCondition {
+    pub max_runtime_in_seconds: Option<u64>,
+}
+
+/// Parses and checks a request text. Parameter errors (botocore's) are reported before
+/// constraint errors (the service's), as a real client would meet them.
+pub fn parse(text: &str) -> Result<Request, SpecError> {
+    let value: Value = serde_json::from_str(text)?;
+    from_value(value)
+}
+
+pub fn from_value(value: Value) -> Result<Request, SpecError> {
+    let findings = validate::check("CreateTrainingJobRequest", &value);
+    if !findings.parameters.is_empty() {
+        return Err(SpecError::Parameters(findings.parameters));
+    }
+    if !findings.constraints.is_empty() {
+        return Err(SpecError::Constraints(findings.constraints));
+    }
+    let raw = match &value {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    let fields: CreateTrainingJob = serde_json::from_value(value)?;
+    Ok(Request { fields, raw })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_json_says_where() {
+        let err = parse("{\"TrainingJobName\": ").unwrap_err();
+        assert!(matches!(err, SpecError::Json(_)));
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn hyperparameters_keep_their_exact_strings() {
+        let text = r#"{"TrainingJobName":"j","RoleArn":"arn:aws:iam::123456789012:role/R",
+            "OutputDataConfig":{"S3OutputPath":"s3://b/o"},
+            "AlgorithmSpecification":{"TrainingImage":"i","TrainingInputMode":"File"},
+            "HyperParameters":{"sagemaker_program":"\"train.py\"","b":"1e-3","a":"x"}}"#;
+        let req = parse(text).unwrap();
+        let keys: Vec<&String> = req.fields.hyper_parameters.keys().collect();
+        assert_eq!(keys, ["sagemaker_program", "b", "a"]);
+        assert_eq!(req.fields.hyper_parameters["sagemaker_program"], "\"train.py\"");
+    }
+
+    #[test]
+    fn several_constraint_errors_are_counted() {
+        let err = SpecError::Constraints(vec!["a".into(), "b".into()]);
+        assert_eq!(err.to_string(), "ValidationException: 2 validation errors detected: a; b");
+    }
+}

@@ -1,0 +1,298 @@
+//! The one module that talks to object storage (through `object_store`): listing a prefix,
+//! fetching an object to a file, uploading a file. `s3://` (AWS, MinIO, any S3-compatible
+//! server configured by the standard `AWS_*` variables) and `file://` behave alike.
+
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("'{uri}' is not a usable location: {reason}")]
+    BadUri { uri: String, reason: String },
+    #[error("cannot reach S3 for '{uri}': {source}{}", endpoint_hint())]
+    Store {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("'{uri}' does not exist")]
+    NotFound { uri: String },
+    #[error("{action} '{}': {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn endpoint_hint() -> String {
+    match std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")) {
+        Ok(e) => format!(" (endpoint {e} from AWS_ENDPOINT_URL)"),
+        Err(_) => " (no AWS_ENDPOINT_URL set: using AWS itself)".to_string(),
+    }
+}
+
+/// A parsed `s3://bucket/key` or `file:///path` URI.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Location {
+    S3 { bucket: String, key: String },
+    Local { path: String },
+}
+
+impl Location {
+    pub fn parse(uri: &str) -> Result<Self, StorageError> {
+        let bad = |reason: &str| StorageError::BadUri { uri: uri.into(), reason: reason.into() };
+        if let Some(rest) = uri.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name; expected s3://bucket/prefix"));
+            }
+            Ok(Location::S3 { bucket: bucket.into(), key: key.into() })
+        } else if let Some(rest) = uri.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(bad("file:// URIs must hold an absolute path, e.g. file:///home/me/data/"));
+            }
+            Ok(Location::Local { path: rest.into() })
+        } else if uri.starts_with("https://") {
+            Err(bad("https:// S3 URIs are not supported; use s3://bucket/key"))
+        } else {
+            Err(bad("expected s3://bucket/prefix or file:///absolute/path"))
+        }
+    }
+
+    /// The URI of `key` (a full key or absolute path) in the same bucket or file system.
+    pub fn uri_of(&self, key: &str) -> String {
+        match self {
+            Location::S3 { bucket, .. } => format!("s3://{bucket}/{key}"),
+            Location::Local { .. } => format!("file://{key}"),
+        }
+    }
+
+    /// The key or absolute path this location names.
+    pub fn key(&self) -> &str {
+        match self {
+            Location::S3 { key, .. } => key,
+            Location::Local { path } => path,
+        }
+    }
+}
+
+/// One object found under a prefix. `key` is the full key (S3) or absolute path (local).
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    // object_store retries for minutes by default; a user waiting at a terminal should hear
+    // about an unreachable endpoint in seconds.
+    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(20), ..Default::default() };
+    let options = ClientOptions::new().with_connect_timeout(Duration::from_secs(5));
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry).with_client_options(options);
+    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_ok() {
+        builder = builder.with_region(std::env::var("AWS_DEFAULT_REGION").unwrap_or_default());
+    }
+    if std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1") {
+        builder = builder.with_allow_http(true);
+    }
+    Ok(Arc::new(builder.build()?))
+}
+
+fn store_error(uri: &str, source: object_store::Error) -> StorageError {
+    match source {
+        object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.into() },
+        source => StorageError::Store { uri: uri.into(), source },
+    }
+}
+
+/// Every object whose key starts with the location's key, as a string prefix (S3's rule:
+/// `data/tr` matches `data/train/a.csv` and `data/tr2.csv`).
+pub async fn list(uri: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+    let location = Location::parse(uri)?;
+    match &location {
+        Location::S3 { bucket, key } => {
+            let store = s3(bucket).map_err(|e| store_error(uri, e))?;
+            // object_store lists whole path segments, so list the enclosing "folder" and
+            // keep the keys that match the string prefix.
+            let folder = key.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("");
+            let prefix = (!folder.is_empty()).then(|| StorePath::from(folder));
+            let objects: Vec<_> = store.list(prefix.as_ref()).try_collect().await.map_err(|e| store_error(uri, e))?;
+            let mut found: Vec<ObjectInfo> = objects
+                .into_iter()
+                .filter(|o| o.location.as_ref().starts_with(key.as_str()))
+                .map(|o| ObjectInfo { key: o.location.to_string(), size: o.size, etag: o.e_tag })
+                .collect();
+            found.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(found)
+        }
+        Location::Local { path } => list_local(uri, path).await,
+    }
+}
+
+async fn list_local(uri: &str, path: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+    let folder = match path.rsplit_once('/') {
+        Some(("", _)) | None => "/",
+        Some((dir, _)) => dir,
+    };
+    if !Path::new(folder).is_dir() {
+        return Err(StorageError::NotFound { uri: uri.into() });
+    }
+    let store = LocalFileSystem::new();
+    let prefix = StorePath::from_filesystem_path(folder)
+        .map_err(|e| StorageError::BadUri { uri: uri.into(), reason: e.to_string() })?;
+    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.map_err(|e| store_error(uri, e))?;
+    let mut found = Vec::new();
+    for o in objects {
+        let file = store.path_to_filesystem(&o.location).map_err(|e| store_error(uri, e))?;
+        let file = file.to_string_lossy().into_owned();
+        if file.starts_with(path) {
+            found.push(ObjectInfo { key: file, size: o.size, etag: o.e_tag });
+        }
+    }
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(found)
+}
+
+/// Reads a small object (a manifest) whole.
+pub async fn read(uri: &str) -> Result<Vec<u8>, StorageError> {
+    match Location::parse(uri)? {
+        Location::S3 { bucket, key } => {
+            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
+            let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| store_error(uri, e))?;
+            Ok(got.bytes().await.map_err(|e| store_error(uri, e))?.to_vec())
+        }
+        Location::Local { path } => tokio::fs::read(&path).await.map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+            _ => StorageError::Io { action: "cannot read", path: path.into(), source },
+        }),
+    }
+}
+
+/// Copies one object to `dest` (parents must exist). Returns the bytes written.
+pub async fn download(uri: &str, dest: &Path) -> Result<u64, StorageError> {
+    let io = |action| move |source| StorageError::Io { action, path: dest.to_path_buf(), source };
+    match Location::parse(uri)? {
+        Location::S3 { bucket, key } => {
+            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
+            let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| store_error(uri, e))?;
+            let mut file = tokio::fs::File::create(dest).await.map_err(io("cannot create"))?;
+            let mut stream = got.into_stream();
+            let mut written = 0u64;
+            while let Some(chunk) = stream.try_next().await.map_err(|e| store_error(uri, e))? {
+                file.write_all(&chunk).await.map_err(io("cannot write"))?;
+                written += chunk.len() as u64;
+            }
+            file.flush().await.map_err(io("cannot write"))?;
+            Ok(written)
+        }
+        // A plain copy lets the kernel use copy_file_range (and reflinks where the file
+        // system has them); the source is only ever read.
+        Location::Local { path } => tokio::fs::copy(&path, dest).await.map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+            _ => StorageError::Io { action: "cannot copy to", path: dest.to_path_buf(), source },
+        }),
+    }
+}
+
+/// Uploads a local file to `uri`, streaming (multipart past a few MiB, never the whole file in
+/// memory). A `file://` destination appears atomically: written beside, then renamed.
+pub async fn upload(src: &Path, uri: &str) -> Result<(), StorageError> {
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StorageError::Io { action, path, source }
+    };
+    match Location::parse(uri)? {
+        Location::S3 { bucket, key } => {
+            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
+            let mut writer = object_store::buffered::BufWriter::new(store, StorePath::from(key.as_str()));
+            let mut file = tokio::fs::File::open(src).await.map_err(io("cannot open", src))?;
+            if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
+                let _ = writer.abort().await;
+                return Err(StorageError::Io { action: "cannot upload", path: src.to_path_buf(), source: e });
+            }
+            writer.shutdown().await.map_err(|e| StorageError::Io {
+                action: "cannot finish uploading",
+                path: src.to_path_buf(),
+                source: e,
+            })
+        }
+        Location::Local { path } => {
+            let dest = PathBuf::from(path);
+            let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+            tokio::fs::create_dir_all(&parent).await.map_err(io("cannot create", &parent))?;
+            let tmp = parent.join(format!(".{}.smlocal-partial", dest.file_name().and_then(|n| n.to_str()).unwrap_or("upload")));
+            tokio::fs::copy(src, &tmp).await.map_err(io("cannot write", &tmp))?;
+            tokio::fs::rename(&tmp, &dest).await.map_err(io("cannot rename into", &dest))
+        }
+    }
+}
+
+/// Whether an object exists (used so a job never overwrites another job's results).
+pub async fn exists(uri: &str) -> Result<bool, StorageError> {
+    match Location::parse(uri)? {
+        Location::S3 { bucket, key } => {
+            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
+            match store.head(&StorePath::from(key.as_str())).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(store_error(uri, e)),
+            }
+        }
+        Location::Local { path } => Ok(Path::new(&path).exists()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_parse_or_say_what_is_expected() {
+        assert_eq!(
+            Location::parse("s3://bucket/a/b").unwrap(),
+            Location::S3 { bucket: "bucket".into(), key: "a/b".into() }
+        );
+        assert_eq!(Location::parse("s3://bucket").unwrap(), Location::S3 { bucket: "bucket".into(), key: "".into() });
+        assert_eq!(Location::parse("file:///data/x").unwrap(), Location::Local { path: "/data/x".into() });
+        assert!(Location::parse("file://relative/x").unwrap_err().to_string().contains("absolute path"));
+        assert!(Location::parse("gs://b/k").unwrap_err().to_string().contains("expected s3://"));
+    }
+
+    #[tokio::test]
+    async fn local_listing_uses_string_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["train/a.csv", "train/sub/b.csv", "train2/c.csv", "test/d.csv"] {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, f).unwrap();
+        }
+        let root = dir.path().display();
+        let keys = |objs: Vec<ObjectInfo>| objs.into_iter().map(|o| o.key).collect::<Vec<_>>();
+        let all = keys(list(&format!("file://{root}/train")).await.unwrap());
+        assert_eq!(all, [format!("{root}/train/a.csv"), format!("{root}/train/sub/b.csv"), format!("{root}/train2/c.csv")]);
+        let slash = keys(list(&format!("file://{root}/train/")).await.unwrap());
+        assert_eq!(slash.len(), 2);
+        assert!(matches!(list("file:///no/such/dir/").await, Err(StorageError::NotFound { .. })));
+    }
+
+    #[tokio::test]
+    async fn local_upload_is_atomic_and_makes_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.bin");
+        std::fs::write(&src, b"payload").unwrap();
+        let dest = dir.path().join("out/job/output/model.tar.gz");
+        upload(&src, &format!("file://{}", dest.display())).await.unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"payload");
+        assert!(exists(&format!("file://{}", dest.display())).await.unwrap());
+    }
+}

@@ -1,0 +1,157 @@
+//! The state directory (`$SMLOCAL_HOME`, default `~/.smlocal`): one folder per job holding its
+//! record (written atomically: never half-written), its logs and, while it runs, its work
+//! files. Creating the folder is what reserves a job name, so two runs cannot share one.
+
+use crate::record::Record;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "ResourceInUse: Training job names must be unique within an AWS account and region, and a training job with this name already exists ({arn}). Pick a new TrainingJobName, or run with --unique-name to append a timestamp as the SageMaker SDK does"
+    )]
+    ResourceInUse { arn: String },
+    #[error("ValidationException: Requested resource not found: no training job named '{0}' (see `smlocal list`)")]
+    NotFound(String),
+    #[error("the job record '{}' is unreadable: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot {action} '{}': {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Store { root: root.into() }
+    }
+
+    /// `$SMLOCAL_HOME`, else `~/.smlocal`.
+    pub fn from_env() -> Self {
+        let root = std::env::var_os("SMLOCAL_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".smlocal")))
+            .unwrap_or_else(|| PathBuf::from(".smlocal"));
+        Store::new(root)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn job_dir(&self, name: &str) -> PathBuf {
+        self.root.join("jobs").join(name)
+    }
+
+    /// Reserves `record`'s name and writes its first version.
+    pub fn create(&self, record: &Record) -> Result<PathBuf, StoreError> {
+        let jobs = self.root.join("jobs");
+        std::fs::create_dir_all(&jobs).map_err(io("create", &jobs))?;
+        let dir = self.job_dir(&record.training_job_name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::ResourceInUse { arn: record.training_job_arn.clone() });
+            }
+            Err(e) => return Err(io("create", &dir)(e)),
+        }
+        self.save(record)?;
+        Ok(dir)
+    }
+
+    /// Writes the record beside its final place and renames it over, so a reader sees the
+    /// old record or the new one, never a mix.
+    pub fn save(&self, record: &Record) -> Result<(), StoreError> {
+        let dir = self.job_dir(&record.training_job_name);
+        let path = dir.join("record.json");
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("write", &path))?;
+        let text = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        tmp.write_all(&text).and_then(|_| tmp.as_file().sync_all()).map_err(io("write", &path))?;
+        tmp.persist(&path).map_err(|e| io("write", &path)(e.error))?;
+        Ok(())
+    }
+
+    pub fn load(&self, name: &str) -> Result<Record, StoreError> {
+        let path = self.job_dir(name).join("record.json");
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound(name.into())),
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt { path, reason: e.to_string() })
+    }
+
+    /// Every job, newest first.
+    pub fn list(&self) -> Result<Vec<Record>, StoreError> {
+        let jobs = self.root.join("jobs");
+        let entries = match std::fs::read_dir(&jobs) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("read", &jobs)(e)),
+        };
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match self.load(&name) {
+                Ok(r) => records.push(r),
+                Err(e) => tracing::warn!("skipping job folder {name}: {e}"),
+            }
+        }
+        records.sort_by(|a, b| b.creation_time.total_cmp(&a.creation_time));
+        Ok(records)
+    }
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { action, path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Status;
+
+    fn record(name: &str) -> Record {
+        Record::new(name, &format!("arn:{name}"), "s3://b/m", &serde_json::Map::new())
+    }
+
+    #[test]
+    fn names_are_reserved_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.create(&record("a")).unwrap();
+        let err = store.create(&record("a")).unwrap_err();
+        assert!(matches!(err, StoreError::ResourceInUse { .. }));
+        assert!(err.to_string().contains("--unique-name"));
+    }
+
+    #[test]
+    fn saves_replace_the_record_and_list_is_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut first = record("first");
+        first.creation_time = 1.0;
+        store.create(&first).unwrap();
+        let mut second = record("second");
+        second.creation_time = 2.0;
+        store.create(&second).unwrap();
+        first.finish(Status::Completed, "Completed", "done", None);
+        store.save(&first).unwrap();
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|r| r.training_job_name).collect();
+        assert_eq!(names, ["second", "first"]);
+        assert_eq!(store.load("first").unwrap().training_job_status, Status::Completed);
+        assert!(matches!(store.load("nope"), Err(StoreError::NotFound(_))));
+        let leftovers: Vec<_> = std::fs::read_dir(store.job_dir("first")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(leftovers, ["record.json"]);
+    }
+}
