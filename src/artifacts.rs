@@ -30,10 +30,17 @@ pub struct Packed {
 pub fn pack(dir: &Path, archive: &Path) -> Result<Packed, ArtifactError> {
     let err = |path: &Path| {
         let (path, archive) = (path.to_path_buf(), archive.to_path_buf());
-        move |source| ArtifactError::Io { path, archive, source }
+        move |source| ArtifactError::Io {
+            path,
+            archive,
+            source,
+        }
     };
     let file = File::create(archive).map_err(err(archive))?;
-    let gz = GzEncoder::new(BufWriter::with_capacity(1 << 20, file), Compression::default());
+    let gz = GzEncoder::new(
+        BufWriter::with_capacity(1 << 20, file),
+        Compression::default(),
+    );
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
     let mut packed = Packed::default();
@@ -46,7 +53,12 @@ pub fn pack(dir: &Path, archive: &Path) -> Result<Packed, ArtifactError> {
     Ok(packed)
 }
 
-fn add_tree<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, rel: &Path, packed: &mut Packed) -> std::io::Result<()> {
+fn add_tree<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+    packed: &mut Packed,
+) -> std::io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     // Sorted, so the same tree always gives the same archive.
     entries.sort_by_key(|e| e.file_name());
@@ -114,7 +126,10 @@ mod tests {
     fn an_empty_or_missing_folder_gives_a_valid_empty_archive() {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("empty.tar.gz");
-        assert_eq!(pack(&dir.path().join("missing"), &archive).unwrap(), Packed::default());
+        assert_eq!(
+            pack(&dir.path().join("missing"), &archive).unwrap(),
+            Packed::default()
+        );
         let mut tar = tar::Archive::new(GzDecoder::new(File::open(&archive).unwrap()));
         assert_eq!(tar.entries().unwrap().count(), 0);
     }

@@ -2,7 +2,9 @@
 //! says what was being attempted; a container that exits non-zero is an [`Exit`], not an
 //! error — a failed algorithm is a job outcome.
 
-use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -15,7 +17,9 @@ pub const JOB_LABEL: &str = "smlocal.job";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("cannot reach the Docker Engine ({source}); is Docker running? `docker info` should work for this user")]
+    #[error(
+        "cannot reach the Docker Engine ({source}); is Docker running? `docker info` should work for this user"
+    )]
     Connect {
         #[source]
         source: bollard::errors::Error,
@@ -79,23 +83,32 @@ impl Docker {
     /// Connects through `DOCKER_HOST` or the local socket and agrees an API version with the
     /// engine (20.10 speaks 1.41; bollard's default is newer).
     pub async fn connect() -> Result<Self, DockerError> {
-        let client = bollard::Docker::connect_with_defaults().map_err(|source| DockerError::Connect { source })?;
-        let client = client.negotiate_version().await.map_err(|source| DockerError::Connect { source })?;
+        let client = bollard::Docker::connect_with_defaults()
+            .map_err(|source| DockerError::Connect { source })?;
+        let client = client
+            .negotiate_version()
+            .await
+            .map_err(|source| DockerError::Connect { source })?;
         Ok(Docker { client })
     }
 
     pub async fn ensure_image(&self, image: &str) -> Result<(), DockerError> {
         match self.client.inspect_image(image).await {
             Ok(_) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Err(DockerError::ImageMissing(image.into()))
-            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(DockerError::ImageMissing(image.into())),
             Err(e) => Err(op(format!("inspect image '{image}'"))(e)),
         }
     }
 
     /// A bridge network for one job. `internal` networks have no route out of the machine.
-    pub async fn create_network(&self, name: &str, job: &str, internal: bool) -> Result<(), DockerError> {
+    pub async fn create_network(
+        &self,
+        name: &str,
+        job: &str,
+        internal: bool,
+    ) -> Result<(), DockerError> {
         let request = NetworkCreateRequest {
             name: name.into(),
             driver: Some("bridge".into()),
@@ -103,12 +116,18 @@ impl Docker {
             labels: Some(HashMap::from([(JOB_LABEL.to_string(), job.to_string())])),
             ..Default::default()
         };
-        self.client.create_network(request).await.map_err(op(format!("create network '{name}'")))?;
+        self.client
+            .create_network(request)
+            .await
+            .map_err(op(format!("create network '{name}'")))?;
         Ok(())
     }
 
     pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
-        self.client.remove_network(name).await.map_err(op(format!("remove network '{name}'")))
+        self.client
+            .remove_network(name)
+            .await
+            .map_err(op(format!("remove network '{name}'")))
     }
 
     pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
@@ -125,7 +144,10 @@ impl Docker {
         let networking = (spec.network != "none").then(|| NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 spec.network.clone(),
-                EndpointSettings { aliases: Some(vec![spec.hostname.clone()]), ..Default::default() },
+                EndpointSettings {
+                    aliases: Some(vec![spec.hostname.clone()]),
+                    ..Default::default()
+                },
             )])),
         });
         let body = ContainerCreateBody {
@@ -139,28 +161,48 @@ impl Docker {
             networking_config: networking,
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
         let created = self
             .client
             .create_container(Some(options), body)
             .await
-            .map_err(op(format!("create container '{}' from image '{}'", spec.name, spec.image)))?;
+            .map_err(op(format!(
+                "create container '{}' from image '{}'",
+                spec.name, spec.image
+            )))?;
         Ok(created.id)
     }
 
     pub async fn start(&self, id: &str) -> Result<(), DockerError> {
-        self.client.start_container(id, None).await.map_err(op(format!("start container {}", short(id))))
+        self.client
+            .start_container(id, None)
+            .await
+            .map_err(op(format!("start container {}", short(id))))
     }
 
     /// The container's stdout and stderr from its start, following until it exits.
     pub fn output(&self, id: &str) -> impl Stream<Item = Result<Output, DockerError>> + use<> {
-        let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).build();
+        let options = LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
         let action = format!("read the output of container {}", short(id));
-        self.client.logs(id, Some(options)).map(move |item| match item {
-            Ok(bollard::container::LogOutput::StdErr { message }) => Ok(Output { stderr: true, bytes: message.to_vec() }),
-            Ok(other) => Ok(Output { stderr: false, bytes: other.into_bytes().to_vec() }),
-            Err(e) => Err(op(action.clone())(e)),
-        })
+        self.client
+            .logs(id, Some(options))
+            .map(move |item| match item {
+                Ok(bollard::container::LogOutput::StdErr { message }) => Ok(Output {
+                    stderr: true,
+                    bytes: message.to_vec(),
+                }),
+                Ok(other) => Ok(Output {
+                    stderr: false,
+                    bytes: other.into_bytes().to_vec(),
+                }),
+                Err(e) => Err(op(action.clone())(e)),
+            })
     }
 
     /// Waits for the container to stop and reports its exit code and whether it was OOM-killed.
@@ -180,7 +222,10 @@ impl Docker {
             .await
             .map_err(op(format!("inspect container {}", short(id))))?;
         let state = inspected.state.unwrap_or_default();
-        Ok(Exit { code: state.exit_code.unwrap_or(-1), oom_killed: state.oom_killed.unwrap_or(false) })
+        Ok(Exit {
+            code: state.exit_code.unwrap_or(-1),
+            oom_killed: state.oom_killed.unwrap_or(false),
+        })
     }
 
     /// Sends a signal (`SIGTERM`, `SIGKILL`); a container that already stopped is not an error.
@@ -188,21 +233,33 @@ impl Docker {
         let options = KillContainerOptionsBuilder::new().signal(signal).build();
         match self.client.kill_container(id, Some(options)).await {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409 | 404, .. }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409 | 404,
+                ..
+            }) => Ok(()),
             Err(e) => Err(op(format!("send {signal} to container {}", short(id)))(e)),
         }
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
-        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
         match self.client.remove_container(id, Some(options)).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
             Err(e) => Err(op(format!("remove container {}", short(id)))(e)),
         }
     }
 
     /// IDs of containers and names of networks labelled for `job` (all jobs when `None`).
-    pub async fn labelled(&self, job: Option<&str>) -> Result<(Vec<String>, Vec<String>), DockerError> {
+    pub async fn labelled(
+        &self,
+        job: Option<&str>,
+    ) -> Result<(Vec<String>, Vec<String>), DockerError> {
         let label = match job {
             Some(job) => format!("{JOB_LABEL}={job}"),
             None => JOB_LABEL.to_string(),
@@ -210,7 +267,12 @@ impl Docker {
         let filters = HashMap::from([("label".to_string(), vec![label])]);
         let containers = self
             .client
-            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
             .await
             .map_err(op("list containers"))?
             .into_iter()
@@ -218,7 +280,9 @@ impl Docker {
             .collect();
         let networks = self
             .client
-            .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filters).build()))
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::new().filters(&filters).build(),
+            ))
             .await
             .map_err(op("list networks"))?
             .into_iter()

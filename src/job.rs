@@ -25,7 +25,6 @@ pub struct Settings {
     /// Bytes of host memory no container may take.
     pub reserve: u64,
     pub region: String,
-    pub account: String,
 }
 
 #[derive(Debug, Clone)]
@@ -142,7 +141,11 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
             ));
         }
     };
-    check_input_mode(&algo.training_input_mode, "AlgorithmSpecification.TrainingInputMode", &mut notices)?;
+    check_input_mode(
+        &algo.training_input_mode,
+        "AlgorithmSpecification.TrainingInputMode",
+        &mut notices,
+    )?;
 
     for (i, metric) in algo.metric_definitions.iter().enumerate() {
         if let Err(e) = regex::Regex::new(&metric.regex) {
@@ -183,8 +186,15 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
                 )));
             }
         };
-        let input_mode = c.input_mode.clone().unwrap_or_else(|| algo.training_input_mode.clone());
-        check_input_mode(&input_mode, &format!("InputDataConfig[{i}].InputMode"), &mut notices)?;
+        let input_mode = c
+            .input_mode
+            .clone()
+            .unwrap_or_else(|| algo.training_input_mode.clone());
+        check_input_mode(
+            &input_mode,
+            &format!("InputDataConfig[{i}].InputMode"),
+            &mut notices,
+        )?;
         if c.compression_type.as_deref().is_some_and(|t| t != "None") {
             notices.push(format!(
                 "InputDataConfig[{i}].CompressionType applies to Pipe mode only; channel '{}' is staged as stored",
@@ -205,7 +215,10 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
             data_type,
             sharded: s3.s3_data_distribution_type.as_deref() == Some("ShardedByS3Key"),
             content_type: c.content_type.clone(),
-            record_wrapper: c.record_wrapper_type.clone().unwrap_or_else(|| "None".into()),
+            record_wrapper: c
+                .record_wrapper_type
+                .clone()
+                .unwrap_or_else(|| "None".into()),
             input_mode: "File".into(),
             shuffle_seed: c.shuffle_config.as_ref().map(|s| s.seed),
             groups: s3.instance_group_names.clone(),
@@ -219,7 +232,12 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
     let compress = f.output_data_config.compression_type.as_deref() != Some("NONE");
     let name = f.training_job_name.clone();
     Ok(Job {
-        arn: format!("arn:aws:sagemaker:{}:{}:training-job/{}", settings.region, settings.account, name.to_lowercase()),
+        arn: format!(
+            "arn:aws:sagemaker:{}:{}:training-job/{}",
+            settings.region,
+            account(&f.role_arn),
+            name.to_lowercase()
+        ),
         region: settings.region.clone(),
         image,
         entrypoint: algo.container_entrypoint.clone(),
@@ -233,7 +251,11 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         channels,
         hosts,
         groups,
-        output_path: f.output_data_config.s3_output_path.trim_end_matches('/').to_string(),
+        output_path: f
+            .output_data_config
+            .s3_output_path
+            .trim_end_matches('/')
+            .to_string(),
         compress,
         max_runtime: f
             .stopping_condition
@@ -247,11 +269,22 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
     })
 }
 
+/// The job belongs to the account of the role it runs as (`arn:aws:iam::123456789012:role/R`).
+fn account(role_arn: &str) -> &str {
+    role_arn
+        .split(':')
+        .nth(4)
+        .filter(|a| !a.is_empty())
+        .unwrap_or("000000000000")
+}
+
 fn check_input_mode(mode: &str, field: &str, notices: &mut Vec<String>) -> Result<(), JobError> {
     match mode {
         "File" => Ok(()),
         "FastFile" => {
-            notices.push(format!("{field} FastFile is staged as File mode: the algorithm sees the same files"));
+            notices.push(format!(
+                "{field} FastFile is staged as File mode: the algorithm sees the same files"
+            ));
             Ok(())
         }
         other => Err(JobError::Unsupported(format!(
@@ -271,12 +304,22 @@ fn cluster(
             "ResourceConfig is required: set ResourceConfig.InstanceType and ResourceConfig.InstanceCount (e.g. \"ml.m5.large\" and 1)".into(),
         ));
     };
-    let groups: Vec<(String, String, i64)> = match (&rc.instance_type, rc.instance_count, rc.instance_groups.is_empty()) {
+    let groups: Vec<(String, String, i64)> = match (
+        &rc.instance_type,
+        rc.instance_count,
+        rc.instance_groups.is_empty(),
+    ) {
         (Some(t), Some(n), true) => vec![("homogeneousCluster".into(), t.clone(), n)],
         (None, None, false) => rc
             .instance_groups
             .iter()
-            .map(|g| (g.instance_group_name.clone(), g.instance_type.clone(), g.instance_count))
+            .map(|g| {
+                (
+                    g.instance_group_name.clone(),
+                    g.instance_type.clone(),
+                    g.instance_count,
+                )
+            })
             .collect(),
         (_, _, false) => {
             errors.push("ResourceConfig: set either InstanceType and InstanceCount, or InstanceGroups, not both".into());
@@ -308,9 +351,18 @@ fn cluster(
         for _ in 0..count {
             let host = format!("algo-{}", hosts.len() + 1);
             group_hosts.push(host.clone());
-            hosts.push(HostPlan { name: host, group: name.clone(), instance: instance.clone(), limits });
+            hosts.push(HostPlan {
+                name: host,
+                group: name.clone(),
+                instance: instance.clone(),
+                limits,
+            });
         }
-        plans.push(GroupPlan { name, instance_type, hosts: group_hosts });
+        plans.push(GroupPlan {
+            name,
+            instance_type,
+            hosts: group_hosts,
+        });
     }
     Ok((plans, hosts))
 }
@@ -322,10 +374,12 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
-            host: Host { cpus: 2, memory_bytes: 16 << 30 },
+            host: Host {
+                cpus: 2,
+                memory_bytes: 16 << 30,
+            },
             reserve: 1 << 30,
             region: "eu-west-1".into(),
-            account: "000000000000".into(),
         }
     }
 
@@ -351,16 +405,34 @@ mod tests {
         assert_eq!(job.hosts[0].name, "algo-1");
         assert_eq!(job.groups[0].name, "homogeneousCluster");
         assert_eq!(job.hosts[0].limits.memory_bytes, 8 << 30);
-        assert_eq!(job.arn, "arn:aws:sagemaker:eu-west-1:000000000000:training-job/demo-1");
-        assert_eq!(job.model_artifacts_uri(), "s3://b/out/Demo-1/output/model.tar.gz");
+        assert_eq!(
+            job.arn,
+            "arn:aws:sagemaker:eu-west-1:123456789012:training-job/demo-1"
+        );
+        assert_eq!(
+            job.model_artifacts_uri(),
+            "s3://b/out/Demo-1/output/model.tar.gz"
+        );
         assert_eq!(job.max_runtime, Some(Duration::from_secs(3600)));
     }
 
     #[test]
     fn entrypoint_drops_train_and_arguments_replace_it() {
-        let job = plan(request(|v| v["AlgorithmSpecification"]["ContainerEntrypoint"] = json!(["python", "x.py"])), &settings()).unwrap();
+        let job = plan(
+            request(|v| {
+                v["AlgorithmSpecification"]["ContainerEntrypoint"] = json!(["python", "x.py"])
+            }),
+            &settings(),
+        )
+        .unwrap();
         assert!(job.args.is_empty());
-        let job = plan(request(|v| v["AlgorithmSpecification"]["ContainerArguments"] = json!(["fit", "--fast"])), &settings()).unwrap();
+        let job = plan(
+            request(|v| {
+                v["AlgorithmSpecification"]["ContainerArguments"] = json!(["fit", "--fast"])
+            }),
+            &settings(),
+        )
+        .unwrap();
         assert_eq!(job.args, ["fit", "--fast"]);
     }
 
@@ -370,32 +442,62 @@ mod tests {
             request(|v| {
                 let c = v["InputDataConfig"][0].clone();
                 v["InputDataConfig"].as_array_mut().unwrap().push(c);
-                v["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "loss", "Regex": "loss=([0-9"}]);
+                v["AlgorithmSpecification"]["MetricDefinitions"] =
+                    json!([{"Name": "loss", "Regex": "loss=([0-9"}]);
             }),
             &settings(),
         )
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("ValidationException: 2 validation errors detected"), "{err}");
-        assert!(err.contains("'inputDataConfig.2.member.channelName'"), "{err}");
+        assert!(
+            err.starts_with("ValidationException: 2 validation errors detected"),
+            "{err}"
+        );
+        assert!(
+            err.contains("'inputDataConfig.2.member.channelName'"),
+            "{err}"
+        );
         assert!(err.contains("metric 'loss'"), "{err}");
     }
 
     #[test]
     fn several_instances_are_refused_for_now() {
-        let err = plan(request(|v| v["ResourceConfig"]["InstanceCount"] = json!(2)), &settings()).unwrap_err();
-        assert!(err.to_string().contains("Set ResourceConfig.InstanceCount to 1"), "{err}");
+        let err = plan(
+            request(|v| v["ResourceConfig"]["InstanceCount"] = json!(2)),
+            &settings(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Set ResourceConfig.InstanceCount to 1"),
+            "{err}"
+        );
     }
 
     #[test]
     fn ignored_fields_are_named() {
-        let job = plan(request(|v| v["Tags"] = json!([{"Key": "a", "Value": "b"}])), &settings()).unwrap();
-        assert_eq!(job.notices, ["Tags is accepted and recorded but has no effect on a workstation"]);
+        let job = plan(
+            request(|v| v["Tags"] = json!([{"Key": "a", "Value": "b"}])),
+            &settings(),
+        )
+        .unwrap();
+        assert_eq!(
+            job.notices,
+            ["Tags is accepted and recorded but has no effect on a workstation"]
+        );
     }
 
     #[test]
     fn pipe_mode_is_refused_with_the_way_out() {
-        let err = plan(request(|v| v["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe")), &settings()).unwrap_err();
-        assert!(err.to_string().contains("'Pipe' is not supported yet; use File"), "{err}");
+        let err = plan(
+            request(|v| v["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe")),
+            &settings(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("'Pipe' is not supported yet; use File"),
+            "{err}"
+        );
     }
 }

@@ -33,8 +33,13 @@ impl Host {
     pub fn detect() -> Self {
         let mut sys = sysinfo::System::new();
         sys.refresh_memory();
-        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-        Host { cpus, memory_bytes: sys.total_memory() }
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        Host {
+            cpus,
+            memory_bytes: sys.total_memory(),
+        }
     }
 
     /// The default reserve: the larger of 1 GiB and 10% of host memory.
@@ -65,16 +70,16 @@ pub fn instance(instance_type: &str, host: &Host) -> Result<InstanceSpec, Resour
     }
     for line in TABLE.lines().skip(1) {
         let cells: Vec<&str> = line.split(',').collect();
-        if let [name, vcpu, mem, acc] = cells[..] {
-            if name == instance_type {
-                return Ok(InstanceSpec {
-                    instance_type: name.into(),
-                    vcpu: vcpu.parse().unwrap_or(1),
-                    memory_bytes: mem.parse::<u64>().unwrap_or(1) * GIB,
-                    accelerators: acc.parse().unwrap_or(0),
-                    derived: false,
-                });
-            }
+        if let [name, vcpu, mem, acc] = cells[..]
+            && name == instance_type
+        {
+            return Ok(InstanceSpec {
+                instance_type: name.into(),
+                vcpu: vcpu.parse().unwrap_or(1),
+                memory_bytes: mem.parse::<u64>().unwrap_or(1) * GIB,
+                accelerators: acc.parse().unwrap_or(0),
+                derived: false,
+            });
         }
     }
     derive(instance_type).ok_or_else(|| ResourceError::UnknownSizing(instance_type.into()))
@@ -132,7 +137,11 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// Parses `512M`, `2G`, `1.5GiB`, `1073741824` into bytes.
@@ -149,14 +158,17 @@ pub fn parse_size(text: &str) -> Option<u64> {
         "t" | "tb" | "tib" => 1 << 40,
         _ => return None,
     };
-    (number >= 0.0).then(|| (number * scale as f64) as u64)
+    (number >= 0.0).then_some((number * scale as f64) as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const HOST: Host = Host { cpus: 2, memory_bytes: 24 * GIB };
+    const HOST: Host = Host {
+        cpus: 2,
+        memory_bytes: 24 * GIB,
+    };
 
     #[test]
     fn table_types_come_from_the_table() {
@@ -172,7 +184,10 @@ mod tests {
         assert_eq!((r.vcpu, r.memory_bytes, r.derived), (8, 64 * GIB, true));
         let c = instance("ml.c6i.large", &HOST).unwrap();
         assert_eq!((c.vcpu, c.memory_bytes), (2, 4 * GIB));
-        assert!(matches!(instance("ml.p5.48xlarge", &HOST), Err(ResourceError::UnknownSizing(_))));
+        assert!(matches!(
+            instance("ml.p5.48xlarge", &HOST),
+            Err(ResourceError::UnknownSizing(_))
+        ));
     }
 
     #[test]

@@ -84,20 +84,42 @@ pub async fn run(
 ) -> Result<JobOutcome, RunError> {
     let started = Instant::now();
     docker.ensure_image(&job.image).await?;
+    if store.job_dir(&job.name).exists() {
+        return Err(StoreError::ResourceInUse {
+            arn: job.arn.clone(),
+        }
+        .into());
+    }
     let model_uri = job.model_artifacts_uri();
     if storage::exists(&model_uri).await? {
         return Err(RunError::OutputExists(model_uri));
     }
     let mut record = Record::new(&job.name, &job.arn, &model_uri, &job.request.raw);
     let dir = store.create(&record)?;
-    let dir = std::fs::canonicalize(&dir).map_err(|source| RunError::Io { path: dir.clone(), source })?;
-    let mut run = Running { job, store, docker, options, dir, containers: Vec::new(), network: None };
+    let dir = std::fs::canonicalize(&dir).map_err(|source| RunError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut run = Running {
+        job,
+        store,
+        docker,
+        options,
+        dir,
+        containers: Vec::new(),
+        network: None,
+    };
     let result = run.drive(&mut record, &shutdown, started).await;
     run.clean_up(&result).await;
     if let Err(e) = &result {
         // The record must not stay InProgress when smlocal itself failed.
         if !record.training_job_status.is_terminal() {
-            record.finish(Status::Failed, "Failed", "Training job failed", Some(format!("InternalServerError: {e}")));
+            record.finish(
+                Status::Failed,
+                "Failed",
+                "Training job failed",
+                Some(format!("InternalServerError: {e}")),
+            );
             let _ = store.save(&record);
         }
     }
@@ -115,7 +137,12 @@ struct Running<'a> {
 }
 
 impl Running<'_> {
-    async fn drive(&mut self, record: &mut Record, shutdown: &CancellationToken, started: Instant) -> Result<JobOutcome, RunError> {
+    async fn drive(
+        &mut self,
+        record: &mut Record,
+        shutdown: &CancellationToken,
+        started: Instant,
+    ) -> Result<JobOutcome, RunError> {
         let job = self.job;
         let work = self.dir.join("work");
         record.transition("Downloading", "Downloading input data");
@@ -130,7 +157,12 @@ impl Running<'_> {
         };
         if let Err(e) = staged {
             let reason = client_error(&e);
-            record.finish(Status::Failed, "Failed", "Training job failed", Some(reason));
+            record.finish(
+                Status::Failed,
+                "Failed",
+                "Training job failed",
+                Some(reason),
+            );
             self.store.save(record)?;
             return Ok(self.outcome(record, false, started, None));
         }
@@ -140,7 +172,9 @@ impl Running<'_> {
             "none".to_string()
         } else {
             let name = format!("smlocal-{}-{suffix}", job.name);
-            self.docker.create_network(&name, &job.name, job.network_isolation).await?;
+            self.docker
+                .create_network(&name, &job.name, job.network_isolation)
+                .await?;
             self.network = Some(name.clone());
             name
         };
@@ -150,14 +184,26 @@ impl Running<'_> {
             self.containers.push((host.name.clone(), id));
         }
         let logs_dir = self.dir.join("logs");
-        std::fs::create_dir_all(&logs_dir).map_err(|source| RunError::Io { path: logs_dir.clone(), source })?;
+        std::fs::create_dir_all(&logs_dir).map_err(|source| RunError::Io {
+            path: logs_dir.clone(),
+            source,
+        })?;
 
-        record.transition("Training", "Training image download completed. Training in progress.");
+        record.transition(
+            "Training",
+            "Training image download completed. Training in progress.",
+        );
         self.store.save(record)?;
         let mut followers = Vec::new();
         for (host, id) in &self.containers {
             self.docker.start(id).await?;
-            followers.push(tokio::spawn(follow(self.docker.clone(), id.clone(), host.clone(), logs_dir.join(format!("{host}.log")), self.options.log.clone())));
+            followers.push(tokio::spawn(follow(
+                self.docker.clone(),
+                id.clone(),
+                host.clone(),
+                logs_dir.join(format!("{host}.log")),
+                self.options.log.clone(),
+            )));
         }
 
         let (host, id) = self.containers[0].clone();
@@ -185,24 +231,49 @@ impl Running<'_> {
         let kept = match self.collect(&host_root).await {
             Ok(()) => None,
             Err((kept, reason)) => {
-                record.finish(Status::Failed, "Failed", "Training job failed", Some(reason));
+                record.finish(
+                    Status::Failed,
+                    "Failed",
+                    "Training job failed",
+                    Some(reason),
+                );
                 self.store.save(record)?;
-                return Ok(self.outcome(record, stop == Some(StopCause::Shutdown), started, Some(kept)));
+                return Ok(self.outcome(
+                    record,
+                    stop == Some(StopCause::Shutdown),
+                    started,
+                    Some(kept),
+                ));
             }
         };
 
         match stop {
-            Some(StopCause::Shutdown) => record.finish(Status::Stopped, "Stopped", "Training job stopped", None),
+            Some(StopCause::Shutdown) => {
+                record.finish(Status::Stopped, "Stopped", "Training job stopped", None)
+            }
             Some(StopCause::MaxRuntime) => record.finish(
                 Status::Stopped,
                 "MaxRuntimeExceeded",
-                format!("Training job stopped: MaxRuntimeInSeconds ({}) was exceeded", job.max_runtime.map(|d| d.as_secs()).unwrap_or(0)),
+                format!(
+                    "Training job stopped: MaxRuntimeInSeconds ({}) was exceeded",
+                    job.max_runtime.map(|d| d.as_secs()).unwrap_or(0)
+                ),
                 None,
             ),
-            None if exit.code == 0 => record.finish(Status::Completed, "Completed", "Training job completed", None),
+            None if exit.code == 0 => record.finish(
+                Status::Completed,
+                "Completed",
+                "Training job completed",
+                None,
+            ),
             None => {
                 let reason = failure_reason(&host_root, &host, exit, &job.hosts[0]);
-                record.finish(Status::Failed, "Failed", "Training job failed", Some(reason));
+                record.finish(
+                    Status::Failed,
+                    "Failed",
+                    "Training job failed",
+                    Some(reason),
+                );
             }
         }
         self.store.save(record)?;
@@ -224,19 +295,31 @@ impl Running<'_> {
         record.training_job_status = Status::Stopping;
         record.transition("Stopping", why);
         self.store.save(record)?;
-        tracing::info!("{why}: SIGTERM now, SIGKILL after {}s", self.options.stop_grace.as_secs());
+        tracing::info!(
+            "{why}: SIGTERM now, SIGKILL after {}s",
+            self.options.stop_grace.as_secs()
+        );
         self.docker.signal(id, "SIGTERM").await?;
         match tokio::time::timeout(self.options.stop_grace, &mut *wait).await {
             Ok(exit) => Ok(exit?),
             Err(_) => {
-                tracing::warn!("the container did not exit within {}s of SIGTERM; sending SIGKILL", self.options.stop_grace.as_secs());
+                tracing::warn!(
+                    "the container did not exit within {}s of SIGTERM; sending SIGKILL",
+                    self.options.stop_grace.as_secs()
+                );
                 self.docker.signal(id, "SIGKILL").await?;
                 Ok(wait.await?)
             }
         }
     }
 
-    fn container_spec(&self, host: &HostPlan, work: &Path, network: &str, suffix: &str) -> ContainerSpec {
+    fn container_spec(
+        &self,
+        host: &HostPlan,
+        work: &Path,
+        network: &str,
+        suffix: &str,
+    ) -> ContainerSpec {
         let job = self.job;
         let mut env = vec![
             format!("TRAINING_JOB_NAME={}", job.name),
@@ -244,7 +327,11 @@ impl Running<'_> {
             format!("AWS_REGION={}", job.region),
         ];
         if self.options.pass_credentials {
-            for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+            for key in [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+            ] {
                 if let Ok(value) = std::env::var(key) {
                     env.push(format!("{key}={value}"));
                 }
@@ -258,7 +345,10 @@ impl Running<'_> {
             entrypoint: job.entrypoint.clone(),
             args: job.args.clone(),
             env,
-            binds: vec![format!("{}:/opt/ml", stage::host_root(work, &host.name).display())],
+            binds: vec![format!(
+                "{}:/opt/ml",
+                stage::host_root(work, &host.name).display()
+            )],
             labels: HashMap::from([
                 (JOB_LABEL.to_string(), job.name.clone()),
                 ("smlocal.host".to_string(), host.name.clone()),
@@ -275,21 +365,45 @@ impl Running<'_> {
         let out = self.dir.join("artifacts");
         let job = self.job;
         let pairs = [
-            (host_root.join("model"), out.join("model.tar.gz"), job.model_artifacts_uri()),
-            (host_root.join("output/data"), out.join("output.tar.gz"), job.output_artifacts_uri()),
+            (
+                host_root.join("model"),
+                out.join("model.tar.gz"),
+                job.model_artifacts_uri(),
+            ),
+            (
+                host_root.join("output/data"),
+                out.join("output.tar.gz"),
+                job.output_artifacts_uri(),
+            ),
         ];
-        let fail = |what: String| (out.clone(), format!("ClientError: {what}; the artifacts are kept in {}", out.display()));
-        std::fs::create_dir_all(&out).map_err(|e| fail(format!("cannot create {}: {e}", out.display())))?;
+        let fail = |what: String| {
+            (
+                out.clone(),
+                format!(
+                    "ClientError: {what}; the artifacts are kept in {}",
+                    out.display()
+                ),
+            )
+        };
+        std::fs::create_dir_all(&out)
+            .map_err(|e| fail(format!("cannot create {}: {e}", out.display())))?;
         for (dir, archive, _) in &pairs {
             let (d, a) = (dir.clone(), archive.clone());
             let packed = tokio::task::spawn_blocking(move || artifacts::pack(&d, &a))
                 .await
                 .map_err(|e| fail(format!("packing {} stopped: {e}", dir.display())))?
                 .map_err(|e| fail(e.to_string()))?;
-            tracing::debug!(entries = packed.entries, bytes = packed.bytes, "packed {}", archive.display());
+            tracing::debug!(
+                entries = packed.entries,
+                bytes = packed.bytes,
+                "packed {}",
+                archive.display()
+            );
         }
         for (_, archive, uri) in &pairs {
-            storage::upload(archive, uri).await.map_err(|e| fail(format!("uploading {uri} failed: {e}")))?;
+            storage::upload(archive, uri)
+                .await
+                .map_err(|e| fail(format!("uploading {uri} failed: {e}")))?;
         }
         if !self.options.keep {
             let _ = std::fs::remove_dir_all(&out);
@@ -297,15 +411,29 @@ impl Running<'_> {
         Ok(())
     }
 
-    fn outcome(&self, record: &Record, interrupted: bool, started: Instant, kept_artifacts: Option<PathBuf>) -> JobOutcome {
-        JobOutcome { record: record.clone(), interrupted, elapsed: started.elapsed(), kept_artifacts }
+    fn outcome(
+        &self,
+        record: &Record,
+        interrupted: bool,
+        started: Instant,
+        kept_artifacts: Option<PathBuf>,
+    ) -> JobOutcome {
+        JobOutcome {
+            record: record.clone(),
+            interrupted,
+            elapsed: started.elapsed(),
+            kept_artifacts,
+        }
     }
 
     /// Removes the job's containers, network and work files (unless `--keep`), whatever
     /// happened before.
     async fn clean_up(&mut self, result: &Result<JobOutcome, RunError>) {
         if self.options.keep {
-            tracing::info!("--keep: leaving containers, network and {} in place", self.dir.join("work").display());
+            tracing::info!(
+                "--keep: leaving containers, network and {} in place",
+                self.dir.join("work").display()
+            );
             return;
         }
         for (_, id) in self.containers.drain(..) {
@@ -313,16 +441,16 @@ impl Running<'_> {
                 tracing::warn!("{e}");
             }
         }
-        if let Some(network) = self.network.take() {
-            if let Err(e) = self.docker.remove_network(&network).await {
-                tracing::warn!("{e}");
-            }
+        if let Some(network) = self.network.take()
+            && let Err(e) = self.docker.remove_network(&network).await
+        {
+            tracing::warn!("{e}");
         }
         let work = self.dir.join("work");
-        if let Err(e) = std::fs::remove_dir_all(&work) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("cannot remove {}: {e}", work.display());
-            }
+        if let Err(e) = std::fs::remove_dir_all(&work)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {}: {e}", work.display());
         }
         if result.is_err() {
             let _ = std::fs::remove_dir_all(self.dir.join("artifacts"));
@@ -383,7 +511,11 @@ fn failure_reason(host_root: &Path, host: &str, exit: Exit, plan: &HostPlan) -> 
             human_bytes(plan.limits.memory_bytes),
             plan.instance.instance_type,
             human_bytes(plan.instance.memory_bytes),
-            if plan.limits.memory_bytes < plan.instance.memory_bytes { ", capped to fit this machine" } else { "" }
+            if plan.limits.memory_bytes < plan.instance.memory_bytes {
+                ", capped to fit this machine"
+            } else {
+                ""
+            }
         );
     }
     match read_failure(host_root) {
@@ -425,8 +557,17 @@ mod tests {
         HostPlan {
             name: "algo-1".into(),
             group: "homogeneousCluster".into(),
-            instance: InstanceSpec { instance_type: "ml.m5.large".into(), vcpu: 2, memory_bytes: 8 << 30, accelerators: 0, derived: false },
-            limits: Limits { memory_bytes: 256 << 20, nano_cpus: 2_000_000_000 },
+            instance: InstanceSpec {
+                instance_type: "ml.m5.large".into(),
+                vcpu: 2,
+                memory_bytes: 8 << 30,
+                accelerators: 0,
+                derived: false,
+            },
+            limits: Limits {
+                memory_bytes: 256 << 20,
+                nano_cpus: 2_000_000_000,
+            },
         }
     }
 
@@ -435,21 +576,53 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("output")).unwrap();
         std::fs::write(dir.path().join("output/failure"), "x".repeat(2000)).unwrap();
-        let reason = failure_reason(dir.path(), "algo-1", Exit { code: 1, oom_killed: false }, &plan());
+        let reason = failure_reason(
+            dir.path(),
+            "algo-1",
+            Exit {
+                code: 1,
+                oom_killed: false,
+            },
+            &plan(),
+        );
         assert_eq!(reason.len(), 1024);
     }
 
     #[test]
     fn without_a_failure_file_the_exit_code_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let reason = failure_reason(dir.path(), "algo-1", Exit { code: 3, oom_killed: false }, &plan());
-        assert!(reason.starts_with("AlgorithmError:") && reason.contains("exit code 3"), "{reason}");
+        let reason = failure_reason(
+            dir.path(),
+            "algo-1",
+            Exit {
+                code: 3,
+                oom_killed: false,
+            },
+            &plan(),
+        );
+        assert!(
+            reason.starts_with("AlgorithmError:") && reason.contains("exit code 3"),
+            "{reason}"
+        );
     }
 
     #[test]
     fn out_of_memory_names_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let reason = failure_reason(dir.path(), "algo-1", Exit { code: 137, oom_killed: true }, &plan());
-        assert!(reason.starts_with("OutOfMemoryError") && reason.contains("256.0 MiB") && reason.contains("capped"), "{reason}");
+        let reason = failure_reason(
+            dir.path(),
+            "algo-1",
+            Exit {
+                code: 137,
+                oom_killed: true,
+            },
+            &plan(),
+        );
+        assert!(
+            reason.starts_with("OutOfMemoryError")
+                && reason.contains("256.0 MiB")
+                && reason.contains("capped"),
+            "{reason}"
+        );
     }
 }

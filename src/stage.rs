@@ -21,11 +21,22 @@ pub enum StageError {
     )]
     UnsafeKey { channel: String, key: String },
     #[error("channel '{channel}': keys '{first}' and '{second}' both map to the file '{path}'")]
-    Collision { channel: String, first: String, second: String, path: String },
-    #[error("channel '{channel}': {uri} holds no objects; SageMaker refuses a channel with no data")]
+    Collision {
+        channel: String,
+        first: String,
+        second: String,
+        path: String,
+    },
+    #[error(
+        "channel '{channel}': {uri} holds no objects; SageMaker refuses a channel with no data"
+    )]
     Empty { channel: String, uri: String },
     #[error("channel '{channel}': manifest {uri} is not valid: {reason}")]
-    Manifest { channel: String, uri: String, reason: String },
+    Manifest {
+        channel: String,
+        uri: String,
+        reason: String,
+    },
     #[error("channel '{channel}': {source}")]
     Storage {
         channel: String,
@@ -71,12 +82,23 @@ pub async fn stage(job: &Job, work: &Path) -> Result<BTreeMap<String, HostStagin
         for dir in ["input/config", "input/data", "model", "output/data"] {
             mkdir(&root.join(dir))?;
         }
-        write_json(&root.join("input/config/hyperparameters.json"), &Value::Object(job.hyperparameters.clone()))?;
-        write_json(&root.join("input/config/resourceconfig.json"), &resource_config(job, host))?;
+        write_json(
+            &root.join("input/config/hyperparameters.json"),
+            &Value::Object(job.hyperparameters.clone()),
+        )?;
+        write_json(
+            &root.join("input/config/resourceconfig.json"),
+            &resource_config(job, host),
+        )?;
         let mine: Vec<_> = resolved.iter().filter(|(c, _)| serves(c, host)).collect();
-        let input_config: serde_json::Map<String, Value> =
-            mine.iter().map(|(c, _)| (c.name.clone(), input_data_config(c))).collect();
-        write_json(&root.join("input/config/inputdataconfig.json"), &Value::Object(input_config))?;
+        let input_config: serde_json::Map<String, Value> = mine
+            .iter()
+            .map(|(c, _)| (c.name.clone(), input_data_config(c)))
+            .collect();
+        write_json(
+            &root.join("input/config/inputdataconfig.json"),
+            &Value::Object(input_config),
+        )?;
         let mut staging = HostStaging::default();
         for (channel, objects) in mine {
             let folder = root.join("input/data").join(&channel.name);
@@ -119,7 +141,11 @@ pub fn input_data_config(channel: &ChannelPlan) -> Value {
         entry.insert("ContentType".into(), json!(ct));
     }
     entry.insert("TrainingInputMode".into(), json!(channel.input_mode));
-    let distribution = if channel.sharded { "ShardedByS3Key" } else { "FullyReplicated" };
+    let distribution = if channel.sharded {
+        "ShardedByS3Key"
+    } else {
+        "FullyReplicated"
+    };
     entry.insert("S3DistributionType".into(), json!(distribution));
     entry.insert("RecordWrapperType".into(), json!(channel.record_wrapper));
     Value::Object(entry)
@@ -128,7 +154,10 @@ pub fn input_data_config(channel: &ChannelPlan) -> Value {
 /// The channel's objects and where each lands, with every key checked before anything is
 /// written.
 pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageError> {
-    let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };
+    let storage_err = |source| StageError::Storage {
+        channel: channel.name.clone(),
+        source,
+    };
     let mut out = Vec::new();
     match channel.data_type {
         DataType::S3Prefix => {
@@ -140,9 +169,17 @@ pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageEr
                 if rest.ends_with('/') {
                     continue;
                 }
-                let relative = safe_relative(rest.strip_prefix('/').unwrap_or(rest))
-                    .ok_or_else(|| StageError::UnsafeKey { channel: channel.name.clone(), key: object.key.clone() })?;
-                out.push(StagedObject { uri: location.uri_of(&object.key), relative });
+                let relative =
+                    safe_relative(rest.strip_prefix('/').unwrap_or(rest)).ok_or_else(|| {
+                        StageError::UnsafeKey {
+                            channel: channel.name.clone(),
+                            key: object.key.clone(),
+                        }
+                    })?;
+                out.push(StagedObject {
+                    uri: location.uri_of(&object.key),
+                    relative,
+                });
             }
         }
         DataType::ManifestFile => {
@@ -154,14 +191,22 @@ pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageEr
             })?;
             Location::parse(&prefix).map_err(storage_err)?;
             for key in keys {
-                let relative = safe_relative(&key)
-                    .ok_or_else(|| StageError::UnsafeKey { channel: channel.name.clone(), key: key.clone() })?;
-                out.push(StagedObject { uri: format!("{prefix}{key}"), relative });
+                let relative = safe_relative(&key).ok_or_else(|| StageError::UnsafeKey {
+                    channel: channel.name.clone(),
+                    key: key.clone(),
+                })?;
+                out.push(StagedObject {
+                    uri: format!("{prefix}{key}"),
+                    relative,
+                });
             }
         }
     }
     if out.is_empty() {
-        return Err(StageError::Empty { channel: channel.name.clone(), uri: channel.uri.clone() });
+        return Err(StageError::Empty {
+            channel: channel.name.clone(),
+            uri: channel.uri.clone(),
+        });
     }
     let mut seen: BTreeMap<&Path, &str> = BTreeMap::new();
     for o in &out {
@@ -180,7 +225,9 @@ pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageEr
 /// A manifest is a JSON array: `{"prefix": "s3://bucket/path/"}` then keys relative to it.
 fn parse_manifest(bytes: &[u8]) -> Result<(String, Vec<String>), String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let items = value.as_array().ok_or("expected a JSON array: [{\"prefix\": \"s3://...\"}, \"key1\", ...]")?;
+    let items = value
+        .as_array()
+        .ok_or("expected a JSON array: [{\"prefix\": \"s3://...\"}, \"key1\", ...]")?;
     let prefix = items
         .first()
         .and_then(|f| f.get("prefix"))
@@ -189,7 +236,11 @@ fn parse_manifest(bytes: &[u8]) -> Result<(String, Vec<String>), String> {
     let keys = items[1..]
         .iter()
         .enumerate()
-        .map(|(i, k)| k.as_str().map(str::to_string).ok_or(format!("element {} is not a string key", i + 1)))
+        .map(|(i, k)| {
+            k.as_str()
+                .map(str::to_string)
+                .ok_or(format!("element {} is not a string key", i + 1))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((prefix.to_string(), keys))
 }
@@ -212,7 +263,11 @@ pub fn safe_relative(rest: &str) -> Option<PathBuf> {
     (!clean.as_os_str().is_empty()).then_some(clean)
 }
 
-async fn fetch_all(channel: &ChannelPlan, objects: &[StagedObject], folder: &Path) -> Result<u64, StageError> {
+async fn fetch_all(
+    channel: &ChannelPlan,
+    objects: &[StagedObject],
+    folder: &Path,
+) -> Result<u64, StageError> {
     for o in objects {
         if let Some(parent) = folder.join(&o.relative).parent() {
             mkdir(parent)?;
@@ -225,18 +280,27 @@ async fn fetch_all(channel: &ChannelPlan, objects: &[StagedObject], folder: &Pat
     .buffer_unordered(PARALLEL_DOWNLOADS);
     let mut total = 0;
     while let Some(result) = downloads.next().await {
-        total += result.map_err(|source| StageError::Storage { channel: channel.name.clone(), source })?;
+        total += result.map_err(|source| StageError::Storage {
+            channel: channel.name.clone(),
+            source,
+        })?;
     }
     Ok(total)
 }
 
 fn mkdir(path: &Path) -> Result<(), StageError> {
-    std::fs::create_dir_all(path).map_err(|source| StageError::Io { path: path.into(), source })
+    std::fs::create_dir_all(path).map_err(|source| StageError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<(), StageError> {
     let text = serde_json::to_string(value).unwrap_or_default();
-    std::fs::write(path, text).map_err(|source| StageError::Io { path: path.into(), source })
+    std::fs::write(path, text).map_err(|source| StageError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -254,18 +318,34 @@ mod tests {
 
     #[test]
     fn manifests_need_a_prefix_first() {
-        let (prefix, keys) = parse_manifest(br#"[{"prefix":"s3://b/d/"},"x.csv","s/y.csv"]"#).unwrap();
+        let (prefix, keys) =
+            parse_manifest(br#"[{"prefix":"s3://b/d/"},"x.csv","s/y.csv"]"#).unwrap();
         assert_eq!(prefix, "s3://b/d/");
         assert_eq!(keys, ["x.csv", "s/y.csv"]);
-        assert!(parse_manifest(br#"["x.csv"]"#).unwrap_err().contains("first element"));
-        assert!(parse_manifest(br#"[{"prefix":"s3://b/"}, 3]"#).unwrap_err().contains("element 1"));
+        assert!(
+            parse_manifest(br#"["x.csv"]"#)
+                .unwrap_err()
+                .contains("first element")
+        );
+        assert!(
+            parse_manifest(br#"[{"prefix":"s3://b/"}, 3]"#)
+                .unwrap_err()
+                .contains("element 1")
+        );
     }
 
     #[tokio::test]
     async fn a_manifest_traversal_is_refused_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let manifest = dir.path().join("m.json");
-        std::fs::write(&manifest, format!(r#"[{{"prefix":"file://{}/"}},"ok.csv","../../etc/passwd"]"#, dir.path().display())).unwrap();
+        std::fs::write(
+            &manifest,
+            format!(
+                r#"[{{"prefix":"file://{}/"}},"ok.csv","../../etc/passwd"]"#,
+                dir.path().display()
+            ),
+        )
+        .unwrap();
         let channel = ChannelPlan {
             name: "train".into(),
             uri: format!("file://{}", manifest.display()),
@@ -278,6 +358,9 @@ mod tests {
             groups: vec![],
         };
         let err = resolve(&channel).await.unwrap_err().to_string();
-        assert!(err.contains("'../../etc/passwd'") && err.contains("outside the channel folder"), "{err}");
+        assert!(
+            err.contains("'../../etc/passwd'") && err.contains("outside the channel folder"),
+            "{err}"
+        );
     }
 }

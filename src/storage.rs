@@ -49,20 +49,30 @@ pub enum Location {
 
 impl Location {
     pub fn parse(uri: &str) -> Result<Self, StorageError> {
-        let bad = |reason: &str| StorageError::BadUri { uri: uri.into(), reason: reason.into() };
+        let bad = |reason: &str| StorageError::BadUri {
+            uri: uri.into(),
+            reason: reason.into(),
+        };
         if let Some(rest) = uri.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(bad("no bucket name; expected s3://bucket/prefix"));
             }
-            Ok(Location::S3 { bucket: bucket.into(), key: key.into() })
+            Ok(Location::S3 {
+                bucket: bucket.into(),
+                key: key.into(),
+            })
         } else if let Some(rest) = uri.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                return Err(bad("file:// URIs must hold an absolute path, e.g. file:///home/me/data/"));
+                return Err(bad(
+                    "file:// URIs must hold an absolute path, e.g. file:///home/me/data/",
+                ));
             }
             Ok(Location::Local { path: rest.into() })
         } else if uri.starts_with("https://") {
-            Err(bad("https:// S3 URIs are not supported; use s3://bucket/key"))
+            Err(bad(
+                "https:// S3 URIs are not supported; use s3://bucket/key",
+            ))
         } else {
             Err(bad("expected s3://bucket/prefix or file:///absolute/path"))
         }
@@ -96,9 +106,16 @@ pub struct ObjectInfo {
 fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     // object_store retries for minutes by default; a user waiting at a terminal should hear
     // about an unreachable endpoint in seconds.
-    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(20), ..Default::default() };
+    let retry = RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
     let options = ClientOptions::new().with_connect_timeout(Duration::from_secs(5));
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry).with_client_options(options);
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry)
+        .with_client_options(options);
     if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_ok() {
         builder = builder.with_region(std::env::var("AWS_DEFAULT_REGION").unwrap_or_default());
     }
@@ -111,7 +128,10 @@ fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
 fn store_error(uri: &str, source: object_store::Error) -> StorageError {
     match source {
         object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.into() },
-        source => StorageError::Store { uri: uri.into(), source },
+        source => StorageError::Store {
+            uri: uri.into(),
+            source,
+        },
     }
 }
 
@@ -126,11 +146,19 @@ pub async fn list(uri: &str) -> Result<Vec<ObjectInfo>, StorageError> {
             // keep the keys that match the string prefix.
             let folder = key.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("");
             let prefix = (!folder.is_empty()).then(|| StorePath::from(folder));
-            let objects: Vec<_> = store.list(prefix.as_ref()).try_collect().await.map_err(|e| store_error(uri, e))?;
+            let objects: Vec<_> = store
+                .list(prefix.as_ref())
+                .try_collect()
+                .await
+                .map_err(|e| store_error(uri, e))?;
             let mut found: Vec<ObjectInfo> = objects
                 .into_iter()
                 .filter(|o| o.location.as_ref().starts_with(key.as_str()))
-                .map(|o| ObjectInfo { key: o.location.to_string(), size: o.size, etag: o.e_tag })
+                .map(|o| ObjectInfo {
+                    key: o.location.to_string(),
+                    size: o.size,
+                    etag: o.e_tag,
+                })
                 .collect();
             found.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(found)
@@ -148,15 +176,27 @@ async fn list_local(uri: &str, path: &str) -> Result<Vec<ObjectInfo>, StorageErr
         return Err(StorageError::NotFound { uri: uri.into() });
     }
     let store = LocalFileSystem::new();
-    let prefix = StorePath::from_filesystem_path(folder)
-        .map_err(|e| StorageError::BadUri { uri: uri.into(), reason: e.to_string() })?;
-    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.map_err(|e| store_error(uri, e))?;
+    let prefix = StorePath::from_filesystem_path(folder).map_err(|e| StorageError::BadUri {
+        uri: uri.into(),
+        reason: e.to_string(),
+    })?;
+    let objects: Vec<_> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| store_error(uri, e))?;
     let mut found = Vec::new();
     for o in objects {
-        let file = store.path_to_filesystem(&o.location).map_err(|e| store_error(uri, e))?;
+        let file = store
+            .path_to_filesystem(&o.location)
+            .map_err(|e| store_error(uri, e))?;
         let file = file.to_string_lossy().into_owned();
         if file.starts_with(path) {
-            found.push(ObjectInfo { key: file, size: o.size, etag: o.e_tag });
+            found.push(ObjectInfo {
+                key: file,
+                size: o.size,
+                etag: o.e_tag,
+            });
         }
     }
     found.sort_by(|a, b| a.key.cmp(&b.key));
@@ -168,24 +208,46 @@ pub async fn read(uri: &str) -> Result<Vec<u8>, StorageError> {
     match Location::parse(uri)? {
         Location::S3 { bucket, key } => {
             let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| store_error(uri, e))?;
+            let got = store
+                .get(&StorePath::from(key.as_str()))
+                .await
+                .map_err(|e| store_error(uri, e))?;
             Ok(got.bytes().await.map_err(|e| store_error(uri, e))?.to_vec())
         }
-        Location::Local { path } => tokio::fs::read(&path).await.map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
-            _ => StorageError::Io { action: "cannot read", path: path.into(), source },
-        }),
+        Location::Local { path } => {
+            tokio::fs::read(&path)
+                .await
+                .map_err(|source| match source.kind() {
+                    std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+                    _ => StorageError::Io {
+                        action: "cannot read",
+                        path: path.into(),
+                        source,
+                    },
+                })
+        }
     }
 }
 
 /// Copies one object to `dest` (parents must exist). Returns the bytes written.
 pub async fn download(uri: &str, dest: &Path) -> Result<u64, StorageError> {
-    let io = |action| move |source| StorageError::Io { action, path: dest.to_path_buf(), source };
+    let io = |action| {
+        move |source| StorageError::Io {
+            action,
+            path: dest.to_path_buf(),
+            source,
+        }
+    };
     match Location::parse(uri)? {
         Location::S3 { bucket, key } => {
             let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| store_error(uri, e))?;
-            let mut file = tokio::fs::File::create(dest).await.map_err(io("cannot create"))?;
+            let got = store
+                .get(&StorePath::from(key.as_str()))
+                .await
+                .map_err(|e| store_error(uri, e))?;
+            let mut file = tokio::fs::File::create(dest)
+                .await
+                .map_err(io("cannot create"))?;
             let mut stream = got.into_stream();
             let mut written = 0u64;
             while let Some(chunk) = stream.try_next().await.map_err(|e| store_error(uri, e))? {
@@ -197,10 +259,18 @@ pub async fn download(uri: &str, dest: &Path) -> Result<u64, StorageError> {
         }
         // A plain copy lets the kernel use copy_file_range (and reflinks where the file
         // system has them); the source is only ever read.
-        Location::Local { path } => tokio::fs::copy(&path, dest).await.map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
-            _ => StorageError::Io { action: "cannot copy to", path: dest.to_path_buf(), source },
-        }),
+        Location::Local { path } => {
+            tokio::fs::copy(&path, dest)
+                .await
+                .map_err(|source| match source.kind() {
+                    std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+                    _ => StorageError::Io {
+                        action: "cannot copy to",
+                        path: dest.to_path_buf(),
+                        source,
+                    },
+                })
+        }
     }
 }
 
@@ -209,16 +279,27 @@ pub async fn download(uri: &str, dest: &Path) -> Result<u64, StorageError> {
 pub async fn upload(src: &Path, uri: &str) -> Result<(), StorageError> {
     let io = |action, path: &Path| {
         let path = path.to_path_buf();
-        move |source| StorageError::Io { action, path, source }
+        move |source| StorageError::Io {
+            action,
+            path,
+            source,
+        }
     };
     match Location::parse(uri)? {
         Location::S3 { bucket, key } => {
             let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let mut writer = object_store::buffered::BufWriter::new(store, StorePath::from(key.as_str()));
-            let mut file = tokio::fs::File::open(src).await.map_err(io("cannot open", src))?;
+            let mut writer =
+                object_store::buffered::BufWriter::new(store, StorePath::from(key.as_str()));
+            let mut file = tokio::fs::File::open(src)
+                .await
+                .map_err(io("cannot open", src))?;
             if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
                 let _ = writer.abort().await;
-                return Err(StorageError::Io { action: "cannot upload", path: src.to_path_buf(), source: e });
+                return Err(StorageError::Io {
+                    action: "cannot upload",
+                    path: src.to_path_buf(),
+                    source: e,
+                });
             }
             writer.shutdown().await.map_err(|e| StorageError::Io {
                 action: "cannot finish uploading",
@@ -229,10 +310,21 @@ pub async fn upload(src: &Path, uri: &str) -> Result<(), StorageError> {
         Location::Local { path } => {
             let dest = PathBuf::from(path);
             let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-            tokio::fs::create_dir_all(&parent).await.map_err(io("cannot create", &parent))?;
-            let tmp = parent.join(format!(".{}.smlocal-partial", dest.file_name().and_then(|n| n.to_str()).unwrap_or("upload")));
-            tokio::fs::copy(src, &tmp).await.map_err(io("cannot write", &tmp))?;
-            tokio::fs::rename(&tmp, &dest).await.map_err(io("cannot rename into", &dest))
+            tokio::fs::create_dir_all(&parent)
+                .await
+                .map_err(io("cannot create", &parent))?;
+            let tmp = parent.join(format!(
+                ".{}.smlocal-partial",
+                dest.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("upload")
+            ));
+            tokio::fs::copy(src, &tmp)
+                .await
+                .map_err(io("cannot write", &tmp))?;
+            tokio::fs::rename(&tmp, &dest)
+                .await
+                .map_err(io("cannot rename into", &dest))
         }
     }
 }
@@ -260,18 +352,47 @@ mod tests {
     fn uris_parse_or_say_what_is_expected() {
         assert_eq!(
             Location::parse("s3://bucket/a/b").unwrap(),
-            Location::S3 { bucket: "bucket".into(), key: "a/b".into() }
+            Location::S3 {
+                bucket: "bucket".into(),
+                key: "a/b".into()
+            }
         );
-        assert_eq!(Location::parse("s3://bucket").unwrap(), Location::S3 { bucket: "bucket".into(), key: "".into() });
-        assert_eq!(Location::parse("file:///data/x").unwrap(), Location::Local { path: "/data/x".into() });
-        assert!(Location::parse("file://relative/x").unwrap_err().to_string().contains("absolute path"));
-        assert!(Location::parse("gs://b/k").unwrap_err().to_string().contains("expected s3://"));
+        assert_eq!(
+            Location::parse("s3://bucket").unwrap(),
+            Location::S3 {
+                bucket: "bucket".into(),
+                key: "".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("file:///data/x").unwrap(),
+            Location::Local {
+                path: "/data/x".into()
+            }
+        );
+        assert!(
+            Location::parse("file://relative/x")
+                .unwrap_err()
+                .to_string()
+                .contains("absolute path")
+        );
+        assert!(
+            Location::parse("gs://b/k")
+                .unwrap_err()
+                .to_string()
+                .contains("expected s3://")
+        );
     }
 
     #[tokio::test]
     async fn local_listing_uses_string_prefixes() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["train/a.csv", "train/sub/b.csv", "train2/c.csv", "test/d.csv"] {
+        for f in [
+            "train/a.csv",
+            "train/sub/b.csv",
+            "train2/c.csv",
+            "test/d.csv",
+        ] {
             let p = dir.path().join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, f).unwrap();
@@ -279,10 +400,20 @@ mod tests {
         let root = dir.path().display();
         let keys = |objs: Vec<ObjectInfo>| objs.into_iter().map(|o| o.key).collect::<Vec<_>>();
         let all = keys(list(&format!("file://{root}/train")).await.unwrap());
-        assert_eq!(all, [format!("{root}/train/a.csv"), format!("{root}/train/sub/b.csv"), format!("{root}/train2/c.csv")]);
+        assert_eq!(
+            all,
+            [
+                format!("{root}/train/a.csv"),
+                format!("{root}/train/sub/b.csv"),
+                format!("{root}/train2/c.csv")
+            ]
+        );
         let slash = keys(list(&format!("file://{root}/train/")).await.unwrap());
         assert_eq!(slash.len(), 2);
-        assert!(matches!(list("file:///no/such/dir/").await, Err(StorageError::NotFound { .. })));
+        assert!(matches!(
+            list("file:///no/such/dir/").await,
+            Err(StorageError::NotFound { .. })
+        ));
     }
 
     #[tokio::test]
@@ -291,7 +422,9 @@ mod tests {
         let src = dir.path().join("src.bin");
         std::fs::write(&src, b"payload").unwrap();
         let dest = dir.path().join("out/job/output/model.tar.gz");
-        upload(&src, &format!("file://{}", dest.display())).await.unwrap();
+        upload(&src, &format!("file://{}", dest.display()))
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"payload");
         assert!(exists(&format!("file://{}", dest.display())).await.unwrap());
     }

@@ -20,7 +20,10 @@ fn model() -> &'static Map<String, Value> {
     MODEL.get_or_init(|| {
         let doc: Value = serde_json::from_str(include_str!("shapes.json"))
             .expect("the embedded botocore model is valid JSON");
-        doc.get("shapes").and_then(Value::as_object).cloned().unwrap_or_default()
+        doc.get("shapes")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
     })
 }
 
@@ -41,14 +44,20 @@ struct Where {
 
 impl Where {
     fn root() -> Self {
-        Where { wire: String::new(), aws: String::new() }
+        Where {
+            wire: String::new(),
+            aws: String::new(),
+        }
     }
     fn member(&self, name: &str) -> Self {
         let mut lower = name.to_string();
         if let Some(first) = lower.get(0..1) {
             lower.replace_range(0..1, &first.to_lowercase());
         }
-        Where { wire: join(&self.wire, name), aws: join(&self.aws, &lower) }
+        Where {
+            wire: join(&self.wire, name),
+            aws: join(&self.aws, &lower),
+        }
     }
     fn item(&self, index: usize) -> Self {
         Where {
@@ -57,15 +66,26 @@ impl Where {
         }
     }
     fn key(&self, key: &str) -> Self {
-        Where { wire: format!("{}.{key}", self.wire), aws: join(&self.aws, key) }
+        Where {
+            wire: format!("{}.{key}", self.wire),
+            aws: join(&self.aws, key),
+        }
     }
     fn wire_or_input(&self) -> &str {
-        if self.wire.is_empty() { "input" } else { &self.wire }
+        if self.wire.is_empty() {
+            "input"
+        } else {
+            &self.wire
+        }
     }
 }
 
 fn join(a: &str, b: &str) -> String {
-    if a.is_empty() { b.to_string() } else { format!("{a}.{b}") }
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}.{b}")
+    }
 }
 
 fn walk(shape_name: &str, value: &Value, at: &Where, out: &mut Findings) {
@@ -113,26 +133,30 @@ fn walk(shape_name: &str, value: &Value, at: &Where, out: &mut Findings) {
                 return type_error(value, at, "int", out);
             };
             if let Some(min) = shape.get("min").and_then(Value::as_i64).filter(|m| n < *m) {
-                constraint(value, at, &format!("Member must have value greater than or equal to {min}"), out);
+                constraint(
+                    value,
+                    at,
+                    &format!("Member must have value greater than or equal to {min}"),
+                    out,
+                );
             }
             if let Some(max) = shape.get("max").and_then(Value::as_i64).filter(|m| n > *m) {
-                constraint(value, at, &format!("Member must have value less than or equal to {max}"), out);
+                constraint(
+                    value,
+                    at,
+                    &format!("Member must have value less than or equal to {max}"),
+                    out,
+                );
             }
         }
-        "float" | "double" => {
-            if !value.is_number() {
-                type_error(value, at, "float", out);
-            }
+        "float" | "double" if !value.is_number() => {
+            type_error(value, at, "float", out);
         }
-        "boolean" => {
-            if !value.is_boolean() {
-                type_error(value, at, "bool", out);
-            }
+        "boolean" if !value.is_boolean() => {
+            type_error(value, at, "bool", out);
         }
-        "timestamp" => {
-            if !(value.is_number() || value.is_string()) {
-                type_error(value, at, "datetime", out);
-            }
+        "timestamp" if !(value.is_number() || value.is_string()) => {
+            type_error(value, at, "datetime", out);
         }
         _ => {}
     }
@@ -145,7 +169,12 @@ fn walk_structure(shape: &Value, value: &Value, at: &Where, out: &mut Findings) 
     let members = shape.get("members").and_then(Value::as_object);
     let empty = Map::new();
     let members = members.unwrap_or(&empty);
-    for required in shape.get("required").and_then(Value::as_array).into_iter().flatten() {
+    for required in shape
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(name) = required.as_str().filter(|n| !fields.contains_key(*n)) {
             out.parameters.push(format!(
                 "Missing required parameter in {}: \"{name}\"",
@@ -186,34 +215,37 @@ fn check_string(shape_name: &str, shape: &Value, s: &str, at: &Where, out: &mut 
     }
     let value = Value::String(s.to_string());
     check_length(shape, s.chars().count(), &value, at, out);
-    if let Some(allowed) = shape.get("enum").and_then(Value::as_array) {
-        if !allowed.iter().any(|a| a.as_str() == Some(s)) {
-            let list: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
-            let hint = match closest(s, &list) {
-                Some(best) => format!(" (did you mean '{best}'?)"),
-                None => String::new(),
-            };
-            constraint(
-                &value,
-                at,
-                &format!("Member must satisfy enum value set: [{}]{hint}", list.join(", ")),
-                out,
-            );
-        }
+    if let Some(allowed) = shape.get("enum").and_then(Value::as_array)
+        && !allowed.iter().any(|a| a.as_str() == Some(s))
+    {
+        let list: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
+        let hint = match closest(s, &list) {
+            Some(best) => format!(" (did you mean '{best}'?)"),
+            None => String::new(),
+        };
+        constraint(
+            &value,
+            at,
+            &format!(
+                "Member must satisfy enum value set: [{}]{hint}",
+                list.join(", ")
+            ),
+            out,
+        );
     }
     if let Some(pattern) = shape.get("pattern").and_then(Value::as_str) {
         // The service anchors its patterns; a few use Java-only syntax (look-behind,
         // \p{Alnum}) that Rust's regex lacks, and those are left to the service's semantics
         // we can express rather than guessed at.
-        if let Ok(re) = regex::Regex::new(&format!("^(?:{pattern})$")) {
-            if !re.is_match(s) {
-                constraint(
-                    &value,
-                    at,
-                    &format!("Member must satisfy regular expression pattern: {pattern}"),
-                    out,
-                );
-            }
+        if let Ok(re) = regex::Regex::new(&format!("^(?:{pattern})$"))
+            && !re.is_match(s)
+        {
+            constraint(
+                &value,
+                at,
+                &format!("Member must satisfy regular expression pattern: {pattern}"),
+                out,
+            );
         }
     }
 }
@@ -230,11 +262,29 @@ fn extension_allows(shape_name: &str, s: &str) -> bool {
 
 fn check_length(shape: &Value, len: usize, value: &Value, at: &Where, out: &mut Findings) {
     let len = len as i64;
-    if let Some(min) = shape.get("min").and_then(Value::as_i64).filter(|m| len < *m) {
-        constraint(value, at, &format!("Member must have length greater than or equal to {min}"), out);
+    if let Some(min) = shape
+        .get("min")
+        .and_then(Value::as_i64)
+        .filter(|m| len < *m)
+    {
+        constraint(
+            value,
+            at,
+            &format!("Member must have length greater than or equal to {min}"),
+            out,
+        );
     }
-    if let Some(max) = shape.get("max").and_then(Value::as_i64).filter(|m| len > *m) {
-        constraint(value, at, &format!("Member must have length less than or equal to {max}"), out);
+    if let Some(max) = shape
+        .get("max")
+        .and_then(Value::as_i64)
+        .filter(|m| len > *m)
+    {
+        constraint(
+            value,
+            at,
+            &format!("Member must have length less than or equal to {max}"),
+            out,
+        );
     }
 }
 
@@ -295,7 +345,11 @@ fn levenshtein(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(cur) };
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(cur)
+            };
             prev = cur;
         }
     }
@@ -330,7 +384,13 @@ mod tests {
         req["HyperParameter"] = json!({"a": "1"});
         let f = check("CreateTrainingJobRequest", &req);
         assert_eq!(f.parameters.len(), 1);
-        assert!(f.parameters[0].starts_with("Unknown parameter in input: \"HyperParameter\" (did you mean \"HyperParameters\"?)"), "{}", f.parameters[0]);
+        assert!(
+            f.parameters[0].starts_with(
+                "Unknown parameter in input: \"HyperParameter\" (did you mean \"HyperParameters\"?)"
+            ),
+            "{}",
+            f.parameters[0]
+        );
     }
 
     #[test]
@@ -340,7 +400,12 @@ mod tests {
         req.as_object_mut().unwrap().remove("RoleArn");
         let f = check("CreateTrainingJobRequest", &req);
         assert!(f.parameters.iter().any(|p| p.starts_with("Unknown parameter in ResourceConfig: \"InstanceTyp\" (did you mean \"InstanceType\"?)")), "{f:?}");
-        assert!(f.parameters.iter().any(|p| p == "Missing required parameter in input: \"RoleArn\""), "{f:?}");
+        assert!(
+            f.parameters
+                .iter()
+                .any(|p| p == "Missing required parameter in input: \"RoleArn\""),
+            "{f:?}"
+        );
     }
 
     #[test]
@@ -360,9 +425,31 @@ mod tests {
         req["Environment"] = json!({"1BAD": "x"});
         req["HyperParameters"] = json!({"k": 3});
         let f = check("CreateTrainingJobRequest", &req);
-        assert!(f.constraints.iter().any(|c| c.contains("at 'inputDataConfig.1.member.channelName'")), "{f:?}");
-        assert!(f.constraints.iter().any(|c| c.contains("Value '1BAD' at 'environment.1BAD'")), "{f:?}");
+        assert!(
+            f.constraints
+                .iter()
+                .any(|c| c.contains("at 'inputDataConfig.1.member.channelName'")),
+            "{f:?}"
+        );
+        assert!(
+            f.constraints
+                .iter()
+                .any(|c| c.contains("Value '1BAD' at 'environment.1BAD'")),
+            "{f:?}"
+        );
         assert!(f.parameters.iter().any(|p| p.starts_with("Invalid type for parameter HyperParameters.k, value: 3, type: <class 'int'>, valid types: <class 'str'>")), "{f:?}");
+    }
+
+    #[test]
+    fn a_newline_in_a_hyperparameter_fails_the_dot_star_pattern_as_on_aws() {
+        let mut req = minimal();
+        req["HyperParameters"] = json!({"ok": "ünïcode \\ \"q\"", "bad": "two\nlines"});
+        let f = check("CreateTrainingJobRequest", &req);
+        assert_eq!(f.constraints.len(), 1, "{f:?}");
+        assert!(
+            f.constraints[0].contains("at 'hyperParameters.bad'"),
+            "{f:?}"
+        );
     }
 
     #[test]
@@ -374,12 +461,20 @@ mod tests {
         assert!(f.constraints.is_empty(), "{f:?}");
         req["OutputDataConfig"]["S3OutputPath"] = json!("gs://bucket/out");
         let f = check("CreateTrainingJobRequest", &req);
-        assert!(f.constraints.iter().any(|c| c.contains("at 'outputDataConfig.s3OutputPath'")), "{f:?}");
+        assert!(
+            f.constraints
+                .iter()
+                .any(|c| c.contains("at 'outputDataConfig.s3OutputPath'")),
+            "{f:?}"
+        );
     }
 
     #[test]
     fn closest_only_suggests_plausible_typos() {
-        assert_eq!(closest("HyperParameter", &["HyperParameters", "RoleArn"]), Some("HyperParameters"));
+        assert_eq!(
+            closest("HyperParameter", &["HyperParameters", "RoleArn"]),
+            Some("HyperParameters")
+        );
         assert_eq!(closest("Zzzzzzzz", &["HyperParameters", "RoleArn"]), None);
     }
 }

@@ -54,7 +54,9 @@ fn parse_params(raw: &serde_json::Map<String, serde_json::Value>) -> Result<Para
         target_column: get(raw, "target_column", 0, "a column index, 0 or more")?,
     };
     if p.epochs == 0 {
-        return Err("ClientError: hyperparameter epochs='0' is not valid; expected 1 or more".into());
+        return Err(
+            "ClientError: hyperparameter epochs='0' is not valid; expected 1 or more".into(),
+        );
     }
     if !(p.learning_rate > 0.0 && p.learning_rate.is_finite()) {
         return Err(format!(
@@ -68,21 +70,31 @@ fn parse_params(raw: &serde_json::Map<String, serde_json::Value>) -> Result<Para
 /// Rows of features and targets from every CSV file of a channel, in name order.
 fn load_channel(dir: &Path, target_column: usize) -> Result<(Vec<Vec<f64>>, Vec<f64>), String> {
     let mut files = Vec::new();
-    collect_csv(dir, &mut files).map_err(|e| format!("ClientError: cannot read channel {}: {e}", dir.display()))?;
+    collect_csv(dir, &mut files)
+        .map_err(|e| format!("ClientError: cannot read channel {}: {e}", dir.display()))?;
     files.sort();
     if files.is_empty() {
-        return Err(format!("ClientError: no .csv files in channel folder {}", dir.display()));
+        return Err(format!(
+            "ClientError: no .csv files in channel folder {}",
+            dir.display()
+        ));
     }
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for file in &files {
-        let text = fs::read_to_string(file).map_err(|e| format!("ClientError: cannot read {}: {e}", file.display()))?;
+        let text = fs::read_to_string(file)
+            .map_err(|e| format!("ClientError: cannot read {}: {e}", file.display()))?;
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let cells: Result<Vec<f64>, _> = line.split(',').map(|c| c.trim().parse::<f64>()).collect();
+            let cells: Result<Vec<f64>, _> =
+                line.split(',').map(|c| c.trim().parse::<f64>()).collect();
             let mut cells = cells.map_err(|_| {
-                format!("ClientError: {}:{} is not a row of numbers: '{line}'", file.display(), n + 1)
+                format!(
+                    "ClientError: {}:{} is not a row of numbers: '{line}'",
+                    file.display(),
+                    n + 1
+                )
             })?;
             if target_column >= cells.len() {
                 return Err(format!(
@@ -98,7 +110,10 @@ fn load_channel(dir: &Path, target_column: usize) -> Result<(Vec<Vec<f64>>, Vec<
     }
     let width = xs.first().map(Vec::len).unwrap_or(0);
     if xs.iter().any(|r| r.len() != width) {
-        return Err(format!("ClientError: rows in {} have different numbers of columns", dir.display()));
+        return Err(format!(
+            "ClientError: rows in {} have different numbers of columns",
+            dir.display()
+        ));
     }
     Ok((xs, ys))
 }
@@ -142,7 +157,12 @@ fn main() {
     let root = ml_root();
     let mode = std::env::args().nth(1).unwrap_or_default();
     if mode != "train" {
-        fail(&root, &format!("ClientError: this image only trains; it was started with '{mode}' instead of 'train'"));
+        fail(
+            &root,
+            &format!(
+                "ClientError: this image only trains; it was started with '{mode}' instead of 'train'"
+            ),
+        );
     }
     unsafe {
         libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
@@ -150,29 +170,45 @@ fn main() {
 
     let hp_path = root.join("input/config/hyperparameters.json");
     let raw: serde_json::Map<String, serde_json::Value> = match fs::read_to_string(&hp_path) {
-        Ok(text) => serde_json::from_str(&text)
-            .unwrap_or_else(|e| fail(&root, &format!("ClientError: {} is not a JSON object: {e}", hp_path.display()))),
+        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+            fail(
+                &root,
+                &format!(
+                    "ClientError: {} is not a JSON object: {e}",
+                    hp_path.display()
+                ),
+            )
+        }),
         Err(_) => serde_json::Map::new(),
     };
     let params = parse_params(&raw).unwrap_or_else(|reason| fail(&root, &reason));
 
-    let resource: serde_json::Value = fs::read_to_string(root.join("input/config/resourceconfig.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let host = resource["current_host"].as_str().unwrap_or("unknown").to_string();
+    let resource: serde_json::Value =
+        fs::read_to_string(root.join("input/config/resourceconfig.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+    let host = resource["current_host"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
     println!(
         "linear-regression on {host}: epochs={} learning_rate={} target_column={}",
         params.epochs, params.learning_rate, params.target_column
     );
 
     let data = root.join("input/data");
-    let (xs, ys) = load_channel(&data.join("train"), params.target_column).unwrap_or_else(|r| fail(&root, &r));
-    let validation = data
-        .join("validation")
-        .is_dir()
-        .then(|| load_channel(&data.join("validation"), params.target_column).unwrap_or_else(|r| fail(&root, &r)));
-    println!("loaded {} training rows with {} features", xs.len(), xs[0].len());
+    let (xs, ys) =
+        load_channel(&data.join("train"), params.target_column).unwrap_or_else(|r| fail(&root, &r));
+    let validation = data.join("validation").is_dir().then(|| {
+        load_channel(&data.join("validation"), params.target_column)
+            .unwrap_or_else(|r| fail(&root, &r))
+    });
+    println!(
+        "loaded {} training rows with {} features",
+        xs.len(),
+        xs[0].len()
+    );
 
     let width = xs[0].len();
     let (mut w, mut b) = (vec![0.0; width], 0.0);
@@ -206,7 +242,10 @@ fn main() {
             );
         }
         match &validation {
-            Some((vx, vy)) => println!("epoch={epoch} train_mse={train_mse:.6} validation_mse={:.6}", mse(&w, b, vx, vy)),
+            Some((vx, vy)) => println!(
+                "epoch={epoch} train_mse={train_mse:.6} validation_mse={:.6}",
+                mse(&w, b, vx, vy)
+            ),
             None => println!("epoch={epoch} train_mse={train_mse:.6}"),
         }
         epochs_done = epoch;
@@ -229,7 +268,13 @@ fn main() {
             writeln!(f, "final_train_mse={:.6}", mse(&w, b, &xs, &ys))
         });
     if let Err(e) = written {
-        fail(&root, &format!("AlgorithmError: cannot write the model: {e}"));
+        fail(
+            &root,
+            &format!("AlgorithmError: cannot write the model: {e}"),
+        );
     }
-    println!("model written to {}", root.join("model/model.json").display());
+    println!(
+        "model written to {}",
+        root.join("model/model.json").display()
+    );
 }

@@ -5,6 +5,7 @@
 //! Steps:
 //!   echo TEXT            print TEXT on stdout          stderr TEXT   print on stderr
 //!   write PATH TEXT      write a file (parents made)   symlink TARGET LINK
+//!   append PATH TEXT     append to a file
 //!   copy SRC DST         copy a file or a tree         cat PATH      print a file
 //!   env                  print the environment, sorted, as NAME=VALUE lines
 //!   args                 print the process's own arguments as a JSON array
@@ -13,6 +14,7 @@
 //!                        /opt/ml/output/data/sigterm and exits with CODE
 //!   alloc MB             allocate and touch MB mebibytes, and keep them
 //!   exit CODE            exit now
+//!   train                nothing (what SageMaker passes to the image's own entrypoint)
 //! Without `on-term`, SIGTERM is ignored, as it is for any PID 1 with no handler.
 
 use std::fs;
@@ -66,12 +68,34 @@ fn main() {
     while i < args.len() {
         let step = args[i].clone();
         let result: std::io::Result<()> = match step.as_str() {
-            "echo" => Ok(println!("{}", take(1, &mut i)[0])),
-            "stderr" => Ok(eprintln!("{}", take(1, &mut i)[0])),
+            // SageMaker passes `train` to an image's own entrypoint; the probe accepts it as a no-op.
+            "train" => {
+                i += 1;
+                Ok(())
+            }
+            "echo" => {
+                println!("{}", take(1, &mut i)[0]);
+                Ok(())
+            }
+            "stderr" => {
+                eprintln!("{}", take(1, &mut i)[0]);
+                Ok(())
+            }
             "write" => {
                 let a = take(2, &mut i);
                 let path = Path::new(&a[0]);
-                path.parent().map(fs::create_dir_all).transpose().and_then(|_| fs::write(path, &a[1]))
+                path.parent()
+                    .map(fs::create_dir_all)
+                    .transpose()
+                    .and_then(|_| fs::write(path, &a[1]))
+            }
+            "append" => {
+                let a = take(2, &mut i);
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&a[0])
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, a[1].as_bytes()))
             }
             "symlink" => {
                 let a = take(2, &mut i);
@@ -95,7 +119,8 @@ fn main() {
             "args" => {
                 i += 1;
                 let all: Vec<String> = std::env::args().collect();
-                Ok(println!("{}", serde_json::to_string(&all).unwrap_or_default()))
+                println!("{}", serde_json::to_string(&all).unwrap_or_default());
+                Ok(())
             }
             "sleep" => {
                 let secs: f64 = take(1, &mut i)[0].parse().unwrap_or(0.0);

@@ -1,0 +1,363 @@
+//! What every end-to-end test stands on: the real Docker Engine, the sample images built
+//! locally, a real S3-compatible server (s3s-fs) on 127.0.0.1 started in this process, and
+//! the real `smlocal` binary. Nothing is mocked. A missing Docker Engine fails the test
+//! (it never skips), so CI cannot pass without having run these.
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+
+pub const ACCESS_KEY: &str = "smlocal-test-key";
+pub const SECRET_KEY: &str = "smlocal-test-secret";
+pub const REGION: &str = "us-west-2";
+pub const SAMPLE_IMAGE: &str = "smlocal/linear-regression:latest";
+pub const PROBE_IMAGE: &str = "smlocal/probe:latest";
+pub const PROBE: &str = "/usr/local/bin/probe";
+
+/// Builds the sample and probe images once per test process, failing loudly when Docker is
+/// not there.
+pub fn images() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let info = Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output();
+        match info {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "these tests need a running Docker Engine and `docker info` failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("these tests need Docker and the docker CLI is missing: {e}"),
+        }
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-images.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .status()
+            .expect("run build-images.sh");
+        assert!(status.success(), "{} failed", script.display());
+    });
+}
+
+/// The S3-compatible server shared by the tests of this process.
+pub struct S3Server {
+    pub endpoint: String,
+    pub root: PathBuf,
+}
+
+pub fn s3() -> &'static S3Server {
+    static SERVER: OnceLock<S3Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let root = tempfile::Builder::new()
+            .prefix("smlocal-s3-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fs_root = root.clone();
+        // Its own thread and runtime, so it outlives every test's runtime.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let fs = s3s_fs::FileSystem::new(&fs_root).expect("s3s-fs root");
+                let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+                builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                let service = builder.build();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind 127.0.0.1");
+                tx.send(listener.local_addr().expect("addr"))
+                    .expect("send addr");
+                let http = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                loop {
+                    let Ok((socket, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let conn = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone())
+                        .into_owned();
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+            });
+        });
+        let addr = rx.recv().expect("the S3 server did not start");
+        S3Server {
+            endpoint: format!("http://{addr}"),
+            root,
+        }
+    })
+}
+
+impl S3Server {
+    /// A new, empty bucket for one test.
+    pub fn bucket(&self, name: &str) -> Bucket {
+        // s3s-fs keeps a bucket as a folder under its root.
+        std::fs::create_dir_all(self.root.join(name)).expect("create bucket");
+        let store = AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(name)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_region(REGION)
+            .build()
+            .expect("S3 client");
+        Bucket {
+            name: name.into(),
+            store: Arc::new(store),
+        }
+    }
+}
+
+pub struct Bucket {
+    pub name: String,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Bucket {
+    pub fn uri(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.name)
+    }
+
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        let payload = PutPayload::from(bytes.to_vec());
+        block_on(self.store.put(&StorePath::from(key), payload)).expect("put object");
+    }
+
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        match block_on(self.store.get(&StorePath::from(key))) {
+            Ok(got) => Some(block_on(got.bytes()).expect("read object").to_vec()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => panic!("get {key}: {e}"),
+        }
+    }
+}
+
+/// One runtime for the tests' own S3 client: its pooled connections live on it.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime")
+        })
+        .block_on(f)
+}
+
+/// The `smlocal` binary with its own state directory and the test S3 server configured
+/// through the standard AWS variables only.
+pub struct Smlocal {
+    pub home: tempfile::TempDir,
+}
+
+impl Smlocal {
+    pub fn new() -> Self {
+        images();
+        Smlocal {
+            home: tempfile::Builder::new()
+                .prefix("smlocal-home-")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let server = s3();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_smlocal"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SMLOCAL_HOME", self.home.path())
+            .env("AWS_ENDPOINT_URL", &server.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_REGION", REGION)
+            .stdin(Stdio::null());
+        if let Ok(host) = std::env::var("DOCKER_HOST") {
+            cmd.env("DOCKER_HOST", host);
+        }
+        cmd
+    }
+
+    /// Runs `smlocal train` on a request and returns what it printed and its exit code.
+    pub fn train(&self, request: &Value, extra: &[&str]) -> Run {
+        let file = self.home.path().join(format!("request-{}.json", unique()));
+        std::fs::write(&file, serde_json::to_vec_pretty(request).expect("json"))
+            .expect("write request");
+        let output = self
+            .command()
+            .arg("train")
+            .arg(&file)
+            .args(extra)
+            .output()
+            .expect("run smlocal");
+        Run::from(output)
+    }
+
+    pub fn describe(&self, name: &str) -> Value {
+        let out = self
+            .command()
+            .args(["describe", name])
+            .output()
+            .expect("run smlocal describe");
+        assert!(
+            out.status.success(),
+            "describe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("describe prints JSON")
+    }
+
+    pub fn job_dir(&self, name: &str) -> PathBuf {
+        self.home.path().join("jobs").join(name)
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A name no other test of any process uses.
+pub fn unique() -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{}-{n}", std::process::id())
+}
+
+/// A request in the shape boto3 sends, with one S3 channel and an S3 output path.
+pub fn request(name: &str, image: &str, bucket: &Bucket) -> Value {
+    json!({
+        "TrainingJobName": name,
+        "RoleArn": "arn:aws:iam::123456789012:role/SageMakerRole",
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
+        "InputDataConfig": [{
+            "ChannelName": "train",
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": bucket.uri("train/"), "S3DataDistributionType": "FullyReplicated"}}
+        }],
+        "OutputDataConfig": {"S3OutputPath": bucket.uri("output")},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 300}
+    })
+}
+
+/// A request whose container is the probe running `steps`.
+pub fn probe_request(name: &str, bucket: &Bucket, steps: &[&str]) -> Value {
+    let mut r = request(name, PROBE_IMAGE, bucket);
+    let mut entry = vec![PROBE.to_string()];
+    entry.extend(steps.iter().map(|s| s.to_string()));
+    r["AlgorithmSpecification"]["ContainerEntrypoint"] = json!(entry);
+    r
+}
+
+/// The entries of a gzip tarball: path → (is symlink, link target or file bytes).
+pub fn tar_entries(bytes: &[u8]) -> Vec<(String, Entry)> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut out = Vec::new();
+    for entry in archive.entries().expect("a tar.gz") {
+        let mut entry = entry.expect("tar entry");
+        let path = entry.path().expect("path").display().to_string();
+        let kind = entry.header().entry_type();
+        let item = if kind.is_symlink() {
+            Entry::Link(
+                entry
+                    .link_name()
+                    .expect("link")
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default(),
+            )
+        } else if kind.is_dir() {
+            Entry::Dir
+        } else {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).expect("read entry");
+            Entry::File(data)
+        };
+        out.push((path, item));
+    }
+    out
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Entry {
+    File(Vec<u8>),
+    Dir,
+    Link(String),
+}
+
+pub fn file_entry(entries: &[(String, Entry)], path: &str) -> Vec<u8> {
+    match entries.iter().find(|(p, _)| p == path) {
+        Some((_, Entry::File(data))) => data.clone(),
+        other => panic!(
+            "{path} is not a file in the archive: {other:?}; entries: {:?}",
+            entries.iter().map(|e| &e.0).collect::<Vec<_>>()
+        ),
+    }
+}
+
+/// Containers and networks still labelled for a job.
+pub fn leftovers(job: &str) -> (String, String) {
+    let label = format!("label=smlocal.job={job}");
+    let containers = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &label])
+        .output()
+        .expect("docker ps");
+    let networks = Command::new("docker")
+        .args(["network", "ls", "-q", "--filter", &label])
+        .output()
+        .expect("docker network ls");
+    (
+        String::from_utf8_lossy(&containers.stdout)
+            .trim()
+            .to_string(),
+        String::from_utf8_lossy(&networks.stdout).trim().to_string(),
+    )
+}
+
+/// Removes what a `--keep` run left.
+pub fn remove_leftovers(job: &str) {
+    let (containers, networks) = leftovers(job);
+    for id in containers.split_whitespace() {
+        let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    }
+    for id in networks.split_whitespace() {
+        let _ = Command::new("docker").args(["network", "rm", id]).output();
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `smlocal` binary against the real Docker Engine and a real
+//! S3-compatible server on 127.0.0.1. One test binary, so the images and the server are
+//! prepared once.
+
+mod contract;
+mod harness;
+mod outcomes;
+mod staging;
+mod validation;

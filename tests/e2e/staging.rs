@@ -1,0 +1,181 @@
+//! Channels: S3Prefix and ManifestFile from s3:// and file://, byte-identical, keys placed at
+//! key-minus-prefix, the user's data never written, traversal keys refused (DESIGN §5).
+
+use crate::harness::*;
+use serde_json::json;
+
+fn bytes(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect()
+}
+
+#[test]
+fn s3_prefix_objects_arrive_byte_identical_at_key_minus_prefix() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("prefix-{}", unique()));
+    let big = bytes(7, 3 << 20);
+    bucket.put("data/tr/a.bin", &big);
+    bucket.put("data/tr/nested/deeper/b.csv", b"x,y\n");
+    bucket.put("data/train2.csv", b"string prefix match\n");
+    bucket.put("data/other/c.csv", b"not in the channel\n");
+    let mut req = probe_request(
+        "prefix-job",
+        &bucket,
+        &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"],
+    );
+    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri("data/tr"));
+    let run = sm.train(&req, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let entries = tar_entries(&bucket.get("output/prefix-job/output/model.tar.gz").unwrap());
+    assert_eq!(file_entry(&entries, "seen/a.bin"), big);
+    assert_eq!(file_entry(&entries, "seen/nested/deeper/b.csv"), b"x,y\n");
+    assert_eq!(
+        file_entry(&entries, "seen/ain2.csv"),
+        b"string prefix match\n"
+    );
+    assert!(
+        !entries.iter().any(|(p, _)| p.contains("c.csv")),
+        "an object outside the prefix was staged"
+    );
+}
+
+#[test]
+fn a_manifest_file_stages_the_listed_keys() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("manifest-{}", unique()));
+    bucket.put("pool/one.csv", b"1\n");
+    bucket.put("pool/sub/two.csv", b"2\n");
+    bucket.put("pool/unlisted.csv", b"3\n");
+    bucket.put(
+        "manifests/train.json",
+        format!(
+            r#"[{{"prefix": "{}"}}, "one.csv", "sub/two.csv"]"#,
+            bucket.uri("pool/")
+        )
+        .as_bytes(),
+    );
+    let mut req = probe_request(
+        "manifest-job",
+        &bucket,
+        &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"],
+    );
+    req["InputDataConfig"][0]["DataSource"]["S3DataSource"] =
+        json!({"S3DataType": "ManifestFile", "S3Uri": bucket.uri("manifests/train.json")});
+    let run = sm.train(&req, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let entries = tar_entries(
+        &bucket
+            .get("output/manifest-job/output/model.tar.gz")
+            .unwrap(),
+    );
+    assert_eq!(file_entry(&entries, "seen/one.csv"), b"1\n");
+    assert_eq!(file_entry(&entries, "seen/sub/two.csv"), b"2\n");
+    assert!(!entries.iter().any(|(p, _)| p.contains("unlisted")));
+}
+
+#[test]
+fn file_uris_work_and_the_algorithm_cannot_change_the_users_data() {
+    let sm = Smlocal::new();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("train/sub")).unwrap();
+    std::fs::write(data.path().join("train/a.csv"), b"original\n").unwrap();
+    std::fs::write(data.path().join("train/sub/b.csv"), b"kept\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let bucket = s3().bucket(&format!("local-{}", unique()));
+    let mut req = probe_request(
+        "local-job",
+        &bucket,
+        &[
+            "write",
+            "/opt/ml/input/data/train/a.csv",
+            "overwritten by the algorithm",
+            "write",
+            "/opt/ml/input/data/train/new.csv",
+            "new",
+            "cat",
+            "/opt/ml/input/data/train/sub/b.csv",
+            "write",
+            "/opt/ml/model/m",
+            "1",
+        ],
+    );
+    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] =
+        json!(format!("file://{}/train/", data.path().display()));
+    req["OutputDataConfig"]["S3OutputPath"] =
+        json!(format!("file://{}/results", out.path().display()));
+    let run = sm.train(&req, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("algo-1 | kept"), "{run:?}");
+    assert_eq!(
+        std::fs::read(data.path().join("train/a.csv")).unwrap(),
+        b"original\n"
+    );
+    assert!(!data.path().join("train/new.csv").exists());
+    let model = std::fs::read(out.path().join("results/local-job/output/model.tar.gz"))
+        .expect("model.tar.gz in the file:// output path");
+    assert_eq!(file_entry(&tar_entries(&model), "m"), b"1");
+    assert!(
+        out.path()
+            .join("results/local-job/output/output.tar.gz")
+            .exists()
+    );
+}
+
+#[test]
+fn a_key_that_would_escape_the_channel_is_refused_by_name_and_nothing_is_written_outside() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("traversal-{}", unique()));
+    bucket.put("pool/ok.csv", b"1\n");
+    bucket.put("escape.csv", b"evil\n");
+    bucket.put(
+        "manifest.json",
+        format!(
+            r#"[{{"prefix": "{}"}}, "ok.csv", "../escape.csv"]"#,
+            bucket.uri("pool/")
+        )
+        .as_bytes(),
+    );
+    let mut req = probe_request("traversal-job", &bucket, &["echo", "must not run"]);
+    req["InputDataConfig"][0]["DataSource"]["S3DataSource"] =
+        json!({"S3DataType": "ManifestFile", "S3Uri": bucket.uri("manifest.json")});
+    let run = sm.train(&req, &["--keep"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(!run.stdout.contains("must not run"), "{run:?}");
+    let record = sm.describe("traversal-job");
+    assert_eq!(record["TrainingJobStatus"], "Failed");
+    let reason = record["FailureReason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("ClientError:")
+            && reason.contains("'../escape.csv'")
+            && reason.contains("outside the channel folder"),
+        "{reason}"
+    );
+    let work = sm.job_dir("traversal-job").join("work/algo-1/input/data");
+    let mut written = Vec::new();
+    for entry in walk(&sm.job_dir("traversal-job")) {
+        if entry.file_name().is_some_and(|n| n == "escape.csv") {
+            written.push(entry);
+        }
+    }
+    assert!(
+        written.is_empty(),
+        "escape.csv was written: {written:?} (work {})",
+        work.display()
+    );
+    remove_leftovers("traversal-job");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
