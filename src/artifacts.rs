@@ -1,11 +1,14 @@
-//! Turns a host's `/opt/ml/model` and `/opt/ml/output/data` into the tarballs SageMaker
-//! uploads: paths relative to the folder, symlinks stored as symlinks and never followed
-//! (a model folder may link anywhere on this machine), gzip-compressed.
+//! Turns the hosts' `/opt/ml/model` (or `/opt/ml/output/data`) folders into the one tarball
+//! SageMaker uploads: paths relative to the folder, symlinks stored as symlinks and never
+//! followed (a model folder may link anywhere on this machine), gzip-compressed. When several
+//! hosts wrote the same path, the lowest-numbered host's version is kept and the conflict is
+//! reported when the contents differ.
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,14 +23,28 @@ pub enum ArtifactError {
 }
 
 /// What went into an archive.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Packed {
     pub entries: usize,
     pub bytes: u64,
+    /// Paths that hosts wrote with different contents; the first host's version was kept.
+    pub conflicts: Vec<Conflict>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub path: String,
+    /// Every host that wrote the path, the kept one first.
+    pub hosts: Vec<String>,
 }
 
 /// Writes `dir`'s contents to `archive` as a gzip-compressed tar.
 pub fn pack(dir: &Path, archive: &Path) -> Result<Packed, ArtifactError> {
+    pack_merged(&[(String::new(), dir.to_path_buf())], archive)
+}
+
+/// Writes the union of several hosts' folders to `archive`.
+pub fn pack_merged(sources: &[(String, PathBuf)], archive: &Path) -> Result<Packed, ArtifactError> {
     let err = |path: &Path| {
         let (path, archive) = (path.to_path_buf(), archive.to_path_buf());
         move |source| ArtifactError::Io {
@@ -36,6 +53,17 @@ pub fn pack(dir: &Path, archive: &Path) -> Result<Packed, ArtifactError> {
             source,
         }
     };
+    // Every relative path, with each host's copy in host order.
+    let mut tree: BTreeMap<PathBuf, Vec<(usize, PathBuf, Kind)>> = BTreeMap::new();
+    for (index, (_, dir)) in sources.iter().enumerate() {
+        if dir.is_dir() {
+            walk(dir, Path::new(""), &mut |rel, full, kind| {
+                tree.entry(rel).or_default().push((index, full, kind));
+            })
+            .map_err(err(dir))?;
+        }
+    }
+
     let file = File::create(archive).map_err(err(archive))?;
     let gz = GzEncoder::new(
         BufWriter::with_capacity(1 << 20, file),
@@ -44,44 +72,101 @@ pub fn pack(dir: &Path, archive: &Path) -> Result<Packed, ArtifactError> {
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
     let mut packed = Packed::default();
-    if dir.is_dir() {
-        add_tree(&mut tar, dir, Path::new(""), &mut packed).map_err(err(dir))?;
+    // A path kept as a file or link hides other hosts' entries beneath it.
+    let mut not_dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    for (rel, copies) in &tree {
+        if rel.ancestors().skip(1).any(|a| not_dirs.contains(a)) {
+            continue;
+        }
+        let (_, full, kind) = &copies[0];
+        let differs = copies[1..]
+            .iter()
+            .any(|(_, other, other_kind)| !same(full, kind, other, other_kind));
+        if differs {
+            packed.conflicts.push(Conflict {
+                path: rel.display().to_string(),
+                hosts: copies
+                    .iter()
+                    .map(|(i, _, _)| sources[*i].0.clone())
+                    .collect(),
+            });
+        }
+        match kind {
+            Kind::Dir => tar.append_dir(rel, full).map_err(err(full))?,
+            Kind::File(len) => {
+                tar.append_path_with_name(full, rel).map_err(err(full))?;
+                packed.bytes += len;
+                not_dirs.insert(rel.clone());
+            }
+            Kind::Link(_) => {
+                tar.append_path_with_name(full, rel).map_err(err(full))?;
+                not_dirs.insert(rel.clone());
+            }
+        }
+        packed.entries += 1;
     }
-    let gz = tar.into_inner().map_err(err(dir))?;
+    let gz = tar.into_inner().map_err(err(archive))?;
     let mut out = gz.finish().map_err(err(archive))?;
     out.flush().map_err(err(archive))?;
     Ok(packed)
 }
 
-fn add_tree<W: Write>(
-    tar: &mut tar::Builder<W>,
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Dir,
+    File(u64),
+    Link(PathBuf),
+}
+
+fn walk(
     dir: &Path,
     rel: &Path,
-    packed: &mut Packed,
+    visit: &mut dyn FnMut(PathBuf, PathBuf, Kind),
 ) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    // Sorted, so the same tree always gives the same archive.
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
         let path = entry.path();
         let name = rel.join(entry.file_name());
         // symlink_metadata: a link to a folder is archived as the link, not walked.
         let meta = std::fs::symlink_metadata(&path)?;
         if meta.is_dir() {
-            tar.append_dir(&name, &path)?;
-            packed.entries += 1;
-            add_tree(tar, &path, &name, packed)?;
-        } else if meta.is_file() || meta.file_type().is_symlink() {
-            tar.append_path_with_name(&path, &name)?;
-            packed.entries += 1;
-            if meta.is_file() {
-                packed.bytes += meta.len();
-            }
+            visit(name.clone(), path.clone(), Kind::Dir);
+            walk(&path, &name, visit)?;
+        } else if meta.is_file() {
+            visit(name, path, Kind::File(meta.len()));
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            visit(name, path, Kind::Link(target));
         } else {
             tracing::warn!(path = %path.display(), "skipping a special file (socket, device or FIFO) that a tarball cannot carry");
         }
     }
     Ok(())
+}
+
+/// Whether two hosts' copies of a path are the same (files compared byte by byte).
+fn same(a: &Path, a_kind: &Kind, b: &Path, b_kind: &Kind) -> bool {
+    match (a_kind, b_kind) {
+        (Kind::Dir, Kind::Dir) => true,
+        (Kind::Link(x), Kind::Link(y)) => x == y,
+        (Kind::File(x), Kind::File(y)) if x == y => same_bytes(a, b).unwrap_or(false),
+        _ => false,
+    }
+}
+
+fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
+    let (mut a, mut b) = (File::open(a)?, File::open(b)?);
+    let (mut x, mut y) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = a.read(&mut x)?;
+        if n == 0 {
+            return Ok(b.read(&mut y[..1])? == 0);
+        }
+        b.read_exact(&mut y[..n])?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +186,7 @@ mod tests {
         let archive = dir.path().join("model.tar.gz");
         let packed = pack(&model, &archive).unwrap();
         assert_eq!(packed.bytes, 2);
+        assert!(packed.conflicts.is_empty());
 
         let mut tar = tar::Archive::new(GzDecoder::new(File::open(&archive).unwrap()));
         let mut seen = Vec::new();
@@ -120,6 +206,66 @@ mod tests {
                 ("weights.bin".to_string(), false, None),
             ]
         );
+    }
+
+    #[test]
+    fn hosts_are_merged_and_differing_paths_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+        for (d, shared, own, clash) in
+            [(&one, "same", "a", "from 1"), (&two, "same", "b", "from 2")]
+        {
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+            std::fs::write(d.join("shared.txt"), shared).unwrap();
+            std::fs::write(d.join(format!("sub/{own}.txt")), own).unwrap();
+            std::fs::write(d.join("clash.txt"), clash).unwrap();
+        }
+        std::fs::write(one.join("kind"), "a file on algo-1").unwrap();
+        std::fs::create_dir_all(two.join("kind")).unwrap();
+        std::fs::write(two.join("kind/inside.txt"), "hidden by algo-1's file").unwrap();
+        let archive = dir.path().join("merged.tar.gz");
+        let sources = [("algo-1".to_string(), one), ("algo-2".to_string(), two)];
+        let packed = pack_merged(&sources, &archive).unwrap();
+        let conflicts: Vec<(&str, Vec<&str>)> = packed
+            .conflicts
+            .iter()
+            .map(|c| {
+                (
+                    c.path.as_str(),
+                    c.hosts.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            conflicts,
+            [
+                ("clash.txt", vec!["algo-1", "algo-2"]),
+                ("kind", vec!["algo-1", "algo-2"])
+            ]
+        );
+
+        let mut tar = tar::Archive::new(GzDecoder::new(File::open(&archive).unwrap()));
+        let mut seen = Vec::new();
+        for entry in tar.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let mut text = String::new();
+            entry.read_to_string(&mut text).unwrap();
+            seen.push((path, text));
+        }
+        let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "clash.txt",
+                "kind",
+                "shared.txt",
+                "sub",
+                "sub/a.txt",
+                "sub/b.txt"
+            ]
+        );
+        assert_eq!(seen[0].1, "from 1");
     }
 
     #[test]

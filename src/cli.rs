@@ -40,6 +40,12 @@ enum Command {
     },
     /// List jobs, newest first.
     List,
+    /// Stop a running job, as StopTrainingJob does: SIGTERM to every host, SIGKILL after the
+    /// grace, artifacts collected, status Stopped.
+    Stop {
+        /// The TrainingJobName.
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -62,6 +68,10 @@ struct TrainArgs {
     /// AWS_SESSION_TOKEN). Off by default: on SageMaker they come from the job's role.
     #[arg(long)]
     pass_aws_credentials: bool,
+    /// Run a cluster whose memory does not fit this machine by scaling every container's
+    /// memory cap down by the same factor.
+    #[arg(long)]
+    oversubscribe: bool,
 }
 
 pub async fn main(cli: Cli) -> ExitCode {
@@ -69,6 +79,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Train(args) => train(args).await,
         Command::Describe { name } => describe(&name),
         Command::List => list(),
+        Command::Stop { name } => stop(&name),
     };
     match result {
         Ok(code) => code,
@@ -108,17 +119,22 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     let region = std::env::var("AWS_REGION")
         .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|_| "us-east-1".into());
-    let job = job::plan(
-        request,
-        &Settings {
-            host,
-            reserve,
-            region,
-        },
-    )
-    .with_context(|| format!("{}: invalid request", args.request))?;
+    let settings = Settings {
+        host,
+        reserve,
+        region,
+        oversubscribe: args.oversubscribe,
+    };
+    let job = job::plan(request, &settings)
+        .with_context(|| format!("{}: invalid request", args.request))?;
     for notice in &job.notices {
         eprintln!("smlocal: note: {notice}");
+    }
+    if job.memory_scale < 1.0 {
+        eprintln!(
+            "smlocal: --oversubscribe: the cluster needs more memory than this machine has beyond its reserve; every container's memory cap is scaled to {:.0}% of its instance type's",
+            job.memory_scale * 100.0
+        );
     }
     for h in &job.hosts {
         let derived = if h.instance.derived {
@@ -128,9 +144,8 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
         };
         let capped = if h.limits.memory_bytes < h.instance.memory_bytes {
             format!(
-                ", capped from {} to keep {} for the system",
-                human_bytes(h.instance.memory_bytes),
-                human_bytes(reserve)
+                " (scaled down from {})",
+                human_bytes(h.instance.memory_bytes)
             )
         } else {
             String::new()
@@ -265,6 +280,12 @@ async fn stop_on_signals(shutdown: CancellationToken, grace: Duration) {
         grace.as_secs()
     );
     shutdown.cancel();
+}
+
+fn stop(name: &str) -> Result<ExitCode> {
+    Store::from_env().request_stop(name)?;
+    eprintln!("smlocal: stopping {name}; `smlocal describe {name}` shows Stopping, then Stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn describe(name: &str) -> Result<ExitCode> {

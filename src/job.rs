@@ -2,7 +2,7 @@
 //! beyond the model (unique channels, compiling regexes, one way to size the cluster), what a
 //! workstation cannot honour, and the resolved plan (hosts, groups, caps, channels).
 
-use crate::resources::{self, Host, InstanceSpec, Limits};
+use crate::resources::{self, Host, InstanceSpec, Limits, human_bytes};
 use crate::spec::{self, Request};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -16,6 +16,9 @@ pub enum JobError {
     Unsupported(String),
     #[error(transparent)]
     Resources(#[from] resources::ResourceError),
+    /// The cluster does not fit this machine's memory beyond the reserve.
+    #[error("{0}")]
+    DoesNotFit(String),
 }
 
 /// How smlocal was asked to run, beyond the request itself.
@@ -25,6 +28,8 @@ pub struct Settings {
     /// Bytes of host memory no container may take.
     pub reserve: u64,
     pub region: String,
+    /// Scale every container's memory cap down to fit, instead of refusing the job.
+    pub oversubscribe: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +47,8 @@ pub struct Job {
     pub channels: Vec<ChannelPlan>,
     pub hosts: Vec<HostPlan>,
     pub groups: Vec<GroupPlan>,
+    /// The factor every memory cap was scaled by to fit this machine (1.0 when it fits).
+    pub memory_scale: f64,
     /// `S3OutputPath` without a trailing slash.
     pub output_path: String,
     pub compress: bool,
@@ -159,7 +166,7 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         }
     }
 
-    let (groups, hosts) = cluster(&request, settings, &mut errors)?;
+    let (groups, hosts, memory_scale) = cluster(&request, settings, &mut errors)?;
 
     let mut seen = HashSet::new();
     let mut channels = Vec::new();
@@ -251,6 +258,7 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         channels,
         hosts,
         groups,
+        memory_scale,
         output_path: f
             .output_data_config
             .s3_output_path
@@ -293,12 +301,14 @@ fn check_input_mode(mode: &str, field: &str, notices: &mut Vec<String>) -> Resul
     }
 }
 
-/// Hosts `algo-1`..`algo-N` in group order, as SageMaker numbers them.
+/// Hosts `algo-1`..`algo-N` in group order, as SageMaker numbers them, each capped at its
+/// instance type; all of them must fit this machine's memory beyond the reserve.
 fn cluster(
     request: &Request,
     settings: &Settings,
     errors: &mut Vec<String>,
-) -> Result<(Vec<GroupPlan>, Vec<HostPlan>), JobError> {
+) -> Result<(Vec<GroupPlan>, Vec<HostPlan>, f64), JobError> {
+    let none = (Vec::new(), Vec::new(), 1.0);
     let Some(rc) = &request.fields.resource_config else {
         return Err(JobError::Unsupported(
             "ResourceConfig is required: set ResourceConfig.InstanceType and ResourceConfig.InstanceCount (e.g. \"ml.m5.large\" and 1)".into(),
@@ -323,30 +333,67 @@ fn cluster(
             .collect(),
         (_, _, false) => {
             errors.push("ResourceConfig: set either InstanceType and InstanceCount, or InstanceGroups, not both".into());
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(none);
         }
         _ => {
             errors.push("ResourceConfig: InstanceType and InstanceCount are both required (or use InstanceGroups)".into());
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(none);
         }
     };
+    let mut names = HashSet::new();
+    for (i, (name, _, _)) in groups.iter().enumerate() {
+        if !names.insert(name.as_str()) {
+            errors.push(format!(
+                "Value '{name}' at 'resourceConfig.instanceGroups.{}.member.instanceGroupName' failed to satisfy constraint: instance group names must be unique",
+                i + 1
+            ));
+        }
+    }
     let total: i64 = groups.iter().map(|g| g.2).sum();
     if total < 1 {
         errors.push(format!(
             "Value '{total}' at 'resourceConfig.instanceCount' failed to satisfy constraint: Member must have value greater than or equal to 1"
         ));
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(none);
     }
-    if total > 1 {
-        return Err(JobError::Unsupported(format!(
-            "ResourceConfig asks for {total} instances; smlocal runs single-instance jobs for now. Set ResourceConfig.InstanceCount to 1"
+    let usable = resources::usable_memory(&settings.host, settings.reserve);
+    let mut sized = Vec::new();
+    for (name, instance_type, count) in groups {
+        let mut instance = resources::instance(&instance_type, &settings.host)?;
+        if instance_type == "local" {
+            // "This machine": an equal share of what the containers may use.
+            instance.memory_bytes = usable / total as u64;
+        }
+        sized.push((name, instance_type, count, instance));
+    }
+    let wanted: u64 = sized
+        .iter()
+        .map(|(_, _, n, i)| i.memory_bytes * *n as u64)
+        .sum();
+    let scale = if wanted <= usable {
+        1.0
+    } else {
+        usable as f64 / wanted as f64
+    };
+    if scale < 1.0 && !settings.oversubscribe {
+        let detail: Vec<String> = sized
+            .iter()
+            .map(|(_, t, n, i)| format!("{n} × {t} at {}", human_bytes(i.memory_bytes)))
+            .collect();
+        return Err(JobError::DoesNotFit(format!(
+            "ResourceConfig asks for {} of memory ({}), but this machine has {} for containers ({} minus a {} reserve). Use smaller or fewer instances, lower the reserve with --memory-reserve, or run with --oversubscribe to scale every container's memory cap down by the same factor (here to {}%)",
+            human_bytes(wanted),
+            detail.join(" + "),
+            human_bytes(usable),
+            human_bytes(settings.host.memory_bytes),
+            human_bytes(settings.reserve),
+            (scale * 100.0) as u64
         )));
     }
     let mut plans = Vec::new();
     let mut hosts = Vec::new();
-    for (name, instance_type, count) in groups {
-        let instance = resources::instance(&instance_type, &settings.host)?;
-        let limits = resources::limits(&instance, &settings.host, settings.reserve, total as u32);
+    for (name, instance_type, count, instance) in sized {
+        let limits = resources::limits(&instance, &settings.host, scale);
         let mut group_hosts = Vec::new();
         for _ in 0..count {
             let host = format!("algo-{}", hosts.len() + 1);
@@ -364,7 +411,7 @@ fn cluster(
             hosts: group_hosts,
         });
     }
-    Ok((plans, hosts))
+    Ok((plans, hosts, scale))
 }
 
 #[cfg(test)]
@@ -380,6 +427,7 @@ mod tests {
             },
             reserve: 1 << 30,
             region: "eu-west-1".into(),
+            oversubscribe: false,
         }
     }
 
@@ -461,15 +509,67 @@ mod tests {
     }
 
     #[test]
-    fn several_instances_are_refused_for_now() {
-        let err = plan(
-            request(|v| v["ResourceConfig"]["InstanceCount"] = json!(2)),
+    fn instance_groups_number_hosts_in_order() {
+        let job = plan(
+            request(|v| {
+                v["ResourceConfig"] = json!({"InstanceGroups": [
+                    {"InstanceGroupName": "ps", "InstanceType": "ml.t3.medium", "InstanceCount": 1},
+                    {"InstanceGroupName": "workers", "InstanceType": "ml.t3.medium", "InstanceCount": 2}
+                ], "VolumeSizeInGB": 1});
+                v["InputDataConfig"][0]["DataSource"]["S3DataSource"]["InstanceGroupNames"] = json!(["workers"]);
+            }),
             &settings(),
         )
-        .unwrap_err();
+        .unwrap();
+        let hosts: Vec<(&str, &str)> = job
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.group.as_str()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("algo-1", "ps"),
+                ("algo-2", "workers"),
+                ("algo-3", "workers")
+            ]
+        );
+        assert_eq!(job.groups[1].hosts, ["algo-2", "algo-3"]);
+        assert_eq!(job.channels[0].groups, ["workers"]);
+    }
+
+    #[test]
+    fn a_cluster_that_does_not_fit_is_refused_with_the_numbers_unless_oversubscribed() {
+        // 2 × 8 GiB on a machine with 15 GiB usable.
+        let two = |v: &mut Value| v["ResourceConfig"]["InstanceCount"] = json!(2);
+        let err = plan(request(two), &settings()).unwrap_err().to_string();
         assert!(
-            err.to_string()
-                .contains("Set ResourceConfig.InstanceCount to 1"),
+            err.contains("16.0 GiB")
+                && err.contains("15.0 GiB")
+                && err.contains("--oversubscribe")
+                && err.contains("93%"),
+            "{err}"
+        );
+        let mut s = settings();
+        s.oversubscribe = true;
+        let job = plan(request(two), &s).unwrap();
+        assert_eq!(job.hosts[1].limits.memory_bytes, 15 << 29);
+        assert!((job.memory_scale - 15.0 / 16.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_unknown_instance_group_in_a_channel_is_refused() {
+        let err = plan(
+            request(|v| {
+                v["InputDataConfig"][0]["DataSource"]["S3DataSource"]["InstanceGroupNames"] =
+                    json!(["gpu"])
+            }),
+            &settings(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("Value 'gpu'") && err.contains("no instance group has this name"),
             "{err}"
         );
     }

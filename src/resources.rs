@@ -115,15 +115,18 @@ fn derive(instance_type: &str) -> Option<InstanceSpec> {
     })
 }
 
-/// The cap for one of `containers` containers of this instance type: the instance's memory,
-/// but never more than an equal share of what the host has beyond the reserve; its vCPUs, but
-/// never more than the host's CPUs. Swap is not added (the caller sets swap = memory).
-pub fn limits(spec: &InstanceSpec, host: &Host, reserve: u64, containers: u32) -> Limits {
-    let usable = host.memory_bytes.saturating_sub(reserve);
-    let share = usable / u64::from(containers.max(1));
+/// Memory the containers of a job may share: this machine's minus the reserve.
+pub fn usable_memory(host: &Host, reserve: u64) -> u64 {
+    host.memory_bytes.saturating_sub(reserve)
+}
+
+/// The cap for one container: its instance's memory times `scale` (1.0 unless the job is
+/// oversubscribed), and its vCPUs but never more than this machine has. Swap is not added
+/// (the caller sets swap = memory).
+pub fn limits(spec: &InstanceSpec, host: &Host, scale: f64) -> Limits {
     let cpus = spec.vcpu.min(host.cpus).max(1);
     Limits {
-        memory_bytes: spec.memory_bytes.min(share),
+        memory_bytes: (spec.memory_bytes as f64 * scale.min(1.0)) as u64,
         nano_cpus: i64::from(cpus) * 1_000_000_000,
     }
 }
@@ -191,14 +194,15 @@ mod tests {
     }
 
     #[test]
-    fn caps_keep_the_reserve_and_the_host_cpus() {
+    fn caps_follow_the_instance_and_the_host_cpus() {
         let big = instance("ml.m5.4xlarge", &HOST).unwrap();
-        let l = limits(&big, &HOST, HOST.default_reserve(), 1);
-        assert_eq!(l.memory_bytes, 24 * GIB - 24 * GIB / 10);
-        assert_eq!(l.nano_cpus, 2_000_000_000);
-        let small = instance("ml.m5.large", &HOST).unwrap();
-        assert_eq!(limits(&small, &HOST, GIB, 1).memory_bytes, 8 * GIB);
-        assert_eq!(limits(&big, &HOST, 4 * GIB, 4).memory_bytes, 5 * GIB);
+        let l = limits(&big, &HOST, 1.0);
+        assert_eq!((l.memory_bytes, l.nano_cpus), (64 * GIB, 2_000_000_000));
+        assert_eq!(limits(&big, &HOST, 0.25).memory_bytes, 16 * GIB);
+        assert_eq!(
+            usable_memory(&HOST, HOST.default_reserve()),
+            24 * GIB - 24 * GIB / 10
+        );
     }
 
     #[test]

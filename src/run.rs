@@ -71,9 +71,29 @@ pub struct JobOutcome {
 /// Why the containers were asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum StopCause {
+    /// Ctrl-C or SIGTERM to smlocal.
     Shutdown,
+    /// `smlocal stop` from another process.
+    Requested,
     MaxRuntime,
 }
+
+impl StopCause {
+    fn message(self) -> &'static str {
+        match self {
+            StopCause::Shutdown | StopCause::Requested => "Stopping the training job",
+            StopCause::MaxRuntime => "Stopping the training job: MaxRuntimeInSeconds exceeded",
+        }
+    }
+}
+
+/// Each host's container exit, tagged with the host's index.
+type Waits = futures::stream::FuturesUnordered<
+    std::pin::Pin<Box<dyn std::future::Future<Output = (usize, Result<Exit, DockerError>)> + Send>>,
+>;
+
+/// How often a running job looks for a stop requested by `smlocal stop`.
+const STOP_POLL: Duration = Duration::from_millis(200);
 
 pub async fn run(
     job: &Job,
@@ -109,7 +129,16 @@ pub async fn run(
         containers: Vec::new(),
         network: None,
     };
-    let result = run.drive(&mut record, &shutdown, started).await;
+    let stop_requested = CancellationToken::new();
+    let watcher = tokio::spawn(watch_for_stop(
+        store.clone(),
+        job.name.clone(),
+        stop_requested.clone(),
+    ));
+    let result = run
+        .drive(&mut record, &shutdown, &stop_requested, started)
+        .await;
+    watcher.abort();
     run.clean_up(&result).await;
     if let Err(e) = &result {
         // The record must not stay InProgress when smlocal itself failed.
@@ -141,6 +170,7 @@ impl Running<'_> {
         &mut self,
         record: &mut Record,
         shutdown: &CancellationToken,
+        stop_requested: &CancellationToken,
         started: Instant,
     ) -> Result<JobOutcome, RunError> {
         let job = self.job;
@@ -153,6 +183,11 @@ impl Running<'_> {
                 record.finish(Status::Stopped, "Stopped", "Training job stopped before training began", None);
                 self.store.save(record)?;
                 return Ok(self.outcome(record, true, started, None));
+            }
+            () = stop_requested.cancelled() => {
+                record.finish(Status::Stopped, "Stopped", "Training job stopped before training began", None);
+                self.store.save(record)?;
+                return Ok(self.outcome(record, false, started, None));
             }
         };
         if let Err(e) = staged {
@@ -171,6 +206,7 @@ impl Running<'_> {
         let network = if job.network_isolation && job.hosts.len() == 1 {
             "none".to_string()
         } else {
+            // Isolation keeps the network internal: hosts reach each other and nothing else.
             let name = format!("smlocal-{}-{suffix}", job.name);
             self.docker
                 .create_network(&name, &job.name, job.network_isolation)
@@ -194,64 +230,105 @@ impl Running<'_> {
             "Training image download completed. Training in progress.",
         );
         self.store.save(record)?;
-        let mut followers = Vec::new();
-        for (host, id) in &self.containers {
-            self.docker.start(id).await?;
-            followers.push(tokio::spawn(follow(
-                self.docker.clone(),
-                id.clone(),
-                host.clone(),
-                logs_dir.join(format!("{host}.log")),
-                self.options.log.clone(),
-            )));
-        }
+        // A cluster's hosts boot together, as on SageMaker.
+        futures::future::try_join_all(self.containers.iter().map(|(_, id)| self.docker.start(id)))
+            .await?;
+        let followers: Vec<_> = self
+            .containers
+            .iter()
+            .map(|(host, id)| {
+                tokio::spawn(follow(
+                    self.docker.clone(),
+                    id.clone(),
+                    host.clone(),
+                    logs_dir.join(format!("{host}.log")),
+                    self.options.log.clone(),
+                ))
+            })
+            .collect();
 
-        let (host, id) = self.containers[0].clone();
+        let mut waits: Waits = self
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, (_, id))| {
+                let (docker, id) = (self.docker.clone(), id.clone());
+                Box::pin(async move { (i, docker.wait(&id).await) }) as _
+            })
+            .collect();
+        let mut exits: Vec<Option<Exit>> = vec![None; self.containers.len()];
         let max_runtime = async {
             match job.max_runtime {
                 Some(limit) => tokio::time::sleep(limit).await,
                 None => std::future::pending().await,
             }
         };
-        let wait = self.docker.wait(&id);
-        tokio::pin!(wait);
-        let (exit, stop) = tokio::select! {
-            exit = &mut wait => (exit?, None),
-            () = shutdown.cancelled() => (self.stop(record, &id, &mut wait, StopCause::Shutdown).await?, Some(StopCause::Shutdown)),
-            () = max_runtime => (self.stop(record, &id, &mut wait, StopCause::MaxRuntime).await?, Some(StopCause::MaxRuntime)),
-        };
-        // Every line the container printed is in the log before the job is reported.
+        tokio::pin!(max_runtime);
+        let mut cause = None;
+        let mut failed = None;
+        // The job completes when every host exits 0; the first failure or stop ends it.
+        while !waits.is_empty() {
+            tokio::select! {
+                Some((i, exit)) = waits.next() => {
+                    let exit = exit?;
+                    exits[i] = Some(exit);
+                    if exit.code != 0 {
+                        failed = Some(i);
+                        break;
+                    }
+                }
+                () = shutdown.cancelled() => { cause = Some(StopCause::Shutdown); break; }
+                () = stop_requested.cancelled() => { cause = Some(StopCause::Requested); break; }
+                () = &mut max_runtime => { cause = Some(StopCause::MaxRuntime); break; }
+            }
+        }
+        if !waits.is_empty() {
+            match (cause, failed) {
+                (Some(cause), _) => {
+                    record.training_job_status = Status::Stopping;
+                    record.transition("Stopping", cause.message());
+                    self.store.save(record)?;
+                    tracing::info!(
+                        "{}: SIGTERM now, SIGKILL after {}s",
+                        cause.message(),
+                        self.options.stop_grace.as_secs()
+                    );
+                }
+                (None, Some(i)) => tracing::warn!(
+                    "{} failed; stopping the other hosts (SIGTERM now, SIGKILL after {}s)",
+                    job.hosts[i].name,
+                    self.options.stop_grace.as_secs()
+                ),
+                (None, None) => {}
+            }
+            self.stop_all(&mut exits, &mut waits).await?;
+        }
+        // Every line the containers printed is in the logs before the job is reported.
         for f in followers {
             let _ = f.await;
         }
 
         record.transition("Uploading", "Uploading generated training model");
         self.store.save(record)?;
-        let host_root = stage::host_root(&work, &host);
-        let kept = match self.collect(&host_root).await {
-            Ok(()) => None,
-            Err((kept, reason)) => {
-                record.finish(
-                    Status::Failed,
-                    "Failed",
-                    "Training job failed",
-                    Some(reason),
-                );
-                self.store.save(record)?;
-                return Ok(self.outcome(
-                    record,
-                    stop == Some(StopCause::Shutdown),
-                    started,
-                    Some(kept),
-                ));
-            }
-        };
+        let interrupted = cause == Some(StopCause::Shutdown);
+        let roots: Vec<(String, PathBuf)> = job
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), stage::host_root(&work, &h.name)))
+            .collect();
+        if let Err((kept, reason)) = self.collect(&roots).await {
+            record.finish(
+                Status::Failed,
+                "Failed",
+                "Training job failed",
+                Some(reason),
+            );
+            self.store.save(record)?;
+            return Ok(self.outcome(record, interrupted, started, Some(kept)));
+        }
 
-        match stop {
-            Some(StopCause::Shutdown) => {
-                record.finish(Status::Stopped, "Stopped", "Training job stopped", None)
-            }
-            Some(StopCause::MaxRuntime) => record.finish(
+        match (cause, failed) {
+            (Some(StopCause::MaxRuntime), _) => record.finish(
                 Status::Stopped,
                 "MaxRuntimeExceeded",
                 format!(
@@ -260,14 +337,17 @@ impl Running<'_> {
                 ),
                 None,
             ),
-            None if exit.code == 0 => record.finish(
-                Status::Completed,
-                "Completed",
-                "Training job completed",
-                None,
-            ),
-            None => {
-                let reason = failure_reason(&host_root, &host, exit, &job.hosts[0]);
+            (Some(_), _) => record.finish(Status::Stopped, "Stopped", "Training job stopped", None),
+            (None, Some(i)) => {
+                let host = &job.hosts[i];
+                let exit = exits[i].unwrap_or(Exit {
+                    code: -1,
+                    oom_killed: false,
+                });
+                let mut reason = failure_reason(&roots[i].1, &host.name, exit, host);
+                if job.hosts.len() > 1 && !reason.contains(&host.name) {
+                    reason = format!("{}: {reason}", host.name);
+                }
                 record.finish(
                     Status::Failed,
                     "Failed",
@@ -275,42 +355,57 @@ impl Running<'_> {
                     Some(reason),
                 );
             }
+            (None, None) => record.finish(
+                Status::Completed,
+                "Completed",
+                "Training job completed",
+                None,
+            ),
         }
         self.store.save(record)?;
-        Ok(self.outcome(record, stop == Some(StopCause::Shutdown), started, kept))
+        Ok(self.outcome(record, interrupted, started, None))
     }
 
-    /// SIGTERM, then SIGKILL if the container is still running after the grace period.
-    async fn stop(
+    /// SIGTERM to every host still running, then SIGKILL to those still running after the
+    /// grace period; returns when all have exited.
+    async fn stop_all(
         &self,
-        record: &mut Record,
-        id: &str,
-        wait: &mut (impl std::future::Future<Output = Result<Exit, DockerError>> + Unpin),
-        cause: StopCause,
-    ) -> Result<Exit, RunError> {
-        let why = match cause {
-            StopCause::Shutdown => "Stopping the training job",
-            StopCause::MaxRuntime => "Stopping the training job: MaxRuntimeInSeconds exceeded",
+        exits: &mut [Option<Exit>],
+        waits: &mut Waits,
+    ) -> Result<(), RunError> {
+        let running = |exits: &[Option<Exit>]| -> Vec<String> {
+            self.containers
+                .iter()
+                .zip(exits)
+                .filter(|(_, e)| e.is_none())
+                .map(|((_, id), _)| id.clone())
+                .collect()
         };
-        record.training_job_status = Status::Stopping;
-        record.transition("Stopping", why);
-        self.store.save(record)?;
-        tracing::info!(
-            "{why}: SIGTERM now, SIGKILL after {}s",
-            self.options.stop_grace.as_secs()
-        );
-        self.docker.signal(id, "SIGTERM").await?;
-        match tokio::time::timeout(self.options.stop_grace, &mut *wait).await {
-            Ok(exit) => Ok(exit?),
-            Err(_) => {
-                tracing::warn!(
-                    "the container did not exit within {}s of SIGTERM; sending SIGKILL",
-                    self.options.stop_grace.as_secs()
-                );
-                self.docker.signal(id, "SIGKILL").await?;
-                Ok(wait.await?)
+        for id in running(exits) {
+            self.docker.signal(&id, "SIGTERM").await?;
+        }
+        let grace = tokio::time::sleep(self.options.stop_grace);
+        tokio::pin!(grace);
+        while !waits.is_empty() {
+            tokio::select! {
+                Some((i, exit)) = waits.next() => exits[i] = Some(exit?),
+                () = &mut grace => break,
             }
         }
+        if !waits.is_empty() {
+            tracing::warn!(
+                "{} host(s) did not exit within {}s of SIGTERM; sending SIGKILL",
+                waits.len(),
+                self.options.stop_grace.as_secs()
+            );
+            for id in running(exits) {
+                self.docker.signal(&id, "SIGKILL").await?;
+            }
+            while let Some((i, exit)) = waits.next().await {
+                exits[i] = Some(exit?);
+            }
+        }
+        Ok(())
     }
 
     fn container_spec(
@@ -361,17 +456,19 @@ impl Running<'_> {
 
     /// Packs and uploads both tarballs. On failure the archives stay in the job folder and
     /// the reason says where.
-    async fn collect(&self, host_root: &Path) -> Result<(), (PathBuf, String)> {
+    async fn collect(&self, roots: &[(String, PathBuf)]) -> Result<(), (PathBuf, String)> {
         let out = self.dir.join("artifacts");
         let job = self.job;
         let pairs = [
             (
-                host_root.join("model"),
+                "model",
+                "model",
                 out.join("model.tar.gz"),
                 job.model_artifacts_uri(),
             ),
             (
-                host_root.join("output/data"),
+                "output",
+                "output/data",
                 out.join("output.tar.gz"),
                 job.output_artifacts_uri(),
             ),
@@ -387,12 +484,24 @@ impl Running<'_> {
         };
         std::fs::create_dir_all(&out)
             .map_err(|e| fail(format!("cannot create {}: {e}", out.display())))?;
-        for (dir, archive, _) in &pairs {
-            let (d, a) = (dir.clone(), archive.clone());
-            let packed = tokio::task::spawn_blocking(move || artifacts::pack(&d, &a))
+        for (what, folder, archive, _) in &pairs {
+            let sources: Vec<(String, PathBuf)> = roots
+                .iter()
+                .map(|(host, root)| (host.clone(), root.join(folder)))
+                .collect();
+            let a = archive.clone();
+            let packed = tokio::task::spawn_blocking(move || artifacts::pack_merged(&sources, &a))
                 .await
-                .map_err(|e| fail(format!("packing {} stopped: {e}", dir.display())))?
+                .map_err(|e| fail(format!("packing the {what} stopped: {e}")))?
                 .map_err(|e| fail(e.to_string()))?;
+            for c in &packed.conflicts {
+                tracing::warn!(
+                    "{what}: hosts {} wrote '{}' with different contents; {}'s version is in the archive",
+                    c.hosts.join(", "),
+                    c.path,
+                    c.hosts[0]
+                );
+            }
             tracing::debug!(
                 entries = packed.entries,
                 bytes = packed.bytes,
@@ -400,7 +509,7 @@ impl Running<'_> {
                 archive.display()
             );
         }
-        for (_, archive, uri) in &pairs {
+        for (_, _, archive, uri) in &pairs {
             storage::upload(archive, uri)
                 .await
                 .map_err(|e| fail(format!("uploading {uri} failed: {e}")))?;
@@ -454,6 +563,18 @@ impl Running<'_> {
         }
         if result.is_err() {
             let _ = std::fs::remove_dir_all(self.dir.join("artifacts"));
+        }
+    }
+}
+
+/// Turns a `smlocal stop` from another process (a marker in the job's folder) into a stop.
+async fn watch_for_stop(store: Store, name: String, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(STOP_POLL);
+    loop {
+        tick.tick().await;
+        if store.stop_requested(&name) {
+            stop.cancel();
+            return;
         }
     }
 }
@@ -512,7 +633,7 @@ fn failure_reason(host_root: &Path, host: &str, exit: Exit, plan: &HostPlan) -> 
             plan.instance.instance_type,
             human_bytes(plan.instance.memory_bytes),
             if plan.limits.memory_bytes < plan.instance.memory_bytes {
-                ", capped to fit this machine"
+                ", scaled down to fit this machine"
             } else {
                 ""
             }
@@ -621,7 +742,7 @@ mod tests {
         assert!(
             reason.starts_with("OutOfMemoryError")
                 && reason.contains("256.0 MiB")
-                && reason.contains("capped"),
+                && reason.contains("scaled down"),
             "{reason}"
         );
     }

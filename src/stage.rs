@@ -72,11 +72,7 @@ pub fn host_root(work: &Path, host: &str) -> PathBuf {
 
 /// Makes every host's tree and fills it. Returns per-host counts for the record and logs.
 pub async fn stage(job: &Job, work: &Path) -> Result<BTreeMap<String, HostStaging>, StageError> {
-    let mut resolved = Vec::new();
-    for channel in &job.channels {
-        resolved.push((channel, resolve(channel).await?));
-    }
-    let mut report = BTreeMap::new();
+    let mut report: BTreeMap<String, HostStaging> = BTreeMap::new();
     for host in &job.hosts {
         let root = host_root(work, &host.name);
         for dir in ["input/config", "input/data", "model", "output/data"] {
@@ -90,26 +86,110 @@ pub async fn stage(job: &Job, work: &Path) -> Result<BTreeMap<String, HostStagin
             &root.join("input/config/resourceconfig.json"),
             &resource_config(job, host),
         )?;
-        let mine: Vec<_> = resolved.iter().filter(|(c, _)| serves(c, host)).collect();
-        let input_config: serde_json::Map<String, Value> = mine
+        let input_config: serde_json::Map<String, Value> = job
+            .channels
             .iter()
-            .map(|(c, _)| (c.name.clone(), input_data_config(c)))
+            .filter(|c| serves(c, host))
+            .map(|c| (c.name.clone(), input_data_config(c)))
             .collect();
         write_json(
             &root.join("input/config/inputdataconfig.json"),
             &Value::Object(input_config),
         )?;
-        let mut staging = HostStaging::default();
-        for (channel, objects) in mine {
-            let folder = root.join("input/data").join(&channel.name);
-            mkdir(&folder)?;
-            let bytes = fetch_all(channel, objects, &folder).await?;
-            staging.objects += objects.len();
-            staging.bytes += bytes;
+        report.insert(host.name.clone(), HostStaging::default());
+    }
+    for channel in &job.channels {
+        let objects = resolve(channel).await?;
+        let receivers: Vec<&HostPlan> = job.hosts.iter().filter(|h| serves(channel, h)).collect();
+        let folder = |host: &HostPlan| {
+            host_root(work, &host.name)
+                .join("input/data")
+                .join(&channel.name)
+        };
+        if channel.sharded {
+            for (host, share) in
+                receivers
+                    .iter()
+                    .zip(shard(objects, receivers.len(), channel.shuffle_seed))
+            {
+                let dir = folder(host);
+                mkdir(&dir)?;
+                let bytes = fetch_all(channel, &share, &dir).await?;
+                let entry = report.entry(host.name.clone()).or_default();
+                entry.objects += share.len();
+                entry.bytes += bytes;
+            }
+        } else if let Some((first, others)) = receivers.split_first() {
+            // FullyReplicated: downloaded once, then copied, so every host still has a copy
+            // of its own to write in.
+            let dir = folder(first);
+            mkdir(&dir)?;
+            let bytes = fetch_all(channel, &objects, &dir).await?;
+            for host in std::iter::once(first).chain(others) {
+                let entry = report.entry(host.name.clone()).or_default();
+                entry.objects += objects.len();
+                entry.bytes += bytes;
+            }
+            for host in others {
+                copy_all(&objects, &dir, &folder(host)).await?;
+            }
         }
-        report.insert(host.name.clone(), staging);
     }
     Ok(report)
+}
+
+/// The `ShardedByS3Key` rule: sort the keys, shuffle them with `seed` when one is given,
+/// then object `i` goes to host `(i mod hosts) + 1`.
+pub fn shard(
+    mut objects: Vec<StagedObject>,
+    hosts: usize,
+    seed: Option<i64>,
+) -> Vec<Vec<StagedObject>> {
+    objects.sort_by(|a, b| a.uri.cmp(&b.uri));
+    if let Some(seed) = seed {
+        shuffle(&mut objects, seed as u64);
+    }
+    let mut shares = vec![Vec::new(); hosts.max(1)];
+    for (i, object) in objects.into_iter().enumerate() {
+        shares[i % hosts.max(1)].push(object);
+    }
+    shares
+}
+
+/// Fisher–Yates driven by SplitMix64: the same seed gives the same order on every machine
+/// and every run, so users can predict which host gets which object.
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..items.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+async fn copy_all(objects: &[StagedObject], from: &Path, to: &Path) -> Result<(), StageError> {
+    for o in objects {
+        let dest = to.join(&o.relative);
+        if let Some(parent) = dest.parent() {
+            mkdir(parent)?;
+        }
+        tokio::fs::copy(from.join(&o.relative), &dest)
+            .await
+            .map_err(|source| StageError::Io {
+                path: dest.clone(),
+                source,
+            })?;
+    }
+    if objects.is_empty() {
+        mkdir(to)?;
+    }
+    Ok(())
 }
 
 fn serves(channel: &ChannelPlan, host: &HostPlan) -> bool {
@@ -306,6 +386,44 @@ fn write_json(path: &Path, value: &Value) -> Result<(), StageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn objects(keys: &[&str]) -> Vec<StagedObject> {
+        keys.iter()
+            .map(|k| StagedObject {
+                uri: format!("s3://b/{k}"),
+                relative: PathBuf::from(k),
+            })
+            .collect()
+    }
+
+    fn keys(share: &[StagedObject]) -> Vec<String> {
+        share
+            .iter()
+            .map(|o| o.relative.display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn sharding_sorts_then_deals_round_robin() {
+        let shares = shard(objects(&["e", "a", "d", "b", "c"]), 2, None);
+        assert_eq!(keys(&shares[0]), ["a", "c", "e"]);
+        assert_eq!(keys(&shares[1]), ["b", "d"]);
+        let few = shard(objects(&["only"]), 3, None);
+        assert_eq!((few[0].len(), few[1].len(), few[2].len()), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_seed_shuffles_reproducibly() {
+        let many: Vec<String> = (0..20).map(|i| format!("k{i:02}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let a = shard(objects(&refs), 3, Some(42));
+        let b = shard(objects(&refs), 3, Some(42));
+        let c = shard(objects(&refs), 3, Some(7));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(keys(&a[0]), keys(&shard(objects(&refs), 3, None)[0]));
+        assert_eq!(a.iter().map(Vec::len).sum::<usize>(), 20);
+    }
 
     #[test]
     fn keys_stay_inside_the_channel() {

@@ -16,6 +16,10 @@ pub enum StoreError {
         "ValidationException: Requested resource not found: no training job named '{0}' (see `smlocal list`)"
     )]
     NotFound(String),
+    #[error(
+        "ValidationException: The training job {name} is already {status}; there is nothing to stop"
+    )]
+    AlreadyEnded { name: String, status: String },
     #[error("the job record '{}' is unreadable: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot {action} '{}': {source}", path.display())]
@@ -26,6 +30,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
 }
+
+/// The file in a job's folder that asks its runner to stop.
+const STOP_MARKER: &str = "stop-requested";
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -103,6 +110,25 @@ impl Store {
             path,
             reason: e.to_string(),
         })
+    }
+
+    /// Asks the process running `name` to stop it, as StopTrainingJob does. The runner looks
+    /// for the marker; the record stays the runner's to write.
+    pub fn request_stop(&self, name: &str) -> Result<Record, StoreError> {
+        let record = self.load(name)?;
+        if record.training_job_status.is_terminal() {
+            return Err(StoreError::AlreadyEnded {
+                name: name.into(),
+                status: format!("{:?}", record.training_job_status),
+            });
+        }
+        let marker = self.job_dir(name).join(STOP_MARKER);
+        std::fs::write(&marker, b"").map_err(io("write", &marker))?;
+        Ok(record)
+    }
+
+    pub fn stop_requested(&self, name: &str) -> bool {
+        self.job_dir(name).join(STOP_MARKER).exists()
     }
 
     /// Every job, newest first.

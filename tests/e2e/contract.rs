@@ -62,7 +62,7 @@ fn the_sample_algorithm_trains_from_s3_and_its_model_lands_where_sagemaker_puts_
             .expect("output.tar.gz uploaded"),
     );
     assert!(
-        String::from_utf8(file_entry(&output, "summary.txt"))
+        String::from_utf8(file_entry(&output, "summary-algo-1.txt"))
             .unwrap()
             .contains("rows=200")
     );

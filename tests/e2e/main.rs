@@ -3,6 +3,7 @@
 //! prepared once.
 
 mod contract;
+mod distributed;
 mod harness;
 mod outcomes;
 mod staging;

@@ -135,7 +135,7 @@ fn an_out_of_memory_kill_is_reported_with_the_limit() {
     let reserve = total - (200 << 20);
     let run = sm.train(
         &probe_request("oom-job", &bucket, &["alloc", "600", "echo", "survived"]),
-        &["--memory-reserve", &reserve.to_string()],
+        &["--memory-reserve", &reserve.to_string(), "--oversubscribe"],
     );
     assert_eq!(run.code, 1, "{run:?}");
     assert!(!run.stdout.contains("survived"), "{run:?}");

@@ -85,11 +85,14 @@ fn invalid_names_unknown_fields_and_instance_types_are_refused_in_aws_words() {
         ],
     );
 
-    req["ResourceConfig"]["InstanceType"] = json!("ml.m5.large");
+    req["ResourceConfig"]["InstanceType"] = json!("ml.m5.24xlarge");
     req["ResourceConfig"]["InstanceCount"] = json!(3);
     refused(
         &sm.train(&req, &[]),
-        &["single-instance", "InstanceCount to 1"],
+        &[
+            "ResourceConfig asks for 1.1 TiB of memory (3 × ml.m5.24xlarge at 384.0 GiB)",
+            "--oversubscribe",
+        ],
     );
     assert!(
         !sm.job_dir("typo-job").exists(),

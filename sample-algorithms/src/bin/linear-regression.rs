@@ -4,15 +4,20 @@
 //! - hyperparameters from `/opt/ml/input/config/hyperparameters.json` (all values strings),
 //! - data from the `train` channel (and `validation` when present), every `*.csv` file,
 //!   the target in `target_column` (default 0), no header,
-//! - the model in `/opt/ml/model/model.json`, a summary in `/opt/ml/output/data/`,
+//! - the model in `/opt/ml/model/model.json`, a summary in `/opt/ml/output/data/summary-<host>.txt`,
+//! - data-parallel on several hosts (from `resourceconfig.json`): each host computes the
+//!   gradient of its own shard, algo-1 sums them over TCP (port 7777, peers by host name)
+//!   and sends the sum back, every host applies the same update, and algo-1 writes the model,
 //! - one metric line per epoch (`epoch=N train_mse=X`) for `MetricDefinitions`,
 //! - on bad input, a reason in `/opt/ml/output/failure` and a non-zero exit,
 //! - on SIGTERM, the model trained so far is saved and the process exits 0.
 
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 static TERMINATED: AtomicBool = AtomicBool::new(false);
 
@@ -73,12 +78,6 @@ fn load_channel(dir: &Path, target_column: usize) -> Result<(Vec<Vec<f64>>, Vec<
     collect_csv(dir, &mut files)
         .map_err(|e| format!("ClientError: cannot read channel {}: {e}", dir.display()))?;
     files.sort();
-    if files.is_empty() {
-        return Err(format!(
-            "ClientError: no .csv files in channel folder {}",
-            dir.display()
-        ));
-    }
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for file in &files {
         let text = fs::read_to_string(file)
@@ -128,6 +127,91 @@ fn collect_csv(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// This host's links to the others: algo-1 (the first host) reduces, the rest send to it.
+enum Peers {
+    Alone,
+    Leader(Vec<(BufReader<TcpStream>, TcpStream)>),
+    Worker(BufReader<TcpStream>, TcpStream),
+}
+
+/// The port algo-1 listens on for its peers.
+const PORT: u16 = 7777;
+
+impl Peers {
+    fn connect(hosts: &[String], me: &str) -> std::io::Result<Peers> {
+        if hosts.len() <= 1 {
+            return Ok(Peers::Alone);
+        }
+        if hosts[0] == me {
+            let listener = TcpListener::bind(("0.0.0.0", PORT))?;
+            let mut links = Vec::new();
+            for _ in 1..hosts.len() {
+                let (stream, _) = listener.accept()?;
+                links.push((BufReader::new(stream.try_clone()?), stream));
+            }
+            println!("algo-1 reduces for {} peers on port {PORT}", links.len());
+            return Ok(Peers::Leader(links));
+        }
+        // The leader may not be listening yet: the hosts start together, not in step.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match TcpStream::connect((hosts[0].as_str(), PORT)) {
+                Ok(stream) => {
+                    println!("{me} connected to {}", hosts[0]);
+                    return Ok(Peers::Worker(BufReader::new(stream.try_clone()?), stream));
+                }
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        !matches!(self, Peers::Worker(..))
+    }
+
+    /// Combines `local` element-wise with every host's vector; every host gets the result.
+    /// `None` when a peer has gone (stopped or failed).
+    fn all_reduce(&mut self, local: Vec<f64>, op: fn(f64, f64) -> f64) -> Option<Vec<f64>> {
+        match self {
+            Peers::Alone => Some(local),
+            Peers::Leader(links) => {
+                let mut total = local;
+                for (reader, _) in links.iter_mut() {
+                    let theirs = read_vector(reader)?;
+                    total.resize(total.len().max(theirs.len()), 0.0);
+                    for (t, v) in total.iter_mut().zip(theirs) {
+                        *t = op(*t, v);
+                    }
+                }
+                for (_, writer) in links.iter_mut() {
+                    write_vector(writer, &total)?;
+                }
+                Some(total)
+            }
+            Peers::Worker(reader, writer) => {
+                write_vector(writer, &local)?;
+                read_vector(reader)
+            }
+        }
+    }
+}
+
+fn write_vector(stream: &mut TcpStream, v: &[f64]) -> Option<()> {
+    let line: Vec<String> = v.iter().map(f64::to_string).collect();
+    stream
+        .write_all(format!("{}\n", line.join(",")).as_bytes())
+        .ok()
+}
+
+fn read_vector(reader: &mut BufReader<TcpStream>) -> Option<Vec<f64>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    line.trim().split(',').map(|x| x.parse().ok()).collect()
 }
 
 fn mse(w: &[f64], b: f64, xs: &[Vec<f64>], ys: &[f64]) -> f64 {
@@ -197,9 +281,26 @@ fn main() {
         params.epochs, params.learning_rate, params.target_column
     );
 
+    let hosts: Vec<String> = resource["hosts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| h.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
     let data = root.join("input/data");
     let (xs, ys) =
         load_channel(&data.join("train"), params.target_column).unwrap_or_else(|r| fail(&root, &r));
+    if xs.is_empty() && hosts.len() <= 1 {
+        fail(
+            &root,
+            &format!(
+                "ClientError: no rows in the train channel ({}); give it .csv files",
+                data.join("train").display()
+            ),
+        );
+    }
     let validation = data.join("validation").is_dir().then(|| {
         load_channel(&data.join("validation"), params.target_column)
             .unwrap_or_else(|r| fail(&root, &r))
@@ -207,31 +308,50 @@ fn main() {
     println!(
         "loaded {} training rows with {} features",
         xs.len(),
-        xs[0].len()
+        xs.first().map(Vec::len).unwrap_or(0)
     );
 
-    let width = xs[0].len();
+    // Data-parallel: every host computes the gradient of its shard, the sums are shared
+    // through algo-1 over TCP, and every host applies the same update.
+    let mut peers = Peers::connect(&hosts, &host).unwrap_or_else(|e| {
+        fail(
+            &root,
+            &format!("AlgorithmError: {host} cannot reach its peers: {e}"),
+        )
+    });
+    let local_width = xs.first().map(Vec::len).unwrap_or(0) as f64;
+    let width = match peers.all_reduce(vec![local_width], f64::max) {
+        Some(v) => v[0] as usize,
+        None => fail(&root, "AlgorithmError: a peer left before training began"),
+    };
     let (mut w, mut b) = (vec![0.0; width], 0.0);
-    let n = xs.len() as f64;
     let mut epochs_done = 0;
+    let mut final_mse = f64::NAN;
     for epoch in 1..=params.epochs {
         if TERMINATED.load(Ordering::SeqCst) {
             println!("SIGTERM received after {epochs_done} epochs; saving the model so far");
             break;
         }
-        let (mut gw, mut gb) = (vec![0.0; width], 0.0);
+        // [gradient of w..., gradient of b, rows, squared error]
+        let mut local = vec![0.0; width + 3];
         for (x, y) in xs.iter().zip(&ys) {
             let e = predict(&w, b, x) - y;
-            for (g, xi) in gw.iter_mut().zip(x) {
+            for (g, xi) in local.iter_mut().zip(x) {
                 *g += e * xi;
             }
-            gb += e;
+            local[width] += e;
+            local[width + 1] += 1.0;
+            local[width + 2] += e * e;
         }
-        for (wi, g) in w.iter_mut().zip(&gw) {
-            *wi -= params.learning_rate * 2.0 * g / n;
+        let Some(total) = peers.all_reduce(local, |a, b| a + b) else {
+            println!("a peer stopped after {epochs_done} epochs; saving the model so far");
+            break;
+        };
+        let n = total[width + 1];
+        if n == 0.0 {
+            fail(&root, "ClientError: no host has rows in the train channel");
         }
-        b -= params.learning_rate * 2.0 * gb / n;
-        let train_mse = mse(&w, b, &xs, &ys);
+        let train_mse = total[width + 2] / n;
         if !train_mse.is_finite() {
             fail(
                 &root,
@@ -241,16 +361,41 @@ fn main() {
                 ),
             );
         }
+        for (wi, g) in w.iter_mut().zip(&total) {
+            *wi -= params.learning_rate * 2.0 * g / n;
+        }
+        b -= params.learning_rate * 2.0 * total[width] / n;
         match &validation {
-            Some((vx, vy)) => println!(
+            Some((vx, vy)) if !vx.is_empty() => println!(
                 "epoch={epoch} train_mse={train_mse:.6} validation_mse={:.6}",
                 mse(&w, b, vx, vy)
             ),
-            None => println!("epoch={epoch} train_mse={train_mse:.6}"),
+            _ => println!("epoch={epoch} train_mse={train_mse:.6}"),
         }
         epochs_done = epoch;
+        final_mse = train_mse;
     }
 
+    let summary = root.join(format!("output/data/summary-{host}.txt"));
+    let wrote_summary = fs::create_dir_all(root.join("output/data")).and_then(|_| {
+        fs::write(
+            &summary,
+            format!(
+                "rows={} features={width} epochs={epochs_done}\nfinal_train_mse={final_mse:.6}\n",
+                xs.len()
+            ),
+        )
+    });
+    if let Err(e) = wrote_summary {
+        fail(
+            &root,
+            &format!("AlgorithmError: cannot write {}: {e}", summary.display()),
+        );
+    }
+    if !peers.is_leader() {
+        println!("{host} done; algo-1 writes the model");
+        return;
+    }
     let model = serde_json::json!({
         "algorithm": "linear-regression",
         "weights": w,
@@ -260,13 +405,7 @@ fn main() {
         "trained_on": host,
     });
     let written = fs::create_dir_all(root.join("model"))
-        .and_then(|_| fs::write(root.join("model/model.json"), format!("{model:#}\n")))
-        .and_then(|_| fs::create_dir_all(root.join("output/data")))
-        .and_then(|_| {
-            let mut f = fs::File::create(root.join("output/data/summary.txt"))?;
-            writeln!(f, "rows={} features={width} epochs={epochs_done}", xs.len())?;
-            writeln!(f, "final_train_mse={:.6}", mse(&w, b, &xs, &ys))
-        });
+        .and_then(|_| fs::write(root.join("model/model.json"), format!("{model:#}\n")));
     if let Err(e) = written {
         fail(
             &root,

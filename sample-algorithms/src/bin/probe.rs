@@ -15,6 +15,13 @@
 //!   alloc MB             allocate and touch MB mebibytes, and keep them
 //!   exit CODE            exit now
 //!   train                nothing (what SageMaker passes to the image's own entrypoint)
+//!   resolve NAME         print "resolved NAME" once NAME resolves (retries up to 10 s)
+//!   listen PORT          accept one TCP connection and print "probe: got LINE"
+//!   send HOST PORT TEXT  connect (retrying up to 10 s) and send one line
+//!   may-fail             later steps that fail print "probe: step failed" and go on
+//!   only HOST            the following steps run on HOST only ...
+//!   all                  ... until this step, after which every host runs them again
+//! `{host}` in any argument becomes the current host from resourceconfig.json.
 //! Without `on-term`, SIGTERM is ignored, as it is for any PID 1 with no handler.
 
 use std::fs;
@@ -44,8 +51,43 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     }
 }
 
+/// How many arguments each step takes, so steps for other hosts can be skipped.
+fn arity(step: &str) -> usize {
+    match step {
+        "write" | "append" | "symlink" | "copy" => 2,
+        "send" => 3,
+        "train" | "env" | "args" | "may-fail" | "all" => 0,
+        _ => 1,
+    }
+}
+
+fn current_host() -> String {
+    fs::read_to_string("/opt/ml/input/config/resourceconfig.json")
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["current_host"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Retries `f` for up to 10 s: peers start at about the same time, not at the same instant.
+fn retry<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > end => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let host = current_host();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| a.replace("{host}", &host))
+        .collect();
+    let mut may_fail = false;
     let mut term_code: Option<i32> = None;
     let mut hoard: Vec<Vec<u8>> = Vec::new();
     let mut i = 0;
@@ -65,8 +107,26 @@ fn main() {
             std::process::exit(code);
         }
     };
+    let mut active = true;
     while i < args.len() {
         let step = args[i].clone();
+        match step.as_str() {
+            "only" => {
+                active = args.get(i + 1) == Some(&host);
+                i += 2;
+                continue;
+            }
+            "all" => {
+                active = true;
+                i += 1;
+                continue;
+            }
+            _ if !active => {
+                i += 1 + arity(&step);
+                continue;
+            }
+            _ => {}
+        }
         let result: std::io::Result<()> = match step.as_str() {
             // SageMaker passes `train` to an image's own entrypoint; the probe accepts it as a no-op.
             "train" => {
@@ -146,6 +206,39 @@ fn main() {
                 println!("probe: holding {} MiB", hoard.len());
                 Ok(())
             }
+            "resolve" => {
+                let name = take(1, &mut i)[0].clone();
+                retry(|| std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 1)).map(|_| ()))
+                    .map(|_| println!("resolved {name}"))
+            }
+            "listen" => {
+                let port: u16 = take(1, &mut i)[0].parse().unwrap_or(0);
+                std::net::TcpListener::bind(("0.0.0.0", port))
+                    .and_then(|l| l.accept())
+                    .and_then(|(stream, _)| {
+                        let mut line = String::new();
+                        std::io::BufRead::read_line(
+                            &mut std::io::BufReader::new(stream),
+                            &mut line,
+                        )?;
+                        println!("probe: got {}", line.trim_end());
+                        Ok(())
+                    })
+            }
+            "send" => {
+                let a = take(3, &mut i);
+                let port: u16 = a[1].parse().unwrap_or(0);
+                retry(|| std::net::TcpStream::connect((a[0].as_str(), port)))
+                    .and_then(|mut s| {
+                        std::io::Write::write_all(&mut s, format!("{}\n", a[2]).as_bytes())
+                    })
+                    .map(|_| println!("probe: sent to {}", a[0]))
+            }
+            "may-fail" => {
+                i += 1;
+                may_fail = true;
+                Ok(())
+            }
             "exit" => std::process::exit(take(1, &mut i)[0].parse().unwrap_or(1)),
             other => {
                 eprintln!("probe: unknown step '{other}'");
@@ -153,8 +246,12 @@ fn main() {
             }
         };
         if let Err(e) = result {
-            eprintln!("probe: step '{step}' failed: {e}");
-            std::process::exit(65);
+            if may_fail {
+                println!("probe: step failed: {step}: {e}");
+            } else {
+                eprintln!("probe: step '{step}' failed: {e}");
+                std::process::exit(65);
+            }
         }
         std::io::Write::flush(&mut std::io::stdout()).ok();
     }
