@@ -214,10 +214,27 @@ impl Running<'_> {
             self.network = Some(name.clone());
             name
         };
-        for host in &job.hosts {
-            let spec = self.container_spec(host, &work, &network, &suffix);
-            let id = self.docker.create_container(&spec).await?;
-            self.containers.push((host.name.clone(), id));
+        let specs: Vec<ContainerSpec> = job
+            .hosts
+            .iter()
+            .map(|h| self.container_spec(h, &work, &network, &suffix))
+            .collect();
+        // Created concurrently; every one that was created is kept for clean-up, even when
+        // another failed.
+        let created =
+            futures::future::join_all(specs.iter().map(|spec| self.docker.create_container(spec)))
+                .await;
+        let mut first_error = None;
+        for (host, result) in job.hosts.iter().zip(created) {
+            match result {
+                Ok(id) => self.containers.push((host.name.clone(), id)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.into());
         }
         let logs_dir = self.dir.join("logs");
         std::fs::create_dir_all(&logs_dir).map_err(|source| RunError::Io {
@@ -545,8 +562,12 @@ impl Running<'_> {
             );
             return;
         }
-        for (_, id) in self.containers.drain(..) {
-            if let Err(e) = self.docker.remove_container(&id).await {
+        let removals = self.containers.drain(..).map(|(_, id)| {
+            let docker = self.docker.clone();
+            async move { docker.remove_container(&id).await }
+        });
+        for result in futures::future::join_all(removals).await {
+            if let Err(e) = result {
                 tracing::warn!("{e}");
             }
         }
