@@ -38,8 +38,32 @@ enum Command {
         /// The TrainingJobName.
         name: String,
     },
-    /// List jobs, newest first.
-    List,
+    /// List jobs, newest first, filtered as ListTrainingJobs filters.
+    List(ListArgs),
+    /// Print a job's logs, each line prefixed by its host.
+    Logs {
+        /// The TrainingJobName.
+        name: String,
+        /// Keep printing new lines until the job ends (works while another terminal runs it).
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this host's lines (algo-1, algo-2, ...).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Summarize a job's metrics (last, min, max, count) and plot them to an SVG file.
+    Metrics {
+        /// The TrainingJobName.
+        name: String,
+    },
+    /// Delete a finished job's record and local files (its uploaded artifacts stay).
+    Rm {
+        /// The TrainingJobName.
+        name: String,
+    },
+    /// Remove containers and networks left behind by jobs that are no longer running, and
+    /// mark jobs whose smlocal process died as Failed.
+    Cleanup,
     /// Stop a running job, as StopTrainingJob does: SIGTERM to every host, SIGKILL after the
     /// grace, artifacts collected, status Stopped.
     Stop {
@@ -72,13 +96,72 @@ struct TrainArgs {
     /// memory cap down by the same factor.
     #[arg(long)]
     oversubscribe: bool,
+    /// Replay a spot interruption this long after training starts (e.g. 30s, 2m): SIGTERM,
+    /// the grace, a checkpoint sync, then the job starts again with its checkpoints restored.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    interrupt_after: Option<Duration>,
+    /// Seconds between checkpoint syncs to CheckpointConfig.S3Uri while training.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    checkpoint_interval: u64,
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    /// Only jobs with this status (InProgress, Completed, Failed, Stopping, Stopped).
+    #[arg(long, value_name = "STATUS")]
+    status_equals: Option<String>,
+    /// Only jobs whose name contains this text (case-insensitive, as AWS).
+    #[arg(long, value_name = "TEXT")]
+    name_contains: Option<String>,
+    /// Only jobs created after this time (RFC 3339, e.g. 2026-11-26T12:00:00Z, or epoch seconds).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    creation_time_after: Option<f64>,
+    /// Only jobs created before this time.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    creation_time_before: Option<f64>,
+    /// At most this many jobs.
+    #[arg(long, value_name = "N")]
+    max_results: Option<usize>,
+}
+
+/// `30s`, `2m`, `1h` or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1.0),
+        Some('m') => (&t[..t.len() - 1], 60.0),
+        Some('h') => (&t[..t.len() - 1], 3600.0),
+        _ => (t, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(n) if n >= 0.0 && n.is_finite() => Ok(Duration::from_secs_f64(n * scale)),
+        _ => Err(format!(
+            "'{text}' is not a duration; use e.g. 30s, 2m or 1h"
+        )),
+    }
+}
+
+/// RFC 3339 or epoch seconds, as epoch seconds.
+fn parse_time(text: &str) -> Result<f64, String> {
+    if let Ok(epoch) = text.trim().parse::<f64>() {
+        return Ok(epoch);
+    }
+    time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+        .map_err(|_| {
+            format!("'{text}' is not a time; use RFC 3339 (2026-11-26T12:00:00Z) or epoch seconds")
+        })
 }
 
 pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train(args).await,
         Command::Describe { name } => describe(&name),
-        Command::List => list(),
+        Command::List(args) => list(args),
+        Command::Logs { name, follow, host } => logs(&name, follow, host.as_deref()).await,
+        Command::Metrics { name } => metrics(&name),
+        Command::Rm { name } => rm(&name),
+        Command::Cleanup => cleanup().await,
         Command::Stop { name } => stop(&name),
     };
     match result {
@@ -169,6 +252,8 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
         stop_grace: grace,
         keep: args.keep,
         pass_credentials: args.pass_aws_credentials,
+        interrupt_after: args.interrupt_after,
+        checkpoint_interval: Duration::from_secs(args.checkpoint_interval.max(1)),
         log: Arc::new(move |host, line| {
             let mut out = std::io::stdout().lock();
             let _ = if color {
@@ -294,10 +379,36 @@ fn describe(name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn list() -> Result<ExitCode> {
+fn list(args: ListArgs) -> Result<ExitCode> {
+    if let Some(status) = &args.status_equals
+        && !["InProgress", "Completed", "Failed", "Stopping", "Stopped"].contains(&status.as_str())
+    {
+        bail!(
+            "--status-equals '{status}' is not a status; use InProgress, Completed, Failed, Stopping or Stopped"
+        );
+    }
     let records = Store::from_env().list()?;
+    let needle = args.name_contains.as_deref().map(str::to_lowercase);
     let mut out = std::io::stdout().lock();
-    for r in records {
+    let matching = records
+        .into_iter()
+        .filter(|r| {
+            args.status_equals
+                .as_deref()
+                .is_none_or(|s| format!("{:?}", r.training_job_status) == s)
+        })
+        .filter(|r| {
+            needle
+                .as_deref()
+                .is_none_or(|n| r.training_job_name.to_lowercase().contains(n))
+        })
+        .filter(|r| args.creation_time_after.is_none_or(|t| r.creation_time > t))
+        .filter(|r| {
+            args.creation_time_before
+                .is_none_or(|t| r.creation_time < t)
+        })
+        .take(args.max_results.unwrap_or(usize::MAX));
+    for r in matching {
         let created = time::OffsetDateTime::from_unix_timestamp(r.creation_time as i64)
             .ok()
             .and_then(|t| {
@@ -318,5 +429,114 @@ fn list() -> Result<ExitCode> {
             took
         )?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logs(name: &str, follow: bool, host: Option<&str>) -> Result<ExitCode> {
+    let store = Store::from_env();
+    store.load(name)?;
+    let logs_dir = store.job_dir(name).join("logs");
+    if let Some(h) = host {
+        let known = smlocal::logs::hosts(&logs_dir);
+        if !known.iter().any(|k| k == h) && !follow {
+            bail!(
+                "job {name} has no logs for host '{h}'; its hosts are: {}",
+                known.join(", ")
+            );
+        }
+    }
+    let done = || {
+        store
+            .load(name)
+            .map(|r| r.training_job_status.is_terminal() || !store.is_running(&r))
+            .unwrap_or(true)
+    };
+    let mut out = std::io::stdout().lock();
+    smlocal::logs::read(&logs_dir, host, follow, done, |h, line| {
+        let _ = writeln!(out, "{h} | {line}");
+        let _ = out.flush();
+    })
+    .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn metrics(name: &str) -> Result<ExitCode> {
+    let store = Store::from_env();
+    let record = store.load(name)?;
+    let dir = store.job_dir(name);
+    let points = smlocal::metrics::read(&smlocal::metrics::series_path(&dir));
+    let summaries = smlocal::metrics::summarize(&points);
+    let mut out = std::io::stdout().lock();
+    if summaries.is_empty() {
+        let defined = record
+            .request
+            .get("AlgorithmSpecification")
+            .and_then(|a| a.get("MetricDefinitions"))
+            .is_some();
+        let why = if defined {
+            "its MetricDefinitions matched no log line"
+        } else {
+            "it has no AlgorithmSpecification.MetricDefinitions"
+        };
+        writeln!(out, "job {name} has no metric values: {why}")?;
+    } else {
+        writeln!(
+            out,
+            "{:<32} {:>14} {:>14} {:>14} {:>7}",
+            "METRIC", "LAST", "MIN", "MAX", "COUNT"
+        )?;
+        for s in &summaries {
+            writeln!(
+                out,
+                "{:<32} {:>14.6} {:>14.6} {:>14.6} {:>7}",
+                s.metric, s.last, s.min, s.max, s.count
+            )?;
+        }
+    }
+    let plot = dir.join("metrics.svg");
+    std::fs::write(&plot, smlocal::plot::svg(name, &points))
+        .with_context(|| format!("cannot write {}", plot.display()))?;
+    writeln!(out, "plot: {}", plot.display())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rm(name: &str) -> Result<ExitCode> {
+    Store::from_env().remove(name)?;
+    eprintln!("smlocal: removed {name} (its uploaded artifacts are untouched)");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cleanup() -> Result<ExitCode> {
+    let store = Store::from_env();
+    let docker = Docker::connect().await?;
+    let found = docker.labelled(None).await?;
+    let live = |job: &str| store.load(job).is_ok_and(|r| store.is_running(&r));
+    let (mut containers, mut networks) = (0, 0);
+    for (id, job) in found.containers.iter().filter(|(_, job)| !live(job)) {
+        docker.remove_container(id).await?;
+        tracing::debug!("removed container {id} of {job}");
+        containers += 1;
+    }
+    for (net, job) in found.networks.iter().filter(|(_, job)| !live(job)) {
+        docker.remove_network(net).await?;
+        tracing::debug!("removed network {net} of {job}");
+        networks += 1;
+    }
+    let mut orphaned = 0;
+    for mut r in store.list()? {
+        if !r.training_job_status.is_terminal() && !store.is_running(&r) {
+            r.finish(
+                Status::Failed,
+                "Failed",
+                "Training job failed",
+                Some("InternalServerError: the smlocal process running this job ended before the job did".into()),
+            );
+            store.save(&r)?;
+            orphaned += 1;
+        }
+    }
+    eprintln!(
+        "smlocal: removed {containers} container(s) and {networks} network(s); marked {orphaned} orphaned job(s) Failed"
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -255,16 +255,19 @@ impl Docker {
         }
     }
 
-    /// IDs of containers and names of networks labelled for `job` (all jobs when `None`).
-    pub async fn labelled(
-        &self,
-        job: Option<&str>,
-    ) -> Result<(Vec<String>, Vec<String>), DockerError> {
+    /// Containers (IDs) and networks (names) labelled for `job` (for every job when `None`),
+    /// each with the job it belongs to.
+    pub async fn labelled(&self, job: Option<&str>) -> Result<Labelled, DockerError> {
         let label = match job {
             Some(job) => format!("{JOB_LABEL}={job}"),
             None => JOB_LABEL.to_string(),
         };
         let filters = HashMap::from([("label".to_string(), vec![label])]);
+        let owner = |labels: Option<HashMap<String, String>>| {
+            labels
+                .and_then(|mut l| l.remove(JOB_LABEL))
+                .unwrap_or_default()
+        };
         let containers = self
             .client
             .list_containers(Some(
@@ -276,7 +279,7 @@ impl Docker {
             .await
             .map_err(op("list containers"))?
             .into_iter()
-            .filter_map(|c| c.id)
+            .filter_map(|c| Some((c.id?, owner(c.labels))))
             .collect();
         let networks = self
             .client
@@ -286,10 +289,20 @@ impl Docker {
             .await
             .map_err(op("list networks"))?
             .into_iter()
-            .filter_map(|n| n.name)
+            .filter_map(|n| Some((n.name?, owner(n.labels))))
             .collect();
-        Ok((containers, networks))
+        Ok(Labelled {
+            containers,
+            networks,
+        })
     }
+}
+
+/// Docker objects found by label: `(id or name, job)`.
+#[derive(Debug, Default)]
+pub struct Labelled {
+    pub containers: Vec<(String, String)>,
+    pub networks: Vec<(String, String)>,
 }
 
 fn short(id: &str) -> &str {

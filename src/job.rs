@@ -54,10 +54,22 @@ pub struct Job {
     pub compress: bool,
     pub max_runtime: Option<Duration>,
     pub network_isolation: bool,
+    pub metric_definitions: Vec<spec::MetricDefinition>,
+    pub checkpoint: Option<CheckpointPlan>,
     pub request: Request,
     /// One line per thing in the request that smlocal accepts but does not act on.
     pub notices: Vec<String>,
 }
+
+/// Where checkpoints live: `S3Uri`, and the folder the algorithm sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointPlan {
+    pub uri: String,
+    pub local_path: String,
+}
+
+/// SageMaker's default `CheckpointConfig.LocalPath`.
+pub const DEFAULT_CHECKPOINT_PATH: &str = "/opt/ml/checkpoints";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataType {
@@ -110,7 +122,6 @@ const IGNORED: &[&str] = &[
     "Tags",
     "EnableInterContainerTrafficEncryption",
     "EnableManagedSpotTraining",
-    "CheckpointConfig",
     "DebugHookConfig",
     "DebugRuleConfigurations",
     "TensorBoardOutputConfig",
@@ -232,6 +243,22 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         });
     }
 
+    let checkpoint = f.checkpoint_config.as_ref().map(|c| CheckpointPlan {
+        uri: c.s3_uri.clone(),
+        local_path: c
+            .local_path
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CHECKPOINT_PATH.into()),
+    });
+    if let Some(c) = &checkpoint
+        && (!c.local_path.starts_with('/') || c.local_path.split('/').any(|p| p == ".."))
+    {
+        errors.push(format!(
+            "Value '{}' at 'checkpointConfig.localPath' failed to satisfy constraint: it must be an absolute path in the container, such as {DEFAULT_CHECKPOINT_PATH}",
+            c.local_path
+        ));
+    }
+
     if !errors.is_empty() {
         return Err(JobError::Constraints(errors));
     }
@@ -271,6 +298,8 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
             .and_then(|s| s.max_runtime_in_seconds)
             .map(Duration::from_secs),
         network_isolation: f.enable_network_isolation,
+        metric_definitions: algo.metric_definitions.clone(),
+        checkpoint,
         notices,
         name,
         request,

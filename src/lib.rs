@@ -19,6 +19,11 @@
 //! - [`docker`]: the only module that talks to the Docker Engine (bollard).
 //! - [`run`]: drives one job: stage, start, stream logs, stop on shutdown or max runtime,
 //!   collect, upload, and keep the record current. A failed algorithm is an outcome.
+//! - [`logs`]: container output to per-host log files, the terminal and the metric
+//!   recorder; reading logs back, live.
+//! - [`metrics`]: `MetricDefinitions` applied to every log line; the series and final values.
+//! - [`plot`]: the metrics as an SVG chart.
+//! - [`checkpoints`]: `CheckpointConfig`: restore before start, sync while training.
 //! - [`artifacts`]: `model.tar.gz` / `output.tar.gz` with symlinks kept as links.
 //! - [`record`]: the `DescribeTrainingJob`-shaped record and its status transitions.
 //! - [`store`]: the state directory: job records (written atomically), logs, work files.
@@ -27,8 +32,12 @@
 //! binary (`src/main.rs`, `src/cli.rs`) turns Ctrl-C into it.
 
 pub mod artifacts;
+pub mod checkpoints;
 pub mod docker;
 pub mod job;
+pub mod logs;
+pub mod metrics;
+pub mod plot;
 pub mod record;
 pub mod resources;
 pub mod run;

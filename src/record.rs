@@ -39,6 +39,19 @@ pub struct Transition {
     pub status_message: String,
 }
 
+/// One entry of `FinalMetricDataList`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct MetricData {
+    pub metric_name: String,
+    pub value: f64,
+    pub timestamp: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct ModelArtifacts {
@@ -62,6 +75,16 @@ pub struct Record {
     pub training_end_time: Option<f64>,
     pub last_modified_time: f64,
     pub secondary_status_transitions: Vec<Transition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub final_metric_data_list: Vec<MetricData>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training_time_in_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billable_time_in_seconds: Option<u64>,
+    /// How many times the job started (more than 1 after a replayed spot interruption).
+    /// smlocal's own field: AWS does not report it.
+    #[serde(rename = "SmlocalAttempts", default = "one")]
+    pub attempts: u32,
     /// The request as sent (HyperParameters, AlgorithmSpecification, ResourceConfig, ...).
     #[serde(flatten)]
     pub request: Map<String, Value>,
@@ -86,6 +109,10 @@ impl Record {
             training_start_time: None,
             training_end_time: None,
             last_modified_time: t,
+            final_metric_data_list: Vec::new(),
+            training_time_in_seconds: None,
+            billable_time_in_seconds: None,
+            attempts: 1,
             secondary_status_transitions: vec![Transition {
                 status: "Starting".into(),
                 start_time: t,
@@ -110,7 +137,8 @@ impl Record {
         });
         self.secondary_status = secondary.into();
         self.last_modified_time = t;
-        if secondary == "Training" {
+        // The first start counts: a restarted job has trained since then.
+        if secondary == "Training" && self.training_start_time.is_none() {
             self.training_start_time = Some(t);
         }
     }
@@ -131,9 +159,11 @@ impl Record {
         self.training_job_status = status;
         self.failure_reason = failure;
         self.training_end_time = Some(t);
-        if self.training_start_time.is_none() {
-            self.training_start_time = Some(t);
-        }
+        let start = *self.training_start_time.get_or_insert(t);
+        // No spot discount is simulated: the whole training time would be billed.
+        let seconds = (t - start).max(0.0).round() as u64;
+        self.training_time_in_seconds = Some(seconds);
+        self.billable_time_in_seconds = Some(seconds);
     }
 }
 

@@ -5,8 +5,12 @@
 //! could not do its part.
 
 use crate::artifacts;
+use crate::checkpoints::{self, Syncer};
 use crate::docker::{ContainerSpec, Docker, DockerError, Exit, JOB_LABEL};
 use crate::job::{HostPlan, Job};
+use crate::logs::{self, LogSink};
+use crate::metrics::{self, Recorder};
+use crate::record::MetricData;
 use crate::record::{Record, Status};
 use crate::resources::human_bytes;
 use crate::stage::{self, StageError};
@@ -14,9 +18,8 @@ use crate::storage::{self, StorageError};
 use crate::store::{Store, StoreError};
 use futures::StreamExt;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -43,9 +46,6 @@ pub enum RunError {
     },
 }
 
-/// Receives each complete log line with the host that printed it.
-pub type LogSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
-
 #[derive(Clone)]
 pub struct RunOptions {
     /// Time between SIGTERM and SIGKILL when a job is stopped.
@@ -55,6 +55,10 @@ pub struct RunOptions {
     /// Give the containers this process's AWS credentials (off unless the user asks).
     pub pass_credentials: bool,
     pub log: LogSink,
+    /// Replay a spot interruption this long after training starts (once).
+    pub interrupt_after: Option<Duration>,
+    /// How often checkpoints are synced to `CheckpointConfig.S3Uri` while training.
+    pub checkpoint_interval: Duration,
 }
 
 /// How a job ended, for the caller to report and turn into an exit code.
@@ -76,12 +80,16 @@ enum StopCause {
     /// `smlocal stop` from another process.
     Requested,
     MaxRuntime,
+    /// A replayed spot interruption (`--interrupt-after`): the job restarts.
+    Interrupted,
 }
 
 impl StopCause {
     fn message(self) -> &'static str {
         match self {
-            StopCause::Shutdown | StopCause::Requested => "Stopping the training job",
+            StopCause::Shutdown | StopCause::Requested | StopCause::Interrupted => {
+                "Stopping the training job"
+            }
             StopCause::MaxRuntime => "Stopping the training job: MaxRuntimeInSeconds exceeded",
         }
     }
@@ -116,6 +124,7 @@ pub async fn run(
     }
     let mut record = Record::new(&job.name, &job.arn, &model_uri, &job.request.raw);
     let dir = store.create(&record)?;
+    store.claim(&job.name)?;
     let dir = std::fs::canonicalize(&dir).map_err(|source| RunError::Io {
         path: dir.clone(),
         source,
@@ -175,155 +184,110 @@ impl Running<'_> {
     ) -> Result<JobOutcome, RunError> {
         let job = self.job;
         let work = self.dir.join("work");
-        record.transition("Downloading", "Downloading input data");
-        self.store.save(record)?;
-        let staged = tokio::select! {
-            staged = stage::stage(job, &work) => staged,
-            () = shutdown.cancelled() => {
-                record.finish(Status::Stopped, "Stopped", "Training job stopped before training began", None);
-                self.store.save(record)?;
-                return Ok(self.outcome(record, true, started, None));
-            }
-            () = stop_requested.cancelled() => {
-                record.finish(Status::Stopped, "Stopped", "Training job stopped before training began", None);
-                self.store.save(record)?;
-                return Ok(self.outcome(record, false, started, None));
-            }
-        };
-        if let Err(e) = staged {
-            let reason = client_error(&e);
-            record.finish(
-                Status::Failed,
-                "Failed",
-                "Training job failed",
-                Some(reason),
-            );
-            self.store.save(record)?;
-            return Ok(self.outcome(record, false, started, None));
-        }
-
-        let suffix = unique_suffix();
-        let network = if job.network_isolation && job.hosts.len() == 1 {
-            "none".to_string()
-        } else {
-            // Isolation keeps the network internal: hosts reach each other and nothing else.
-            let name = format!("smlocal-{}-{suffix}", job.name);
-            self.docker
-                .create_network(&name, &job.name, job.network_isolation)
-                .await?;
-            self.network = Some(name.clone());
-            name
-        };
-        let specs: Vec<ContainerSpec> = job
-            .hosts
-            .iter()
-            .map(|h| self.container_spec(h, &work, &network, &suffix))
-            .collect();
-        // Created concurrently; every one that was created is kept for clean-up, even when
-        // another failed.
-        let created =
-            futures::future::join_all(specs.iter().map(|spec| self.docker.create_container(spec)))
-                .await;
-        let mut first_error = None;
-        for (host, result) in job.hosts.iter().zip(created) {
-            match result {
-                Ok(id) => self.containers.push((host.name.clone(), id)),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e.into());
-        }
         let logs_dir = self.dir.join("logs");
         std::fs::create_dir_all(&logs_dir).map_err(|source| RunError::Io {
             path: logs_dir.clone(),
             source,
         })?;
-
-        record.transition(
-            "Training",
-            "Training image download completed. Training in progress.",
-        );
-        self.store.save(record)?;
-        // A cluster's hosts boot together, as on SageMaker.
-        futures::future::try_join_all(self.containers.iter().map(|(_, id)| self.docker.start(id)))
-            .await?;
-        let followers: Vec<_> = self
-            .containers
-            .iter()
-            .map(|(host, id)| {
-                tokio::spawn(follow(
-                    self.docker.clone(),
-                    id.clone(),
-                    host.clone(),
-                    logs_dir.join(format!("{host}.log")),
-                    self.options.log.clone(),
-                ))
-            })
-            .collect();
-
-        let mut waits: Waits = self
-            .containers
-            .iter()
-            .enumerate()
-            .map(|(i, (_, id))| {
-                let (docker, id) = (self.docker.clone(), id.clone());
-                Box::pin(async move { (i, docker.wait(&id).await) }) as _
-            })
-            .collect();
-        let mut exits: Vec<Option<Exit>> = vec![None; self.containers.len()];
-        let max_runtime = async {
-            match job.max_runtime {
-                Some(limit) => tokio::time::sleep(limit).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(max_runtime);
-        let mut cause = None;
-        let mut failed = None;
-        // The job completes when every host exits 0; the first failure or stop ends it.
-        while !waits.is_empty() {
-            tokio::select! {
-                Some((i, exit)) = waits.next() => {
-                    let exit = exit?;
-                    exits[i] = Some(exit);
-                    if exit.code != 0 {
-                        failed = Some(i);
-                        break;
-                    }
-                }
-                () = shutdown.cancelled() => { cause = Some(StopCause::Shutdown); break; }
-                () = stop_requested.cancelled() => { cause = Some(StopCause::Requested); break; }
-                () = &mut max_runtime => { cause = Some(StopCause::MaxRuntime); break; }
-            }
-        }
-        if !waits.is_empty() {
-            match (cause, failed) {
-                (Some(cause), _) => {
-                    record.training_job_status = Status::Stopping;
-                    record.transition("Stopping", cause.message());
-                    self.store.save(record)?;
-                    tracing::info!(
-                        "{}: SIGTERM now, SIGKILL after {}s",
-                        cause.message(),
-                        self.options.stop_grace.as_secs()
+        let recorder = Arc::new(Mutex::new(Recorder::new(
+            &job.metric_definitions,
+            &metrics::series_path(&self.dir),
+        )));
+        let mut deadline = None;
+        let mut attempt = 1;
+        let (cause, failed, exits) = loop {
+            record.transition("Downloading", "Downloading input data");
+            self.store.save(record)?;
+            let staged = tokio::select! {
+                staged = self.prepare(&work) => staged,
+                () = shutdown.cancelled() => Err(StopCause::Shutdown.into()),
+                () = stop_requested.cancelled() => Err(StopCause::Requested.into()),
+            };
+            match staged {
+                Ok(()) => {}
+                Err(Prepare::Stopped(cause)) => {
+                    record.finish(
+                        Status::Stopped,
+                        "Stopped",
+                        "Training job stopped before training began",
+                        None,
                     );
+                    self.store.save(record)?;
+                    return Ok(self.outcome(record, cause == StopCause::Shutdown, started, None));
                 }
-                (None, Some(i)) => tracing::warn!(
-                    "{} failed; stopping the other hosts (SIGTERM now, SIGKILL after {}s)",
-                    job.hosts[i].name,
-                    self.options.stop_grace.as_secs()
-                ),
-                (None, None) => {}
+                Err(Prepare::Client(reason)) => {
+                    record.finish(
+                        Status::Failed,
+                        "Failed",
+                        "Training job failed",
+                        Some(reason),
+                    );
+                    self.store.save(record)?;
+                    return Ok(self.outcome(record, false, started, None));
+                }
             }
-            self.stop_all(&mut exits, &mut waits).await?;
-        }
-        // Every line the containers printed is in the logs before the job is reported.
-        for f in followers {
-            let _ = f.await;
-        }
+
+            let followers = self.start_hosts(&work, &logs_dir, &recorder).await?;
+            record.transition(
+                "Training",
+                "Training image download completed. Training in progress.",
+            );
+            self.store.save(record)?;
+            // MaxRuntimeInSeconds counts from the first start, across restarts.
+            let deadline = *deadline
+                .get_or_insert_with(|| job.max_runtime.map(|d| tokio::time::Instant::now() + d));
+            let sync = job.checkpoint.as_ref().map(|c| {
+                let dirs = job
+                    .hosts
+                    .iter()
+                    .map(|h| checkpoint_dir(&work, &h.name))
+                    .collect();
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(sync_checkpoints(
+                    Syncer::new(&c.uri, dirs),
+                    self.options.checkpoint_interval,
+                    stop.clone(),
+                ));
+                (stop, task)
+            });
+            let interrupt = if attempt == 1 {
+                self.options.interrupt_after
+            } else {
+                None
+            };
+            let supervised = self
+                .supervise(record, shutdown, stop_requested, deadline, interrupt)
+                .await;
+            // Every line the containers printed is in the logs before the job is reported.
+            for f in followers {
+                let _ = f.await;
+            }
+            if let Some((stop, task)) = sync {
+                stop.cancel();
+                if let Ok(Err(e)) = task.await {
+                    tracing::warn!("the last checkpoint sync failed: {e}");
+                }
+            }
+            let (cause, failed, exits) = supervised?;
+            if cause != Some(StopCause::Interrupted) {
+                break (cause, failed, exits);
+            }
+            // A spot interruption, replayed: the instances are gone, the checkpoints are at
+            // S3Uri, and the job starts over on fresh instances.
+            record.transition("Interrupted", "Training job interrupted (spot interruption replayed by --interrupt-after); checkpoints synced");
+            record.transition(
+                "Restarting",
+                "Restarting the training job from its checkpoints",
+            );
+            attempt += 1;
+            record.attempts = attempt;
+            self.store.save(record)?;
+            self.remove_containers().await;
+            std::fs::remove_dir_all(&work).map_err(|source| RunError::Io {
+                path: work.clone(),
+                source,
+            })?;
+        };
 
         record.transition("Uploading", "Uploading generated training model");
         self.store.save(record)?;
@@ -333,6 +297,7 @@ impl Running<'_> {
             .iter()
             .map(|h| (h.name.clone(), stage::host_root(&work, &h.name)))
             .collect();
+        record.final_metric_data_list = final_metrics(&recorder);
         if let Err((kept, reason)) = self.collect(&roots).await {
             record.finish(
                 Status::Failed,
@@ -381,6 +346,166 @@ impl Running<'_> {
         }
         self.store.save(record)?;
         Ok(self.outcome(record, interrupted, started, None))
+    }
+
+    /// Stages every host's `/opt/ml` and restores its checkpoints.
+    async fn prepare(&self, work: &Path) -> Result<(), Prepare> {
+        let job = self.job;
+        stage::stage(job, work)
+            .await
+            .map_err(|e| Prepare::Client(client_error(&e)))?;
+        if let Some(c) = &job.checkpoint {
+            for host in &job.hosts {
+                let dir = checkpoint_dir(work, &host.name);
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    Prepare::Client(format!("ClientError: cannot create {}: {e}", dir.display()))
+                })?;
+                checkpoints::restore(&c.uri, &dir).await.map_err(|e| {
+                    Prepare::Client(format!(
+                        "ClientError: Checkpoint download from {} failed: {e}",
+                        c.uri
+                    ))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the job's network (once) and one container per host, then starts them all at
+    /// once, as a cluster's hosts boot together. Returns the log followers.
+    async fn start_hosts(
+        &mut self,
+        work: &Path,
+        logs_dir: &Path,
+        recorder: &Arc<Mutex<Recorder>>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
+        let job = self.job;
+        let suffix = unique_suffix();
+        let network = match &self.network {
+            Some(name) => name.clone(),
+            None if job.network_isolation && job.hosts.len() == 1 => "none".to_string(),
+            None => {
+                // Isolation keeps the network internal: hosts reach each other and nothing else.
+                let name = format!("smlocal-{}-{suffix}", job.name);
+                self.docker
+                    .create_network(&name, &job.name, job.network_isolation)
+                    .await?;
+                self.network = Some(name.clone());
+                name
+            }
+        };
+        let specs: Vec<ContainerSpec> = job
+            .hosts
+            .iter()
+            .map(|h| self.container_spec(h, work, &network, &suffix))
+            .collect();
+        // Created concurrently; every one that was created is kept for clean-up, even when
+        // another failed.
+        let created =
+            futures::future::join_all(specs.iter().map(|spec| self.docker.create_container(spec)))
+                .await;
+        let mut first_error = None;
+        for (host, result) in job.hosts.iter().zip(created) {
+            match result {
+                Ok(id) => self.containers.push((host.name.clone(), id)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.into());
+        }
+        futures::future::try_join_all(self.containers.iter().map(|(_, id)| self.docker.start(id)))
+            .await?;
+        Ok(self
+            .containers
+            .iter()
+            .map(|(host, id)| {
+                tokio::spawn(logs::follow(
+                    self.docker.clone(),
+                    id.clone(),
+                    host.clone(),
+                    logs_dir.join(format!("{host}.log")),
+                    self.options.log.clone(),
+                    recorder.clone(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Waits until every host has exited 0, one has failed, or a stop comes; then stops the
+    /// hosts still running. Returns why it ended, the failed host and every exit.
+    async fn supervise(
+        &self,
+        record: &mut Record,
+        shutdown: &CancellationToken,
+        stop_requested: &CancellationToken,
+        deadline: Option<tokio::time::Instant>,
+        interrupt_after: Option<Duration>,
+    ) -> Result<(Option<StopCause>, Option<usize>, Vec<Option<Exit>>), RunError> {
+        let job = self.job;
+        let mut waits: Waits = self
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, (_, id))| {
+                let (docker, id) = (self.docker.clone(), id.clone());
+                Box::pin(async move { (i, docker.wait(&id).await) }) as _
+            })
+            .collect();
+        let mut exits: Vec<Option<Exit>> = vec![None; self.containers.len()];
+        let at = |when: Option<tokio::time::Instant>| async move {
+            match when {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let max_runtime = at(deadline);
+        let interrupt = at(interrupt_after.map(|d| tokio::time::Instant::now() + d));
+        tokio::pin!(max_runtime, interrupt);
+        let mut cause = None;
+        let mut failed = None;
+        // The job completes when every host exits 0; the first failure or stop ends it.
+        while !waits.is_empty() {
+            tokio::select! {
+                Some((i, exit)) = waits.next() => {
+                    let exit = exit?;
+                    exits[i] = Some(exit);
+                    if exit.code != 0 {
+                        failed = Some(i);
+                        break;
+                    }
+                }
+                () = shutdown.cancelled() => { cause = Some(StopCause::Shutdown); break; }
+                () = stop_requested.cancelled() => { cause = Some(StopCause::Requested); break; }
+                () = &mut max_runtime => { cause = Some(StopCause::MaxRuntime); break; }
+                () = &mut interrupt => { cause = Some(StopCause::Interrupted); break; }
+            }
+        }
+        if !waits.is_empty() {
+            let grace = self.options.stop_grace.as_secs();
+            match (cause, failed) {
+                (Some(StopCause::Interrupted), _) => {
+                    tracing::info!(
+                        "replaying a spot interruption: SIGTERM now, SIGKILL after {grace}s"
+                    )
+                }
+                (Some(cause), _) => {
+                    record.training_job_status = Status::Stopping;
+                    record.transition("Stopping", cause.message());
+                    self.store.save(record)?;
+                    tracing::info!("{}: SIGTERM now, SIGKILL after {grace}s", cause.message());
+                }
+                (None, Some(i)) => tracing::warn!(
+                    "{} failed; stopping the other hosts (SIGTERM now, SIGKILL after {grace}s)",
+                    job.hosts[i].name
+                ),
+                (None, None) => {}
+            }
+            self.stop_all(&mut exits, &mut waits).await?;
+        }
+        Ok((cause, failed, exits))
     }
 
     /// SIGTERM to every host still running, then SIGKILL to those still running after the
@@ -450,6 +575,20 @@ impl Running<'_> {
             }
         }
         env.extend(job.environment.iter().map(|(k, v)| format!("{k}={v}")));
+        let mut binds = vec![format!(
+            "{}:/opt/ml",
+            stage::host_root(work, &host.name).display()
+        )];
+        // The default LocalPath is already inside the /opt/ml mount.
+        if let Some(c) = &job.checkpoint
+            && c.local_path.trim_end_matches('/') != crate::job::DEFAULT_CHECKPOINT_PATH
+        {
+            binds.push(format!(
+                "{}:{}",
+                checkpoint_dir(work, &host.name).display(),
+                c.local_path
+            ));
+        }
         ContainerSpec {
             name: format!("smlocal-{}-{}-{suffix}", job.name, host.name),
             hostname: host.name.clone(),
@@ -457,10 +596,7 @@ impl Running<'_> {
             entrypoint: job.entrypoint.clone(),
             args: job.args.clone(),
             env,
-            binds: vec![format!(
-                "{}:/opt/ml",
-                stage::host_root(work, &host.name).display()
-            )],
+            binds,
             labels: HashMap::from([
                 (JOB_LABEL.to_string(), job.name.clone()),
                 ("smlocal.host".to_string(), host.name.clone()),
@@ -554,14 +690,7 @@ impl Running<'_> {
 
     /// Removes the job's containers, network and work files (unless `--keep`), whatever
     /// happened before.
-    async fn clean_up(&mut self, result: &Result<JobOutcome, RunError>) {
-        if self.options.keep {
-            tracing::info!(
-                "--keep: leaving containers, network and {} in place",
-                self.dir.join("work").display()
-            );
-            return;
-        }
+    async fn remove_containers(&mut self) {
         let removals = self.containers.drain(..).map(|(_, id)| {
             let docker = self.docker.clone();
             async move { docker.remove_container(&id).await }
@@ -571,6 +700,17 @@ impl Running<'_> {
                 tracing::warn!("{e}");
             }
         }
+    }
+
+    async fn clean_up(&mut self, result: &Result<JobOutcome, RunError>) {
+        if self.options.keep {
+            tracing::info!(
+                "--keep: leaving containers, network and {} in place",
+                self.dir.join("work").display()
+            );
+            return;
+        }
+        self.remove_containers().await;
         if let Some(network) = self.network.take()
             && let Err(e) = self.docker.remove_network(&network).await
         {
@@ -588,6 +728,60 @@ impl Running<'_> {
     }
 }
 
+/// Why preparing an attempt did not end in running containers.
+enum Prepare {
+    Stopped(StopCause),
+    /// A problem with the user's data or configuration: the job fails with this reason.
+    Client(String),
+}
+
+impl From<StopCause> for Prepare {
+    fn from(cause: StopCause) -> Self {
+        Prepare::Stopped(cause)
+    }
+}
+
+/// A host's checkpoint folder on this machine (bound at `CheckpointConfig.LocalPath`).
+fn checkpoint_dir(work: &Path, host: &str) -> PathBuf {
+    stage::host_root(work, host).join("checkpoints")
+}
+
+/// Syncs until `stop`, then once more so the final state is at `S3Uri`.
+async fn sync_checkpoints(
+    mut syncer: Syncer,
+    every: Duration,
+    stop: CancellationToken,
+) -> Result<(), StorageError> {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = syncer.sync().await {
+                    tracing::warn!("checkpoint sync failed (will retry): {e}");
+                }
+            }
+            () = stop.cancelled() => break,
+        }
+    }
+    syncer.sync().await.map(|_| ())
+}
+
+fn final_metrics(recorder: &Mutex<Recorder>) -> Vec<MetricData> {
+    let Ok(recorder) = recorder.lock() else {
+        return Vec::new();
+    };
+    recorder
+        .final_metrics()
+        .into_iter()
+        .map(|p| MetricData {
+            metric_name: p.metric,
+            value: p.value,
+            timestamp: p.timestamp,
+        })
+        .collect()
+}
+
 /// Turns a `smlocal stop` from another process (a marker in the job's folder) into a stop.
 async fn watch_for_stop(store: Store, name: String, stop: CancellationToken) {
     let mut tick = tokio::time::interval(STOP_POLL);
@@ -596,49 +790,6 @@ async fn watch_for_stop(store: Store, name: String, stop: CancellationToken) {
         if store.stop_requested(&name) {
             stop.cancel();
             return;
-        }
-    }
-}
-
-/// Streams a container's output line by line to its log file and the sink, until it exits.
-async fn follow(docker: Docker, id: String, host: String, path: PathBuf, sink: LogSink) {
-    let mut file = match std::fs::File::create(&path) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            tracing::warn!("cannot write {}: {e}", path.display());
-            None
-        }
-    };
-    // Docker frames are writes, not lines: keep a partial line per stream until it ends.
-    let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-    let mut emit = |line: &[u8]| {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
-        if let Some(f) = file.as_mut() {
-            let _ = writeln!(f, "{text}");
-        }
-        sink(&host, text);
-    };
-    let mut stream = Box::pin(docker.output(&id));
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(chunk) => {
-                let buf = &mut partial[usize::from(chunk.stderr)];
-                buf.extend_from_slice(&chunk.bytes);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    emit(&line[..line.len() - 1]);
-                }
-            }
-            Err(e) => {
-                tracing::warn!("{e}");
-                break;
-            }
-        }
-    }
-    for buf in partial {
-        if !buf.is_empty() {
-            emit(&buf);
         }
     }
 }

@@ -329,6 +329,28 @@ pub async fn upload(src: &Path, uri: &str) -> Result<(), StorageError> {
     }
 }
 
+/// Deletes one object; one that is already gone is not an error.
+pub async fn delete(uri: &str) -> Result<(), StorageError> {
+    match Location::parse(uri)? {
+        Location::S3 { bucket, key } => {
+            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
+            match store.delete(&StorePath::from(key.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(store_error(uri, e)),
+            }
+        }
+        Location::Local { path } => match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StorageError::Io {
+                action: "cannot delete",
+                path: path.into(),
+                source,
+            }),
+        },
+    }
+}
+
 /// Whether an object exists (used so a job never overwrites another job's results).
 pub async fn exists(uri: &str) -> Result<bool, StorageError> {
     match Location::parse(uri)? {

@@ -20,6 +20,8 @@ pub enum StoreError {
         "ValidationException: The training job {name} is already {status}; there is nothing to stop"
     )]
     AlreadyEnded { name: String, status: String },
+    #[error("the training job {0} is still running; stop it first (smlocal stop {0})")]
+    StillRunning(String),
     #[error("the job record '{}' is unreadable: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot {action} '{}': {source}", path.display())]
@@ -33,6 +35,8 @@ pub enum StoreError {
 
 /// The file in a job's folder that asks its runner to stop.
 const STOP_MARKER: &str = "stop-requested";
+/// The file in a job's folder that names the process running it.
+const RUNNER_PID: &str = "runner.pid";
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -125,6 +129,35 @@ impl Store {
         let marker = self.job_dir(name).join(STOP_MARKER);
         std::fs::write(&marker, b"").map_err(io("write", &marker))?;
         Ok(record)
+    }
+
+    /// Records which process runs the job, so other commands can tell a live job from one
+    /// whose runner died.
+    pub fn claim(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.job_dir(name).join(RUNNER_PID);
+        std::fs::write(&path, std::process::id().to_string()).map_err(io("write", &path))
+    }
+
+    /// Whether the job's runner is alive: a job that is not terminal and whose runner died
+    /// is a leftover.
+    pub fn is_running(&self, record: &Record) -> bool {
+        if record.training_job_status.is_terminal() {
+            return false;
+        }
+        std::fs::read_to_string(self.job_dir(&record.training_job_name).join(RUNNER_PID))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    /// Deletes a finished job's record, logs and local files (never its uploaded artifacts).
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        let record = self.load(name)?;
+        if self.is_running(&record) {
+            return Err(StoreError::StillRunning(name.into()));
+        }
+        let dir = self.job_dir(name);
+        std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
     }
 
     pub fn stop_requested(&self, name: &str) -> bool {

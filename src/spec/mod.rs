@@ -54,6 +54,14 @@ pub struct CreateTrainingJob {
     pub environment: BTreeMap<String, String>,
     #[serde(default)]
     pub enable_network_isolation: bool,
+    pub checkpoint_config: Option<CheckpointConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckpointConfig {
+    pub s3_uri: String,
+    pub local_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

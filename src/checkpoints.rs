@@ -1,0 +1,212 @@
+//! `CheckpointConfig`: before a host starts, the objects under `S3Uri` are copied into its
+//! checkpoint folder; while it trains, new and changed files (and deletions) are synced back
+//! to `S3Uri` every few seconds and once more at the end. Files are not tarred, and every host
+//! syncs to the one location, as on SageMaker.
+
+use crate::stage::safe_relative;
+use crate::storage::{self, Location, StorageError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// What a file looked like when it was last synced: a change in either means upload again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stamp {
+    len: u64,
+    modified: SystemTime,
+}
+
+/// `S3Uri` as a folder: keys below it are the checkpoint files' relative paths.
+fn folder(uri: &str) -> String {
+    if uri.ends_with('/') {
+        uri.to_string()
+    } else {
+        format!("{uri}/")
+    }
+}
+
+/// Copies every checkpoint object into `dir`. A location with nothing there yet (a first run)
+/// restores nothing.
+pub async fn restore(uri: &str, dir: &Path) -> Result<usize, StorageError> {
+    let base = folder(uri);
+    let location = Location::parse(&base)?;
+    let prefix = location.key().to_string();
+    let objects = match storage::list(&base).await {
+        Ok(objects) => objects,
+        Err(StorageError::NotFound { .. }) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut restored = 0;
+    for object in objects {
+        let rest = &object.key[prefix.len()..];
+        let Some(relative) = safe_relative(rest) else {
+            tracing::warn!(
+                "skipping checkpoint object '{}': it would land outside {}",
+                object.key,
+                dir.display()
+            );
+            continue;
+        };
+        let dest = dir.join(relative);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| StorageError::Io {
+                action: "cannot create",
+                path: parent.into(),
+                source,
+            })?;
+        }
+        storage::download(&location.uri_of(&object.key), &dest).await?;
+        restored += 1;
+    }
+    Ok(restored)
+}
+
+/// Keeps `S3Uri` in step with the hosts' checkpoint folders.
+pub struct Syncer {
+    uri: String,
+    dirs: Vec<PathBuf>,
+    synced: BTreeMap<String, Stamp>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct SyncReport {
+    pub uploaded: usize,
+    pub deleted: usize,
+}
+
+impl Syncer {
+    /// `dirs` are the hosts' folders, just restored: what they hold is already at `uri`.
+    pub fn new(uri: &str, dirs: Vec<PathBuf>) -> Self {
+        let mut syncer = Syncer {
+            uri: folder(uri),
+            dirs,
+            synced: BTreeMap::new(),
+        };
+        syncer.synced = syncer
+            .scan()
+            .into_iter()
+            .map(|(rel, (stamp, _))| (rel, stamp))
+            .collect();
+        syncer
+    }
+
+    /// Every file in any host's folder, the most recently modified copy when several hosts
+    /// have the same path.
+    fn scan(&self) -> BTreeMap<String, (Stamp, PathBuf)> {
+        let mut found: BTreeMap<String, (Stamp, PathBuf)> = BTreeMap::new();
+        for dir in &self.dirs {
+            walk(dir, dir, &mut |rel, path, stamp| {
+                let newer = found
+                    .get(&rel)
+                    .is_none_or(|(s, _)| stamp.modified > s.modified);
+                if newer {
+                    found.insert(rel, (stamp, path));
+                }
+            });
+        }
+        found
+    }
+
+    pub async fn sync(&mut self) -> Result<SyncReport, StorageError> {
+        let now = self.scan();
+        let mut report = SyncReport::default();
+        for (rel, (stamp, path)) in &now {
+            if self.synced.get(rel) != Some(stamp) {
+                storage::upload(path, &format!("{}{rel}", self.uri)).await?;
+                self.synced.insert(rel.clone(), *stamp);
+                report.uploaded += 1;
+            }
+        }
+        let gone: Vec<String> = self
+            .synced
+            .keys()
+            .filter(|rel| !now.contains_key(*rel))
+            .cloned()
+            .collect();
+        for rel in gone {
+            storage::delete(&format!("{}{rel}", self.uri)).await?;
+            self.synced.remove(&rel);
+            report.deleted += 1;
+        }
+        Ok(report)
+    }
+}
+
+fn walk(root: &Path, dir: &Path, visit: &mut dyn FnMut(String, PathBuf, Stamp)) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // Links are not followed: a checkpoint folder may point anywhere on this machine.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            walk(root, &path, visit);
+        } else if meta.is_file() {
+            let rel = path
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stamp = Stamp {
+                len: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            };
+            visit(rel, path, stamp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn restore_then_sync_uploads_changes_and_deletions_only() {
+        let remote = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}/ckpt", remote.path().display());
+        std::fs::create_dir_all(remote.path().join("ckpt/sub")).unwrap();
+        std::fs::write(remote.path().join("ckpt/epoch-1.bin"), b"one").unwrap();
+        std::fs::write(remote.path().join("ckpt/sub/state.json"), b"{}").unwrap();
+
+        let host = tempfile::tempdir().unwrap();
+        assert_eq!(restore(&uri, host.path()).await.unwrap(), 2);
+        assert_eq!(
+            std::fs::read(host.path().join("sub/state.json")).unwrap(),
+            b"{}"
+        );
+
+        let mut syncer = Syncer::new(&uri, vec![host.path().to_path_buf()]);
+        assert_eq!(
+            syncer.sync().await.unwrap(),
+            SyncReport::default(),
+            "nothing changed yet"
+        );
+        std::fs::write(host.path().join("epoch-2.bin"), b"two").unwrap();
+        std::fs::remove_file(host.path().join("epoch-1.bin")).unwrap();
+        assert_eq!(
+            syncer.sync().await.unwrap(),
+            SyncReport {
+                uploaded: 1,
+                deleted: 1
+            }
+        );
+        assert_eq!(
+            std::fs::read(remote.path().join("ckpt/epoch-2.bin")).unwrap(),
+            b"two"
+        );
+        assert!(!remote.path().join("ckpt/epoch-1.bin").exists());
+    }
+
+    #[tokio::test]
+    async fn a_first_run_restores_nothing() {
+        let host = tempfile::tempdir().unwrap();
+        assert_eq!(
+            restore("file:///no/such/smlocal/checkpoints", host.path())
+                .await
+                .unwrap(),
+            0
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! A job's logs: each container's output, line by line, to its host's log file, the
+//! terminal (or any sink) and the metric recorder; and reading them back, live or not.
+
+use crate::docker::Docker;
+use crate::metrics::Recorder;
+use crate::record::now;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Receives each complete log line with the host that printed it.
+pub type LogSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// Streams a container's output line by line to its log file and the sink, until it exits.
+pub async fn follow(
+    docker: Docker,
+    id: String,
+    host: String,
+    path: PathBuf,
+    sink: LogSink,
+    recorder: Arc<Mutex<Recorder>>,
+) {
+    // Appended: a restarted job (spot replay) keeps the first attempt's lines.
+    let mut file = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!("cannot write {}: {e}", path.display());
+            None
+        }
+    };
+    // Docker frames are writes, not lines: keep a partial line per stream until it ends.
+    let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut emit = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        if let Some(f) = file.as_mut() {
+            let _ = writeln!(f, "{text}");
+        }
+        if let Ok(mut r) = recorder.lock() {
+            r.observe(&host, text, now());
+        }
+        sink(&host, text);
+    };
+    let mut stream = Box::pin(docker.output(&id));
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => {
+                let buf = &mut partial[usize::from(chunk.stderr)];
+                buf.extend_from_slice(&chunk.bytes);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    emit(&line[..line.len() - 1]);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                break;
+            }
+        }
+    }
+    for buf in partial {
+        if !buf.is_empty() {
+            emit(&buf);
+        }
+    }
+}
+
+/// The hosts that have a log in `logs_dir`, sorted (`algo-2` before `algo-10`).
+pub fn hosts(logs_dir: &Path) -> Vec<String> {
+    let mut hosts: Vec<String> = std::fs::read_dir(logs_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log"))
+                .map(str::to_string)
+        })
+        .collect();
+    hosts.sort_by_key(|h| (h.len(), h.clone()));
+    hosts
+}
+
+/// Prints a job's log lines through `out`, host by host; with `follow`, keeps reading new
+/// lines (from any host, as they are written) until `done()` says the job has ended.
+pub async fn read(
+    logs_dir: &Path,
+    only: Option<&str>,
+    follow: bool,
+    done: impl Fn() -> bool,
+    mut out: impl FnMut(&str, &str),
+) {
+    let mut offsets: BTreeMap<String, u64> = BTreeMap::new();
+    let mut partial: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    loop {
+        // Read `done` first: lines written before the job ended are read in this pass.
+        let ended = done();
+        for host in hosts(logs_dir)
+            .into_iter()
+            .filter(|h| only.is_none_or(|o| o == h))
+        {
+            let offset = offsets.entry(host.clone()).or_insert(0);
+            let Ok(mut file) = std::fs::File::open(logs_dir.join(format!("{host}.log"))) else {
+                continue;
+            };
+            if file.seek(SeekFrom::Start(*offset)).is_err() {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            if let Ok(n) = file.read_to_end(&mut bytes) {
+                *offset += n as u64;
+            }
+            let buf = partial.entry(host.clone()).or_default();
+            buf.extend_from_slice(&bytes);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                out(&host, &String::from_utf8_lossy(&line[..line.len() - 1]));
+            }
+        }
+        if !follow || ended {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How often `read --follow` looks for new lines.
+const POLL: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reading_follows_new_lines_until_the_job_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().to_path_buf();
+        std::fs::write(logs.join("algo-1.log"), "one\n").unwrap();
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (logs, ended) = (logs.clone(), ended.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(logs.join("algo-1.log"))
+                    .unwrap();
+                writeln!(f, "two").unwrap();
+                std::fs::write(logs.join("algo-2.log"), "other host\n").unwrap();
+                ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        let mut seen = Vec::new();
+        read(
+            &logs,
+            None,
+            true,
+            || ended.load(std::sync::atomic::Ordering::SeqCst),
+            |h, l| seen.push(format!("{h} {l}")),
+        )
+        .await;
+        writer.await.unwrap();
+        assert_eq!(seen, ["algo-1 one", "algo-1 two", "algo-2 other host"]);
+        let mut only = Vec::new();
+        read(
+            &logs,
+            Some("algo-2"),
+            false,
+            || true,
+            |_, l| only.push(l.to_string()),
+        )
+        .await;
+        assert_eq!(only, ["other host"]);
+    }
+}

@@ -1,0 +1,201 @@
+//! `AlgorithmSpecification.MetricDefinitions`: every regex runs over every log line of every
+//! host; the first capture group (the whole match when there is none) is the value. Each
+//! point is appended to the job's `metrics.jsonl` as it is seen, so the series survives a
+//! crash and can be read while the job runs.
+
+use crate::spec::MetricDefinition;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One observation of a metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub metric: String,
+    pub host: String,
+    /// Epoch seconds.
+    pub timestamp: f64,
+    pub value: f64,
+}
+
+pub struct Recorder {
+    definitions: Vec<(String, regex::Regex)>,
+    file: Option<std::fs::File>,
+    last: BTreeMap<String, Point>,
+}
+
+impl Recorder {
+    /// Compiles the definitions (already validated by [`crate::job`]); points go to `path`.
+    pub fn new(definitions: &[MetricDefinition], path: &Path) -> Self {
+        let definitions: Vec<(String, regex::Regex)> = definitions
+            .iter()
+            .filter_map(|d| {
+                regex::Regex::new(&d.regex)
+                    .ok()
+                    .map(|r| (d.name.clone(), r))
+            })
+            .collect();
+        let file = if definitions.is_empty() {
+            None
+        } else {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!("cannot write metrics to {}: {e}", path.display());
+                    None
+                }
+            }
+        };
+        Recorder {
+            definitions,
+            file,
+            last: BTreeMap::new(),
+        }
+    }
+
+    pub fn observe(&mut self, host: &str, line: &str, timestamp: f64) {
+        for (name, re) in &self.definitions {
+            let Some(caps) = re.captures(line) else {
+                continue;
+            };
+            let text = caps
+                .get(1)
+                .or_else(|| caps.get(0))
+                .map(|m| m.as_str())
+                .unwrap_or("");
+            let Ok(value) = text.trim().parse::<f64>() else {
+                continue;
+            };
+            let point = Point {
+                metric: name.clone(),
+                host: host.into(),
+                timestamp,
+                value,
+            };
+            if let Some(f) = self.file.as_mut()
+                && let Ok(json) = serde_json::to_string(&point)
+            {
+                let _ = writeln!(f, "{json}");
+            }
+            self.last.insert(name.clone(), point);
+        }
+    }
+
+    /// `FinalMetricDataList`: the last value of each metric.
+    pub fn final_metrics(&self) -> Vec<Point> {
+        self.last.values().cloned().collect()
+    }
+}
+
+/// Reads back a job's series (lines that do not parse are skipped: a crash may cut one).
+pub fn read(path: &Path) -> Vec<Point> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Per metric: last, min, max and how many points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub metric: String,
+    pub last: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: usize,
+}
+
+pub fn summarize(points: &[Point]) -> Vec<Summary> {
+    let mut by: BTreeMap<&str, Summary> = BTreeMap::new();
+    for p in points {
+        let s = by.entry(&p.metric).or_insert(Summary {
+            metric: p.metric.clone(),
+            last: p.value,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            count: 0,
+        });
+        s.last = p.value;
+        s.min = s.min.min(p.value);
+        s.max = s.max.max(p.value);
+        s.count += 1;
+    }
+    by.into_values().collect()
+}
+
+/// Where a job keeps its metric series.
+pub fn series_path(job_dir: &Path) -> PathBuf {
+    job_dir.join("metrics.jsonl")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defs() -> Vec<MetricDefinition> {
+        vec![
+            MetricDefinition {
+                name: "train:mse".into(),
+                regex: r"train_mse=([0-9.eE+-]+)".into(),
+            },
+            MetricDefinition {
+                name: "epoch".into(),
+                regex: r"epoch=(\d+)".into(),
+            },
+            MetricDefinition {
+                name: "whole".into(),
+                regex: r"\d+\.\d+%".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn the_first_group_is_the_value_and_the_last_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = series_path(dir.path());
+        let mut r = Recorder::new(&defs(), &path);
+        r.observe("algo-1", "epoch=1 train_mse=0.50", 10.0);
+        r.observe("algo-2", "epoch=2 train_mse=0.25", 11.0);
+        r.observe("algo-1", "nothing to see", 12.0);
+        r.observe("algo-1", "train_mse=not-a-number", 13.0);
+        let last = r.final_metrics();
+        let names: Vec<(&str, f64)> = last.iter().map(|p| (p.metric.as_str(), p.value)).collect();
+        assert_eq!(names, [("epoch", 2.0), ("train:mse", 0.25)]);
+        let points = read(&path);
+        assert_eq!(points.len(), 4);
+        assert_eq!(
+            points[0],
+            Point {
+                metric: "train:mse".into(),
+                host: "algo-1".into(),
+                timestamp: 10.0,
+                value: 0.5
+            }
+        );
+        let s = summarize(&points);
+        assert_eq!(
+            s[1],
+            Summary {
+                metric: "train:mse".into(),
+                last: 0.25,
+                min: 0.25,
+                max: 0.5,
+                count: 2
+            }
+        );
+    }
+
+    #[test]
+    fn without_a_group_the_whole_match_must_be_a_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Recorder::new(&defs()[2..], &series_path(dir.path()));
+        r.observe("algo-1", "progress 12.5%", 1.0);
+        assert!(r.final_metrics().is_empty(), "'12.5%' is not a number");
+    }
+}
