@@ -509,7 +509,7 @@ fn rm(name: &str) -> Result<ExitCode> {
 async fn cleanup() -> Result<ExitCode> {
     let store = Store::from_env();
     let docker = Docker::connect().await?;
-    let found = docker.labelled(None).await?;
+    let found = docker.labelled(&store.root().display().to_string()).await?;
     let live = |job: &str| store.load(job).is_ok_and(|r| store.is_running(&r));
     let (mut containers, mut networks) = (0, 0);
     for (id, job) in found.containers.iter().filter(|(_, job)| !live(job)) {

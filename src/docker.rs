@@ -14,6 +14,9 @@ use std::collections::HashMap;
 
 /// The label every container and network of a job carries, so leftovers can be found.
 pub const JOB_LABEL: &str = "smlocal.job";
+/// The state directory the job belongs to: `cleanup` with one `SMLOCAL_HOME` never touches
+/// another's jobs.
+pub const HOME_LABEL: &str = "smlocal.home";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -106,14 +109,14 @@ impl Docker {
     pub async fn create_network(
         &self,
         name: &str,
-        job: &str,
+        labels: HashMap<String, String>,
         internal: bool,
     ) -> Result<(), DockerError> {
         let request = NetworkCreateRequest {
             name: name.into(),
             driver: Some("bridge".into()),
             internal: Some(internal),
-            labels: Some(HashMap::from([(JOB_LABEL.to_string(), job.to_string())])),
+            labels: Some(labels),
             ..Default::default()
         };
         self.client
@@ -255,14 +258,13 @@ impl Docker {
         }
     }
 
-    /// Containers (IDs) and networks (names) labelled for `job` (for every job when `None`),
-    /// each with the job it belongs to.
-    pub async fn labelled(&self, job: Option<&str>) -> Result<Labelled, DockerError> {
-        let label = match job {
-            Some(job) => format!("{JOB_LABEL}={job}"),
-            None => JOB_LABEL.to_string(),
-        };
-        let filters = HashMap::from([("label".to_string(), vec![label])]);
+    /// Containers (IDs) and networks (names) of the jobs of state directory `home`, each with
+    /// the job it belongs to.
+    pub async fn labelled(&self, home: &str) -> Result<Labelled, DockerError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![JOB_LABEL.to_string(), format!("{HOME_LABEL}={home}")],
+        )]);
         let owner = |labels: Option<HashMap<String, String>>| {
             labels
                 .and_then(|mut l| l.remove(JOB_LABEL))

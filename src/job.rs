@@ -117,21 +117,30 @@ impl Job {
 
 /// The fields AWS accepts that a workstation cannot honour: echoed in the record, ignored,
 /// and named once so nothing is dropped silently.
-const IGNORED: &[&str] = &[
-    "VpcConfig",
-    "Tags",
-    "EnableInterContainerTrafficEncryption",
-    "EnableManagedSpotTraining",
-    "DebugHookConfig",
-    "DebugRuleConfigurations",
-    "TensorBoardOutputConfig",
-    "ExperimentConfig",
-    "ProfilerConfig",
-    "ProfilerRuleConfigurations",
-    "RetryStrategy",
-    "RemoteDebugConfig",
-    "InfraCheckConfig",
-    "SessionChainingConfig",
+const IGNORED: &[(&str, &str)] = &[
+    (
+        "VpcConfig",
+        "no effect: the job runs on its own Docker network",
+    ),
+    ("Tags", "kept in the record only"),
+    (
+        "EnableInterContainerTrafficEncryption",
+        "no effect: traffic stays on this machine",
+    ),
+    (
+        "EnableManagedSpotTraining",
+        "the job runs on demand; --interrupt-after DURATION replays a spot interruption",
+    ),
+    ("DebugHookConfig", "no effect on a workstation"),
+    ("DebugRuleConfigurations", "no effect on a workstation"),
+    ("TensorBoardOutputConfig", "no effect on a workstation"),
+    ("ExperimentConfig", "no effect on a workstation"),
+    ("ProfilerConfig", "no effect on a workstation"),
+    ("ProfilerRuleConfigurations", "no effect on a workstation"),
+    ("RetryStrategy", "no effect: smlocal does not retry jobs"),
+    ("RemoteDebugConfig", "no effect on a workstation"),
+    ("InfraCheckConfig", "no effect on a workstation"),
+    ("SessionChainingConfig", "no effect on a workstation"),
 ];
 
 pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
@@ -139,8 +148,8 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
     let mut errors = Vec::new();
     let mut notices: Vec<String> = IGNORED
         .iter()
-        .filter(|k| request.raw.contains_key(**k))
-        .map(|k| format!("{k} is accepted and recorded but has no effect on a workstation"))
+        .filter(|(k, _)| request.raw.contains_key(*k))
+        .map(|(k, what)| format!("{k} is accepted and recorded; {what}"))
         .collect();
 
     let algo = f.algorithm_specification.as_ref().ok_or_else(|| {
@@ -612,7 +621,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             job.notices,
-            ["Tags is accepted and recorded but has no effect on a workstation"]
+            ["Tags is accepted and recorded; kept in the record only"]
         );
     }
 

@@ -6,7 +6,7 @@
 
 use crate::artifacts;
 use crate::checkpoints::{self, Syncer};
-use crate::docker::{ContainerSpec, Docker, DockerError, Exit, JOB_LABEL};
+use crate::docker::{ContainerSpec, Docker, DockerError, Exit, HOME_LABEL, JOB_LABEL};
 use crate::job::{HostPlan, Job};
 use crate::logs::{self, LogSink};
 use crate::metrics::{self, Recorder};
@@ -227,6 +227,16 @@ impl Running<'_> {
                 }
             }
 
+            // What was just restored is already at S3Uri: the syncer learns it before any
+            // container can write.
+            let syncer = job.checkpoint.as_ref().map(|c| {
+                let dirs = job
+                    .hosts
+                    .iter()
+                    .map(|h| checkpoint_dir(&work, &h.name))
+                    .collect();
+                Syncer::new(&c.uri, dirs)
+            });
             let followers = self.start_hosts(&work, &logs_dir, &recorder).await?;
             record.transition(
                 "Training",
@@ -236,15 +246,10 @@ impl Running<'_> {
             // MaxRuntimeInSeconds counts from the first start, across restarts.
             let deadline = *deadline
                 .get_or_insert_with(|| job.max_runtime.map(|d| tokio::time::Instant::now() + d));
-            let sync = job.checkpoint.as_ref().map(|c| {
-                let dirs = job
-                    .hosts
-                    .iter()
-                    .map(|h| checkpoint_dir(&work, &h.name))
-                    .collect();
+            let sync = syncer.map(|syncer| {
                 let stop = CancellationToken::new();
                 let task = tokio::spawn(sync_checkpoints(
-                    Syncer::new(&c.uri, dirs),
+                    syncer,
                     self.options.checkpoint_interval,
                     stop.clone(),
                 ));
@@ -388,7 +393,7 @@ impl Running<'_> {
                 // Isolation keeps the network internal: hosts reach each other and nothing else.
                 let name = format!("smlocal-{}-{suffix}", job.name);
                 self.docker
-                    .create_network(&name, &job.name, job.network_isolation)
+                    .create_network(&name, self.labels(), job.network_isolation)
                     .await?;
                 self.network = Some(name.clone());
                 name
@@ -550,6 +555,17 @@ impl Running<'_> {
         Ok(())
     }
 
+    /// The labels that find this job's Docker objects again (`smlocal cleanup`).
+    fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (JOB_LABEL.to_string(), self.job.name.clone()),
+            (
+                HOME_LABEL.to_string(),
+                self.store.root().display().to_string(),
+            ),
+        ])
+    }
+
     fn container_spec(
         &self,
         host: &HostPlan,
@@ -597,10 +613,11 @@ impl Running<'_> {
             args: job.args.clone(),
             env,
             binds,
-            labels: HashMap::from([
-                (JOB_LABEL.to_string(), job.name.clone()),
-                ("smlocal.host".to_string(), host.name.clone()),
-            ]),
+            labels: {
+                let mut labels = self.labels();
+                labels.insert("smlocal.host".to_string(), host.name.clone());
+                labels
+            },
             memory_bytes: host.limits.memory_bytes as i64,
             nano_cpus: host.limits.nano_cpus,
             network: network.to_string(),

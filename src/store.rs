@@ -44,8 +44,12 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store at `root`; the path is made absolute so that every process names the same
+    /// state directory the same way (it labels Docker objects).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Store { root: root.into() }
+        let root: PathBuf = root.into();
+        let root = std::path::absolute(&root).unwrap_or(root);
+        Store { root }
     }
 
     /// `$SMLOCAL_HOME`, else `~/.smlocal`.

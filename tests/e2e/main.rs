@@ -7,4 +7,5 @@ mod distributed;
 mod harness;
 mod outcomes;
 mod staging;
+mod story;
 mod validation;

@@ -20,7 +20,10 @@
 //!   send HOST PORT TEXT  connect (retrying up to 10 s) and send one line
 //!   may-fail             later steps that fail print "probe: step failed" and go on
 //!   only HOST            the following steps run on HOST only ...
+//!   only-if-exists PATH  the following steps run only if PATH exists ...
+//!   only-if-missing PATH ... or only if it does not ...
 //!   all                  ... until this step, after which every host runs them again
+//!   rm PATH              delete a file
 //! `{host}` in any argument becomes the current host from resourceconfig.json.
 //! Without `on-term`, SIGTERM is ignored, as it is for any PID 1 with no handler.
 
@@ -116,6 +119,12 @@ fn main() {
                 i += 2;
                 continue;
             }
+            "only-if-exists" | "only-if-missing" => {
+                let exists = args.get(i + 1).is_some_and(|p| Path::new(p).exists());
+                active = exists == (step == "only-if-exists");
+                i += 2;
+                continue;
+            }
             "all" => {
                 active = true;
                 i += 1;
@@ -156,6 +165,10 @@ fn main() {
                     .append(true)
                     .open(&a[0])
                     .and_then(|mut f| std::io::Write::write_all(&mut f, a[1].as_bytes()))
+            }
+            "rm" => {
+                let a = take(1, &mut i);
+                fs::remove_file(&a[0])
             }
             "symlink" => {
                 let a = take(2, &mut i);
