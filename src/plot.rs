@@ -33,6 +33,25 @@ pub fn svg(job: &str, points: &[Point]) -> String {
         .iter()
         .map(|p| p.timestamp)
         .fold(f64::INFINITY, f64::min);
+    let end = points
+        .iter()
+        .map(|p| p.timestamp)
+        .fold(f64::NEG_INFINITY, f64::max);
+    // A job that printed everything within a second has no time axis worth reading: plot
+    // the values in order instead.
+    let (start, unit) = if end - start < 1.0 {
+        for hosts in by_metric.values_mut() {
+            for series in hosts.values_mut() {
+                series
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, p)| p.0 = i as f64);
+            }
+        }
+        (0.0, "points")
+    } else {
+        (start, "s")
+    };
     let height = MARGIN_T + PANEL_H * by_metric.len().max(1) as f64;
     let mut out = String::new();
     let _ = writeln!(
@@ -54,13 +73,13 @@ pub fn svg(job: &str, points: &[Point]) -> String {
     }
     for (i, (metric, hosts)) in by_metric.iter().enumerate() {
         let top = MARGIN_T + PANEL_H * i as f64;
-        panel(&mut out, top, metric, hosts, start);
+        panel(&mut out, top, metric, hosts, start, unit);
     }
     out.push_str("</svg>\n");
     out
 }
 
-fn panel(out: &mut String, top: f64, metric: &str, hosts: &Series, start: f64) {
+fn panel(out: &mut String, top: f64, metric: &str, hosts: &Series, start: f64, unit: &str) {
     let all = hosts.values().flatten();
     let (mut x_max, mut y_min, mut y_max) = (0.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for (t, v) in all {
@@ -99,12 +118,20 @@ fn panel(out: &mut String, top: f64, metric: &str, hosts: &Series, start: f64) {
             number(value)
         );
     }
-    let _ = writeln!(out, r#"<text x="{left}" y="{}">0 s</text>"#, bottom + 15.0);
     let _ = writeln!(
         out,
-        r#"<text x="{right}" y="{}" text-anchor="end">{} s</text>"#,
+        r#"<text x="{left}" y="{}">0 {unit}</text>"#,
+        bottom + 15.0
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{right}" y="{}" text-anchor="end">{} {unit}</text>"#,
         bottom + 15.0,
-        number(x_max)
+        if unit == "s" {
+            number(x_max)
+        } else {
+            format!("{x_max:.0}")
+        }
     );
     for (i, (host, series)) in hosts.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
