@@ -64,6 +64,9 @@ enum Command {
     /// Remove containers and networks left behind by jobs that are no longer running, and
     /// mark jobs whose smlocal process died as Failed.
     Cleanup,
+    /// Check an algorithm image against the training contract with a set of short jobs;
+    /// exits 0 when no check failed.
+    Check(CheckArgs),
     /// Stop a running job, as StopTrainingJob does: SIGTERM to every host, SIGKILL after the
     /// grace, artifacts collected, status Stopped.
     Stop {
@@ -103,6 +106,35 @@ struct TrainArgs {
     /// Seconds between checkpoint syncs to CheckpointConfig.S3Uri while training.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     checkpoint_interval: u64,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The image to check (it must be on this machine).
+    image: String,
+    /// Drive the runs with your own CreateTrainingJob request (hyperparameters, channels);
+    /// its output path is replaced by a scratch folder.
+    #[arg(long, value_name = "REQUEST.json")]
+    request: Option<String>,
+    /// Write the results as JUnit XML for CI systems.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<String>,
+    /// Run only these checks (comma-separated names).
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Hyperparameters (a JSON object) the image must reject, for the `failure` check;
+    /// without them that run has no input channels.
+    #[arg(long, value_name = "JSON")]
+    invalid_hyperparameters: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL in the `sigterm` check.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    stop_grace: u64,
+    /// Host memory no container may use.
+    #[arg(long, value_name = "SIZE", env = "SMLOCAL_MEMORY_RESERVE")]
+    memory_reserve: Option<String>,
+    /// Scale memory caps down to fit this machine instead of refusing.
+    #[arg(long)]
+    oversubscribe: bool,
 }
 
 #[derive(clap::Args)]
@@ -162,6 +194,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Metrics { name } => metrics(&name),
         Command::Rm { name } => rm(&name),
         Command::Cleanup => cleanup().await,
+        Command::Check(args) => check(args).await,
         Command::Stop { name } => stop(&name),
     };
     match result {
@@ -185,29 +218,7 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     let request =
         spec::from_value(value).with_context(|| format!("{}: invalid request", args.request))?;
 
-    let host = Host::detect();
-    let reserve = match &args.memory_reserve {
-        Some(text) => resources::parse_size(text).with_context(|| {
-            format!("--memory-reserve '{text}' is not a size; use e.g. 2G, 512M or 1073741824")
-        })?,
-        None => host.default_reserve(),
-    };
-    if reserve >= host.memory_bytes {
-        bail!(
-            "--memory-reserve {} leaves nothing for containers on this machine ({} in all)",
-            human_bytes(reserve),
-            human_bytes(host.memory_bytes)
-        );
-    }
-    let region = std::env::var("AWS_REGION")
-        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-        .unwrap_or_else(|_| "us-east-1".into());
-    let settings = Settings {
-        host,
-        reserve,
-        region,
-        oversubscribe: args.oversubscribe,
-    };
+    let settings = settings(args.memory_reserve.as_deref(), args.oversubscribe)?;
     let job = job::plan(request, &settings)
         .with_context(|| format!("{}: invalid request", args.request))?;
     for notice in &job.notices {
@@ -248,20 +259,21 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     let grace = Duration::from_secs(args.stop_grace);
     tokio::spawn(stop_on_signals(shutdown.clone(), grace));
     let color = std::io::stdout().is_terminal();
+    let log: smlocal::logs::LogSink = Arc::new(move |host, line| {
+        let mut out = std::io::stdout().lock();
+        let _ = if color {
+            writeln!(out, "\x1b[36m{host} |\x1b[0m {line}")
+        } else {
+            writeln!(out, "{host} | {line}")
+        };
+    });
     let options = RunOptions {
         stop_grace: grace,
         keep: args.keep,
         pass_credentials: args.pass_aws_credentials,
         interrupt_after: args.interrupt_after,
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval.max(1)),
-        log: Arc::new(move |host, line| {
-            let mut out = std::io::stdout().lock();
-            let _ = if color {
-                writeln!(out, "\x1b[36m{host} |\x1b[0m {line}")
-            } else {
-                writeln!(out, "{host} | {line}")
-            };
-        }),
+        ..RunOptions::new(log)
     };
     eprintln!(
         "smlocal: starting training job {} ({})",
@@ -297,6 +309,12 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
         }
         None => {}
     }
+    if args.keep {
+        eprintln!(
+            "smlocal: --keep: the containers, network and {} were left for debugging; `smlocal cleanup` removes them",
+            store.job_dir(&job.name).join("work").display()
+        );
+    }
     eprintln!(
         "smlocal: record: smlocal describe {}   logs: {}",
         job.name,
@@ -308,6 +326,33 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// This machine, its memory reserve and the region, as jobs are planned.
+fn settings(memory_reserve: Option<&str>, oversubscribe: bool) -> Result<Settings> {
+    let host = Host::detect();
+    let reserve = match memory_reserve {
+        Some(text) => resources::parse_size(text).with_context(|| {
+            format!("--memory-reserve '{text}' is not a size; use e.g. 2G, 512M or 1073741824")
+        })?,
+        None => host.default_reserve(),
+    };
+    if reserve >= host.memory_bytes {
+        bail!(
+            "--memory-reserve {} leaves nothing for containers on this machine ({} in all)",
+            human_bytes(reserve),
+            human_bytes(host.memory_bytes)
+        );
+    }
+    let region = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|_| "us-east-1".into());
+    Ok(Settings {
+        host,
+        reserve,
+        region,
+        oversubscribe,
     })
 }
 
@@ -504,6 +549,80 @@ fn rm(name: &str) -> Result<ExitCode> {
     Store::from_env().remove(name)?;
     eprintln!("smlocal: removed {name} (its uploaded artifacts are untouched)");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn check(args: CheckArgs) -> Result<ExitCode> {
+    use smlocal::check::{self, CheckOptions, Verdict};
+    let request = match &args.request {
+        Some(path) => Some(
+            serde_json::from_str(&read_request(path)?)
+                .with_context(|| format!("{path}: the request is not valid JSON"))?,
+        ),
+        None => None,
+    };
+    let invalid_hyperparameters = match &args.invalid_hyperparameters {
+        Some(text) => Some(
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).context(
+                "--invalid-hyperparameters must be a JSON object such as '{\"epochs\": \"-1\"}'",
+            )?,
+        ),
+        None => None,
+    };
+    let options = CheckOptions {
+        request,
+        only: args.only.clone(),
+        stop_grace: Duration::from_secs(args.stop_grace),
+        invalid_hyperparameters,
+        settings: settings(args.memory_reserve.as_deref(), args.oversubscribe)?,
+        log: Arc::new(|_, _| {}),
+    };
+    let docker = Docker::connect().await?;
+    let started = std::time::Instant::now();
+    eprintln!(
+        "smlocal: checking {} against the SageMaker training contract",
+        args.image
+    );
+    let results = check::check(&args.image, &docker, &options).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<11} {:<5} {:>6}  EVIDENCE / FIX",
+        "CHECK", "RESULT", "SECS"
+    )?;
+    for r in &results {
+        let verdict = match r.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        writeln!(
+            out,
+            "{:<11} {:<6} {:>5.1}  {}",
+            r.name, verdict, r.seconds, r.evidence
+        )?;
+        if r.verdict != Verdict::Pass && !r.fix.is_empty() {
+            writeln!(out, "{:<25}fix: {}", "", r.fix)?;
+        }
+    }
+    let failed = results
+        .iter()
+        .filter(|r| r.verdict == Verdict::Fail)
+        .count();
+    writeln!(
+        out,
+        "{} checks, {failed} failed, in {:.1} s",
+        results.len(),
+        started.elapsed().as_secs_f64()
+    )?;
+    if let Some(path) = &args.junit {
+        std::fs::write(path, check::junit(&args.image, &results))
+            .with_context(|| format!("cannot write {path}"))?;
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn cleanup() -> Result<ExitCode> {

@@ -8,6 +8,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StatsOptionsBuilder,
 };
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
@@ -49,6 +50,8 @@ fn op(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Docke
 pub struct ContainerSpec {
     pub name: String,
     pub hostname: String,
+    /// The name peers resolve it by on the job's network.
+    pub alias: String,
     pub image: String,
     pub entrypoint: Option<Vec<String>>,
     pub args: Vec<String>,
@@ -148,7 +151,7 @@ impl Docker {
             endpoints_config: Some(HashMap::from([(
                 spec.network.clone(),
                 EndpointSettings {
-                    aliases: Some(vec![spec.hostname.clone()]),
+                    aliases: Some(vec![spec.alias.clone()]),
                     ..Default::default()
                 },
             )])),
@@ -297,6 +300,76 @@ impl Docker {
             containers,
             networks,
         })
+    }
+}
+
+/// What an image runs and how big it is.
+#[derive(Debug, Clone, Default)]
+pub struct ImageInfo {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub size_bytes: u64,
+}
+
+/// A path the container added, changed or deleted outside its mounts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// `A` added, `C` changed, `D` deleted, as `docker diff` prints them.
+    pub kind: char,
+    pub path: String,
+}
+
+impl Docker {
+    pub async fn image_info(&self, image: &str) -> Result<ImageInfo, DockerError> {
+        let inspected = match self.client.inspect_image(image).await {
+            Ok(i) => i,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Err(DockerError::ImageMissing(image.into()));
+            }
+            Err(e) => return Err(op(format!("inspect image '{image}'"))(e)),
+        };
+        let config = inspected.config.unwrap_or_default();
+        Ok(ImageInfo {
+            entrypoint: config.entrypoint.unwrap_or_default(),
+            cmd: config.cmd.unwrap_or_default(),
+            size_bytes: inspected.size.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    /// The container's file system changes, as `docker diff` shows them.
+    pub async fn changes(&self, id: &str) -> Result<Vec<Change>, DockerError> {
+        let changes = self
+            .client
+            .container_changes(id)
+            .await
+            .map_err(op(format!("list the changes of container {}", short(id))))?
+            .unwrap_or_default();
+        Ok(changes
+            .into_iter()
+            .map(|c| Change {
+                kind: match c.kind {
+                    bollard::models::ChangeType::_0 => 'C',
+                    bollard::models::ChangeType::_1 => 'A',
+                    bollard::models::ChangeType::_2 => 'D',
+                },
+                path: c.path,
+            })
+            .collect())
+    }
+
+    /// The container's peak memory use so far (cgroup v1 reports it; otherwise the current
+    /// use), or `None` once it has stopped.
+    pub async fn memory_peak(&self, id: &str) -> Option<u64> {
+        let options = StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stats = self.client.stats(id, Some(options));
+        let sample = stats.next().await?.ok()?;
+        let memory = sample.memory_stats?;
+        memory.max_usage.or(memory.usage).filter(|m| *m > 0)
     }
 }
 

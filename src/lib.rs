@@ -28,10 +28,13 @@
 //! - [`record`]: the `DescribeTrainingJob`-shaped record and its status transitions.
 //! - [`store`]: the state directory: job records (written atomically), logs, work files.
 //!
+//! - [`check`]: `smlocal check IMAGE`: the contract checks, built on [`run`].
+//!
 //! The library installs no signal handlers: [`run::run`] takes a shutdown token, and the
 //! binary (`src/main.rs`, `src/cli.rs`) turns Ctrl-C into it.
 
 pub mod artifacts;
+pub mod check;
 pub mod checkpoints;
 pub mod docker;
 pub mod job;

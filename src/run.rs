@@ -59,6 +59,30 @@ pub struct RunOptions {
     pub interrupt_after: Option<Duration>,
     /// How often checkpoints are synced to `CheckpointConfig.S3Uri` while training.
     pub checkpoint_interval: Duration,
+    /// Give containers instance-like host names (`ip-10-0-1-11`) instead of `algo-N`, as
+    /// SageMaker's instances have; peers still resolve each other as `algo-N`.
+    pub instance_hostnames: bool,
+    /// Called with each host's name and container ID once it has started.
+    pub on_start: Option<StartHook>,
+}
+
+/// See [`RunOptions::on_start`].
+pub type StartHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+impl RunOptions {
+    /// What `smlocal train` uses unless told otherwise.
+    pub fn new(log: LogSink) -> Self {
+        RunOptions {
+            stop_grace: Duration::from_secs(120),
+            keep: false,
+            pass_credentials: false,
+            log,
+            interrupt_after: None,
+            checkpoint_interval: Duration::from_secs(5),
+            instance_hostnames: false,
+            on_start: None,
+        }
+    }
 }
 
 /// How a job ended, for the caller to report and turn into an exit code.
@@ -423,6 +447,9 @@ impl Running<'_> {
         }
         futures::future::try_join_all(self.containers.iter().map(|(_, id)| self.docker.start(id)))
             .await?;
+        if let Some(hook) = &self.options.on_start {
+            self.containers.iter().for_each(|(host, id)| hook(host, id));
+        }
         Ok(self
             .containers
             .iter()
@@ -607,7 +634,12 @@ impl Running<'_> {
         }
         ContainerSpec {
             name: format!("smlocal-{}-{}-{suffix}", job.name, host.name),
-            hostname: host.name.clone(),
+            hostname: if self.options.instance_hostnames {
+                instance_hostname(&host.name)
+            } else {
+                host.name.clone()
+            },
+            alias: host.name.clone(),
             image: job.image.clone(),
             entrypoint: job.entrypoint.clone(),
             args: job.args.clone(),
@@ -721,7 +753,7 @@ impl Running<'_> {
 
     async fn clean_up(&mut self, result: &Result<JobOutcome, RunError>) {
         if self.options.keep {
-            tracing::info!(
+            tracing::debug!(
                 "--keep: leaving containers, network and {} in place",
                 self.dir.join("work").display()
             );
@@ -847,6 +879,12 @@ fn read_failure(host_root: &Path) -> Option<String> {
 /// Staging failures are the user's data or configuration, as SageMaker reports them.
 fn client_error(e: &StageError) -> String {
     format!("ClientError: Data download failed: {e}")
+}
+
+/// An EC2-style private host name for `algo-N`, as a SageMaker instance reports.
+fn instance_hostname(host: &str) -> String {
+    let n: u32 = host.trim_start_matches("algo-").parse().unwrap_or(0);
+    format!("ip-10-0-{}-{}", 1 + n / 200, 10 + n % 200)
 }
 
 /// Keeps this run's Docker object names apart from any leftover of an earlier run.

@@ -24,6 +24,10 @@
 //!   only-if-missing PATH ... or only if it does not ...
 //!   all                  ... until this step, after which every host runs them again
 //!   rm PATH              delete a file
+//!   alloc-share F        allocate F (0..1) of the container's memory limit, and keep it
+//!   hostname-in-hosts    fail (as an algorithm that trusts /etc/hostname would) unless the
+//!                        host name is one of resourceconfig.json's hosts
+//! Started as `probe -c "STEP ARG ..."` (a shell-form ENTRYPOINT), the steps are one string.
 //! `{host}` in any argument becomes the current host from resourceconfig.json.
 //! Without `on-term`, SIGTERM is ignored, as it is for any PID 1 with no handler.
 
@@ -59,7 +63,7 @@ fn arity(step: &str) -> usize {
     match step {
         "write" | "append" | "symlink" | "copy" => 2,
         "send" => 3,
-        "train" | "env" | "args" | "may-fail" | "all" => 0,
+        "train" | "env" | "args" | "may-fail" | "all" | "hostname-in-hosts" => 0,
         _ => 1,
     }
 }
@@ -86,10 +90,18 @@ fn retry<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
 
 fn main() {
     let host = current_host();
-    let args: Vec<String> = std::env::args()
+    let mut args: Vec<String> = std::env::args()
         .skip(1)
         .map(|a| a.replace("{host}", &host))
         .collect();
+    // Run as `sh -c "PROGRAM STEP ARG ..."` (a shell-form ENTRYPOINT): the steps are one
+    // string, after the program the shell would start (the probe itself).
+    if args.first().is_some_and(|a| a == "-c") {
+        args = args
+            .get(1)
+            .map(|s| s.split_whitespace().skip(1).map(str::to_string).collect())
+            .unwrap_or_default();
+    }
     let mut may_fail = false;
     let mut term_code: Option<i32> = None;
     let mut hoard: Vec<Vec<u8>> = Vec::new();
@@ -251,6 +263,54 @@ fn main() {
                 i += 1;
                 may_fail = true;
                 Ok(())
+            }
+            "alloc-share" => {
+                let share: f64 = take(1, &mut i)[0].parse().unwrap_or(0.0);
+                let limit = [
+                    "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                    "/sys/fs/cgroup/memory.max",
+                ]
+                .iter()
+                .find_map(|p| fs::read_to_string(p).ok()?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+                let mb = (limit * share / f64::from(1 << 20)) as usize;
+                for _ in 0..mb {
+                    hoard.push(vec![1u8; 1 << 20]);
+                }
+                println!(
+                    "probe: holding {mb} MiB of a {} MiB limit",
+                    (limit / f64::from(1 << 20)) as u64
+                );
+                Ok(())
+            }
+            "hostname-in-hosts" => {
+                i += 1;
+                let name = fs::read_to_string("/etc/hostname")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                let config = fs::read_to_string("/opt/ml/input/config/resourceconfig.json")
+                    .unwrap_or_default();
+                let hosts: Vec<String> = serde_json::from_str::<serde_json::Value>(&config)
+                    .ok()
+                    .and_then(|v| {
+                        v["hosts"].as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|h| h.as_str().map(str::to_string))
+                                .collect()
+                        })
+                    })
+                    .unwrap_or_default();
+                if hosts.contains(&name) {
+                    Ok(())
+                } else {
+                    let _ = fs::create_dir_all("/opt/ml/output");
+                    let _ = fs::write(
+                        "/opt/ml/output/failure",
+                        format!("AlgorithmError: this host ({name}) is not in {hosts:?}"),
+                    );
+                    std::process::exit(1)
+                }
             }
             "exit" => std::process::exit(take(1, &mut i)[0].parse().unwrap_or(1)),
             other => {

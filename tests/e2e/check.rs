@@ -1,0 +1,292 @@
+//! `smlocal check`: the sample passes; one deliberately broken image per check, each a
+//! well-behaved algorithm with exactly one defect, is caught by exactly the check it targets.
+
+use crate::harness::*;
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+
+/// A well-behaved algorithm as probe steps: handles SIGTERM, explains a missing channel in
+/// the failure file, writes a model, and runs long enough to be signalled and measured.
+fn good(
+    extra_before_model: &[&str],
+    model: bool,
+    sigterm: bool,
+    failure_file: bool,
+) -> Vec<String> {
+    let mut steps: Vec<&str> = Vec::new();
+    if sigterm {
+        steps.extend(["on-term", "0"]);
+    }
+    steps.extend(["only-if-missing", "/opt/ml/input/data/train"]);
+    if failure_file {
+        steps.extend([
+            "write",
+            "/opt/ml/output/failure",
+            "ClientError: the train channel is missing",
+        ]);
+    }
+    steps.extend(["exit", "2", "all"]);
+    steps.extend(extra_before_model);
+    if model {
+        steps.extend(["copy", "/opt/ml/input/data/train", "/opt/ml/model/data"]);
+    }
+    steps.extend(["sleep", if sigterm { "2" } else { "5" }]);
+    steps.into_iter().map(str::to_string).collect()
+}
+
+/// Builds `smlocal/broken-NAME` from the probe with these steps as its exec-form ENTRYPOINT.
+fn image(name: &str, steps: &[String]) -> String {
+    let tag = format!("smlocal/check-{name}:test");
+    let mut entry = vec![PROBE.to_string()];
+    entry.extend(steps.iter().cloned());
+    let dockerfile = format!(
+        "FROM {PROBE_IMAGE}\nENTRYPOINT {}\n",
+        serde_json::to_string(&entry).unwrap()
+    );
+    build(&tag, &dockerfile);
+    tag
+}
+
+fn build(tag: &str, dockerfile: &str) {
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), dockerfile.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker build {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `smlocal check` and returns (exit code, stdout, results by check name).
+fn check(sm: &Smlocal, image: &str, extra: &[&str]) -> (i32, String, Vec<(String, String)>) {
+    let out = sm
+        .command()
+        .args(["check", image, "--stop-grace", "2"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let results = stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut cells = l.split_whitespace();
+            let (name, verdict) = (cells.next()?, cells.next()?);
+            ["PASS", "WARN", "FAIL"]
+                .contains(&verdict)
+                .then(|| (name.to_string(), verdict.to_string()))
+        })
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+        results,
+    )
+}
+
+fn with(results: &[(String, String)], verdict: &str) -> BTreeSet<String> {
+    results
+        .iter()
+        .filter(|(_, v)| v == verdict)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+fn memory_total() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn the_sample_algorithm_passes_every_check_and_junit_counts_them() {
+    let sm = Smlocal::new();
+    let junit = sm.home.path().join("check.xml");
+    let started = std::time::Instant::now();
+    let (code, text, results) = check(&sm, SAMPLE_IMAGE, &["--junit", junit.to_str().unwrap()]);
+    eprintln!(
+        "smlocal check on the sample took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(results.len(), 9, "{text}");
+    assert!(with(&results, "FAIL").is_empty(), "{text}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).expect("JUnit output is XML");
+    let suite = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testsuite"))
+        .unwrap();
+    assert_eq!(
+        (suite.attribute("tests"), suite.attribute("failures")),
+        (Some("9"), Some("0"))
+    );
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("testcase"))
+            .count(),
+        9
+    );
+}
+
+#[test]
+fn each_broken_image_is_caught_by_exactly_the_check_it_targets() {
+    let sm = Smlocal::new();
+    // Small caps keep the memory-hungry image cheap: 320 MiB for one host.
+    let reserve = (memory_total() - (320 << 20)).to_string();
+    let no_eth0 = [
+        "only-if-missing",
+        "/sys/class/net/eth0",
+        "write",
+        "/opt/ml/output/failure",
+        "network unreachable",
+        "exit",
+        "1",
+        "all",
+    ];
+    let cases: Vec<(&str, String)> = vec![
+        ("good", image("good", &good(&[], true, true, true))),
+        (
+            "train",
+            image(
+                "train",
+                &[
+                    "write",
+                    "/opt/ml/output/failure",
+                    "broken on purpose",
+                    "exit",
+                    "3",
+                ]
+                .map(String::from),
+            ),
+        ),
+        ("model", image("model", &good(&[], false, true, true))),
+        (
+            "filesystem",
+            image(
+                "filesystem",
+                &good(&["write", "/var/lib/state.txt", "x"], true, true, true),
+            ),
+        ),
+        ("sigterm", image("sigterm", &good(&[], true, false, true))),
+        ("failure", image("failure", &good(&[], true, true, false))),
+        (
+            "isolation",
+            image("isolation", &good(&no_eth0, true, true, true)),
+        ),
+        (
+            "memory",
+            image("memory", &good(&["alloc-share", "0.93"], true, true, true)),
+        ),
+        (
+            "two-hosts",
+            image("two-hosts", &good(&["hostname-in-hosts"], true, true, true)),
+        ),
+        ("pid1", {
+            let tag = "smlocal/check-pid1:test".to_string();
+            let steps = good(&[], true, true, true).join(" ").replace(
+                "ClientError: the train channel is missing",
+                "ClientError:no-train-channel",
+            );
+            // A shell-form ENTRYPOINT; the probe stands in for /bin/sh.
+            build(
+                &tag,
+                &format!(
+                    "FROM {PROBE_IMAGE}\nRUN [\"{PROBE}\", \"write\", \"/bin/.keep\", \"\", \"symlink\", \"{PROBE}\", \"/bin/sh\"]\nENTRYPOINT {PROBE} {steps}\n"
+                ),
+            );
+            tag
+        }),
+    ];
+    let runs: Vec<_> = cases
+        .iter()
+        .map(|(target, tag)| {
+            let (target, tag, home) = (
+                target.to_string(),
+                tag.clone(),
+                sm.home.path().to_path_buf(),
+            );
+            let reserve = reserve.clone();
+            std::thread::spawn(move || {
+                let sm = Smlocal {
+                    home: tempfile::Builder::new()
+                        .prefix("smlocal-check-")
+                        .tempdir_in(home)
+                        .unwrap(),
+                };
+                (
+                    target,
+                    check(
+                        &sm,
+                        &tag,
+                        &["--memory-reserve", &reserve, "--oversubscribe"],
+                    ),
+                )
+            })
+        })
+        .collect();
+    for run in runs {
+        let (target, (code, text, results)) = run.join().unwrap();
+        assert_eq!(results.len(), 9, "{target}: {text}");
+        let failed = with(&results, "FAIL");
+        match target.as_str() {
+            "good" => {
+                assert_eq!(code, 0, "{text}");
+                assert_eq!(
+                    with(&results, "PASS").len(),
+                    9,
+                    "the well-behaved probe passes everything: {text}"
+                );
+            }
+            "pid1" => {
+                assert_eq!(code, 0, "{text}");
+                assert!(failed.is_empty(), "{text}");
+                assert_eq!(
+                    with(&results, "WARN"),
+                    BTreeSet::from(["pid1".to_string()]),
+                    "{text}"
+                );
+                assert!(text.contains("shell-form ENTRYPOINT"), "{text}");
+            }
+            _ => {
+                assert_eq!(code, 1, "{target}: {text}");
+                assert_eq!(
+                    failed,
+                    BTreeSet::from([target.clone()]),
+                    "{target} must be caught by exactly its check:\n{text}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn only_runs_the_named_checks_and_refuses_unknown_ones() {
+    let sm = Smlocal::new();
+    let (code, text, results) = check(&sm, SAMPLE_IMAGE, &["--only", "pid1,model"]);
+    assert_eq!(code, 0, "{text}");
+    let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["model", "pid1"]);
+    let (code, text, _) = check(&sm, SAMPLE_IMAGE, &["--only", "modle"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("unknown check 'modle'"), "{text}");
+    let (code, text, _) = check(&sm, "smlocal/not-built:here", &[]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("is not on this machine"), "{text}");
+}
