@@ -32,6 +32,8 @@ pub enum DockerError {
         "image '{0}' is not on this machine; smlocal never pulls (there may be no registry): build it or `docker pull` it first, then run again"
     )]
     ImageMissing(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("failed to {action}: {source}")]
     Operation {
         action: String,
@@ -296,9 +298,24 @@ impl Docker {
             .into_iter()
             .filter_map(|n| Some((n.name?, owner(n.labels))))
             .collect();
+        let volumes = self
+            .client
+            .list_volumes(Some(
+                bollard::query_parameters::ListVolumesOptionsBuilder::new()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(op("list volumes"))?
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.name, owner(Some(v.labels))))
+            .collect();
         Ok(Labelled {
             containers,
             networks,
+            volumes,
         })
     }
 }
@@ -320,6 +337,54 @@ pub struct Change {
 }
 
 impl Docker {
+    /// A volume that mounts an overlay of `lower` with writes going to `upper` (both folders
+    /// on this machine; `scratch` is overlay's work folder beside `upper`).
+    pub async fn create_overlay_volume(
+        &self,
+        name: &str,
+        lower: &std::path::Path,
+        upper: &std::path::Path,
+        scratch: &std::path::Path,
+        labels: HashMap<String, String>,
+    ) -> Result<(), DockerError> {
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            scratch.display()
+        );
+        let request = bollard::models::VolumeCreateRequest {
+            name: Some(name.into()),
+            driver: Some("local".into()),
+            driver_opts: Some(HashMap::from([
+                ("type".to_string(), "overlay".to_string()),
+                ("device".to_string(), "overlay".to_string()),
+                ("o".to_string(), options),
+            ])),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.client
+            .create_volume(request)
+            .await
+            .map_err(op(format!("create volume '{name}'")))?;
+        Ok(())
+    }
+
+    pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        match self
+            .client
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(op(format!("remove volume '{name}'"))(e)),
+        }
+    }
+
     pub async fn image_info(&self, image: &str) -> Result<ImageInfo, DockerError> {
         let inspected = match self.client.inspect_image(image).await {
             Ok(i) => i,
@@ -378,6 +443,7 @@ impl Docker {
 pub struct Labelled {
     pub containers: Vec<(String, String)>,
     pub networks: Vec<(String, String)>,
+    pub volumes: Vec<(String, String)>,
 }
 
 fn short(id: &str) -> &str {

@@ -34,6 +34,7 @@
 //! binary (`src/main.rs`, `src/cli.rs`) turns Ctrl-C into it.
 
 pub mod artifacts;
+pub mod cache;
 pub mod check;
 pub mod checkpoints;
 pub mod docker;

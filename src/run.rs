@@ -5,6 +5,7 @@
 //! could not do its part.
 
 use crate::artifacts;
+use crate::cache::{Cache, Progress};
 use crate::checkpoints::{self, Syncer};
 use crate::docker::{ContainerSpec, Docker, DockerError, Exit, HOME_LABEL, JOB_LABEL};
 use crate::job::{HostPlan, Job};
@@ -13,6 +14,7 @@ use crate::metrics::{self, Recorder};
 use crate::record::MetricData;
 use crate::record::{Record, Status};
 use crate::resources::human_bytes;
+use crate::stage::ChannelMount;
 use crate::stage::{self, StageError};
 use crate::storage::{self, StorageError};
 use crate::store::{Store, StoreError};
@@ -64,6 +66,8 @@ pub struct RunOptions {
     pub instance_hostnames: bool,
     /// Called with each host's name and container ID once it has started.
     pub on_start: Option<StartHook>,
+    /// Staging's byte counters, for a progress display.
+    pub progress: Arc<Progress>,
 }
 
 /// See [`RunOptions::on_start`].
@@ -81,6 +85,7 @@ impl RunOptions {
             checkpoint_interval: Duration::from_secs(5),
             instance_hostnames: false,
             on_start: None,
+            progress: Arc::default(),
         }
     }
 }
@@ -161,6 +166,7 @@ pub async fn run(
         dir,
         containers: Vec::new(),
         network: None,
+        volumes: Vec::new(),
     };
     let stop_requested = CancellationToken::new();
     let watcher = tokio::spawn(watch_for_stop(
@@ -196,6 +202,8 @@ struct Running<'a> {
     dir: PathBuf,
     containers: Vec<(String, String)>,
     network: Option<String>,
+    /// Overlay volumes: (host, volume, where it is mounted).
+    volumes: Vec<(String, String, String)>,
 }
 
 impl Running<'_> {
@@ -228,7 +236,7 @@ impl Running<'_> {
                 () = stop_requested.cancelled() => Err(StopCause::Requested.into()),
             };
             match staged {
-                Ok(()) => {}
+                Ok(mounts) => self.attach(mounts, &work).await?,
                 Err(Prepare::Stopped(cause)) => {
                     record.finish(
                         Status::Stopped,
@@ -312,6 +320,7 @@ impl Running<'_> {
             record.attempts = attempt;
             self.store.save(record)?;
             self.remove_containers().await;
+            self.remove_volumes().await;
             std::fs::remove_dir_all(&work).map_err(|source| RunError::Io {
                 path: work.clone(),
                 source,
@@ -378,9 +387,10 @@ impl Running<'_> {
     }
 
     /// Stages every host's `/opt/ml` and restores its checkpoints.
-    async fn prepare(&self, work: &Path) -> Result<(), Prepare> {
+    async fn prepare(&self, work: &Path) -> Result<Vec<ChannelMount>, Prepare> {
         let job = self.job;
-        stage::stage(job, work)
+        let cache = Cache::new(self.store.root());
+        let staged = stage::stage(job, work, &cache, &self.options.progress)
             .await
             .map_err(|e| Prepare::Client(client_error(&e)))?;
         if let Some(c) = &job.checkpoint {
@@ -396,6 +406,52 @@ impl Running<'_> {
                     ))
                 })?;
             }
+        }
+        Ok(staged.mounts)
+    }
+
+    /// Puts each cached channel in front of its host as an overlay volume; where the engine
+    /// cannot mount overlays (another kernel, a remote engine), each host gets a copy instead.
+    async fn attach(&mut self, mounts: Vec<ChannelMount>, work: &Path) -> Result<(), RunError> {
+        let mut overlays = true;
+        for m in mounts {
+            if overlays {
+                let name = format!(
+                    "smlocal-{}-{}-{}-{}",
+                    self.job.name,
+                    m.host,
+                    m.channel,
+                    unique_suffix()
+                );
+                let usable = [&m.lower, &m.upper, &m.scratch]
+                    .iter()
+                    .all(|p| !p.to_string_lossy().contains([',', ':']));
+                let created = if usable {
+                    self.docker
+                        .create_overlay_volume(&name, &m.lower, &m.upper, &m.scratch, self.labels())
+                        .await
+                } else {
+                    Err(DockerError::Unsupported(
+                        "a path with ',' or ':' cannot be an overlay layer".into(),
+                    ))
+                };
+                match created {
+                    Ok(()) => {
+                        self.volumes.push((m.host.clone(), name, m.target.clone()));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::info!(
+                            "copying the channels instead of mounting them from the cache: {e}"
+                        );
+                        overlays = false;
+                    }
+                }
+            }
+            m.copy_into(work).map_err(|e| RunError::Io {
+                path: m.lower.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         }
         Ok(())
     }
@@ -622,6 +678,12 @@ impl Running<'_> {
             "{}:/opt/ml",
             stage::host_root(work, &host.name).display()
         )];
+        binds.extend(
+            self.volumes
+                .iter()
+                .filter(|(h, _, _)| *h == host.name)
+                .map(|(_, volume, target)| format!("{volume}:{target}")),
+        );
         // The default LocalPath is already inside the /opt/ml mount.
         if let Some(c) = &job.checkpoint
             && c.local_path.trim_end_matches('/') != crate::job::DEFAULT_CHECKPOINT_PATH
@@ -739,6 +801,14 @@ impl Running<'_> {
 
     /// Removes the job's containers, network and work files (unless `--keep`), whatever
     /// happened before.
+    async fn remove_volumes(&mut self) {
+        for (_, name, _) in std::mem::take(&mut self.volumes) {
+            if let Err(e) = self.docker.remove_volume(&name).await {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
     async fn remove_containers(&mut self) {
         let removals = self.containers.drain(..).map(|(_, id)| {
             let docker = self.docker.clone();
@@ -760,6 +830,7 @@ impl Running<'_> {
             return;
         }
         self.remove_containers().await;
+        self.remove_volumes().await;
         if let Some(network) = self.network.take()
             && let Err(e) = self.docker.remove_network(&network).await
         {

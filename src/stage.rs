@@ -3,8 +3,9 @@
 //! copy of its channels, so whatever the algorithm writes there never reaches the user's
 //! `file://` data or another host.
 
+use crate::cache::{Cache, Progress, Wanted};
 use crate::job::{ChannelPlan, DataType, HostPlan, Job};
-use crate::storage::{self, Location, StorageError};
+use crate::storage::{self, Location, ObjectInfo, StorageError};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -56,6 +57,8 @@ pub enum StageError {
 pub struct StagedObject {
     pub uri: String,
     pub relative: PathBuf,
+    /// Size and version from the listing (a manifest's objects are looked up when staged).
+    pub info: Option<ObjectInfo>,
 }
 
 /// What staging did for one host.
@@ -70,9 +73,48 @@ pub fn host_root(work: &Path, host: &str) -> PathBuf {
     work.join(host)
 }
 
-/// Makes every host's tree and fills it. Returns per-host counts for the record and logs.
-pub async fn stage(job: &Job, work: &Path) -> Result<BTreeMap<String, HostStaging>, StageError> {
-    let mut report: BTreeMap<String, HostStaging> = BTreeMap::new();
+/// A channel served from the cache: the algorithm sees an overlay of `lower` (hard links
+/// into the cache, laid out as the channel) with its writes going to `upper`, so the cache is
+/// never written through a channel folder and no byte is copied (DESIGN §5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelMount {
+    pub host: String,
+    pub channel: String,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    /// Overlay's own scratch folder, beside `upper`.
+    pub scratch: PathBuf,
+    /// Where the channel appears in the container.
+    pub target: String,
+}
+
+impl ChannelMount {
+    /// The fallback where overlays are not available: a private copy in the host's
+    /// `/opt/ml/input/data/<channel>`.
+    pub fn copy_into(&self, work: &Path) -> Result<(), StageError> {
+        let dest = host_root(work, &self.host)
+            .join("input/data")
+            .join(&self.channel);
+        copy_tree(&self.lower, &dest)
+    }
+}
+
+/// What staging produced.
+#[derive(Debug, Default)]
+pub struct Staged {
+    pub hosts: BTreeMap<String, HostStaging>,
+    pub mounts: Vec<ChannelMount>,
+}
+
+/// Makes every host's tree and fills it: S3 channels through the cache (as overlay mounts),
+/// `file://` channels as private copies.
+pub async fn stage(
+    job: &Job,
+    work: &Path,
+    cache: &Cache,
+    progress: &Progress,
+) -> Result<Staged, StageError> {
+    let mut staged = Staged::default();
     for host in &job.hosts {
         let root = host_root(work, &host.name);
         for dir in ["input/config", "input/data", "model", "output/data"] {
@@ -96,46 +138,127 @@ pub async fn stage(job: &Job, work: &Path) -> Result<BTreeMap<String, HostStagin
             &root.join("input/config/inputdataconfig.json"),
             &Value::Object(input_config),
         )?;
-        report.insert(host.name.clone(), HostStaging::default());
+        staged
+            .hosts
+            .insert(host.name.clone(), HostStaging::default());
     }
     for channel in &job.channels {
+        let storage_err = |source| StageError::Storage {
+            channel: channel.name.clone(),
+            source,
+        };
         let objects = resolve(channel).await?;
         let receivers: Vec<&HostPlan> = job.hosts.iter().filter(|h| serves(channel, h)).collect();
-        let folder = |host: &HostPlan| {
-            host_root(work, &host.name)
-                .join("input/data")
-                .join(&channel.name)
+        let shares: Vec<Vec<StagedObject>> = if channel.sharded {
+            shard(objects.clone(), receivers.len(), channel.shuffle_seed)
+        } else {
+            vec![objects.clone(); receivers.len()]
         };
-        if channel.sharded {
-            for (host, share) in
-                receivers
+        let remote = matches!(Location::parse(&channel.uri), Ok(Location::S3 { .. }));
+        if remote {
+            // Every object once, whatever the number of hosts that see it.
+            let wanted = with_info(&objects).await.map_err(storage_err)?;
+            let cached = cache.fetch(&wanted, progress).await.map_err(storage_err)?;
+            let by_uri: BTreeMap<&str, &PathBuf> =
+                wanted.iter().map(|w| w.uri.as_str()).zip(&cached).collect();
+            for (host, share) in receivers.iter().zip(&shares) {
+                let base = work.join(".channels").join(&host.name).join(&channel.name);
+                let mount = ChannelMount {
+                    host: host.name.clone(),
+                    channel: channel.name.clone(),
+                    lower: base.join("lower"),
+                    upper: base.join("upper"),
+                    scratch: base.join("work"),
+                    target: format!("/opt/ml/input/data/{}", channel.name),
+                };
+                for dir in [&mount.lower, &mount.upper, &mount.scratch] {
+                    mkdir(dir)?;
+                }
+                for o in share {
+                    let from = by_uri
+                        .get(o.uri.as_str())
+                        .copied()
+                        .cloned()
+                        .unwrap_or_default();
+                    link_or_copy(&from, &mount.lower.join(&o.relative))?;
+                }
+                let entry = staged.hosts.entry(host.name.clone()).or_default();
+                entry.objects += share.len();
+                entry.bytes += wanted
                     .iter()
-                    .zip(shard(objects, receivers.len(), channel.shuffle_seed))
-            {
-                let dir = folder(host);
+                    .filter(|w| share.iter().any(|o| o.uri == w.uri))
+                    .map(|w| w.info.size)
+                    .sum::<u64>();
+                staged.mounts.push(mount);
+            }
+        } else {
+            for (host, share) in receivers.iter().zip(&shares) {
+                let dir = host_root(work, &host.name)
+                    .join("input/data")
+                    .join(&channel.name);
                 mkdir(&dir)?;
-                let bytes = fetch_all(channel, &share, &dir).await?;
-                let entry = report.entry(host.name.clone()).or_default();
+                let bytes = fetch_all(channel, share, &dir, progress).await?;
+                let entry = staged.hosts.entry(host.name.clone()).or_default();
                 entry.objects += share.len();
                 entry.bytes += bytes;
             }
-        } else if let Some((first, others)) = receivers.split_first() {
-            // FullyReplicated: downloaded once, then copied, so every host still has a copy
-            // of its own to write in.
-            let dir = folder(first);
-            mkdir(&dir)?;
-            let bytes = fetch_all(channel, &objects, &dir).await?;
-            for host in std::iter::once(first).chain(others) {
-                let entry = report.entry(host.name.clone()).or_default();
-                entry.objects += objects.len();
-                entry.bytes += bytes;
-            }
-            for host in others {
-                copy_all(&objects, &dir, &folder(host)).await?;
-            }
         }
     }
-    Ok(report)
+    Ok(staged)
+}
+
+/// Sizes and versions for every object, looking up those a manifest named.
+async fn with_info(objects: &[StagedObject]) -> Result<Vec<Wanted>, StorageError> {
+    let looked_up: Vec<Result<Wanted, StorageError>> =
+        futures::stream::iter(objects.iter().map(|o| async move {
+            let info = match &o.info {
+                Some(info) => info.clone(),
+                None => storage::head(&o.uri).await?,
+            };
+            Ok(Wanted {
+                uri: o.uri.clone(),
+                info,
+            })
+        }))
+        .buffered(PARALLEL_DOWNLOADS)
+        .collect()
+        .await;
+    let mut wanted: Vec<Wanted> = looked_up.into_iter().collect::<Result<_, _>>()?;
+    wanted.dedup_by(|a, b| a.uri == b.uri);
+    Ok(wanted)
+}
+
+/// A hard link into the cache where the file system allows it, else a copy.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), StageError> {
+    if let Some(parent) = to.parent() {
+        mkdir(parent)?;
+    }
+    std::fs::hard_link(from, to)
+        .or_else(|_| std::fs::copy(from, to).map(|_| ()))
+        .map_err(|source| StageError::Io {
+            path: to.into(),
+            source,
+        })
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), StageError> {
+    mkdir(to)?;
+    let entries = std::fs::read_dir(from).map_err(|source| StageError::Io {
+        path: from.into(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let (src, dest) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dest)?;
+        } else {
+            std::fs::copy(&src, &dest).map_err(|source| StageError::Io {
+                path: dest.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The `ShardedByS3Key` rule: sort the keys, shuffle them with `seed` when one is given,
@@ -171,25 +294,6 @@ fn shuffle<T>(items: &mut [T], seed: u64) {
         let j = (next() % (i as u64 + 1)) as usize;
         items.swap(i, j);
     }
-}
-
-async fn copy_all(objects: &[StagedObject], from: &Path, to: &Path) -> Result<(), StageError> {
-    for o in objects {
-        let dest = to.join(&o.relative);
-        if let Some(parent) = dest.parent() {
-            mkdir(parent)?;
-        }
-        tokio::fs::copy(from.join(&o.relative), &dest)
-            .await
-            .map_err(|source| StageError::Io {
-                path: dest.clone(),
-                source,
-            })?;
-    }
-    if objects.is_empty() {
-        mkdir(to)?;
-    }
-    Ok(())
 }
 
 fn serves(channel: &ChannelPlan, host: &HostPlan) -> bool {
@@ -259,6 +363,7 @@ pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageEr
                 out.push(StagedObject {
                     uri: location.uri_of(&object.key),
                     relative,
+                    info: Some(object),
                 });
             }
         }
@@ -278,6 +383,7 @@ pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageEr
                 out.push(StagedObject {
                     uri: format!("{prefix}{key}"),
                     relative,
+                    info: None,
                 });
             }
         }
@@ -347,6 +453,7 @@ async fn fetch_all(
     channel: &ChannelPlan,
     objects: &[StagedObject],
     folder: &Path,
+    progress: &Progress,
 ) -> Result<u64, StageError> {
     for o in objects {
         if let Some(parent) = folder.join(&o.relative).parent() {
@@ -355,7 +462,13 @@ async fn fetch_all(
     }
     let mut downloads = futures::stream::iter(objects.iter().map(|o| {
         let dest = folder.join(&o.relative);
-        async move { storage::download(&o.uri, &dest).await }
+        async move {
+            let n = storage::download(&o.uri, &dest).await?;
+            progress
+                .fetched
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            Ok::<u64, StorageError>(n)
+        }
     }))
     .buffer_unordered(PARALLEL_DOWNLOADS);
     let mut total = 0;
@@ -392,6 +505,7 @@ mod tests {
             .map(|k| StagedObject {
                 uri: format!("s3://b/{k}"),
                 relative: PathBuf::from(k),
+                info: None,
             })
             .collect()
     }

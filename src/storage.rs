@@ -24,6 +24,14 @@ pub enum StorageError {
     },
     #[error("'{uri}' does not exist")]
     NotFound { uri: String },
+    #[error(
+        "'{uri}' arrived incomplete: {got} of {expected} bytes (it may have changed while it was read)"
+    )]
+    Incomplete {
+        uri: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("{action} '{}': {source}", path.display())]
     Io {
         action: &'static str,
@@ -96,11 +104,14 @@ impl Location {
 }
 
 /// One object found under a prefix. `key` is the full key (S3) or absolute path (local).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
     pub etag: Option<String>,
+    /// Epoch milliseconds; with the size, it identifies a version where a listing carries no
+    /// ETag (s3s-fs lists none; AWS, MinIO and moto do).
+    pub modified_ms: i64,
 }
 
 fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
@@ -158,6 +169,7 @@ pub async fn list(uri: &str) -> Result<Vec<ObjectInfo>, StorageError> {
                     key: o.location.to_string(),
                     size: o.size,
                     etag: o.e_tag,
+                    modified_ms: o.last_modified.timestamp_millis(),
                 })
                 .collect();
             found.sort_by(|a, b| a.key.cmp(&b.key));
@@ -196,6 +208,7 @@ async fn list_local(uri: &str, path: &str) -> Result<Vec<ObjectInfo>, StorageErr
                 key: file,
                 size: o.size,
                 etag: o.e_tag,
+                modified_ms: o.last_modified.timestamp_millis(),
             });
         }
     }
@@ -325,6 +338,190 @@ pub async fn upload(src: &Path, uri: &str) -> Result<(), StorageError> {
             tokio::fs::rename(&tmp, &dest)
                 .await
                 .map_err(io("cannot rename into", &dest))
+        }
+    }
+}
+
+/// An object's size and version, without its bytes.
+pub async fn head(uri: &str) -> Result<ObjectInfo, StorageError> {
+    match Location::parse(uri)? {
+        Location::S3 { bucket, key } => {
+            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
+            let meta = store
+                .head(&StorePath::from(key.as_str()))
+                .await
+                .map_err(|e| store_error(uri, e))?;
+            Ok(ObjectInfo {
+                key,
+                size: meta.size,
+                etag: meta.e_tag,
+                modified_ms: meta.last_modified.timestamp_millis(),
+            })
+        }
+        Location::Local { path } => {
+            let meta = tokio::fs::metadata(&path)
+                .await
+                .map_err(|source| match source.kind() {
+                    std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+                    _ => StorageError::Io {
+                        action: "cannot read",
+                        path: path.clone().into(),
+                        source,
+                    },
+                })?;
+            let modified_ms = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            Ok(ObjectInfo {
+                key: path,
+                size: meta.len(),
+                etag: None,
+                modified_ms,
+            })
+        }
+    }
+}
+
+/// Fetches `range` of an S3 object (all of it when `None`) into `file` at `offset`,
+/// streaming: memory stays bounded whatever the size. `etag` makes the server refuse a part
+/// of an object that changed since it was listed.
+pub async fn download_part(
+    uri: &str,
+    range: Option<std::ops::Range<u64>>,
+    etag: Option<&str>,
+    file: &std::fs::File,
+    offset: u64,
+) -> Result<u64, StorageError> {
+    use std::os::unix::fs::FileExt;
+    let Location::S3 { bucket, key } = Location::parse(uri)? else {
+        return Err(StorageError::BadUri {
+            uri: uri.into(),
+            reason: "ranged downloads are for s3:// objects".into(),
+        });
+    };
+    let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
+    let options = object_store::GetOptions {
+        range: range.map(object_store::GetRange::Bounded),
+        if_match: etag.map(str::to_string),
+        ..Default::default()
+    };
+    let got = store
+        .get_opts(&StorePath::from(key.as_str()), options)
+        .await
+        .map_err(|e| store_error(uri, e))?;
+    let mut stream = got.into_stream();
+    let mut at = offset;
+    while let Some(chunk) = stream.try_next().await.map_err(|e| store_error(uri, e))? {
+        file.write_all_at(&chunk, at)
+            .map_err(|source| StorageError::Io {
+                action: "cannot write",
+                path: PathBuf::from(uri),
+                source,
+            })?;
+        at += chunk.len() as u64;
+    }
+    Ok(at - offset)
+}
+
+/// A streaming upload: bytes go out as they are written (multipart on S3 past a few MiB);
+/// a `file://` destination appears only when finished, written beside and renamed.
+pub struct Upload {
+    uri: String,
+    sink: UploadSink,
+}
+
+enum UploadSink {
+    S3(object_store::buffered::BufWriter),
+    Local {
+        file: tokio::fs::File,
+        tmp: PathBuf,
+        dest: PathBuf,
+    },
+}
+
+impl Upload {
+    pub async fn start(uri: &str) -> Result<Upload, StorageError> {
+        let sink = match Location::parse(uri)? {
+            Location::S3 { bucket, key } => {
+                let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
+                UploadSink::S3(object_store::buffered::BufWriter::new(
+                    store,
+                    StorePath::from(key.as_str()),
+                ))
+            }
+            Location::Local { path } => {
+                let dest = PathBuf::from(path);
+                let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+                let io = |source| StorageError::Io {
+                    action: "cannot create",
+                    path: parent.clone(),
+                    source,
+                };
+                tokio::fs::create_dir_all(&parent).await.map_err(io)?;
+                let name = dest
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("upload");
+                let tmp = parent.join(format!(".{name}.smlocal-partial"));
+                let file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+                UploadSink::Local { file, tmp, dest }
+            }
+        };
+        Ok(Upload {
+            uri: uri.into(),
+            sink,
+        })
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        let result = match &mut self.sink {
+            UploadSink::S3(w) => w.write_all(bytes).await,
+            UploadSink::Local { file, .. } => file.write_all(bytes).await,
+        };
+        result.map_err(|source| StorageError::Io {
+            action: "cannot upload to",
+            path: PathBuf::from(&self.uri),
+            source,
+        })
+    }
+
+    pub async fn finish(self) -> Result<(), StorageError> {
+        let uri = self.uri;
+        let io = |action| {
+            let path = PathBuf::from(&uri);
+            move |source| StorageError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        match self.sink {
+            UploadSink::S3(mut w) => w.shutdown().await.map_err(io("cannot finish uploading")),
+            UploadSink::Local {
+                mut file,
+                tmp,
+                dest,
+            } => {
+                file.flush().await.map_err(io("cannot write"))?;
+                tokio::fs::rename(&tmp, &dest)
+                    .await
+                    .map_err(io("cannot rename into"))
+            }
+        }
+    }
+
+    /// Gives up: no partial object is left at the destination.
+    pub async fn abort(self) {
+        match self.sink {
+            UploadSink::S3(mut w) => {
+                let _ = w.abort().await;
+            }
+            UploadSink::Local { tmp, .. } => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
         }
     }
 }

@@ -84,6 +84,7 @@ fn sharded_keys_follow_the_documented_rule_and_host_folders_are_merged() {
         .map(|k| StagedObject {
             uri: bucket.uri(&format!("shuffled/{k}")),
             relative: k.into(),
+            info: None,
         })
         .collect();
     let predicted = shard(objects, 3, Some(1234));

@@ -1,0 +1,368 @@
+//! The content cache in the state directory: S3 objects keyed by bucket, key, version (ETag,
+//! else last-modified time) and size, so a re-run with unchanged inputs downloads nothing and
+//! a changed object is fetched again. Downloads are parallel and bounded, large objects in
+//! ranges, each written to a temporary file that enters the cache only once complete and of
+//! the right size. Least-recently-used entries are evicted past a size limit.
+
+use crate::storage::{self, ObjectInfo, StorageError};
+use futures::StreamExt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+/// Requests in flight at once, objects and ranges together.
+pub const PARALLEL_REQUESTS: usize = 8;
+/// Objects at least this big are fetched in ranges, several at once.
+const RANGED_FROM: u64 = 32 << 20;
+const RANGE: u64 = 16 << 20;
+/// The default size limit (`SMLOCAL_CACHE_MAX` overrides it).
+pub const DEFAULT_MAX_BYTES: u64 = 20 << 30;
+
+/// Counters a progress display reads while staging runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes the channels need.
+    pub total: AtomicU64,
+    /// Bytes fetched from storage so far.
+    pub fetched: AtomicU64,
+    /// Bytes found in the cache.
+    pub cached: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+    max_bytes: u64,
+}
+
+/// One object to have in the cache.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub uri: String,
+    pub info: ObjectInfo,
+}
+
+/// How full the cache is.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Usage {
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+impl Cache {
+    pub fn new(state_root: &Path) -> Self {
+        let max_bytes = std::env::var("SMLOCAL_CACHE_MAX")
+            .ok()
+            .and_then(|v| crate::resources::parse_size(&v))
+            .unwrap_or(DEFAULT_MAX_BYTES);
+        Cache {
+            root: state_root.join("cache"),
+            max_bytes,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Where an object version lives in the cache.
+    pub fn path_of(&self, uri: &str, info: &ObjectInfo) -> PathBuf {
+        let version = match &info.etag {
+            Some(etag) => format!("e{}", etag.trim_matches('"')),
+            None => format!("m{}", info.modified_ms),
+        };
+        // Two differently salted 64-bit hashes: a collision would serve the wrong bytes.
+        let digest = |salt: &str| {
+            let mut h = std::hash::DefaultHasher::new();
+            (salt, uri, &version, info.size).hash(&mut h);
+            h.finish()
+        };
+        self.root
+            .join("objects")
+            .join(format!("{:016x}{:016x}", digest("a"), digest("b")))
+    }
+
+    /// Makes sure every object is in the cache and returns their paths, in order. Only the
+    /// missing ones are fetched.
+    pub async fn fetch(
+        &self,
+        wanted: &[Wanted],
+        progress: &Progress,
+    ) -> Result<Vec<PathBuf>, StorageError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StorageError::Io {
+                action: "cannot write the cache at",
+                path,
+                source,
+            }
+        };
+        let objects = self.root.join("objects");
+        let tmp = self.root.join("tmp");
+        std::fs::create_dir_all(&objects).map_err(io(&objects))?;
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let paths: Vec<PathBuf> = wanted
+            .iter()
+            .map(|w| self.path_of(&w.uri, &w.info))
+            .collect();
+        progress
+            .total
+            .fetch_add(wanted.iter().map(|w| w.info.size).sum(), Ordering::Relaxed);
+
+        // Misses, each with its temporary file and its parts.
+        let mut misses = Vec::new();
+        for (w, path) in wanted.iter().zip(&paths) {
+            if std::fs::metadata(path).is_ok_and(|m| m.len() == w.info.size) {
+                touch(path);
+                progress.cached.fetch_add(w.info.size, Ordering::Relaxed);
+                continue;
+            }
+            if misses
+                .iter()
+                .any(|(_, p, _): &(&Wanted, &PathBuf, PathBuf)| *p == path)
+            {
+                continue;
+            }
+            let part = tmp.join(format!(
+                "{}.{}.partial",
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("object"),
+                std::process::id()
+            ));
+            let file = std::fs::File::create(&part).map_err(io(&part))?;
+            file.set_len(w.info.size).map_err(io(&part))?;
+            misses.push((w, path, part));
+        }
+        let files: Vec<std::fs::File> = misses
+            .iter()
+            .map(|(_, _, part)| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(part)
+                    .map_err(io(part))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut parts = Vec::new();
+        for (i, (w, _, _)) in misses.iter().enumerate() {
+            if w.info.size >= RANGED_FROM {
+                let mut start = 0;
+                while start < w.info.size {
+                    let end = (start + RANGE).min(w.info.size);
+                    parts.push((i, Some(start..end)));
+                    start = end;
+                }
+            } else {
+                parts.push((i, None));
+            }
+        }
+        let results: Vec<(usize, Result<u64, StorageError>)> =
+            futures::stream::iter(parts.into_iter().map(|(i, range)| {
+                let (w, file) = (misses[i].0, &files[i]);
+                async move {
+                    let offset = range.as_ref().map(|r| r.start).unwrap_or(0);
+                    let n =
+                        storage::download_part(&w.uri, range, w.info.etag.as_deref(), file, offset)
+                            .await;
+                    if let Ok(n) = &n {
+                        progress.fetched.fetch_add(*n, Ordering::Relaxed);
+                    }
+                    (i, n)
+                }
+            }))
+            .buffer_unordered(PARALLEL_REQUESTS)
+            .collect()
+            .await;
+        let mut written = vec![Some(0u64); misses.len()];
+        let mut failed = None;
+        for (i, result) in results {
+            match result {
+                Ok(n) => written[i] = written[i].map(|w| w + n),
+                Err(e) => {
+                    written[i] = None;
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        for (((w, path, part), file), got) in misses.iter().zip(files).zip(written) {
+            drop(file);
+            // A half-written download never enters the cache: every byte must have arrived.
+            let complete = got == Some(w.info.size);
+            if let (false, Some(got), None) = (complete, got, &failed) {
+                failed = Some(StorageError::Incomplete {
+                    uri: w.uri.clone(),
+                    expected: w.info.size,
+                    got,
+                });
+            }
+            if complete {
+                std::fs::rename(part, path).map_err(io(path))?;
+            } else {
+                let _ = std::fs::remove_file(part);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.evict(&paths);
+        Ok(paths)
+    }
+
+    pub fn usage(&self) -> Usage {
+        let entries = self.entries();
+        Usage {
+            entries: entries.len(),
+            bytes: entries.iter().map(|e| e.1).sum(),
+        }
+    }
+
+    fn entries(&self) -> Vec<(PathBuf, u64, SystemTime)> {
+        std::fs::read_dir(self.root.join("objects"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((
+                    e.path(),
+                    meta.len(),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                ))
+            })
+            .collect()
+    }
+
+    /// Removes least-recently-used entries until the cache holds at most `max_bytes`.
+    /// Returns what was removed. Jobs that use an entry hold a hard link, so removing it
+    /// never takes data from a running job.
+    pub fn prune(&self, max_bytes: u64) -> Usage {
+        self.prune_keeping(max_bytes, &[])
+    }
+
+    fn prune_keeping(&self, max_bytes: u64, keep: &[PathBuf]) -> Usage {
+        let mut entries = self.entries();
+        entries.sort_by_key(|e| e.2);
+        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        let mut removed = Usage::default();
+        for (path, len, _) in entries {
+            if total <= max_bytes {
+                break;
+            }
+            if keep.contains(&path) {
+                continue;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total -= len;
+                removed.entries += 1;
+                removed.bytes += len;
+            }
+        }
+        removed
+    }
+
+    fn evict(&self, in_use: &[PathBuf]) {
+        let removed = self.prune_keeping(self.max_bytes, in_use);
+        if removed.entries > 0 {
+            tracing::info!(
+                "cache: evicted {} least recently used object(s), {}, to stay under {}",
+                removed.entries,
+                crate::resources::human_bytes(removed.bytes),
+                crate::resources::human_bytes(self.max_bytes)
+            );
+        }
+    }
+}
+
+/// Marks an entry as just used (least-recently-used eviction reads the modification time).
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().write(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(size: u64, etag: Option<&str>, modified_ms: i64) -> ObjectInfo {
+        ObjectInfo {
+            key: "k".into(),
+            size,
+            etag: etag.map(str::to_string),
+            modified_ms,
+        }
+    }
+
+    #[test]
+    fn a_new_version_gets_a_new_entry() {
+        let cache = Cache {
+            root: PathBuf::from("/c"),
+            max_bytes: 1,
+        };
+        let a = cache.path_of("s3://b/k", &info(3, Some("\"abc\""), 1));
+        assert_eq!(
+            a,
+            cache.path_of("s3://b/k", &info(3, Some("abc"), 2)),
+            "the ETag decides when there is one"
+        );
+        assert_ne!(a, cache.path_of("s3://b/k", &info(3, Some("abd"), 1)));
+        assert_ne!(a, cache.path_of("s3://b/k", &info(4, Some("abc"), 1)));
+        assert_ne!(a, cache.path_of("s3://b/other", &info(3, Some("abc"), 1)));
+        let m = cache.path_of("s3://b/k", &info(3, None, 1));
+        assert_ne!(
+            m,
+            cache.path_of("s3://b/k", &info(3, None, 2)),
+            "without an ETag, the modification time decides"
+        );
+    }
+
+    #[test]
+    fn pruning_removes_the_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache {
+            root: dir.path().to_path_buf(),
+            max_bytes: 1 << 30,
+        };
+        let objects = dir.path().join("objects");
+        std::fs::create_dir_all(&objects).unwrap();
+        let now = SystemTime::now();
+        for (i, name) in ["old", "mid", "new"].iter().enumerate() {
+            let p = objects.join(name);
+            std::fs::write(&p, vec![0u8; 100]).unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(now - std::time::Duration::from_secs(100 - i as u64 * 10))
+                .unwrap();
+        }
+        assert_eq!(
+            cache.usage(),
+            Usage {
+                entries: 3,
+                bytes: 300
+            }
+        );
+        assert_eq!(
+            cache.prune(150),
+            Usage {
+                entries: 2,
+                bytes: 200
+            }
+        );
+        assert!(
+            objects.join("new").exists()
+                && !objects.join("old").exists()
+                && !objects.join("mid").exists()
+        );
+        assert_eq!(
+            cache.prune(0),
+            Usage {
+                entries: 1,
+                bytes: 100
+            }
+        );
+    }
+}
