@@ -47,11 +47,7 @@ pub fn pack(dir: &Path, archive: &Path) -> Result<Packed, ArtifactError> {
 pub fn pack_merged(sources: &[(String, PathBuf)], archive: &Path) -> Result<Packed, ArtifactError> {
     let err = |path: &Path| {
         let (path, archive) = (path.to_path_buf(), archive.to_path_buf());
-        move |source| ArtifactError::Io {
-            path,
-            archive,
-            source,
-        }
+        move |source| ArtifactError::Io { path, archive, source }
     };
     // Every relative path, with each host's copy in host order.
     let mut tree: BTreeMap<PathBuf, Vec<(usize, PathBuf, Kind)>> = BTreeMap::new();
@@ -65,10 +61,7 @@ pub fn pack_merged(sources: &[(String, PathBuf)], archive: &Path) -> Result<Pack
     }
 
     let file = File::create(archive).map_err(err(archive))?;
-    let gz = GzEncoder::new(
-        BufWriter::with_capacity(1 << 20, file),
-        Compression::default(),
-    );
+    let gz = GzEncoder::new(BufWriter::with_capacity(1 << 20, file), Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
     let mut packed = Packed::default();
@@ -79,16 +72,11 @@ pub fn pack_merged(sources: &[(String, PathBuf)], archive: &Path) -> Result<Pack
             continue;
         }
         let (_, full, kind) = &copies[0];
-        let differs = copies[1..]
-            .iter()
-            .any(|(_, other, other_kind)| !same(full, kind, other, other_kind));
+        let differs = copies[1..].iter().any(|(_, other, other_kind)| !same(full, kind, other, other_kind));
         if differs {
             packed.conflicts.push(Conflict {
                 path: rel.display().to_string(),
-                hosts: copies
-                    .iter()
-                    .map(|(i, _, _)| sources[*i].0.clone())
-                    .collect(),
+                hosts: copies.iter().map(|(i, _, _)| sources[*i].0.clone()).collect(),
             });
         }
         match kind {
@@ -118,11 +106,7 @@ enum Kind {
     Link(PathBuf),
 }
 
-fn walk(
-    dir: &Path,
-    rel: &Path,
-    visit: &mut dyn FnMut(PathBuf, PathBuf, Kind),
-) -> std::io::Result<()> {
+fn walk(dir: &Path, rel: &Path, visit: &mut dyn FnMut(PathBuf, PathBuf, Kind)) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -212,9 +196,7 @@ mod tests {
     fn hosts_are_merged_and_differing_paths_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (one, two) = (dir.path().join("one"), dir.path().join("two"));
-        for (d, shared, own, clash) in
-            [(&one, "same", "a", "from 1"), (&two, "same", "b", "from 2")]
-        {
+        for (d, shared, own, clash) in [(&one, "same", "a", "from 1"), (&two, "same", "b", "from 2")] {
             std::fs::create_dir_all(d.join("sub")).unwrap();
             std::fs::write(d.join("shared.txt"), shared).unwrap();
             std::fs::write(d.join(format!("sub/{own}.txt")), own).unwrap();
@@ -226,23 +208,9 @@ mod tests {
         let archive = dir.path().join("merged.tar.gz");
         let sources = [("algo-1".to_string(), one), ("algo-2".to_string(), two)];
         let packed = pack_merged(&sources, &archive).unwrap();
-        let conflicts: Vec<(&str, Vec<&str>)> = packed
-            .conflicts
-            .iter()
-            .map(|c| {
-                (
-                    c.path.as_str(),
-                    c.hosts.iter().map(String::as_str).collect(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            conflicts,
-            [
-                ("clash.txt", vec!["algo-1", "algo-2"]),
-                ("kind", vec!["algo-1", "algo-2"])
-            ]
-        );
+        let conflicts: Vec<(&str, Vec<&str>)> =
+            packed.conflicts.iter().map(|c| (c.path.as_str(), c.hosts.iter().map(String::as_str).collect())).collect();
+        assert_eq!(conflicts, [("clash.txt", vec!["algo-1", "algo-2"]), ("kind", vec!["algo-1", "algo-2"])]);
 
         let mut tar = tar::Archive::new(GzDecoder::new(File::open(&archive).unwrap()));
         let mut seen = Vec::new();
@@ -254,17 +222,7 @@ mod tests {
             seen.push((path, text));
         }
         let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(
-            paths,
-            [
-                "clash.txt",
-                "kind",
-                "shared.txt",
-                "sub",
-                "sub/a.txt",
-                "sub/b.txt"
-            ]
-        );
+        assert_eq!(paths, ["clash.txt", "kind", "shared.txt", "sub", "sub/a.txt", "sub/b.txt"]);
         assert_eq!(seen[0].1, "from 1");
     }
 
@@ -272,10 +230,7 @@ mod tests {
     fn an_empty_or_missing_folder_gives_a_valid_empty_archive() {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("empty.tar.gz");
-        assert_eq!(
-            pack(&dir.path().join("missing"), &archive).unwrap(),
-            Packed::default()
-        );
+        assert_eq!(pack(&dir.path().join("missing"), &archive).unwrap(), Packed::default());
         let mut tar = tar::Archive::new(GzDecoder::new(File::open(&archive).unwrap()));
         assert_eq!(tar.entries().unwrap().count(), 0);
     }

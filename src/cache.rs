@@ -56,10 +56,7 @@ impl Cache {
             .ok()
             .and_then(|v| crate::resources::parse_size(&v))
             .unwrap_or(DEFAULT_MAX_BYTES);
-        Cache {
-            root: state_root.join("cache"),
-            max_bytes,
-        }
+        Cache { root: state_root.join("cache"), max_bytes }
     }
 
     pub fn root(&self) -> &Path {
@@ -82,37 +79,22 @@ impl Cache {
             (salt, uri, &version, info.size).hash(&mut h);
             h.finish()
         };
-        self.root
-            .join("objects")
-            .join(format!("{:016x}{:016x}", digest("a"), digest("b")))
+        self.root.join("objects").join(format!("{:016x}{:016x}", digest("a"), digest("b")))
     }
 
     /// Makes sure every object is in the cache and returns their paths, in order. Only the
     /// missing ones are fetched.
-    pub async fn fetch(
-        &self,
-        wanted: &[Wanted],
-        progress: &Progress,
-    ) -> Result<Vec<PathBuf>, StorageError> {
+    pub async fn fetch(&self, wanted: &[Wanted], progress: &Progress) -> Result<Vec<PathBuf>, StorageError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| StorageError::Io {
-                action: "cannot write the cache at",
-                path,
-                source,
-            }
+            move |source| StorageError::Io { action: "cannot write the cache at", path, source }
         };
         let objects = self.root.join("objects");
         let tmp = self.root.join("tmp");
         std::fs::create_dir_all(&objects).map_err(io(&objects))?;
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let paths: Vec<PathBuf> = wanted
-            .iter()
-            .map(|w| self.path_of(&w.uri, &w.info))
-            .collect();
-        progress
-            .total
-            .fetch_add(wanted.iter().map(|w| w.info.size).sum(), Ordering::Relaxed);
+        let paths: Vec<PathBuf> = wanted.iter().map(|w| self.path_of(&w.uri, &w.info)).collect();
+        progress.total.fetch_add(wanted.iter().map(|w| w.info.size).sum(), Ordering::Relaxed);
 
         // Misses, each with its temporary file and its parts.
         let mut misses = Vec::new();
@@ -122,17 +104,12 @@ impl Cache {
                 progress.cached.fetch_add(w.info.size, Ordering::Relaxed);
                 continue;
             }
-            if misses
-                .iter()
-                .any(|(_, p, _): &(&Wanted, &PathBuf, PathBuf)| *p == path)
-            {
+            if misses.iter().any(|(_, p, _): &(&Wanted, &PathBuf, PathBuf)| *p == path) {
                 continue;
             }
             let part = tmp.join(format!(
                 "{}.{}.partial",
-                path.file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("object"),
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
                 std::process::id()
             ));
             let file = std::fs::File::create(&part).map_err(io(&part))?;
@@ -141,12 +118,7 @@ impl Cache {
         }
         let files: Vec<std::fs::File> = misses
             .iter()
-            .map(|(_, _, part)| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(part)
-                    .map_err(io(part))
-            })
+            .map(|(_, _, part)| std::fs::OpenOptions::new().write(true).open(part).map_err(io(part)))
             .collect::<Result<_, _>>()?;
         let mut parts = Vec::new();
         for (i, (w, _, _)) in misses.iter().enumerate() {
@@ -166,9 +138,7 @@ impl Cache {
                 let (w, file) = (misses[i].0, &files[i]);
                 async move {
                     let offset = range.as_ref().map(|r| r.start).unwrap_or(0);
-                    let n =
-                        storage::download_part(&w.uri, range, w.info.etag.as_deref(), file, offset)
-                            .await;
+                    let n = storage::download_part(&w.uri, range, w.info.etag.as_deref(), file, offset).await;
                     if let Ok(n) = &n {
                         progress.fetched.fetch_add(*n, Ordering::Relaxed);
                     }
@@ -194,11 +164,7 @@ impl Cache {
             // A half-written download never enters the cache: every byte must have arrived.
             let complete = got == Some(w.info.size);
             if let (false, Some(got), None) = (complete, got, &failed) {
-                failed = Some(StorageError::Incomplete {
-                    uri: w.uri.clone(),
-                    expected: w.info.size,
-                    got,
-                });
+                failed = Some(StorageError::Incomplete { uri: w.uri.clone(), expected: w.info.size, got });
             }
             if complete {
                 std::fs::rename(part, path).map_err(io(path))?;
@@ -215,10 +181,7 @@ impl Cache {
 
     pub fn usage(&self) -> Usage {
         let entries = self.entries();
-        Usage {
-            entries: entries.len(),
-            bytes: entries.iter().map(|e| e.1).sum(),
-        }
+        Usage { entries: entries.len(), bytes: entries.iter().map(|e| e.1).sum() }
     }
 
     fn entries(&self) -> Vec<(PathBuf, u64, SystemTime)> {
@@ -228,11 +191,7 @@ impl Cache {
             .flatten()
             .filter_map(|e| {
                 let meta = e.metadata().ok()?;
-                Some((
-                    e.path(),
-                    meta.len(),
-                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                ))
+                Some((e.path(), meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
             })
             .collect()
     }
@@ -290,44 +249,25 @@ mod tests {
     use super::*;
 
     fn info(size: u64, etag: Option<&str>, modified_ms: i64) -> ObjectInfo {
-        ObjectInfo {
-            key: "k".into(),
-            size,
-            etag: etag.map(str::to_string),
-            modified_ms,
-        }
+        ObjectInfo { key: "k".into(), size, etag: etag.map(str::to_string), modified_ms }
     }
 
     #[test]
     fn a_new_version_gets_a_new_entry() {
-        let cache = Cache {
-            root: PathBuf::from("/c"),
-            max_bytes: 1,
-        };
+        let cache = Cache { root: PathBuf::from("/c"), max_bytes: 1 };
         let a = cache.path_of("s3://b/k", &info(3, Some("\"abc\""), 1));
-        assert_eq!(
-            a,
-            cache.path_of("s3://b/k", &info(3, Some("abc"), 2)),
-            "the ETag decides when there is one"
-        );
+        assert_eq!(a, cache.path_of("s3://b/k", &info(3, Some("abc"), 2)), "the ETag decides when there is one");
         assert_ne!(a, cache.path_of("s3://b/k", &info(3, Some("abd"), 1)));
         assert_ne!(a, cache.path_of("s3://b/k", &info(4, Some("abc"), 1)));
         assert_ne!(a, cache.path_of("s3://b/other", &info(3, Some("abc"), 1)));
         let m = cache.path_of("s3://b/k", &info(3, None, 1));
-        assert_ne!(
-            m,
-            cache.path_of("s3://b/k", &info(3, None, 2)),
-            "without an ETag, the modification time decides"
-        );
+        assert_ne!(m, cache.path_of("s3://b/k", &info(3, None, 2)), "without an ETag, the modification time decides");
     }
 
     #[test]
     fn pruning_removes_the_least_recently_used_first() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache {
-            root: dir.path().to_path_buf(),
-            max_bytes: 1 << 30,
-        };
+        let cache = Cache { root: dir.path().to_path_buf(), max_bytes: 1 << 30 };
         let objects = dir.path().join("objects");
         std::fs::create_dir_all(&objects).unwrap();
         let now = SystemTime::now();
@@ -335,34 +275,11 @@ mod tests {
             let p = objects.join(name);
             std::fs::write(&p, vec![0u8; 100]).unwrap();
             let f = std::fs::File::options().write(true).open(&p).unwrap();
-            f.set_modified(now - std::time::Duration::from_secs(100 - i as u64 * 10))
-                .unwrap();
+            f.set_modified(now - std::time::Duration::from_secs(100 - i as u64 * 10)).unwrap();
         }
-        assert_eq!(
-            cache.usage(),
-            Usage {
-                entries: 3,
-                bytes: 300
-            }
-        );
-        assert_eq!(
-            cache.prune(150),
-            Usage {
-                entries: 2,
-                bytes: 200
-            }
-        );
-        assert!(
-            objects.join("new").exists()
-                && !objects.join("old").exists()
-                && !objects.join("mid").exists()
-        );
-        assert_eq!(
-            cache.prune(0),
-            Usage {
-                entries: 1,
-                bytes: 100
-            }
-        );
+        assert_eq!(cache.usage(), Usage { entries: 3, bytes: 300 });
+        assert_eq!(cache.prune(150), Usage { entries: 2, bytes: 200 });
+        assert!(objects.join("new").exists() && !objects.join("old").exists() && !objects.join("mid").exists());
+        assert_eq!(cache.prune(0), Usage { entries: 1, bytes: 100 });
     }
 }

@@ -23,39 +23,15 @@ fn check_names() -> String {
 
 /// Every check: its name and what it protects against (README documents each).
 pub const CHECKS: &[(&str, &str)] = &[
-    (
-        "train",
-        "the image starts with the argument `train` (or the request's entrypoint) and exits 0",
-    ),
-    (
-        "model",
-        "it writes at least one file under /opt/ml/model, or the job uploads an empty model",
-    ),
-    (
-        "filesystem",
-        "it writes nothing outside /opt/ml/model, /opt/ml/output, /opt/ml/checkpoints and /tmp",
-    ),
-    (
-        "sigterm",
-        "it stops cleanly on SIGTERM within the grace, as StopTrainingJob and spot reclaims require",
-    ),
-    (
-        "failure",
-        "a failing run exits non-zero and explains itself in /opt/ml/output/failure",
-    ),
-    (
-        "isolation",
-        "it needs no network, so it works with EnableNetworkIsolation",
-    ),
+    ("train", "the image starts with the argument `train` (or the request's entrypoint) and exits 0"),
+    ("model", "it writes at least one file under /opt/ml/model, or the job uploads an empty model"),
+    ("filesystem", "it writes nothing outside /opt/ml/model, /opt/ml/output, /opt/ml/checkpoints and /tmp"),
+    ("sigterm", "it stops cleanly on SIGTERM within the grace, as StopTrainingJob and spot reclaims require"),
+    ("failure", "a failing run exits non-zero and explains itself in /opt/ml/output/failure"),
+    ("isolation", "it needs no network, so it works with EnableNetworkIsolation"),
     ("memory", "it stays well inside the instance type's memory"),
-    (
-        "two-hosts",
-        "it runs as 2 hosts, taking its identity from resourceconfig.json, not /etc/hostname",
-    ),
-    (
-        "pid1",
-        "its entrypoint is exec form, so PID 1 receives signals; reports the image size",
-    ),
+    ("two-hosts", "it runs as 2 hosts, taking its identity from resourceconfig.json, not /etc/hostname"),
+    ("pid1", "its entrypoint is exec form, so PID 1 receives signals; reports the image size"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,11 +79,7 @@ pub struct CheckOptions {
 }
 
 /// Runs the selected checks against `image`, in the order of [`CHECKS`].
-pub async fn check(
-    image: &str,
-    docker: &Docker,
-    options: &CheckOptions,
-) -> Result<Vec<CheckResult>, CheckError> {
+pub async fn check(image: &str, docker: &Docker, options: &CheckOptions) -> Result<Vec<CheckResult>, CheckError> {
     let selected: Vec<&'static str> = match &options.only {
         Some(only) => {
             for name in only {
@@ -115,11 +87,7 @@ pub async fn check(
                     return Err(CheckError::UnknownCheck { name: name.clone() });
                 }
             }
-            CHECKS
-                .iter()
-                .map(|c| c.0)
-                .filter(|c| only.iter().any(|o| o == c))
-                .collect()
+            CHECKS.iter().map(|c| c.0).filter(|c| only.iter().any(|o| o == c)).collect()
         }
         None => CHECKS.iter().map(|c| c.0).collect(),
     };
@@ -127,29 +95,16 @@ pub async fn check(
     let scratch = tempfile::Builder::new()
         .prefix("smlocal-check-")
         .tempdir()
-        .map_err(|source| CheckError::Io {
-            path: std::env::temp_dir(),
-            source,
-        })?;
+        .map_err(|source| CheckError::Io { path: std::env::temp_dir(), source })?;
     let lab = Lab::new(image, docker, options, scratch.path())?;
 
     let wants = |names: &[&str]| names.iter().any(|n| selected.contains(n));
-    let baseline = if wants(&[
-        "train",
-        "model",
-        "filesystem",
-        "memory",
-        "sigterm",
-        "isolation",
-        "two-hosts",
-    ]) {
+    let baseline = if wants(&["train", "model", "filesystem", "memory", "sigterm", "isolation", "two-hosts"]) {
         Some(lab.baseline().await)
     } else {
         None
     };
-    let baseline_ok = baseline
-        .as_ref()
-        .is_some_and(|b| b.outcome.as_ref().is_ok_and(completed));
+    let baseline_ok = baseline.as_ref().is_some_and(|b| b.outcome.as_ref().is_ok_and(completed));
     let (sigterm, failure, isolation, two_hosts) = tokio::join!(
         lab.when(baseline_ok && wants(&["sigterm"]), lab.sigterm()),
         lab.when(wants(&["failure"]), lab.failure()),
@@ -163,29 +118,17 @@ pub async fn check(
         let not_evaluated = || CheckResult {
             name,
             verdict: Verdict::Warn,
-            evidence:
-                "not evaluated: the image does not complete a plain run (see the 'train' check)"
-                    .into(),
+            evidence: "not evaluated: the image does not complete a plain run (see the 'train' check)".into(),
             fix: "fix 'train' first".into(),
             seconds: 0.0,
         };
         let result = match name {
             "train" => baseline.as_ref().map(judge_train),
-            "model" => baseline
-                .as_ref()
-                .filter(|_| baseline_ok)
-                .map(judge_model)
-                .or_else(|| Some(not_evaluated())),
-            "filesystem" => baseline
-                .as_ref()
-                .filter(|_| baseline_ok)
-                .map(judge_filesystem)
-                .or_else(|| Some(not_evaluated())),
-            "memory" => baseline
-                .as_ref()
-                .filter(|_| baseline_ok)
-                .map(judge_memory)
-                .or_else(|| Some(not_evaluated())),
+            "model" => baseline.as_ref().filter(|_| baseline_ok).map(judge_model).or_else(|| Some(not_evaluated())),
+            "filesystem" => {
+                baseline.as_ref().filter(|_| baseline_ok).map(judge_filesystem).or_else(|| Some(not_evaluated()))
+            }
+            "memory" => baseline.as_ref().filter(|_| baseline_ok).map(judge_memory).or_else(|| Some(not_evaluated())),
             "sigterm" => sigterm.clone().or_else(|| Some(not_evaluated())),
             "failure" => failure.clone(),
             "isolation" => isolation.clone().or_else(|| Some(not_evaluated())),
@@ -228,23 +171,15 @@ struct Lab<'a> {
 }
 
 impl<'a> Lab<'a> {
-    fn new(
-        image: &'a str,
-        docker: &'a Docker,
-        options: &'a CheckOptions,
-        root: &Path,
-    ) -> Result<Self, CheckError> {
+    fn new(image: &'a str, docker: &'a Docker, options: &'a CheckOptions, root: &Path) -> Result<Self, CheckError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CheckError::Io { path, source }
         };
         let data = root.join("data/train");
         std::fs::create_dir_all(&data).map_err(io(&data))?;
-        std::fs::write(
-            data.join("data.csv"),
-            "1.5,1.0,0.0\n-0.5,0.0,1.0\n2.5,1.0,1.0\n0.5,0.5,0.5\n",
-        )
-        .map_err(io(&data))?;
+        std::fs::write(data.join("data.csv"), "1.5,1.0,0.0\n-0.5,0.0,1.0\n2.5,1.0,1.0\n0.5,0.5,0.5\n")
+            .map_err(io(&data))?;
         let mut request = match &options.request {
             Some(r) => r.clone(),
             None => json!({
@@ -265,15 +200,8 @@ impl<'a> Lab<'a> {
         }
         request["AlgorithmSpecification"]["TrainingImage"] = json!(image);
         // The checks' artifacts stay in the scratch folder, never in the user's output path.
-        request["OutputDataConfig"] =
-            json!({"S3OutputPath": format!("file://{}/output", root.display())});
-        let lab = Lab {
-            docker,
-            options,
-            store: Store::new(root.join("state")),
-            root: root.to_path_buf(),
-            request,
-        };
+        request["OutputDataConfig"] = json!({"S3OutputPath": format!("file://{}/output", root.display())});
+        let lab = Lab { docker, options, store: Store::new(root.join("state")), root: root.to_path_buf(), request };
         lab.prepare("probe", |_| {}).map_err(CheckError::Request)?;
         Ok(lab)
     }
@@ -281,18 +209,10 @@ impl<'a> Lab<'a> {
     fn entrypoint(&self) -> Option<Vec<String>> {
         self.request["AlgorithmSpecification"]["ContainerEntrypoint"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
     }
 
-    async fn when(
-        &self,
-        condition: bool,
-        run: impl std::future::Future<Output = CheckResult>,
-    ) -> Option<CheckResult> {
+    async fn when(&self, condition: bool, run: impl std::future::Future<Output = CheckResult>) -> Option<CheckResult> {
         if condition { Some(run.await) } else { None }
     }
 
@@ -311,16 +231,11 @@ impl<'a> Lab<'a> {
         options: RunOptions,
         shutdown: CancellationToken,
     ) -> Result<JobOutcome, String> {
-        run::run(job, &self.store, self.docker, &options, shutdown)
-            .await
-            .map_err(|e| e.to_string())
+        run::run(job, &self.store, self.docker, &options, shutdown).await.map_err(|e| e.to_string())
     }
 
     fn run_options(&self) -> RunOptions {
-        RunOptions {
-            stop_grace: self.options.stop_grace,
-            ..RunOptions::new(self.options.log.clone())
-        }
+        RunOptions { stop_grace: self.options.stop_grace, ..RunOptions::new(self.options.log.clone()) }
     }
 
     fn log_tail(&self, job: &str) -> String {
@@ -351,11 +266,7 @@ impl<'a> Lab<'a> {
                 if let Ok(mut ids) = ids_w.lock() {
                     ids.push(id.to_string());
                 }
-                tokio::spawn(sample_memory(
-                    docker.clone(),
-                    id.to_string(),
-                    peak_w.clone(),
-                ));
+                tokio::spawn(sample_memory(docker.clone(), id.to_string(), peak_w.clone()));
             })),
             ..self.run_options()
         };
@@ -421,18 +332,11 @@ impl<'a> Lab<'a> {
             Ok(o) => o,
             Err(e) => return result(Verdict::Fail, e, "see the error"),
         };
-        let stopping = outcome
-            .record
-            .secondary_status_transitions
-            .iter()
-            .find(|t| t.status == "Stopping");
+        let stopping = outcome.record.secondary_status_transitions.iter().find(|t| t.status == "Stopping");
         match stopping {
             None => result(
                 Verdict::Warn,
-                format!(
-                    "the run ended in {:.2} s, before SIGTERM was sent",
-                    outcome.elapsed.as_secs_f64()
-                ),
+                format!("the run ended in {:.2} s, before SIGTERM was sent", outcome.elapsed.as_secs_f64()),
                 "give --request hyperparameters that train for a few seconds to test SIGTERM handling",
             ),
             Some(t) => {
@@ -440,21 +344,11 @@ impl<'a> Lab<'a> {
                 if took + 0.25 >= grace.as_secs_f64() {
                     result(
                         Verdict::Fail,
-                        format!(
-                            "still running {} s after SIGTERM; it was SIGKILLed",
-                            grace.as_secs()
-                        ),
+                        format!("still running {} s after SIGTERM; it was SIGKILLed", grace.as_secs()),
                         "handle SIGTERM: save what you can and exit (and run the process as PID 1 with an exec-form ENTRYPOINT)",
                     )
                 } else {
-                    result(
-                        Verdict::Pass,
-                        format!(
-                            "exited {took:.2} s after SIGTERM (grace {} s)",
-                            grace.as_secs()
-                        ),
-                        "",
-                    )
+                    result(Verdict::Pass, format!("exited {took:.2} s after SIGTERM (grace {} s)", grace.as_secs()), "")
                 }
             }
         }
@@ -463,11 +357,7 @@ impl<'a> Lab<'a> {
     async fn failure(&self) -> CheckResult {
         let started = Instant::now();
         let invalid = self.options.invalid_hyperparameters.clone();
-        let how = if invalid.is_some() {
-            "with the invalid hyperparameters"
-        } else {
-            "with no input channels"
-        };
+        let how = if invalid.is_some() { "with the invalid hyperparameters" } else { "with no input channels" };
         let job = self.prepare("failure", |r| match invalid {
             Some(hp) => r["HyperParameters"] = Value::Object(hp),
             None => {
@@ -487,10 +377,7 @@ impl<'a> Lab<'a> {
             Ok(job) => job,
             Err(e) => return result(Verdict::Fail, e, "make the request valid"),
         };
-        let outcome = match self
-            .run(&job, self.run_options(), CancellationToken::new())
-            .await
-        {
+        let outcome = match self.run(&job, self.run_options(), CancellationToken::new()).await {
             Ok(o) => o,
             Err(e) => return result(Verdict::Fail, e, "see the error"),
         };
@@ -502,38 +389,26 @@ impl<'a> Lab<'a> {
                 format!("run {how} exited 0"),
                 "check inputs and hyperparameters; on bad input write the reason to /opt/ml/output/failure and exit non-zero",
             ),
-            Status::Failed if reason.starts_with("AlgorithmError: the training container on") => {
-                result(
-                    Verdict::Fail,
-                    format!("run {how} failed but wrote no /opt/ml/output/failure ({reason})"),
-                    "write a one-line reason to /opt/ml/output/failure before exiting non-zero: it becomes FailureReason",
-                )
-            }
-            Status::Failed => result(
-                Verdict::Pass,
-                format!("run {how} failed with: {}", shorten(&reason, 100)),
-                "",
+            Status::Failed if reason.starts_with("AlgorithmError: the training container on") => result(
+                Verdict::Fail,
+                format!("run {how} failed but wrote no /opt/ml/output/failure ({reason})"),
+                "write a one-line reason to /opt/ml/output/failure before exiting non-zero: it becomes FailureReason",
             ),
+            Status::Failed => result(Verdict::Pass, format!("run {how} failed with: {}", shorten(&reason, 100)), ""),
             other => result(Verdict::Warn, format!("run {how} ended {other:?}"), ""),
         }
     }
 
     async fn isolation(&self) -> CheckResult {
         let started = Instant::now();
-        let outcome = match self.prepare("isolation", |r| r["EnableNetworkIsolation"] = json!(true))
-        {
-            Ok(job) => {
-                self.run(&job, self.run_options(), CancellationToken::new())
-                    .await
-            }
+        let outcome = match self.prepare("isolation", |r| r["EnableNetworkIsolation"] = json!(true)) {
+            Ok(job) => self.run(&job, self.run_options(), CancellationToken::new()).await,
             Err(e) => Err(e),
         };
         let (verdict, evidence, fix) = match &outcome {
-            Ok(o) if completed(o) => (
-                Verdict::Pass,
-                "completed with EnableNetworkIsolation (no network at all)".to_string(),
-                "",
-            ),
+            Ok(o) if completed(o) => {
+                (Verdict::Pass, "completed with EnableNetworkIsolation (no network at all)".to_string(), "")
+            }
             Ok(o) => (
                 Verdict::Fail,
                 format!(
@@ -545,13 +420,7 @@ impl<'a> Lab<'a> {
             ),
             Err(e) => (Verdict::Fail, e.clone(), "see the error"),
         };
-        CheckResult {
-            name: "isolation",
-            verdict,
-            evidence,
-            fix: fix.into(),
-            seconds: started.elapsed().as_secs_f64(),
-        }
+        CheckResult { name: "isolation", verdict, evidence, fix: fix.into(), seconds: started.elapsed().as_secs_f64() }
     }
 
     async fn two_hosts(&self) -> CheckResult {
@@ -573,44 +442,27 @@ impl<'a> Lab<'a> {
             }
         });
         // Instance-like host names, as on SageMaker: only resourceconfig.json says algo-N.
-        let options = RunOptions {
-            instance_hostnames: true,
-            ..self.run_options()
-        };
+        let options = RunOptions { instance_hostnames: true, ..self.run_options() };
         let outcome = match job {
             Ok(job) => self.run(&job, options, CancellationToken::new()).await,
             Err(e) => Err(e),
         };
         let (verdict, evidence, fix) = match &outcome {
-            Ok(o) if completed(o) => (
-                Verdict::Pass,
-                format!(
-                    "algo-1 and algo-2 both finished in {:.1} s",
-                    o.elapsed.as_secs_f64()
-                ),
-                "",
-            ),
+            Ok(o) if completed(o) => {
+                (Verdict::Pass, format!("algo-1 and algo-2 both finished in {:.1} s", o.elapsed.as_secs_f64()), "")
+            }
             Ok(o) => (
                 Verdict::Fail,
                 format!(
                     "as 2 hosts (host names ip-10-0-1-11, ip-10-0-1-12): {} ({})",
-                    o.record
-                        .failure_reason
-                        .clone()
-                        .unwrap_or_else(|| format!("{:?}", o.record.training_job_status)),
+                    o.record.failure_reason.clone().unwrap_or_else(|| format!("{:?}", o.record.training_job_status)),
                     self.log_tail("check-two-hosts")
                 ),
                 "take current_host and hosts from /opt/ml/input/config/resourceconfig.json, not from /etc/hostname or socket.gethostname()",
             ),
             Err(e) => (Verdict::Fail, e.clone(), "see the error"),
         };
-        CheckResult {
-            name: "two-hosts",
-            verdict,
-            evidence,
-            fix: fix.into(),
-            seconds: started.elapsed().as_secs_f64(),
-        }
+        CheckResult { name: "two-hosts", verdict, evidence, fix: fix.into(), seconds: started.elapsed().as_secs_f64() }
     }
 }
 
@@ -646,100 +498,49 @@ fn judge_train(b: &Baseline) -> CheckResult {
                 o.record.failure_reason.clone().unwrap_or_default(),
                 b.log_tail
             ),
-            "SageMaker runs `docker run IMAGE train`: the entrypoint must accept `train` and exit 0 after training".into(),
+            "SageMaker runs `docker run IMAGE train`: the entrypoint must accept `train` and exit 0 after training"
+                .into(),
         ),
         Err(e) => (Verdict::Fail, e.clone(), "see the error".into()),
     };
-    CheckResult {
-        name: "train",
-        verdict,
-        evidence,
-        fix,
-        seconds: b.seconds,
-    }
+    CheckResult { name: "train", verdict, evidence, fix, seconds: b.seconds }
 }
 
 fn judge_model(b: &Baseline) -> CheckResult {
     let (verdict, evidence, fix) = match b.model_files.len() {
-        0 => (
-            Verdict::Fail,
-            "model.tar.gz is empty".to_string(),
-            "save the trained model under /opt/ml/model",
-        ),
-        n => (
-            Verdict::Pass,
-            format!("{n} file(s), e.g. {}", b.model_files[0]),
-            "",
-        ),
+        0 => (Verdict::Fail, "model.tar.gz is empty".to_string(), "save the trained model under /opt/ml/model"),
+        n => (Verdict::Pass, format!("{n} file(s), e.g. {}", b.model_files[0]), ""),
     };
-    CheckResult {
-        name: "model",
-        verdict,
-        evidence,
-        fix: fix.into(),
-        seconds: 0.0,
-    }
+    CheckResult { name: "model", verdict, evidence, fix: fix.into(), seconds: 0.0 }
 }
 
 /// Paths a training container may write; everything else is lost on SageMaker or a sign of
 /// an image that is not self-contained.
-const ALLOWED: &[&str] = &[
-    "/opt/ml/model",
-    "/opt/ml/output",
-    "/opt/ml/checkpoints",
-    "/tmp",
-];
+const ALLOWED: &[&str] = &["/opt/ml/model", "/opt/ml/output", "/opt/ml/checkpoints", "/tmp"];
 
 fn judge_filesystem(b: &Baseline) -> CheckResult {
     let outside = outside_allowed(&b.changes);
     let (verdict, evidence, fix) = if outside.is_empty() {
-        (
-            Verdict::Pass,
-            "no writes outside /opt/ml/model, /opt/ml/output, /opt/ml/checkpoints, /tmp"
-                .to_string(),
-            "",
-        )
+        (Verdict::Pass, "no writes outside /opt/ml/model, /opt/ml/output, /opt/ml/checkpoints, /tmp".to_string(), "")
     } else {
         (
             Verdict::Fail,
-            format!(
-                "wrote {}",
-                outside
-                    .iter()
-                    .take(5)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            format!("wrote {}", outside.iter().take(5).cloned().collect::<Vec<_>>().join(", ")),
             "write results to /opt/ml/model or /opt/ml/output/data and scratch files to /tmp",
         )
     };
-    CheckResult {
-        name: "filesystem",
-        verdict,
-        evidence,
-        fix: fix.into(),
-        seconds: 0.0,
-    }
+    CheckResult { name: "filesystem", verdict, evidence, fix: fix.into(), seconds: 0.0 }
 }
 
 /// The changed paths outside [`ALLOWED`], each as `A /path` (added), `C` or `D`. A changed
 /// directory only counts when nothing inside it is listed (its own change is then the news).
 pub fn outside_allowed(changes: &[Change]) -> Vec<String> {
-    let allowed = |p: &str| {
-        ALLOWED
-            .iter()
-            .any(|a| p == *a || p.starts_with(&format!("{a}/")) || a.starts_with(&format!("{p}/")))
-    };
+    let allowed =
+        |p: &str| ALLOWED.iter().any(|a| p == *a || p.starts_with(&format!("{a}/")) || a.starts_with(&format!("{p}/")));
     changes
         .iter()
         .filter(|c| !allowed(&c.path))
-        .filter(|c| {
-            c.kind != 'C'
-                || !changes
-                    .iter()
-                    .any(|o| o.path.starts_with(&format!("{}/", c.path)))
-        })
+        .filter(|c| c.kind != 'C' || !changes.iter().any(|o| o.path.starts_with(&format!("{}/", c.path))))
         .map(|c| format!("{} {}", c.kind, c.path))
         .collect()
 }
@@ -753,28 +554,15 @@ fn judge_memory(b: &Baseline) -> CheckResult {
         .filter(|r| r.starts_with("OutOfMemoryError"));
     let cap = b.memory_cap;
     let (verdict, evidence, fix) = match (oom, b.peak_memory) {
-        (Some(reason), _) => (
-            Verdict::Fail,
-            reason,
-            "use less memory or a larger instance type",
-        ),
+        (Some(reason), _) => (Verdict::Fail, reason, "use less memory or a larger instance type"),
         (None, None) => (
             Verdict::Warn,
-            format!(
-                "finished in {:.2} s, too quickly to sample its memory (cap {})",
-                b.seconds,
-                human_bytes(cap)
-            ),
+            format!("finished in {:.2} s, too quickly to sample its memory (cap {})", b.seconds, human_bytes(cap)),
             "give --request data or hyperparameters that run for a second or more",
         ),
         (None, Some(peak)) => {
             let share = peak as f64 / cap.max(1) as f64;
-            let evidence = format!(
-                "peak {} of {} ({:.0}%)",
-                human_bytes(peak),
-                human_bytes(cap),
-                share * 100.0
-            );
+            let evidence = format!("peak {} of {} ({:.0}%)", human_bytes(peak), human_bytes(cap), share * 100.0);
             if share > 0.9 {
                 (
                     Verdict::Fail,
@@ -782,35 +570,19 @@ fn judge_memory(b: &Baseline) -> CheckResult {
                     "on a real instance system processes take part of this memory: use less or a larger instance type",
                 )
             } else if share > 0.75 {
-                (
-                    Verdict::Warn,
-                    evidence,
-                    "little headroom: a larger input may run out of memory",
-                )
+                (Verdict::Warn, evidence, "little headroom: a larger input may run out of memory")
             } else {
                 (Verdict::Pass, evidence, "")
             }
         }
     };
-    CheckResult {
-        name: "memory",
-        verdict,
-        evidence,
-        fix: fix.into(),
-        seconds: 0.0,
-    }
+    CheckResult { name: "memory", verdict, evidence, fix: fix.into(), seconds: 0.0 }
 }
 
-fn judge_pid1(
-    image: &crate::docker::ImageInfo,
-    request_entrypoint: Option<Vec<String>>,
-) -> CheckResult {
+fn judge_pid1(image: &crate::docker::ImageInfo, request_entrypoint: Option<Vec<String>>) -> CheckResult {
     let entrypoint = request_entrypoint.unwrap_or_else(|| image.entrypoint.clone());
     let shell = entrypoint.len() >= 2
-        && entrypoint[0]
-            .rsplit('/')
-            .next()
-            .is_some_and(|b| b == "sh" || b == "bash")
+        && entrypoint[0].rsplit('/').next().is_some_and(|b| b == "sh" || b == "bash")
         && entrypoint[1] == "-c";
     let size = human_bytes(image.size_bytes);
     let shown = if entrypoint.is_empty() {
@@ -821,25 +593,13 @@ fn judge_pid1(
     let (verdict, evidence, fix) = if shell {
         (
             Verdict::Warn,
-            format!(
-                "shell-form ENTRYPOINT {shown}: PID 1 is the shell, which does not pass SIGTERM on; image {size}"
-            ),
+            format!("shell-form ENTRYPOINT {shown}: PID 1 is the shell, which does not pass SIGTERM on; image {size}"),
             "use exec form: ENTRYPOINT [\"/usr/local/bin/train\"] (or `exec` in a wrapper script)",
         )
     } else {
-        (
-            Verdict::Pass,
-            format!("ENTRYPOINT {shown}; image {size}"),
-            "",
-        )
+        (Verdict::Pass, format!("ENTRYPOINT {shown}; image {size}"), "")
     };
-    CheckResult {
-        name: "pid1",
-        verdict,
-        evidence,
-        fix: fix.into(),
-        seconds: 0.0,
-    }
+    CheckResult { name: "pid1", verdict, evidence, fix: fix.into(), seconds: 0.0 }
 }
 
 /// The files (not folders) in a model tarball.
@@ -869,10 +629,7 @@ fn shorten(text: &str, max: usize) -> String {
 /// JUnit XML: one testcase per check; FAIL is a failure, WARN passes with its evidence in
 /// system-out.
 pub fn junit(image: &str, results: &[CheckResult]) -> String {
-    let failures = results
-        .iter()
-        .filter(|r| r.verdict == Verdict::Fail)
-        .count();
+    let failures = results.iter().filter(|r| r.verdict == Verdict::Fail).count();
     let total: f64 = results.iter().map(|r| r.seconds).sum();
     let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     xml.push_str(&format!(
@@ -893,14 +650,8 @@ pub fn junit(image: &str, results: &[CheckResult]) -> String {
                 escape(&r.evidence),
                 escape(&r.fix)
             )),
-            Verdict::Warn => xml.push_str(&format!(
-                "      <system-out>WARN: {}</system-out>\n",
-                escape(&r.evidence)
-            )),
-            Verdict::Pass => xml.push_str(&format!(
-                "      <system-out>{}</system-out>\n",
-                escape(&r.evidence)
-            )),
+            Verdict::Warn => xml.push_str(&format!("      <system-out>WARN: {}</system-out>\n", escape(&r.evidence))),
+            Verdict::Pass => xml.push_str(&format!("      <system-out>{}</system-out>\n", escape(&r.evidence))),
         }
         xml.push_str("    </testcase>\n");
     }
@@ -923,10 +674,7 @@ mod tests {
     use super::*;
 
     fn change(kind: char, path: &str) -> Change {
-        Change {
-            kind,
-            path: path.into(),
-        }
+        Change { kind, path: path.into() }
     }
 
     #[test]
@@ -942,10 +690,7 @@ mod tests {
             change('A', "/var/lib/state"),
             change('C', "/etc/passwd"),
         ];
-        assert_eq!(
-            outside_allowed(&changes),
-            ["A /var/lib", "A /var/lib/state", "C /etc/passwd"]
-        );
+        assert_eq!(outside_allowed(&changes), ["A /var/lib", "A /var/lib/state", "C /etc/passwd"]);
     }
 
     #[test]
@@ -978,10 +723,7 @@ mod tests {
             size_bytes: 1 << 20,
         };
         assert_eq!(judge_pid1(&info, None).verdict, Verdict::Warn);
-        let exec = crate::docker::ImageInfo {
-            entrypoint: vec!["/usr/bin/train".into()],
-            ..info
-        };
+        let exec = crate::docker::ImageInfo { entrypoint: vec!["/usr/bin/train".into()], ..info };
         let r = judge_pid1(&exec, None);
         assert_eq!(r.verdict, Verdict::Pass);
         assert!(r.evidence.contains("1.0 MiB"));

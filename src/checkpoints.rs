@@ -18,11 +18,7 @@ struct Stamp {
 
 /// `S3Uri` as a folder: keys below it are the checkpoint files' relative paths.
 fn folder(uri: &str) -> String {
-    if uri.ends_with('/') {
-        uri.to_string()
-    } else {
-        format!("{uri}/")
-    }
+    if uri.ends_with('/') { uri.to_string() } else { format!("{uri}/") }
 }
 
 /// Copies every checkpoint object into `dir`. A location with nothing there yet (a first run)
@@ -40,11 +36,7 @@ pub async fn restore(uri: &str, dir: &Path) -> Result<usize, StorageError> {
     for object in objects {
         let rest = &object.key[prefix.len()..];
         let Some(relative) = safe_relative(rest) else {
-            tracing::warn!(
-                "skipping checkpoint object '{}': it would land outside {}",
-                object.key,
-                dir.display()
-            );
+            tracing::warn!("skipping checkpoint object '{}': it would land outside {}", object.key, dir.display());
             continue;
         };
         let dest = dir.join(relative);
@@ -77,16 +69,8 @@ pub struct SyncReport {
 impl Syncer {
     /// `dirs` are the hosts' folders, just restored: what they hold is already at `uri`.
     pub fn new(uri: &str, dirs: Vec<PathBuf>) -> Self {
-        let mut syncer = Syncer {
-            uri: folder(uri),
-            dirs,
-            synced: BTreeMap::new(),
-        };
-        syncer.synced = syncer
-            .scan()
-            .into_iter()
-            .map(|(rel, (stamp, _))| (rel, stamp))
-            .collect();
+        let mut syncer = Syncer { uri: folder(uri), dirs, synced: BTreeMap::new() };
+        syncer.synced = syncer.scan().into_iter().map(|(rel, (stamp, _))| (rel, stamp)).collect();
         syncer
     }
 
@@ -96,9 +80,7 @@ impl Syncer {
         let mut found: BTreeMap<String, (Stamp, PathBuf)> = BTreeMap::new();
         for dir in &self.dirs {
             walk(dir, dir, &mut |rel, path, stamp| {
-                let newer = found
-                    .get(&rel)
-                    .is_none_or(|(s, _)| stamp.modified > s.modified);
+                let newer = found.get(&rel).is_none_or(|(s, _)| stamp.modified > s.modified);
                 if newer {
                     found.insert(rel, (stamp, path));
                 }
@@ -117,12 +99,7 @@ impl Syncer {
                 report.uploaded += 1;
             }
         }
-        let gone: Vec<String> = self
-            .synced
-            .keys()
-            .filter(|rel| !now.contains_key(*rel))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = self.synced.keys().filter(|rel| !now.contains_key(*rel)).cloned().collect();
         for rel in gone {
             storage::delete(&format!("{}{rel}", self.uri)).await?;
             self.synced.remove(&rel);
@@ -145,14 +122,8 @@ fn walk(root: &Path, dir: &Path, visit: &mut dyn FnMut(String, PathBuf, Stamp)) 
         if meta.is_dir() {
             walk(root, &path, visit);
         } else if meta.is_file() {
-            let rel = path
-                .strip_prefix(root)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let stamp = Stamp {
-                len: meta.len(),
-                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            };
+            let rel = path.strip_prefix(root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            let stamp = Stamp { len: meta.len(), modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) };
             visit(rel, path, stamp);
         }
     }
@@ -172,41 +143,20 @@ mod tests {
 
         let host = tempfile::tempdir().unwrap();
         assert_eq!(restore(&uri, host.path()).await.unwrap(), 2);
-        assert_eq!(
-            std::fs::read(host.path().join("sub/state.json")).unwrap(),
-            b"{}"
-        );
+        assert_eq!(std::fs::read(host.path().join("sub/state.json")).unwrap(), b"{}");
 
         let mut syncer = Syncer::new(&uri, vec![host.path().to_path_buf()]);
-        assert_eq!(
-            syncer.sync().await.unwrap(),
-            SyncReport::default(),
-            "nothing changed yet"
-        );
+        assert_eq!(syncer.sync().await.unwrap(), SyncReport::default(), "nothing changed yet");
         std::fs::write(host.path().join("epoch-2.bin"), b"two").unwrap();
         std::fs::remove_file(host.path().join("epoch-1.bin")).unwrap();
-        assert_eq!(
-            syncer.sync().await.unwrap(),
-            SyncReport {
-                uploaded: 1,
-                deleted: 1
-            }
-        );
-        assert_eq!(
-            std::fs::read(remote.path().join("ckpt/epoch-2.bin")).unwrap(),
-            b"two"
-        );
+        assert_eq!(syncer.sync().await.unwrap(), SyncReport { uploaded: 1, deleted: 1 });
+        assert_eq!(std::fs::read(remote.path().join("ckpt/epoch-2.bin")).unwrap(), b"two");
         assert!(!remote.path().join("ckpt/epoch-1.bin").exists());
     }
 
     #[tokio::test]
     async fn a_first_run_restores_nothing() {
         let host = tempfile::tempdir().unwrap();
-        assert_eq!(
-            restore("file:///no/such/smlocal/checkpoints", host.path())
-                .await
-                .unwrap(),
-            0
-        );
+        assert_eq!(restore("file:///no/such/smlocal/checkpoints", host.path()).await.unwrap(), 0);
     }
 }

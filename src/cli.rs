@@ -64,6 +64,11 @@ enum Command {
     /// Remove containers and networks left behind by jobs that are no longer running, and
     /// mark jobs whose smlocal process died as Failed.
     Cleanup,
+    /// Show the input cache (where, how many objects, how big), or prune it.
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheAction>,
+    },
     /// Check an algorithm image against the training contract with a set of short jobs;
     /// exits 0 when no check failed.
     Check(CheckArgs),
@@ -106,6 +111,15 @@ struct TrainArgs {
     /// Seconds between checkpoint syncs to CheckpointConfig.S3Uri while training.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     checkpoint_interval: u64,
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Remove least-recently-used objects until the cache is at most SIZE (0 empties it).
+    Prune {
+        #[arg(long, value_name = "SIZE", default_value = "0")]
+        max_size: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -167,9 +181,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     match number.trim().parse::<f64>() {
         Ok(n) if n >= 0.0 && n.is_finite() => Ok(Duration::from_secs_f64(n * scale)),
-        _ => Err(format!(
-            "'{text}' is not a duration; use e.g. 30s, 2m or 1h"
-        )),
+        _ => Err(format!("'{text}' is not a duration; use e.g. 30s, 2m or 1h")),
     }
 }
 
@@ -180,9 +192,7 @@ fn parse_time(text: &str) -> Result<f64, String> {
     }
     time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
-        .map_err(|_| {
-            format!("'{text}' is not a time; use RFC 3339 (2026-11-26T12:00:00Z) or epoch seconds")
-        })
+        .map_err(|_| format!("'{text}' is not a time; use RFC 3339 (2026-11-26T12:00:00Z) or epoch seconds"))
 }
 
 pub async fn main(cli: Cli) -> ExitCode {
@@ -195,6 +205,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Rm { name } => rm(&name),
         Command::Cleanup => cleanup().await,
         Command::Check(args) => check(args).await,
+        Command::Cache { action } => cache(action),
         Command::Stop { name } => stop(&name),
     };
     match result {
@@ -208,19 +219,16 @@ pub async fn main(cli: Cli) -> ExitCode {
 
 async fn train(args: TrainArgs) -> Result<ExitCode> {
     let text = read_request(&args.request)?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text)
-            .map_err(spec::SpecError::from)
-            .with_context(|| format!("{}: invalid request", args.request))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(spec::SpecError::from)
+        .with_context(|| format!("{}: invalid request", args.request))?;
     if args.unique_name {
         rename_uniquely(&mut value);
     }
-    let request =
-        spec::from_value(value).with_context(|| format!("{}: invalid request", args.request))?;
+    let request = spec::from_value(value).with_context(|| format!("{}: invalid request", args.request))?;
 
     let settings = settings(args.memory_reserve.as_deref(), args.oversubscribe)?;
-    let job = job::plan(request, &settings)
-        .with_context(|| format!("{}: invalid request", args.request))?;
+    let job = job::plan(request, &settings).with_context(|| format!("{}: invalid request", args.request))?;
     for notice in &job.notices {
         eprintln!("smlocal: note: {notice}");
     }
@@ -231,16 +239,9 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
         );
     }
     for h in &job.hosts {
-        let derived = if h.instance.derived {
-            " (sizes derived from the instance family)"
-        } else {
-            ""
-        };
+        let derived = if h.instance.derived { " (sizes derived from the instance family)" } else { "" };
         let capped = if h.limits.memory_bytes < h.instance.memory_bytes {
-            format!(
-                " (scaled down from {})",
-                human_bytes(h.instance.memory_bytes)
-            )
+            format!(" (scaled down from {})", human_bytes(h.instance.memory_bytes))
         } else {
             String::new()
         };
@@ -261,11 +262,7 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     let color = std::io::stdout().is_terminal();
     let log: smlocal::logs::LogSink = Arc::new(move |host, line| {
         let mut out = std::io::stdout().lock();
-        let _ = if color {
-            writeln!(out, "\x1b[36m{host} |\x1b[0m {line}")
-        } else {
-            writeln!(out, "{host} | {line}")
-        };
+        let _ = if color { writeln!(out, "\x1b[36m{host} |\x1b[0m {line}") } else { writeln!(out, "{host} | {line}") };
     });
     let options = RunOptions {
         stop_grace: grace,
@@ -275,34 +272,25 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval.max(1)),
         ..RunOptions::new(log)
     };
-    eprintln!(
-        "smlocal: starting training job {} ({})",
-        job.name, job.image
-    );
-    let outcome = run::run(&job, &store, &docker, &options, shutdown).await?;
+    eprintln!("smlocal: starting training job {} ({})", job.name, job.image);
+    let progress = options.progress.clone();
+    let shown = tokio::spawn(show_progress(progress));
+    let outcome = run::run(&job, &store, &docker, &options, shutdown).await;
+    shown.abort();
+    let outcome = outcome?;
 
     let r = &outcome.record;
     let status = match (r.training_job_status, r.secondary_status.as_str()) {
         (Status::Stopped, "MaxRuntimeExceeded") => "Stopped (MaxRuntimeExceeded)".to_string(),
         (s, _) => format!("{s:?}"),
     };
-    eprintln!(
-        "smlocal: {} {status} in {:.1}s",
-        job.name,
-        outcome.elapsed.as_secs_f64()
-    );
+    eprintln!("smlocal: {} {status} in {:.1}s", job.name, outcome.elapsed.as_secs_f64());
     if let Some(reason) = &r.failure_reason {
         eprintln!("smlocal: FailureReason: {reason}");
     }
-    let uploaded = r
-        .secondary_status_transitions
-        .iter()
-        .any(|t| t.status == "Uploading");
+    let uploaded = r.secondary_status_transitions.iter().any(|t| t.status == "Uploading");
     match &outcome.kept_artifacts {
-        Some(dir) => eprintln!(
-            "smlocal: the artifacts were not uploaded; they are in {}",
-            dir.display()
-        ),
+        Some(dir) => eprintln!("smlocal: the artifacts were not uploaded; they are in {}", dir.display()),
         None if uploaded => {
             eprintln!("smlocal: model: {}", r.model_artifacts.s3_model_artifacts);
             eprintln!("smlocal: output: {}", job.output_artifacts_uri());
@@ -333,9 +321,8 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
 fn settings(memory_reserve: Option<&str>, oversubscribe: bool) -> Result<Settings> {
     let host = Host::detect();
     let reserve = match memory_reserve {
-        Some(text) => resources::parse_size(text).with_context(|| {
-            format!("--memory-reserve '{text}' is not a size; use e.g. 2G, 512M or 1073741824")
-        })?,
+        Some(text) => resources::parse_size(text)
+            .with_context(|| format!("--memory-reserve '{text}' is not a size; use e.g. 2G, 512M or 1073741824"))?,
         None => host.default_reserve(),
     };
     if reserve >= host.memory_bytes {
@@ -348,24 +335,67 @@ fn settings(memory_reserve: Option<&str>, oversubscribe: bool) -> Result<Setting
     let region = std::env::var("AWS_REGION")
         .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|_| "us-east-1".into());
-    Ok(Settings {
-        host,
-        reserve,
-        region,
-        oversubscribe,
-    })
+    Ok(Settings { host, reserve, region, oversubscribe })
+}
+
+/// Staging progress: a bar with bytes and bytes/s on a terminal, a line every few seconds
+/// otherwise. Silent when nothing needs downloading.
+async fn show_progress(progress: Arc<smlocal::cache::Progress>) {
+    use std::sync::atomic::Ordering;
+    let terminal = std::io::stderr().is_terminal();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut last_line = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let total = progress.total.load(Ordering::Relaxed);
+        let cached = progress.cached.load(Ordering::Relaxed);
+        let fetched = progress.fetched.load(Ordering::Relaxed);
+        if fetched == 0 {
+            continue;
+        }
+        let done = fetched + cached;
+        if terminal {
+            let b = bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(total);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "smlocal: downloading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            b.set_length(total.max(done));
+            b.set_position(done);
+            if done >= total {
+                b.finish();
+                return;
+            }
+        } else if last_line.elapsed() >= Duration::from_secs(5) || done >= total {
+            let rate = fetched as f64 / started.elapsed().as_secs_f64().max(0.001);
+            eprintln!(
+                "smlocal: downloaded {} of {} ({}/s; {} from the cache)",
+                human_bytes(done),
+                human_bytes(total),
+                human_bytes(rate as u64),
+                human_bytes(cached)
+            );
+            last_line = std::time::Instant::now();
+            if done >= total {
+                return;
+            }
+        }
+    }
 }
 
 fn read_request(path: &str) -> Result<String> {
     if path == "-" {
         let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read the request from standard input")?;
+        std::io::stdin().read_to_string(&mut text).context("cannot read the request from standard input")?;
         Ok(text)
     } else {
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the request file '{path}'"))
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the request file '{path}'"))
     }
 }
 
@@ -386,8 +416,7 @@ fn rename_uniquely(value: &mut serde_json::Value) {
         now.millisecond()
     );
     let base: String = name.chars().take(63 - stamp.len() - 1).collect();
-    value["TrainingJobName"] =
-        serde_json::Value::String(format!("{}-{stamp}", base.trim_end_matches('-')));
+    value["TrainingJobName"] = serde_json::Value::String(format!("{}-{stamp}", base.trim_end_matches('-')));
 }
 
 /// Ctrl-C or SIGTERM to smlocal stops the job the way SageMaker's StopTrainingJob does.
@@ -405,10 +434,7 @@ async fn stop_on_signals(shutdown: CancellationToken, grace: Duration) {
         _ = tokio::signal::ctrl_c() => {}
         () = terminated => {}
     }
-    eprintln!(
-        "\nsmlocal: stopping: SIGTERM to the containers, SIGKILL after {}s",
-        grace.as_secs()
-    );
+    eprintln!("\nsmlocal: stopping: SIGTERM to the containers, SIGKILL after {}s", grace.as_secs());
     shutdown.cancel();
 }
 
@@ -428,43 +454,25 @@ fn list(args: ListArgs) -> Result<ExitCode> {
     if let Some(status) = &args.status_equals
         && !["InProgress", "Completed", "Failed", "Stopping", "Stopped"].contains(&status.as_str())
     {
-        bail!(
-            "--status-equals '{status}' is not a status; use InProgress, Completed, Failed, Stopping or Stopped"
-        );
+        bail!("--status-equals '{status}' is not a status; use InProgress, Completed, Failed, Stopping or Stopped");
     }
     let records = Store::from_env().list()?;
     let needle = args.name_contains.as_deref().map(str::to_lowercase);
     let mut out = std::io::stdout().lock();
     let matching = records
         .into_iter()
-        .filter(|r| {
-            args.status_equals
-                .as_deref()
-                .is_none_or(|s| format!("{:?}", r.training_job_status) == s)
-        })
-        .filter(|r| {
-            needle
-                .as_deref()
-                .is_none_or(|n| r.training_job_name.to_lowercase().contains(n))
-        })
+        .filter(|r| args.status_equals.as_deref().is_none_or(|s| format!("{:?}", r.training_job_status) == s))
+        .filter(|r| needle.as_deref().is_none_or(|n| r.training_job_name.to_lowercase().contains(n)))
         .filter(|r| args.creation_time_after.is_none_or(|t| r.creation_time > t))
-        .filter(|r| {
-            args.creation_time_before
-                .is_none_or(|t| r.creation_time < t)
-        })
+        .filter(|r| args.creation_time_before.is_none_or(|t| r.creation_time < t))
         .take(args.max_results.unwrap_or(usize::MAX));
     for r in matching {
         let created = time::OffsetDateTime::from_unix_timestamp(r.creation_time as i64)
             .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
             .unwrap_or_default();
-        let took = r
-            .training_end_time
-            .map(|end| format!("{:.1}s", end - r.creation_time))
-            .unwrap_or_else(|| "-".into());
+        let took =
+            r.training_end_time.map(|end| format!("{:.1}s", end - r.creation_time)).unwrap_or_else(|| "-".into());
         writeln!(
             out,
             "{:<40} {:<11} {:<20} {:>8}  {created}",
@@ -484,18 +492,11 @@ async fn logs(name: &str, follow: bool, host: Option<&str>) -> Result<ExitCode> 
     if let Some(h) = host {
         let known = smlocal::logs::hosts(&logs_dir);
         if !known.iter().any(|k| k == h) && !follow {
-            bail!(
-                "job {name} has no logs for host '{h}'; its hosts are: {}",
-                known.join(", ")
-            );
+            bail!("job {name} has no logs for host '{h}'; its hosts are: {}", known.join(", "));
         }
     }
-    let done = || {
-        store
-            .load(name)
-            .map(|r| r.training_job_status.is_terminal() || !store.is_running(&r))
-            .unwrap_or(true)
-    };
+    let done =
+        || store.load(name).map(|r| r.training_job_status.is_terminal() || !store.is_running(&r)).unwrap_or(true);
     let mut out = std::io::stdout().lock();
     smlocal::logs::read(&logs_dir, host, follow, done, |h, line| {
         let _ = writeln!(out, "{h} | {line}");
@@ -513,11 +514,7 @@ fn metrics(name: &str) -> Result<ExitCode> {
     let summaries = smlocal::metrics::summarize(&points);
     let mut out = std::io::stdout().lock();
     if summaries.is_empty() {
-        let defined = record
-            .request
-            .get("AlgorithmSpecification")
-            .and_then(|a| a.get("MetricDefinitions"))
-            .is_some();
+        let defined = record.request.get("AlgorithmSpecification").and_then(|a| a.get("MetricDefinitions")).is_some();
         let why = if defined {
             "its MetricDefinitions matched no log line"
         } else {
@@ -525,17 +522,9 @@ fn metrics(name: &str) -> Result<ExitCode> {
         };
         writeln!(out, "job {name} has no metric values: {why}")?;
     } else {
-        writeln!(
-            out,
-            "{:<32} {:>14} {:>14} {:>14} {:>7}",
-            "METRIC", "LAST", "MIN", "MAX", "COUNT"
-        )?;
+        writeln!(out, "{:<32} {:>14} {:>14} {:>14} {:>7}", "METRIC", "LAST", "MIN", "MAX", "COUNT")?;
         for s in &summaries {
-            writeln!(
-                out,
-                "{:<32} {:>14.6} {:>14.6} {:>14.6} {:>7}",
-                s.metric, s.last, s.min, s.max, s.count
-            )?;
+            writeln!(out, "{:<32} {:>14.6} {:>14.6} {:>14.6} {:>7}", s.metric, s.last, s.min, s.max, s.count)?;
         }
     }
     let plot = dir.join("metrics.svg");
@@ -562,9 +551,8 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     };
     let invalid_hyperparameters = match &args.invalid_hyperparameters {
         Some(text) => Some(
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).context(
-                "--invalid-hyperparameters must be a JSON object such as '{\"epochs\": \"-1\"}'",
-            )?,
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+                .context("--invalid-hyperparameters must be a JSON object such as '{\"epochs\": \"-1\"}'")?,
         ),
         None => None,
     };
@@ -578,51 +566,57 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     };
     let docker = Docker::connect().await?;
     let started = std::time::Instant::now();
-    eprintln!(
-        "smlocal: checking {} against the SageMaker training contract",
-        args.image
-    );
+    eprintln!("smlocal: checking {} against the SageMaker training contract", args.image);
     let results = check::check(&args.image, &docker, &options).await?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<11} {:<5} {:>6}  EVIDENCE / FIX",
-        "CHECK", "RESULT", "SECS"
-    )?;
+    writeln!(out, "{:<11} {:<5} {:>6}  EVIDENCE / FIX", "CHECK", "RESULT", "SECS")?;
     for r in &results {
         let verdict = match r.verdict {
             Verdict::Pass => "PASS",
             Verdict::Warn => "WARN",
             Verdict::Fail => "FAIL",
         };
-        writeln!(
-            out,
-            "{:<11} {:<6} {:>5.1}  {}",
-            r.name, verdict, r.seconds, r.evidence
-        )?;
+        writeln!(out, "{:<11} {:<6} {:>5.1}  {}", r.name, verdict, r.seconds, r.evidence)?;
         if r.verdict != Verdict::Pass && !r.fix.is_empty() {
             writeln!(out, "{:<25}fix: {}", "", r.fix)?;
         }
     }
-    let failed = results
-        .iter()
-        .filter(|r| r.verdict == Verdict::Fail)
-        .count();
-    writeln!(
-        out,
-        "{} checks, {failed} failed, in {:.1} s",
-        results.len(),
-        started.elapsed().as_secs_f64()
-    )?;
+    let failed = results.iter().filter(|r| r.verdict == Verdict::Fail).count();
+    writeln!(out, "{} checks, {failed} failed, in {:.1} s", results.len(), started.elapsed().as_secs_f64())?;
     if let Some(path) = &args.junit {
-        std::fs::write(path, check::junit(&args.image, &results))
-            .with_context(|| format!("cannot write {path}"))?;
+        std::fs::write(path, check::junit(&args.image, &results)).with_context(|| format!("cannot write {path}"))?;
     }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn cache(action: Option<CacheAction>) -> Result<ExitCode> {
+    let cache = smlocal::cache::Cache::new(Store::from_env().root());
+    match action {
+        None => {
+            let usage = cache.usage();
+            println!("cache: {}", cache.root().display());
+            println!("objects: {}", usage.entries);
+            println!(
+                "size: {} (limit {}; set SMLOCAL_CACHE_MAX to change it)",
+                human_bytes(usage.bytes),
+                human_bytes(cache.max_bytes())
+            );
+        }
+        Some(CacheAction::Prune { max_size }) => {
+            let max = resources::parse_size(&max_size)
+                .with_context(|| format!("--max-size '{max_size}' is not a size; use e.g. 10G or 0"))?;
+            let removed = cache.prune(max);
+            let left = cache.usage();
+            println!(
+                "removed {} object(s), {}; {} object(s), {} left",
+                removed.entries,
+                human_bytes(removed.bytes),
+                left.entries,
+                human_bytes(left.bytes)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn cleanup() -> Result<ExitCode> {
@@ -640,6 +634,9 @@ async fn cleanup() -> Result<ExitCode> {
         docker.remove_network(net).await?;
         tracing::debug!("removed network {net} of {job}");
         networks += 1;
+    }
+    for (volume, _) in found.volumes.iter().filter(|(_, job)| !live(job)) {
+        docker.remove_volume(volume).await?;
     }
     let mut orphaned = 0;
     for mut r in store.list()? {

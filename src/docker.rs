@@ -2,13 +2,10 @@
 //! says what was being attempted; a container that exits non-zero is an [`Exit`], not an
 //! error — a failed algorithm is a job outcome.
 
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
-};
+use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StatsOptionsBuilder,
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
 };
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
@@ -21,9 +18,7 @@ pub const HOME_LABEL: &str = "smlocal.home";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error(
-        "cannot reach the Docker Engine ({source}); is Docker running? `docker info` should work for this user"
-    )]
+    #[error("cannot reach the Docker Engine ({source}); is Docker running? `docker info` should work for this user")]
     Connect {
         #[source]
         source: bollard::errors::Error,
@@ -91,21 +86,17 @@ impl Docker {
     /// Connects through `DOCKER_HOST` or the local socket and agrees an API version with the
     /// engine (20.10 speaks 1.41; bollard's default is newer).
     pub async fn connect() -> Result<Self, DockerError> {
-        let client = bollard::Docker::connect_with_defaults()
-            .map_err(|source| DockerError::Connect { source })?;
-        let client = client
-            .negotiate_version()
-            .await
-            .map_err(|source| DockerError::Connect { source })?;
+        let client = bollard::Docker::connect_with_defaults().map_err(|source| DockerError::Connect { source })?;
+        let client = client.negotiate_version().await.map_err(|source| DockerError::Connect { source })?;
         Ok(Docker { client })
     }
 
     pub async fn ensure_image(&self, image: &str) -> Result<(), DockerError> {
         match self.client.inspect_image(image).await {
             Ok(_) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Err(DockerError::ImageMissing(image.into())),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Err(DockerError::ImageMissing(image.into()))
+            }
             Err(e) => Err(op(format!("inspect image '{image}'"))(e)),
         }
     }
@@ -124,18 +115,12 @@ impl Docker {
             labels: Some(labels),
             ..Default::default()
         };
-        self.client
-            .create_network(request)
-            .await
-            .map_err(op(format!("create network '{name}'")))?;
+        self.client.create_network(request).await.map_err(op(format!("create network '{name}'")))?;
         Ok(())
     }
 
     pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
-        self.client
-            .remove_network(name)
-            .await
-            .map_err(op(format!("remove network '{name}'")))
+        self.client.remove_network(name).await.map_err(op(format!("remove network '{name}'")))
     }
 
     pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
@@ -152,10 +137,7 @@ impl Docker {
         let networking = (spec.network != "none").then(|| NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 spec.network.clone(),
-                EndpointSettings {
-                    aliases: Some(vec![spec.alias.clone()]),
-                    ..Default::default()
-                },
+                EndpointSettings { aliases: Some(vec![spec.alias.clone()]), ..Default::default() },
             )])),
         });
         let body = ContainerCreateBody {
@@ -169,48 +151,30 @@ impl Docker {
             networking_config: networking,
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::new()
-            .name(&spec.name)
-            .build();
+        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
         let created = self
             .client
             .create_container(Some(options), body)
             .await
-            .map_err(op(format!(
-                "create container '{}' from image '{}'",
-                spec.name, spec.image
-            )))?;
+            .map_err(op(format!("create container '{}' from image '{}'", spec.name, spec.image)))?;
         Ok(created.id)
     }
 
     pub async fn start(&self, id: &str) -> Result<(), DockerError> {
-        self.client
-            .start_container(id, None)
-            .await
-            .map_err(op(format!("start container {}", short(id))))
+        self.client.start_container(id, None).await.map_err(op(format!("start container {}", short(id))))
     }
 
     /// The container's stdout and stderr from its start, following until it exits.
     pub fn output(&self, id: &str) -> impl Stream<Item = Result<Output, DockerError>> + use<> {
-        let options = LogsOptionsBuilder::new()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .build();
+        let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).build();
         let action = format!("read the output of container {}", short(id));
-        self.client
-            .logs(id, Some(options))
-            .map(move |item| match item {
-                Ok(bollard::container::LogOutput::StdErr { message }) => Ok(Output {
-                    stderr: true,
-                    bytes: message.to_vec(),
-                }),
-                Ok(other) => Ok(Output {
-                    stderr: false,
-                    bytes: other.into_bytes().to_vec(),
-                }),
-                Err(e) => Err(op(action.clone())(e)),
-            })
+        self.client.logs(id, Some(options)).map(move |item| match item {
+            Ok(bollard::container::LogOutput::StdErr { message }) => {
+                Ok(Output { stderr: true, bytes: message.to_vec() })
+            }
+            Ok(other) => Ok(Output { stderr: false, bytes: other.into_bytes().to_vec() }),
+            Err(e) => Err(op(action.clone())(e)),
+        })
     }
 
     /// Waits for the container to stop and reports its exit code and whether it was OOM-killed.
@@ -224,16 +188,10 @@ impl Docker {
                 Err(e) => return Err(op(format!("wait for container {}", short(id)))(e)),
             }
         }
-        let inspected = self
-            .client
-            .inspect_container(id, None)
-            .await
-            .map_err(op(format!("inspect container {}", short(id))))?;
+        let inspected =
+            self.client.inspect_container(id, None).await.map_err(op(format!("inspect container {}", short(id))))?;
         let state = inspected.state.unwrap_or_default();
-        Ok(Exit {
-            code: state.exit_code.unwrap_or(-1),
-            oom_killed: state.oom_killed.unwrap_or(false),
-        })
+        Ok(Exit { code: state.exit_code.unwrap_or(-1), oom_killed: state.oom_killed.unwrap_or(false) })
     }
 
     /// Sends a signal (`SIGTERM`, `SIGKILL`); a container that already stopped is not an error.
@@ -241,24 +199,15 @@ impl Docker {
         let options = KillContainerOptionsBuilder::new().signal(signal).build();
         match self.client.kill_container(id, Some(options)).await {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409 | 404,
-                ..
-            }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409 | 404, .. }) => Ok(()),
             Err(e) => Err(op(format!("send {signal} to container {}", short(id)))(e)),
         }
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
-        let options = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match self.client.remove_container(id, Some(options)).await {
-            Ok(())
-            | Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
             Err(e) => Err(op(format!("remove container {}", short(id)))(e)),
         }
     }
@@ -266,23 +215,13 @@ impl Docker {
     /// Containers (IDs) and networks (names) of the jobs of state directory `home`, each with
     /// the job it belongs to.
     pub async fn labelled(&self, home: &str) -> Result<Labelled, DockerError> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![JOB_LABEL.to_string(), format!("{HOME_LABEL}={home}")],
-        )]);
-        let owner = |labels: Option<HashMap<String, String>>| {
-            labels
-                .and_then(|mut l| l.remove(JOB_LABEL))
-                .unwrap_or_default()
-        };
+        let filters =
+            HashMap::from([("label".to_string(), vec![JOB_LABEL.to_string(), format!("{HOME_LABEL}={home}")])]);
+        let owner =
+            |labels: Option<HashMap<String, String>>| labels.and_then(|mut l| l.remove(JOB_LABEL)).unwrap_or_default();
         let containers = self
             .client
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
+            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
             .await
             .map_err(op("list containers"))?
             .into_iter()
@@ -290,9 +229,7 @@ impl Docker {
             .collect();
         let networks = self
             .client
-            .list_networks(Some(
-                ListNetworksOptionsBuilder::new().filters(&filters).build(),
-            ))
+            .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filters).build()))
             .await
             .map_err(op("list networks"))?
             .into_iter()
@@ -300,11 +237,7 @@ impl Docker {
             .collect();
         let volumes = self
             .client
-            .list_volumes(Some(
-                bollard::query_parameters::ListVolumesOptionsBuilder::new()
-                    .filters(&filters)
-                    .build(),
-            ))
+            .list_volumes(Some(bollard::query_parameters::ListVolumesOptionsBuilder::new().filters(&filters).build()))
             .await
             .map_err(op("list volumes"))?
             .volumes
@@ -312,11 +245,7 @@ impl Docker {
             .into_iter()
             .map(|v| (v.name, owner(Some(v.labels))))
             .collect();
-        Ok(Labelled {
-            containers,
-            networks,
-            volumes,
-        })
+        Ok(Labelled { containers, networks, volumes })
     }
 }
 
@@ -347,12 +276,8 @@ impl Docker {
         scratch: &std::path::Path,
         labels: HashMap<String, String>,
     ) -> Result<(), DockerError> {
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            upper.display(),
-            scratch.display()
-        );
+        let options =
+            format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), scratch.display());
         let request = bollard::models::VolumeCreateRequest {
             name: Some(name.into()),
             driver: Some("local".into()),
@@ -364,23 +289,13 @@ impl Docker {
             labels: Some(labels),
             ..Default::default()
         };
-        self.client
-            .create_volume(request)
-            .await
-            .map_err(op(format!("create volume '{name}'")))?;
+        self.client.create_volume(request).await.map_err(op(format!("create volume '{name}'")))?;
         Ok(())
     }
 
     pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
-        match self
-            .client
-            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
-            .await
-        {
-            Ok(())
-            | Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
+        match self.client.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
             Err(e) => Err(op(format!("remove volume '{name}'"))(e)),
         }
     }
@@ -388,9 +303,7 @@ impl Docker {
     pub async fn image_info(&self, image: &str) -> Result<ImageInfo, DockerError> {
         let inspected = match self.client.inspect_image(image).await {
             Ok(i) => i,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                 return Err(DockerError::ImageMissing(image.into()));
             }
             Err(e) => return Err(op(format!("inspect image '{image}'"))(e)),
@@ -427,10 +340,7 @@ impl Docker {
     /// The container's peak memory use so far (cgroup v1 reports it; otherwise the current
     /// use), or `None` once it has stopped.
     pub async fn memory_peak(&self, id: &str) -> Option<u64> {
-        let options = StatsOptionsBuilder::new()
-            .stream(false)
-            .one_shot(true)
-            .build();
+        let options = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
         let mut stats = self.client.stats(id, Some(options));
         let sample = stats.next().await?.ok()?;
         let memory = sample.memory_stats?;

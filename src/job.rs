@@ -118,19 +118,10 @@ impl Job {
 /// The fields AWS accepts that a workstation cannot honour: echoed in the record, ignored,
 /// and named once so nothing is dropped silently.
 const IGNORED: &[(&str, &str)] = &[
-    (
-        "VpcConfig",
-        "no effect: the job runs on its own Docker network",
-    ),
+    ("VpcConfig", "no effect: the job runs on its own Docker network"),
     ("Tags", "kept in the record only"),
-    (
-        "EnableInterContainerTrafficEncryption",
-        "no effect: traffic stays on this machine",
-    ),
-    (
-        "EnableManagedSpotTraining",
-        "the job runs on demand; --interrupt-after DURATION replays a spot interruption",
-    ),
+    ("EnableInterContainerTrafficEncryption", "no effect: traffic stays on this machine"),
+    ("EnableManagedSpotTraining", "the job runs on demand; --interrupt-after DURATION replays a spot interruption"),
     ("DebugHookConfig", "no effect on a workstation"),
     ("DebugRuleConfigurations", "no effect on a workstation"),
     ("TensorBoardOutputConfig", "no effect on a workstation"),
@@ -164,15 +155,12 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         }
         _ => {
             return Err(JobError::Unsupported(
-                "AlgorithmSpecification.TrainingImage is required: name a Docker image that exists on this machine".into(),
+                "AlgorithmSpecification.TrainingImage is required: name a Docker image that exists on this machine"
+                    .into(),
             ));
         }
     };
-    check_input_mode(
-        &algo.training_input_mode,
-        "AlgorithmSpecification.TrainingInputMode",
-        &mut notices,
-    )?;
+    check_input_mode(&algo.training_input_mode, "AlgorithmSpecification.TrainingInputMode", &mut notices)?;
 
     for (i, metric) in algo.metric_definitions.iter().enumerate() {
         if let Err(e) = regex::Regex::new(&metric.regex) {
@@ -213,15 +201,8 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
                 )));
             }
         };
-        let input_mode = c
-            .input_mode
-            .clone()
-            .unwrap_or_else(|| algo.training_input_mode.clone());
-        check_input_mode(
-            &input_mode,
-            &format!("InputDataConfig[{i}].InputMode"),
-            &mut notices,
-        )?;
+        let input_mode = c.input_mode.clone().unwrap_or_else(|| algo.training_input_mode.clone());
+        check_input_mode(&input_mode, &format!("InputDataConfig[{i}].InputMode"), &mut notices)?;
         if c.compression_type.as_deref().is_some_and(|t| t != "None") {
             notices.push(format!(
                 "InputDataConfig[{i}].CompressionType applies to Pipe mode only; channel '{}' is staged as stored",
@@ -242,10 +223,7 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
             data_type,
             sharded: s3.s3_data_distribution_type.as_deref() == Some("ShardedByS3Key"),
             content_type: c.content_type.clone(),
-            record_wrapper: c
-                .record_wrapper_type
-                .clone()
-                .unwrap_or_else(|| "None".into()),
+            record_wrapper: c.record_wrapper_type.clone().unwrap_or_else(|| "None".into()),
             input_mode: "File".into(),
             shuffle_seed: c.shuffle_config.as_ref().map(|s| s.seed),
             groups: s3.instance_group_names.clone(),
@@ -254,10 +232,7 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
 
     let checkpoint = f.checkpoint_config.as_ref().map(|c| CheckpointPlan {
         uri: c.s3_uri.clone(),
-        local_path: c
-            .local_path
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CHECKPOINT_PATH.into()),
+        local_path: c.local_path.clone().unwrap_or_else(|| DEFAULT_CHECKPOINT_PATH.into()),
     });
     if let Some(c) = &checkpoint
         && (!c.local_path.starts_with('/') || c.local_path.split('/').any(|p| p == ".."))
@@ -295,17 +270,9 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         hosts,
         groups,
         memory_scale,
-        output_path: f
-            .output_data_config
-            .s3_output_path
-            .trim_end_matches('/')
-            .to_string(),
+        output_path: f.output_data_config.s3_output_path.trim_end_matches('/').to_string(),
         compress,
-        max_runtime: f
-            .stopping_condition
-            .as_ref()
-            .and_then(|s| s.max_runtime_in_seconds)
-            .map(Duration::from_secs),
+        max_runtime: f.stopping_condition.as_ref().and_then(|s| s.max_runtime_in_seconds).map(Duration::from_secs),
         network_isolation: f.enable_network_isolation,
         metric_definitions: algo.metric_definitions.clone(),
         checkpoint,
@@ -317,20 +284,14 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
 
 /// The job belongs to the account of the role it runs as (`arn:aws:iam::123456789012:role/R`).
 fn account(role_arn: &str) -> &str {
-    role_arn
-        .split(':')
-        .nth(4)
-        .filter(|a| !a.is_empty())
-        .unwrap_or("000000000000")
+    role_arn.split(':').nth(4).filter(|a| !a.is_empty()).unwrap_or("000000000000")
 }
 
 fn check_input_mode(mode: &str, field: &str, notices: &mut Vec<String>) -> Result<(), JobError> {
     match mode {
         "File" => Ok(()),
         "FastFile" => {
-            notices.push(format!(
-                "{field} FastFile is staged as File mode: the algorithm sees the same files"
-            ));
+            notices.push(format!("{field} FastFile is staged as File mode: the algorithm sees the same files"));
             Ok(())
         }
         other => Err(JobError::Unsupported(format!(
@@ -352,29 +313,23 @@ fn cluster(
             "ResourceConfig is required: set ResourceConfig.InstanceType and ResourceConfig.InstanceCount (e.g. \"ml.m5.large\" and 1)".into(),
         ));
     };
-    let groups: Vec<(String, String, i64)> = match (
-        &rc.instance_type,
-        rc.instance_count,
-        rc.instance_groups.is_empty(),
-    ) {
+    let groups: Vec<(String, String, i64)> = match (&rc.instance_type, rc.instance_count, rc.instance_groups.is_empty())
+    {
         (Some(t), Some(n), true) => vec![("homogeneousCluster".into(), t.clone(), n)],
         (None, None, false) => rc
             .instance_groups
             .iter()
-            .map(|g| {
-                (
-                    g.instance_group_name.clone(),
-                    g.instance_type.clone(),
-                    g.instance_count,
-                )
-            })
+            .map(|g| (g.instance_group_name.clone(), g.instance_type.clone(), g.instance_count))
             .collect(),
         (_, _, false) => {
-            errors.push("ResourceConfig: set either InstanceType and InstanceCount, or InstanceGroups, not both".into());
+            errors
+                .push("ResourceConfig: set either InstanceType and InstanceCount, or InstanceGroups, not both".into());
             return Ok(none);
         }
         _ => {
-            errors.push("ResourceConfig: InstanceType and InstanceCount are both required (or use InstanceGroups)".into());
+            errors.push(
+                "ResourceConfig: InstanceType and InstanceCount are both required (or use InstanceGroups)".into(),
+            );
             return Ok(none);
         }
     };
@@ -404,20 +359,11 @@ fn cluster(
         }
         sized.push((name, instance_type, count, instance));
     }
-    let wanted: u64 = sized
-        .iter()
-        .map(|(_, _, n, i)| i.memory_bytes * *n as u64)
-        .sum();
-    let scale = if wanted <= usable {
-        1.0
-    } else {
-        usable as f64 / wanted as f64
-    };
+    let wanted: u64 = sized.iter().map(|(_, _, n, i)| i.memory_bytes * *n as u64).sum();
+    let scale = if wanted <= usable { 1.0 } else { usable as f64 / wanted as f64 };
     if scale < 1.0 && !settings.oversubscribe {
-        let detail: Vec<String> = sized
-            .iter()
-            .map(|(_, t, n, i)| format!("{n} × {t} at {}", human_bytes(i.memory_bytes)))
-            .collect();
+        let detail: Vec<String> =
+            sized.iter().map(|(_, t, n, i)| format!("{n} × {t} at {}", human_bytes(i.memory_bytes))).collect();
         return Err(JobError::DoesNotFit(format!(
             "ResourceConfig asks for {} of memory ({}), but this machine has {} for containers ({} minus a {} reserve). Use smaller or fewer instances, lower the reserve with --memory-reserve, or run with --oversubscribe to scale every container's memory cap down by the same factor (here to {}%)",
             human_bytes(wanted),
@@ -436,18 +382,9 @@ fn cluster(
         for _ in 0..count {
             let host = format!("algo-{}", hosts.len() + 1);
             group_hosts.push(host.clone());
-            hosts.push(HostPlan {
-                name: host,
-                group: name.clone(),
-                instance: instance.clone(),
-                limits,
-            });
+            hosts.push(HostPlan { name: host, group: name.clone(), instance: instance.clone(), limits });
         }
-        plans.push(GroupPlan {
-            name,
-            instance_type,
-            hosts: group_hosts,
-        });
+        plans.push(GroupPlan { name, instance_type, hosts: group_hosts });
     }
     Ok((plans, hosts, scale))
 }
@@ -459,10 +396,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
-            host: Host {
-                cpus: 2,
-                memory_bytes: 16 << 30,
-            },
+            host: Host { cpus: 2, memory_bytes: 16 << 30 },
             reserve: 1 << 30,
             region: "eu-west-1".into(),
             oversubscribe: false,
@@ -491,31 +425,21 @@ mod tests {
         assert_eq!(job.hosts[0].name, "algo-1");
         assert_eq!(job.groups[0].name, "homogeneousCluster");
         assert_eq!(job.hosts[0].limits.memory_bytes, 8 << 30);
-        assert_eq!(
-            job.arn,
-            "arn:aws:sagemaker:eu-west-1:123456789012:training-job/demo-1"
-        );
-        assert_eq!(
-            job.model_artifacts_uri(),
-            "s3://b/out/Demo-1/output/model.tar.gz"
-        );
+        assert_eq!(job.arn, "arn:aws:sagemaker:eu-west-1:123456789012:training-job/demo-1");
+        assert_eq!(job.model_artifacts_uri(), "s3://b/out/Demo-1/output/model.tar.gz");
         assert_eq!(job.max_runtime, Some(Duration::from_secs(3600)));
     }
 
     #[test]
     fn entrypoint_drops_train_and_arguments_replace_it() {
         let job = plan(
-            request(|v| {
-                v["AlgorithmSpecification"]["ContainerEntrypoint"] = json!(["python", "x.py"])
-            }),
+            request(|v| v["AlgorithmSpecification"]["ContainerEntrypoint"] = json!(["python", "x.py"])),
             &settings(),
         )
         .unwrap();
         assert!(job.args.is_empty());
         let job = plan(
-            request(|v| {
-                v["AlgorithmSpecification"]["ContainerArguments"] = json!(["fit", "--fast"])
-            }),
+            request(|v| v["AlgorithmSpecification"]["ContainerArguments"] = json!(["fit", "--fast"])),
             &settings(),
         )
         .unwrap();
@@ -528,21 +452,14 @@ mod tests {
             request(|v| {
                 let c = v["InputDataConfig"][0].clone();
                 v["InputDataConfig"].as_array_mut().unwrap().push(c);
-                v["AlgorithmSpecification"]["MetricDefinitions"] =
-                    json!([{"Name": "loss", "Regex": "loss=([0-9"}]);
+                v["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "loss", "Regex": "loss=([0-9"}]);
             }),
             &settings(),
         )
         .unwrap_err()
         .to_string();
-        assert!(
-            err.starts_with("ValidationException: 2 validation errors detected"),
-            "{err}"
-        );
-        assert!(
-            err.contains("'inputDataConfig.2.member.channelName'"),
-            "{err}"
-        );
+        assert!(err.starts_with("ValidationException: 2 validation errors detected"), "{err}");
+        assert!(err.contains("'inputDataConfig.2.member.channelName'"), "{err}");
         assert!(err.contains("metric 'loss'"), "{err}");
     }
 
@@ -559,19 +476,8 @@ mod tests {
             &settings(),
         )
         .unwrap();
-        let hosts: Vec<(&str, &str)> = job
-            .hosts
-            .iter()
-            .map(|h| (h.name.as_str(), h.group.as_str()))
-            .collect();
-        assert_eq!(
-            hosts,
-            [
-                ("algo-1", "ps"),
-                ("algo-2", "workers"),
-                ("algo-3", "workers")
-            ]
-        );
+        let hosts: Vec<(&str, &str)> = job.hosts.iter().map(|h| (h.name.as_str(), h.group.as_str())).collect();
+        assert_eq!(hosts, [("algo-1", "ps"), ("algo-2", "workers"), ("algo-3", "workers")]);
         assert_eq!(job.groups[1].hosts, ["algo-2", "algo-3"]);
         assert_eq!(job.channels[0].groups, ["workers"]);
     }
@@ -598,44 +504,24 @@ mod tests {
     #[test]
     fn an_unknown_instance_group_in_a_channel_is_refused() {
         let err = plan(
-            request(|v| {
-                v["InputDataConfig"][0]["DataSource"]["S3DataSource"]["InstanceGroupNames"] =
-                    json!(["gpu"])
-            }),
+            request(|v| v["InputDataConfig"][0]["DataSource"]["S3DataSource"]["InstanceGroupNames"] = json!(["gpu"])),
             &settings(),
         )
         .unwrap_err()
         .to_string();
-        assert!(
-            err.contains("Value 'gpu'") && err.contains("no instance group has this name"),
-            "{err}"
-        );
+        assert!(err.contains("Value 'gpu'") && err.contains("no instance group has this name"), "{err}");
     }
 
     #[test]
     fn ignored_fields_are_named() {
-        let job = plan(
-            request(|v| v["Tags"] = json!([{"Key": "a", "Value": "b"}])),
-            &settings(),
-        )
-        .unwrap();
-        assert_eq!(
-            job.notices,
-            ["Tags is accepted and recorded; kept in the record only"]
-        );
+        let job = plan(request(|v| v["Tags"] = json!([{"Key": "a", "Value": "b"}])), &settings()).unwrap();
+        assert_eq!(job.notices, ["Tags is accepted and recorded; kept in the record only"]);
     }
 
     #[test]
     fn pipe_mode_is_refused_with_the_way_out() {
-        let err = plan(
-            request(|v| v["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe")),
-            &settings(),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("'Pipe' is not supported yet; use File"),
-            "{err}"
-        );
+        let err = plan(request(|v| v["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe")), &settings())
+            .unwrap_err();
+        assert!(err.to_string().contains("'Pipe' is not supported yet; use File"), "{err}");
     }
 }

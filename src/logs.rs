@@ -24,11 +24,7 @@ pub async fn follow(
     recorder: Arc<Mutex<Recorder>>,
 ) {
     // Appended: a restarted job (spot replay) keeps the first attempt's lines.
-    let mut file = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    {
+    let mut file = match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
         Ok(f) => Some(f),
         Err(e) => {
             tracing::warn!("cannot write {}: {e}", path.display());
@@ -78,12 +74,7 @@ pub fn hosts(logs_dir: &Path) -> Vec<String> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".log"))
-                .map(str::to_string)
-        })
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".log")).map(str::to_string))
         .collect();
     hosts.sort_by_key(|h| (h.len(), h.clone()));
     hosts
@@ -103,10 +94,7 @@ pub async fn read(
     loop {
         // Read `done` first: lines written before the job ended are read in this pass.
         let ended = done();
-        for host in hosts(logs_dir)
-            .into_iter()
-            .filter(|h| only.is_none_or(|o| o == h))
-        {
+        for host in hosts(logs_dir).into_iter().filter(|h| only.is_none_or(|o| o == h)) {
             let offset = offsets.entry(host.clone()).or_insert(0);
             let Ok(mut file) = std::fs::File::open(logs_dir.join(format!("{host}.log"))) else {
                 continue;
@@ -149,10 +137,7 @@ mod tests {
             let (logs, ended) = (logs.clone(), ended.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(logs.join("algo-1.log"))
-                    .unwrap();
+                let mut f = std::fs::OpenOptions::new().append(true).open(logs.join("algo-1.log")).unwrap();
                 writeln!(f, "two").unwrap();
                 std::fs::write(logs.join("algo-2.log"), "other host\n").unwrap();
                 ended.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -170,14 +155,7 @@ mod tests {
         writer.await.unwrap();
         assert_eq!(seen, ["algo-1 one", "algo-1 two", "algo-2 other host"]);
         let mut only = Vec::new();
-        read(
-            &logs,
-            Some("algo-2"),
-            false,
-            || true,
-            |_, l| only.push(l.to_string()),
-        )
-        .await;
+        read(&logs, Some("algo-2"), false, || true, |_, l| only.push(l.to_string())).await;
         assert_eq!(only, ["other host"]);
     }
 }

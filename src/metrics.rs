@@ -28,22 +28,12 @@ pub struct Recorder {
 impl Recorder {
     /// Compiles the definitions (already validated by [`crate::job`]); points go to `path`.
     pub fn new(definitions: &[MetricDefinition], path: &Path) -> Self {
-        let definitions: Vec<(String, regex::Regex)> = definitions
-            .iter()
-            .filter_map(|d| {
-                regex::Regex::new(&d.regex)
-                    .ok()
-                    .map(|r| (d.name.clone(), r))
-            })
-            .collect();
+        let definitions: Vec<(String, regex::Regex)> =
+            definitions.iter().filter_map(|d| regex::Regex::new(&d.regex).ok().map(|r| (d.name.clone(), r))).collect();
         let file = if definitions.is_empty() {
             None
         } else {
-            match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
+            match std::fs::OpenOptions::new().create(true).append(true).open(path) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     tracing::warn!("cannot write metrics to {}: {e}", path.display());
@@ -51,11 +41,7 @@ impl Recorder {
                 }
             }
         };
-        Recorder {
-            definitions,
-            file,
-            last: BTreeMap::new(),
-        }
+        Recorder { definitions, file, last: BTreeMap::new() }
     }
 
     pub fn observe(&mut self, host: &str, line: &str, timestamp: f64) {
@@ -63,20 +49,11 @@ impl Recorder {
             let Some(caps) = re.captures(line) else {
                 continue;
             };
-            let text = caps
-                .get(1)
-                .or_else(|| caps.get(0))
-                .map(|m| m.as_str())
-                .unwrap_or("");
+            let text = caps.get(1).or_else(|| caps.get(0)).map(|m| m.as_str()).unwrap_or("");
             let Ok(value) = text.trim().parse::<f64>() else {
                 continue;
             };
-            let point = Point {
-                metric: name.clone(),
-                host: host.into(),
-                timestamp,
-                value,
-            };
+            let point = Point { metric: name.clone(), host: host.into(), timestamp, value };
             if let Some(f) = self.file.as_mut()
                 && let Ok(json) = serde_json::to_string(&point)
             {
@@ -94,11 +71,7 @@ impl Recorder {
 
 /// Reads back a job's series (lines that do not parse are skipped: a crash may cut one).
 pub fn read(path: &Path) -> Vec<Point> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// Per metric: last, min, max and how many points.
@@ -140,18 +113,9 @@ mod tests {
 
     fn defs() -> Vec<MetricDefinition> {
         vec![
-            MetricDefinition {
-                name: "train:mse".into(),
-                regex: r"train_mse=([0-9.eE+-]+)".into(),
-            },
-            MetricDefinition {
-                name: "epoch".into(),
-                regex: r"epoch=(\d+)".into(),
-            },
-            MetricDefinition {
-                name: "whole".into(),
-                regex: r"\d+\.\d+%".into(),
-            },
+            MetricDefinition { name: "train:mse".into(), regex: r"train_mse=([0-9.eE+-]+)".into() },
+            MetricDefinition { name: "epoch".into(), regex: r"epoch=(\d+)".into() },
+            MetricDefinition { name: "whole".into(), regex: r"\d+\.\d+%".into() },
         ]
     }
 
@@ -169,26 +133,9 @@ mod tests {
         assert_eq!(names, [("epoch", 2.0), ("train:mse", 0.25)]);
         let points = read(&path);
         assert_eq!(points.len(), 4);
-        assert_eq!(
-            points[0],
-            Point {
-                metric: "train:mse".into(),
-                host: "algo-1".into(),
-                timestamp: 10.0,
-                value: 0.5
-            }
-        );
+        assert_eq!(points[0], Point { metric: "train:mse".into(), host: "algo-1".into(), timestamp: 10.0, value: 0.5 });
         let s = summarize(&points);
-        assert_eq!(
-            s[1],
-            Summary {
-                metric: "train:mse".into(),
-                last: 0.25,
-                min: 0.25,
-                max: 0.5,
-                count: 2
-            }
-        );
+        assert_eq!(s[1], Summary { metric: "train:mse".into(), last: 0.25, min: 0.25, max: 0.5, count: 2 });
     }
 
     #[test]

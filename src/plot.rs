@@ -14,38 +14,22 @@ const MARGIN_B: f64 = 35.0;
 /// Each host's (timestamp, value) points of one metric.
 type Series<'a> = BTreeMap<&'a str, Vec<(f64, f64)>>;
 
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-];
+const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
 
 /// The SVG document for `points` under the title `job`.
 pub fn svg(job: &str, points: &[Point]) -> String {
     let mut by_metric: BTreeMap<&str, Series> = BTreeMap::new();
     for p in points {
-        by_metric
-            .entry(&p.metric)
-            .or_default()
-            .entry(&p.host)
-            .or_default()
-            .push((p.timestamp, p.value));
+        by_metric.entry(&p.metric).or_default().entry(&p.host).or_default().push((p.timestamp, p.value));
     }
-    let start = points
-        .iter()
-        .map(|p| p.timestamp)
-        .fold(f64::INFINITY, f64::min);
-    let end = points
-        .iter()
-        .map(|p| p.timestamp)
-        .fold(f64::NEG_INFINITY, f64::max);
+    let start = points.iter().map(|p| p.timestamp).fold(f64::INFINITY, f64::min);
+    let end = points.iter().map(|p| p.timestamp).fold(f64::NEG_INFINITY, f64::max);
     // A job that printed everything within a second has no time axis worth reading: plot
     // the values in order instead.
     let (start, unit) = if end - start < 1.0 {
         for hosts in by_metric.values_mut() {
             for series in hosts.values_mut() {
-                series
-                    .iter_mut()
-                    .enumerate()
-                    .for_each(|(i, p)| p.0 = i as f64);
+                series.iter_mut().enumerate().for_each(|(i, p)| p.0 = i as f64);
             }
         }
         (0.0, "points")
@@ -60,16 +44,9 @@ pub fn svg(job: &str, points: &[Point]) -> String {
         w = PANEL_W
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="10" y="20" font-size="15" font-weight="bold">{}</text>"#,
-        escape(job)
-    );
+    let _ = writeln!(out, r#"<text x="10" y="20" font-size="15" font-weight="bold">{}</text>"#, escape(job));
     if by_metric.is_empty() {
-        let _ = writeln!(
-            out,
-            r#"<text x="10" y="50">no metric values were recorded</text>"#
-        );
+        let _ = writeln!(out, r#"<text x="10" y="50">no metric values were recorded</text>"#);
     }
     for (i, (metric, hosts)) in by_metric.iter().enumerate() {
         let top = MARGIN_T + PANEL_H * i as f64;
@@ -97,12 +74,7 @@ fn panel(out: &mut String, top: f64, metric: &str, hosts: &Series, start: f64, u
     let x = |t: f64| left + (t - start) / x_max * (right - left);
     let y = |v: f64| bottom - (v - y_min) / (y_max - y_min) * (bottom - ptop);
 
-    let _ = writeln!(
-        out,
-        r#"<text x="{left}" y="{}" font-weight="bold">{}</text>"#,
-        top + 12.0,
-        escape(metric)
-    );
+    let _ = writeln!(out, r#"<text x="{left}" y="{}" font-weight="bold">{}</text>"#, top + 12.0, escape(metric));
     let _ = writeln!(
         out,
         r##"<rect x="{left}" y="{ptop}" width="{}" height="{}" fill="none" stroke="#999"/>"##,
@@ -110,43 +82,22 @@ fn panel(out: &mut String, top: f64, metric: &str, hosts: &Series, start: f64, u
         bottom - ptop
     );
     for (value, at) in [(y_max, ptop), (y_min, bottom)] {
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
-            left - 5.0,
-            at + 4.0,
-            number(value)
-        );
+        let _ =
+            writeln!(out, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 5.0, at + 4.0, number(value));
     }
-    let _ = writeln!(
-        out,
-        r#"<text x="{left}" y="{}">0 {unit}</text>"#,
-        bottom + 15.0
-    );
+    let _ = writeln!(out, r#"<text x="{left}" y="{}">0 {unit}</text>"#, bottom + 15.0);
     let _ = writeln!(
         out,
         r#"<text x="{right}" y="{}" text-anchor="end">{} {unit}</text>"#,
         bottom + 15.0,
-        if unit == "s" {
-            number(x_max)
-        } else {
-            format!("{x_max:.0}")
-        }
+        if unit == "s" { number(x_max) } else { format!("{x_max:.0}") }
     );
     for (i, (host, series)) in hosts.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let coords: Vec<String> = series
-            .iter()
-            .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
-            .collect();
+        let coords: Vec<String> = series.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v))).collect();
         if coords.len() == 1 {
             let (t, v) = series[0];
-            let _ = writeln!(
-                out,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
-                x(t),
-                y(v)
-            );
+            let _ = writeln!(out, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#, x(t), y(v));
         } else {
             let _ = writeln!(
                 out,
@@ -165,18 +116,11 @@ fn panel(out: &mut String, top: f64, metric: &str, hosts: &Series, start: f64, u
 }
 
 fn number(v: f64) -> String {
-    if v.abs() >= 1000.0 || (v != 0.0 && v.abs() < 0.01) {
-        format!("{v:.3e}")
-    } else {
-        format!("{v:.3}")
-    }
+    if v.abs() >= 1000.0 || (v != 0.0 && v.abs() < 0.01) { format!("{v:.3e}") } else { format!("{v:.3}") }
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]

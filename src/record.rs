@@ -8,10 +8,7 @@ use serde_json::{Map, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,9 +99,7 @@ impl Record {
             training_job_status: Status::InProgress,
             secondary_status: "Starting".into(),
             failure_reason: None,
-            model_artifacts: ModelArtifacts {
-                s3_model_artifacts: model_uri.into(),
-            },
+            model_artifacts: ModelArtifacts { s3_model_artifacts: model_uri.into() },
             creation_time: t,
             training_start_time: None,
             training_end_time: None,
@@ -144,13 +139,7 @@ impl Record {
     }
 
     /// Ends the job: the final transition is opened and closed at once, as AWS shows it.
-    pub fn finish(
-        &mut self,
-        status: Status,
-        secondary: &str,
-        message: impl Into<String>,
-        failure: Option<String>,
-    ) {
+    pub fn finish(&mut self, status: Status, secondary: &str, message: impl Into<String>, failure: Option<String>) {
         self.transition(secondary, message);
         let t = self.last_modified_time;
         if let Some(last) = self.secondary_status_transitions.last_mut() {
@@ -174,41 +163,19 @@ mod tests {
 
     #[test]
     fn transitions_close_in_order_and_the_request_is_echoed() {
-        let request =
-            json!({"TrainingJobName": "j", "HyperParameters": {"a": "1"}, "RoleArn": "r"});
-        let mut r = Record::new(
-            "j",
-            "arn",
-            "s3://b/o/j/output/model.tar.gz",
-            request.as_object().unwrap(),
-        );
+        let request = json!({"TrainingJobName": "j", "HyperParameters": {"a": "1"}, "RoleArn": "r"});
+        let mut r = Record::new("j", "arn", "s3://b/o/j/output/model.tar.gz", request.as_object().unwrap());
         r.transition("Downloading", "Downloading input data");
         r.transition("Training", "Training in progress");
-        r.finish(
-            Status::Failed,
-            "Failed",
-            "Training job failed",
-            Some("AlgorithmError: boom".into()),
-        );
+        r.finish(Status::Failed, "Failed", "Training job failed", Some("AlgorithmError: boom".into()));
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["TrainingJobStatus"], "Failed");
         assert_eq!(v["FailureReason"], "AlgorithmError: boom");
         assert_eq!(v["HyperParameters"]["a"], "1");
-        assert_eq!(
-            v["ModelArtifacts"]["S3ModelArtifacts"],
-            "s3://b/o/j/output/model.tar.gz"
-        );
-        let statuses: Vec<&str> = r
-            .secondary_status_transitions
-            .iter()
-            .map(|t| t.status.as_str())
-            .collect();
+        assert_eq!(v["ModelArtifacts"]["S3ModelArtifacts"], "s3://b/o/j/output/model.tar.gz");
+        let statuses: Vec<&str> = r.secondary_status_transitions.iter().map(|t| t.status.as_str()).collect();
         assert_eq!(statuses, ["Starting", "Downloading", "Training", "Failed"]);
-        assert!(
-            r.secondary_status_transitions
-                .iter()
-                .all(|t| t.end_time.is_some())
-        );
+        assert!(r.secondary_status_transitions.iter().all(|t| t.end_time.is_some()));
         let back: Record = serde_json::from_value(v).unwrap();
         assert_eq!(back.request["RoleArn"], "r");
         assert!(!back.request.contains_key("TrainingJobStatus"));

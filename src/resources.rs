@@ -33,13 +33,8 @@ impl Host {
     pub fn detect() -> Self {
         let mut sys = sysinfo::System::new();
         sys.refresh_memory();
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1);
-        Host {
-            cpus,
-            memory_bytes: sys.total_memory(),
-        }
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        Host { cpus, memory_bytes: sys.total_memory() }
     }
 
     /// The default reserve: the larger of 1 GiB and 10% of host memory.
@@ -140,11 +135,7 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 /// Parses `512M`, `2G`, `1.5GiB`, `1073741824` into bytes.
@@ -168,10 +159,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    const HOST: Host = Host {
-        cpus: 2,
-        memory_bytes: 24 * GIB,
-    };
+    const HOST: Host = Host { cpus: 2, memory_bytes: 24 * GIB };
 
     #[test]
     fn table_types_come_from_the_table() {
@@ -187,10 +175,7 @@ mod tests {
         assert_eq!((r.vcpu, r.memory_bytes, r.derived), (8, 64 * GIB, true));
         let c = instance("ml.c6i.large", &HOST).unwrap();
         assert_eq!((c.vcpu, c.memory_bytes), (2, 4 * GIB));
-        assert!(matches!(
-            instance("ml.p5.48xlarge", &HOST),
-            Err(ResourceError::UnknownSizing(_))
-        ));
+        assert!(matches!(instance("ml.p5.48xlarge", &HOST), Err(ResourceError::UnknownSizing(_))));
     }
 
     #[test]
@@ -199,10 +184,7 @@ mod tests {
         let l = limits(&big, &HOST, 1.0);
         assert_eq!((l.memory_bytes, l.nano_cpus), (64 * GIB, 2_000_000_000));
         assert_eq!(limits(&big, &HOST, 0.25).memory_bytes, 16 * GIB);
-        assert_eq!(
-            usable_memory(&HOST, HOST.default_reserve()),
-            24 * GIB - 24 * GIB / 10
-        );
+        assert_eq!(usable_memory(&HOST, HOST.default_reserve()), 24 * GIB - 24 * GIB / 10);
     }
 
     #[test]

@@ -116,9 +116,7 @@ enum StopCause {
 impl StopCause {
     fn message(self) -> &'static str {
         match self {
-            StopCause::Shutdown | StopCause::Requested | StopCause::Interrupted => {
-                "Stopping the training job"
-            }
+            StopCause::Shutdown | StopCause::Requested | StopCause::Interrupted => "Stopping the training job",
             StopCause::MaxRuntime => "Stopping the training job: MaxRuntimeInSeconds exceeded",
         }
     }
@@ -142,10 +140,7 @@ pub async fn run(
     let started = Instant::now();
     docker.ensure_image(&job.image).await?;
     if store.job_dir(&job.name).exists() {
-        return Err(StoreError::ResourceInUse {
-            arn: job.arn.clone(),
-        }
-        .into());
+        return Err(StoreError::ResourceInUse { arn: job.arn.clone() }.into());
     }
     let model_uri = job.model_artifacts_uri();
     if storage::exists(&model_uri).await? {
@@ -154,40 +149,18 @@ pub async fn run(
     let mut record = Record::new(&job.name, &job.arn, &model_uri, &job.request.raw);
     let dir = store.create(&record)?;
     store.claim(&job.name)?;
-    let dir = std::fs::canonicalize(&dir).map_err(|source| RunError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let mut run = Running {
-        job,
-        store,
-        docker,
-        options,
-        dir,
-        containers: Vec::new(),
-        network: None,
-        volumes: Vec::new(),
-    };
+    let dir = std::fs::canonicalize(&dir).map_err(|source| RunError::Io { path: dir.clone(), source })?;
+    let mut run =
+        Running { job, store, docker, options, dir, containers: Vec::new(), network: None, volumes: Vec::new() };
     let stop_requested = CancellationToken::new();
-    let watcher = tokio::spawn(watch_for_stop(
-        store.clone(),
-        job.name.clone(),
-        stop_requested.clone(),
-    ));
-    let result = run
-        .drive(&mut record, &shutdown, &stop_requested, started)
-        .await;
+    let watcher = tokio::spawn(watch_for_stop(store.clone(), job.name.clone(), stop_requested.clone()));
+    let result = run.drive(&mut record, &shutdown, &stop_requested, started).await;
     watcher.abort();
     run.clean_up(&result).await;
     if let Err(e) = &result {
         // The record must not stay InProgress when smlocal itself failed.
         if !record.training_job_status.is_terminal() {
-            record.finish(
-                Status::Failed,
-                "Failed",
-                "Training job failed",
-                Some(format!("InternalServerError: {e}")),
-            );
+            record.finish(Status::Failed, "Failed", "Training job failed", Some(format!("InternalServerError: {e}")));
             let _ = store.save(&record);
         }
     }
@@ -217,14 +190,8 @@ impl Running<'_> {
         let job = self.job;
         let work = self.dir.join("work");
         let logs_dir = self.dir.join("logs");
-        std::fs::create_dir_all(&logs_dir).map_err(|source| RunError::Io {
-            path: logs_dir.clone(),
-            source,
-        })?;
-        let recorder = Arc::new(Mutex::new(Recorder::new(
-            &job.metric_definitions,
-            &metrics::series_path(&self.dir),
-        )));
+        std::fs::create_dir_all(&logs_dir).map_err(|source| RunError::Io { path: logs_dir.clone(), source })?;
+        let recorder = Arc::new(Mutex::new(Recorder::new(&job.metric_definitions, &metrics::series_path(&self.dir))));
         let mut deadline = None;
         let mut attempt = 1;
         let (cause, failed, exits) = loop {
@@ -238,22 +205,12 @@ impl Running<'_> {
             match staged {
                 Ok(mounts) => self.attach(mounts, &work).await?,
                 Err(Prepare::Stopped(cause)) => {
-                    record.finish(
-                        Status::Stopped,
-                        "Stopped",
-                        "Training job stopped before training began",
-                        None,
-                    );
+                    record.finish(Status::Stopped, "Stopped", "Training job stopped before training began", None);
                     self.store.save(record)?;
                     return Ok(self.outcome(record, cause == StopCause::Shutdown, started, None));
                 }
                 Err(Prepare::Client(reason)) => {
-                    record.finish(
-                        Status::Failed,
-                        "Failed",
-                        "Training job failed",
-                        Some(reason),
-                    );
+                    record.finish(Status::Failed, "Failed", "Training job failed", Some(reason));
                     self.store.save(record)?;
                     return Ok(self.outcome(record, false, started, None));
                 }
@@ -262,39 +219,21 @@ impl Running<'_> {
             // What was just restored is already at S3Uri: the syncer learns it before any
             // container can write.
             let syncer = job.checkpoint.as_ref().map(|c| {
-                let dirs = job
-                    .hosts
-                    .iter()
-                    .map(|h| checkpoint_dir(&work, &h.name))
-                    .collect();
+                let dirs = job.hosts.iter().map(|h| checkpoint_dir(&work, &h.name)).collect();
                 Syncer::new(&c.uri, dirs)
             });
             let followers = self.start_hosts(&work, &logs_dir, &recorder).await?;
-            record.transition(
-                "Training",
-                "Training image download completed. Training in progress.",
-            );
+            record.transition("Training", "Training image download completed. Training in progress.");
             self.store.save(record)?;
             // MaxRuntimeInSeconds counts from the first start, across restarts.
-            let deadline = *deadline
-                .get_or_insert_with(|| job.max_runtime.map(|d| tokio::time::Instant::now() + d));
+            let deadline = *deadline.get_or_insert_with(|| job.max_runtime.map(|d| tokio::time::Instant::now() + d));
             let sync = syncer.map(|syncer| {
                 let stop = CancellationToken::new();
-                let task = tokio::spawn(sync_checkpoints(
-                    syncer,
-                    self.options.checkpoint_interval,
-                    stop.clone(),
-                ));
+                let task = tokio::spawn(sync_checkpoints(syncer, self.options.checkpoint_interval, stop.clone()));
                 (stop, task)
             });
-            let interrupt = if attempt == 1 {
-                self.options.interrupt_after
-            } else {
-                None
-            };
-            let supervised = self
-                .supervise(record, shutdown, stop_requested, deadline, interrupt)
-                .await;
+            let interrupt = if attempt == 1 { self.options.interrupt_after } else { None };
+            let supervised = self.supervise(record, shutdown, stop_requested, deadline, interrupt).await;
             // Every line the containers printed is in the logs before the job is reported.
             for f in followers {
                 let _ = f.await;
@@ -311,38 +250,27 @@ impl Running<'_> {
             }
             // A spot interruption, replayed: the instances are gone, the checkpoints are at
             // S3Uri, and the job starts over on fresh instances.
-            record.transition("Interrupted", "Training job interrupted (spot interruption replayed by --interrupt-after); checkpoints synced");
             record.transition(
-                "Restarting",
-                "Restarting the training job from its checkpoints",
+                "Interrupted",
+                "Training job interrupted (spot interruption replayed by --interrupt-after); checkpoints synced",
             );
+            record.transition("Restarting", "Restarting the training job from its checkpoints");
             attempt += 1;
             record.attempts = attempt;
             self.store.save(record)?;
             self.remove_containers().await;
             self.remove_volumes().await;
-            std::fs::remove_dir_all(&work).map_err(|source| RunError::Io {
-                path: work.clone(),
-                source,
-            })?;
+            std::fs::remove_dir_all(&work).map_err(|source| RunError::Io { path: work.clone(), source })?;
         };
 
         record.transition("Uploading", "Uploading generated training model");
         self.store.save(record)?;
         let interrupted = cause == Some(StopCause::Shutdown);
-        let roots: Vec<(String, PathBuf)> = job
-            .hosts
-            .iter()
-            .map(|h| (h.name.clone(), stage::host_root(&work, &h.name)))
-            .collect();
+        let roots: Vec<(String, PathBuf)> =
+            job.hosts.iter().map(|h| (h.name.clone(), stage::host_root(&work, &h.name))).collect();
         record.final_metric_data_list = final_metrics(&recorder);
         if let Err((kept, reason)) = self.collect(&roots).await {
-            record.finish(
-                Status::Failed,
-                "Failed",
-                "Training job failed",
-                Some(reason),
-            );
+            record.finish(Status::Failed, "Failed", "Training job failed", Some(reason));
             self.store.save(record)?;
             return Ok(self.outcome(record, interrupted, started, Some(kept)));
         }
@@ -360,27 +288,14 @@ impl Running<'_> {
             (Some(_), _) => record.finish(Status::Stopped, "Stopped", "Training job stopped", None),
             (None, Some(i)) => {
                 let host = &job.hosts[i];
-                let exit = exits[i].unwrap_or(Exit {
-                    code: -1,
-                    oom_killed: false,
-                });
+                let exit = exits[i].unwrap_or(Exit { code: -1, oom_killed: false });
                 let mut reason = failure_reason(&roots[i].1, &host.name, exit, host);
                 if job.hosts.len() > 1 && !reason.contains(&host.name) {
                     reason = format!("{}: {reason}", host.name);
                 }
-                record.finish(
-                    Status::Failed,
-                    "Failed",
-                    "Training job failed",
-                    Some(reason),
-                );
+                record.finish(Status::Failed, "Failed", "Training job failed", Some(reason));
             }
-            (None, None) => record.finish(
-                Status::Completed,
-                "Completed",
-                "Training job completed",
-                None,
-            ),
+            (None, None) => record.finish(Status::Completed, "Completed", "Training job completed", None),
         }
         self.store.save(record)?;
         Ok(self.outcome(record, interrupted, started, None))
@@ -396,14 +311,10 @@ impl Running<'_> {
         if let Some(c) = &job.checkpoint {
             for host in &job.hosts {
                 let dir = checkpoint_dir(work, &host.name);
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    Prepare::Client(format!("ClientError: cannot create {}: {e}", dir.display()))
-                })?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Prepare::Client(format!("ClientError: cannot create {}: {e}", dir.display())))?;
                 checkpoints::restore(&c.uri, &dir).await.map_err(|e| {
-                    Prepare::Client(format!(
-                        "ClientError: Checkpoint download from {} failed: {e}",
-                        c.uri
-                    ))
+                    Prepare::Client(format!("ClientError: Checkpoint download from {} failed: {e}", c.uri))
                 })?;
             }
         }
@@ -416,24 +327,12 @@ impl Running<'_> {
         let mut overlays = true;
         for m in mounts {
             if overlays {
-                let name = format!(
-                    "smlocal-{}-{}-{}-{}",
-                    self.job.name,
-                    m.host,
-                    m.channel,
-                    unique_suffix()
-                );
-                let usable = [&m.lower, &m.upper, &m.scratch]
-                    .iter()
-                    .all(|p| !p.to_string_lossy().contains([',', ':']));
+                let name = format!("smlocal-{}-{}-{}-{}", self.job.name, m.host, m.channel, unique_suffix());
+                let usable = [&m.lower, &m.upper, &m.scratch].iter().all(|p| !p.to_string_lossy().contains([',', ':']));
                 let created = if usable {
-                    self.docker
-                        .create_overlay_volume(&name, &m.lower, &m.upper, &m.scratch, self.labels())
-                        .await
+                    self.docker.create_overlay_volume(&name, &m.lower, &m.upper, &m.scratch, self.labels()).await
                 } else {
-                    Err(DockerError::Unsupported(
-                        "a path with ',' or ':' cannot be an overlay layer".into(),
-                    ))
+                    Err(DockerError::Unsupported("a path with ',' or ':' cannot be an overlay layer".into()))
                 };
                 match created {
                     Ok(()) => {
@@ -441,17 +340,13 @@ impl Running<'_> {
                         continue;
                     }
                     Err(e) => {
-                        tracing::info!(
-                            "copying the channels instead of mounting them from the cache: {e}"
-                        );
+                        tracing::info!("copying the channels instead of mounting them from the cache: {e}");
                         overlays = false;
                     }
                 }
             }
-            m.copy_into(work).map_err(|e| RunError::Io {
-                path: m.lower.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            m.copy_into(work)
+                .map_err(|e| RunError::Io { path: m.lower.clone(), source: std::io::Error::other(e.to_string()) })?;
         }
         Ok(())
     }
@@ -472,23 +367,16 @@ impl Running<'_> {
             None => {
                 // Isolation keeps the network internal: hosts reach each other and nothing else.
                 let name = format!("smlocal-{}-{suffix}", job.name);
-                self.docker
-                    .create_network(&name, self.labels(), job.network_isolation)
-                    .await?;
+                self.docker.create_network(&name, self.labels(), job.network_isolation).await?;
                 self.network = Some(name.clone());
                 name
             }
         };
-        let specs: Vec<ContainerSpec> = job
-            .hosts
-            .iter()
-            .map(|h| self.container_spec(h, work, &network, &suffix))
-            .collect();
+        let specs: Vec<ContainerSpec> =
+            job.hosts.iter().map(|h| self.container_spec(h, work, &network, &suffix)).collect();
         // Created concurrently; every one that was created is kept for clean-up, even when
         // another failed.
-        let created =
-            futures::future::join_all(specs.iter().map(|spec| self.docker.create_container(spec)))
-                .await;
+        let created = futures::future::join_all(specs.iter().map(|spec| self.docker.create_container(spec))).await;
         let mut first_error = None;
         for (host, result) in job.hosts.iter().zip(created) {
             match result {
@@ -501,8 +389,7 @@ impl Running<'_> {
         if let Some(e) = first_error {
             return Err(e.into());
         }
-        futures::future::try_join_all(self.containers.iter().map(|(_, id)| self.docker.start(id)))
-            .await?;
+        futures::future::try_join_all(self.containers.iter().map(|(_, id)| self.docker.start(id))).await?;
         if let Some(hook) = &self.options.on_start {
             self.containers.iter().for_each(|(host, id)| hook(host, id));
         }
@@ -575,9 +462,7 @@ impl Running<'_> {
             let grace = self.options.stop_grace.as_secs();
             match (cause, failed) {
                 (Some(StopCause::Interrupted), _) => {
-                    tracing::info!(
-                        "replaying a spot interruption: SIGTERM now, SIGKILL after {grace}s"
-                    )
+                    tracing::info!("replaying a spot interruption: SIGTERM now, SIGKILL after {grace}s")
                 }
                 (Some(cause), _) => {
                     record.training_job_status = Status::Stopping;
@@ -598,18 +483,9 @@ impl Running<'_> {
 
     /// SIGTERM to every host still running, then SIGKILL to those still running after the
     /// grace period; returns when all have exited.
-    async fn stop_all(
-        &self,
-        exits: &mut [Option<Exit>],
-        waits: &mut Waits,
-    ) -> Result<(), RunError> {
+    async fn stop_all(&self, exits: &mut [Option<Exit>], waits: &mut Waits) -> Result<(), RunError> {
         let running = |exits: &[Option<Exit>]| -> Vec<String> {
-            self.containers
-                .iter()
-                .zip(exits)
-                .filter(|(_, e)| e.is_none())
-                .map(|((_, id), _)| id.clone())
-                .collect()
+            self.containers.iter().zip(exits).filter(|(_, e)| e.is_none()).map(|((_, id), _)| id.clone()).collect()
         };
         for id in running(exits) {
             self.docker.signal(&id, "SIGTERM").await?;
@@ -642,20 +518,11 @@ impl Running<'_> {
     fn labels(&self) -> HashMap<String, String> {
         HashMap::from([
             (JOB_LABEL.to_string(), self.job.name.clone()),
-            (
-                HOME_LABEL.to_string(),
-                self.store.root().display().to_string(),
-            ),
+            (HOME_LABEL.to_string(), self.store.root().display().to_string()),
         ])
     }
 
-    fn container_spec(
-        &self,
-        host: &HostPlan,
-        work: &Path,
-        network: &str,
-        suffix: &str,
-    ) -> ContainerSpec {
+    fn container_spec(&self, host: &HostPlan, work: &Path, network: &str, suffix: &str) -> ContainerSpec {
         let job = self.job;
         let mut env = vec![
             format!("TRAINING_JOB_NAME={}", job.name),
@@ -663,21 +530,14 @@ impl Running<'_> {
             format!("AWS_REGION={}", job.region),
         ];
         if self.options.pass_credentials {
-            for key in [
-                "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY",
-                "AWS_SESSION_TOKEN",
-            ] {
+            for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
                 if let Ok(value) = std::env::var(key) {
                     env.push(format!("{key}={value}"));
                 }
             }
         }
         env.extend(job.environment.iter().map(|(k, v)| format!("{k}={v}")));
-        let mut binds = vec![format!(
-            "{}:/opt/ml",
-            stage::host_root(work, &host.name).display()
-        )];
+        let mut binds = vec![format!("{}:/opt/ml", stage::host_root(work, &host.name).display())];
         binds.extend(
             self.volumes
                 .iter()
@@ -688,19 +548,11 @@ impl Running<'_> {
         if let Some(c) = &job.checkpoint
             && c.local_path.trim_end_matches('/') != crate::job::DEFAULT_CHECKPOINT_PATH
         {
-            binds.push(format!(
-                "{}:{}",
-                checkpoint_dir(work, &host.name).display(),
-                c.local_path
-            ));
+            binds.push(format!("{}:{}", checkpoint_dir(work, &host.name).display(), c.local_path));
         }
         ContainerSpec {
             name: format!("smlocal-{}-{}-{suffix}", job.name, host.name),
-            hostname: if self.options.instance_hostnames {
-                instance_hostname(&host.name)
-            } else {
-                host.name.clone()
-            },
+            hostname: if self.options.instance_hostnames { instance_hostname(&host.name) } else { host.name.clone() },
             alias: host.name.clone(),
             image: job.image.clone(),
             entrypoint: job.entrypoint.clone(),
@@ -724,35 +576,15 @@ impl Running<'_> {
         let out = self.dir.join("artifacts");
         let job = self.job;
         let pairs = [
-            (
-                "model",
-                "model",
-                out.join("model.tar.gz"),
-                job.model_artifacts_uri(),
-            ),
-            (
-                "output",
-                "output/data",
-                out.join("output.tar.gz"),
-                job.output_artifacts_uri(),
-            ),
+            ("model", "model", out.join("model.tar.gz"), job.model_artifacts_uri()),
+            ("output", "output/data", out.join("output.tar.gz"), job.output_artifacts_uri()),
         ];
-        let fail = |what: String| {
-            (
-                out.clone(),
-                format!(
-                    "ClientError: {what}; the artifacts are kept in {}",
-                    out.display()
-                ),
-            )
-        };
-        std::fs::create_dir_all(&out)
-            .map_err(|e| fail(format!("cannot create {}: {e}", out.display())))?;
+        let fail =
+            |what: String| (out.clone(), format!("ClientError: {what}; the artifacts are kept in {}", out.display()));
+        std::fs::create_dir_all(&out).map_err(|e| fail(format!("cannot create {}: {e}", out.display())))?;
         for (what, folder, archive, _) in &pairs {
-            let sources: Vec<(String, PathBuf)> = roots
-                .iter()
-                .map(|(host, root)| (host.clone(), root.join(folder)))
-                .collect();
+            let sources: Vec<(String, PathBuf)> =
+                roots.iter().map(|(host, root)| (host.clone(), root.join(folder))).collect();
             let a = archive.clone();
             let packed = tokio::task::spawn_blocking(move || artifacts::pack_merged(&sources, &a))
                 .await
@@ -766,17 +598,10 @@ impl Running<'_> {
                     c.hosts[0]
                 );
             }
-            tracing::debug!(
-                entries = packed.entries,
-                bytes = packed.bytes,
-                "packed {}",
-                archive.display()
-            );
+            tracing::debug!(entries = packed.entries, bytes = packed.bytes, "packed {}", archive.display());
         }
         for (_, _, archive, uri) in &pairs {
-            storage::upload(archive, uri)
-                .await
-                .map_err(|e| fail(format!("uploading {uri} failed: {e}")))?;
+            storage::upload(archive, uri).await.map_err(|e| fail(format!("uploading {uri} failed: {e}")))?;
         }
         if !self.options.keep {
             let _ = std::fs::remove_dir_all(&out);
@@ -791,12 +616,7 @@ impl Running<'_> {
         started: Instant,
         kept_artifacts: Option<PathBuf>,
     ) -> JobOutcome {
-        JobOutcome {
-            record: record.clone(),
-            interrupted,
-            elapsed: started.elapsed(),
-            kept_artifacts,
-        }
+        JobOutcome { record: record.clone(), interrupted, elapsed: started.elapsed(), kept_artifacts }
     }
 
     /// Removes the job's containers, network and work files (unless `--keep`), whatever
@@ -823,10 +643,7 @@ impl Running<'_> {
 
     async fn clean_up(&mut self, result: &Result<JobOutcome, RunError>) {
         if self.options.keep {
-            tracing::debug!(
-                "--keep: leaving containers, network and {} in place",
-                self.dir.join("work").display()
-            );
+            tracing::debug!("--keep: leaving containers, network and {} in place", self.dir.join("work").display());
             return;
         }
         self.remove_containers().await;
@@ -867,11 +684,7 @@ fn checkpoint_dir(work: &Path, host: &str) -> PathBuf {
 }
 
 /// Syncs until `stop`, then once more so the final state is at `S3Uri`.
-async fn sync_checkpoints(
-    mut syncer: Syncer,
-    every: Duration,
-    stop: CancellationToken,
-) -> Result<(), StorageError> {
+async fn sync_checkpoints(mut syncer: Syncer, every: Duration, stop: CancellationToken) -> Result<(), StorageError> {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -894,11 +707,7 @@ fn final_metrics(recorder: &Mutex<Recorder>) -> Vec<MetricData> {
     recorder
         .final_metrics()
         .into_iter()
-        .map(|p| MetricData {
-            metric_name: p.metric,
-            value: p.value,
-            timestamp: p.timestamp,
-        })
+        .map(|p| MetricData { metric_name: p.metric, value: p.value, timestamp: p.timestamp })
         .collect()
 }
 
@@ -983,10 +792,7 @@ mod tests {
                 accelerators: 0,
                 derived: false,
             },
-            limits: Limits {
-                memory_bytes: 256 << 20,
-                nano_cpus: 2_000_000_000,
-            },
+            limits: Limits { memory_bytes: 256 << 20, nano_cpus: 2_000_000_000 },
         }
     }
 
@@ -995,52 +801,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("output")).unwrap();
         std::fs::write(dir.path().join("output/failure"), "x".repeat(2000)).unwrap();
-        let reason = failure_reason(
-            dir.path(),
-            "algo-1",
-            Exit {
-                code: 1,
-                oom_killed: false,
-            },
-            &plan(),
-        );
+        let reason = failure_reason(dir.path(), "algo-1", Exit { code: 1, oom_killed: false }, &plan());
         assert_eq!(reason.len(), 1024);
     }
 
     #[test]
     fn without_a_failure_file_the_exit_code_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let reason = failure_reason(
-            dir.path(),
-            "algo-1",
-            Exit {
-                code: 3,
-                oom_killed: false,
-            },
-            &plan(),
-        );
-        assert!(
-            reason.starts_with("AlgorithmError:") && reason.contains("exit code 3"),
-            "{reason}"
-        );
+        let reason = failure_reason(dir.path(), "algo-1", Exit { code: 3, oom_killed: false }, &plan());
+        assert!(reason.starts_with("AlgorithmError:") && reason.contains("exit code 3"), "{reason}");
     }
 
     #[test]
     fn out_of_memory_names_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let reason = failure_reason(
-            dir.path(),
-            "algo-1",
-            Exit {
-                code: 137,
-                oom_killed: true,
-            },
-            &plan(),
-        );
+        let reason = failure_reason(dir.path(), "algo-1", Exit { code: 137, oom_killed: true }, &plan());
         assert!(
-            reason.starts_with("OutOfMemoryError")
-                && reason.contains("256.0 MiB")
-                && reason.contains("scaled down"),
+            reason.starts_with("OutOfMemoryError") && reason.contains("256.0 MiB") && reason.contains("scaled down"),
             "{reason}"
         );
     }

@@ -22,22 +22,11 @@ pub enum StageError {
     )]
     UnsafeKey { channel: String, key: String },
     #[error("channel '{channel}': keys '{first}' and '{second}' both map to the file '{path}'")]
-    Collision {
-        channel: String,
-        first: String,
-        second: String,
-        path: String,
-    },
-    #[error(
-        "channel '{channel}': {uri} holds no objects; SageMaker refuses a channel with no data"
-    )]
+    Collision { channel: String, first: String, second: String, path: String },
+    #[error("channel '{channel}': {uri} holds no objects; SageMaker refuses a channel with no data")]
     Empty { channel: String, uri: String },
     #[error("channel '{channel}': manifest {uri} is not valid: {reason}")]
-    Manifest {
-        channel: String,
-        uri: String,
-        reason: String,
-    },
+    Manifest { channel: String, uri: String, reason: String },
     #[error("channel '{channel}': {source}")]
     Storage {
         channel: String,
@@ -92,9 +81,7 @@ impl ChannelMount {
     /// The fallback where overlays are not available: a private copy in the host's
     /// `/opt/ml/input/data/<channel>`.
     pub fn copy_into(&self, work: &Path) -> Result<(), StageError> {
-        let dest = host_root(work, &self.host)
-            .join("input/data")
-            .join(&self.channel);
+        let dest = host_root(work, &self.host).join("input/data").join(&self.channel);
         copy_tree(&self.lower, &dest)
     }
 }
@@ -108,45 +95,22 @@ pub struct Staged {
 
 /// Makes every host's tree and fills it: S3 channels through the cache (as overlay mounts),
 /// `file://` channels as private copies.
-pub async fn stage(
-    job: &Job,
-    work: &Path,
-    cache: &Cache,
-    progress: &Progress,
-) -> Result<Staged, StageError> {
+pub async fn stage(job: &Job, work: &Path, cache: &Cache, progress: &Progress) -> Result<Staged, StageError> {
     let mut staged = Staged::default();
     for host in &job.hosts {
         let root = host_root(work, &host.name);
         for dir in ["input/config", "input/data", "model", "output/data"] {
             mkdir(&root.join(dir))?;
         }
-        write_json(
-            &root.join("input/config/hyperparameters.json"),
-            &Value::Object(job.hyperparameters.clone()),
-        )?;
-        write_json(
-            &root.join("input/config/resourceconfig.json"),
-            &resource_config(job, host),
-        )?;
-        let input_config: serde_json::Map<String, Value> = job
-            .channels
-            .iter()
-            .filter(|c| serves(c, host))
-            .map(|c| (c.name.clone(), input_data_config(c)))
-            .collect();
-        write_json(
-            &root.join("input/config/inputdataconfig.json"),
-            &Value::Object(input_config),
-        )?;
-        staged
-            .hosts
-            .insert(host.name.clone(), HostStaging::default());
+        write_json(&root.join("input/config/hyperparameters.json"), &Value::Object(job.hyperparameters.clone()))?;
+        write_json(&root.join("input/config/resourceconfig.json"), &resource_config(job, host))?;
+        let input_config: serde_json::Map<String, Value> =
+            job.channels.iter().filter(|c| serves(c, host)).map(|c| (c.name.clone(), input_data_config(c))).collect();
+        write_json(&root.join("input/config/inputdataconfig.json"), &Value::Object(input_config))?;
+        staged.hosts.insert(host.name.clone(), HostStaging::default());
     }
     for channel in &job.channels {
-        let storage_err = |source| StageError::Storage {
-            channel: channel.name.clone(),
-            source,
-        };
+        let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };
         let objects = resolve(channel).await?;
         let receivers: Vec<&HostPlan> = job.hosts.iter().filter(|h| serves(channel, h)).collect();
         let shares: Vec<Vec<StagedObject>> = if channel.sharded {
@@ -159,8 +123,7 @@ pub async fn stage(
             // Every object once, whatever the number of hosts that see it.
             let wanted = with_info(&objects).await.map_err(storage_err)?;
             let cached = cache.fetch(&wanted, progress).await.map_err(storage_err)?;
-            let by_uri: BTreeMap<&str, &PathBuf> =
-                wanted.iter().map(|w| w.uri.as_str()).zip(&cached).collect();
+            let by_uri: BTreeMap<&str, &PathBuf> = wanted.iter().map(|w| w.uri.as_str()).zip(&cached).collect();
             for (host, share) in receivers.iter().zip(&shares) {
                 let base = work.join(".channels").join(&host.name).join(&channel.name);
                 let mount = ChannelMount {
@@ -175,27 +138,18 @@ pub async fn stage(
                     mkdir(dir)?;
                 }
                 for o in share {
-                    let from = by_uri
-                        .get(o.uri.as_str())
-                        .copied()
-                        .cloned()
-                        .unwrap_or_default();
+                    let from = by_uri.get(o.uri.as_str()).copied().cloned().unwrap_or_default();
                     link_or_copy(&from, &mount.lower.join(&o.relative))?;
                 }
                 let entry = staged.hosts.entry(host.name.clone()).or_default();
                 entry.objects += share.len();
-                entry.bytes += wanted
-                    .iter()
-                    .filter(|w| share.iter().any(|o| o.uri == w.uri))
-                    .map(|w| w.info.size)
-                    .sum::<u64>();
+                entry.bytes +=
+                    wanted.iter().filter(|w| share.iter().any(|o| o.uri == w.uri)).map(|w| w.info.size).sum::<u64>();
                 staged.mounts.push(mount);
             }
         } else {
             for (host, share) in receivers.iter().zip(&shares) {
-                let dir = host_root(work, &host.name)
-                    .join("input/data")
-                    .join(&channel.name);
+                let dir = host_root(work, &host.name).join("input/data").join(&channel.name);
                 mkdir(&dir)?;
                 let bytes = fetch_all(channel, share, &dir, progress).await?;
                 let entry = staged.hosts.entry(host.name.clone()).or_default();
@@ -209,20 +163,16 @@ pub async fn stage(
 
 /// Sizes and versions for every object, looking up those a manifest named.
 async fn with_info(objects: &[StagedObject]) -> Result<Vec<Wanted>, StorageError> {
-    let looked_up: Vec<Result<Wanted, StorageError>> =
-        futures::stream::iter(objects.iter().map(|o| async move {
-            let info = match &o.info {
-                Some(info) => info.clone(),
-                None => storage::head(&o.uri).await?,
-            };
-            Ok(Wanted {
-                uri: o.uri.clone(),
-                info,
-            })
-        }))
-        .buffered(PARALLEL_DOWNLOADS)
-        .collect()
-        .await;
+    let looked_up: Vec<Result<Wanted, StorageError>> = futures::stream::iter(objects.iter().map(|o| async move {
+        let info = match &o.info {
+            Some(info) => info.clone(),
+            None => storage::head(&o.uri).await?,
+        };
+        Ok(Wanted { uri: o.uri.clone(), info })
+    }))
+    .buffered(PARALLEL_DOWNLOADS)
+    .collect()
+    .await;
     let mut wanted: Vec<Wanted> = looked_up.into_iter().collect::<Result<_, _>>()?;
     wanted.dedup_by(|a, b| a.uri == b.uri);
     Ok(wanted)
@@ -235,27 +185,18 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), StageError> {
     }
     std::fs::hard_link(from, to)
         .or_else(|_| std::fs::copy(from, to).map(|_| ()))
-        .map_err(|source| StageError::Io {
-            path: to.into(),
-            source,
-        })
+        .map_err(|source| StageError::Io { path: to.into(), source })
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), StageError> {
     mkdir(to)?;
-    let entries = std::fs::read_dir(from).map_err(|source| StageError::Io {
-        path: from.into(),
-        source,
-    })?;
+    let entries = std::fs::read_dir(from).map_err(|source| StageError::Io { path: from.into(), source })?;
     for entry in entries.flatten() {
         let (src, dest) = (entry.path(), to.join(entry.file_name()));
         if src.is_dir() {
             copy_tree(&src, &dest)?;
         } else {
-            std::fs::copy(&src, &dest).map_err(|source| StageError::Io {
-                path: dest.clone(),
-                source,
-            })?;
+            std::fs::copy(&src, &dest).map_err(|source| StageError::Io { path: dest.clone(), source })?;
         }
     }
     Ok(())
@@ -263,11 +204,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), StageError> {
 
 /// The `ShardedByS3Key` rule: sort the keys, shuffle them with `seed` when one is given,
 /// then object `i` goes to host `(i mod hosts) + 1`.
-pub fn shard(
-    mut objects: Vec<StagedObject>,
-    hosts: usize,
-    seed: Option<i64>,
-) -> Vec<Vec<StagedObject>> {
+pub fn shard(mut objects: Vec<StagedObject>, hosts: usize, seed: Option<i64>) -> Vec<Vec<StagedObject>> {
     objects.sort_by(|a, b| a.uri.cmp(&b.uri));
     if let Some(seed) = seed {
         shuffle(&mut objects, seed as u64);
@@ -325,11 +262,7 @@ pub fn input_data_config(channel: &ChannelPlan) -> Value {
         entry.insert("ContentType".into(), json!(ct));
     }
     entry.insert("TrainingInputMode".into(), json!(channel.input_mode));
-    let distribution = if channel.sharded {
-        "ShardedByS3Key"
-    } else {
-        "FullyReplicated"
-    };
+    let distribution = if channel.sharded { "ShardedByS3Key" } else { "FullyReplicated" };
     entry.insert("S3DistributionType".into(), json!(distribution));
     entry.insert("RecordWrapperType".into(), json!(channel.record_wrapper));
     Value::Object(entry)
@@ -338,10 +271,7 @@ pub fn input_data_config(channel: &ChannelPlan) -> Value {
 /// The channel's objects and where each lands, with every key checked before anything is
 /// written.
 pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageError> {
-    let storage_err = |source| StageError::Storage {
-        channel: channel.name.clone(),
-        source,
-    };
+    let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };
     let mut out = Vec::new();
     match channel.data_type {
         DataType::S3Prefix => {
@@ -353,18 +283,9 @@ pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageEr
                 if rest.ends_with('/') {
                     continue;
                 }
-                let relative =
-                    safe_relative(rest.strip_prefix('/').unwrap_or(rest)).ok_or_else(|| {
-                        StageError::UnsafeKey {
-                            channel: channel.name.clone(),
-                            key: object.key.clone(),
-                        }
-                    })?;
-                out.push(StagedObject {
-                    uri: location.uri_of(&object.key),
-                    relative,
-                    info: Some(object),
-                });
+                let relative = safe_relative(rest.strip_prefix('/').unwrap_or(rest))
+                    .ok_or_else(|| StageError::UnsafeKey { channel: channel.name.clone(), key: object.key.clone() })?;
+                out.push(StagedObject { uri: location.uri_of(&object.key), relative, info: Some(object) });
             }
         }
         DataType::ManifestFile => {
@@ -376,23 +297,14 @@ pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageEr
             })?;
             Location::parse(&prefix).map_err(storage_err)?;
             for key in keys {
-                let relative = safe_relative(&key).ok_or_else(|| StageError::UnsafeKey {
-                    channel: channel.name.clone(),
-                    key: key.clone(),
-                })?;
-                out.push(StagedObject {
-                    uri: format!("{prefix}{key}"),
-                    relative,
-                    info: None,
-                });
+                let relative = safe_relative(&key)
+                    .ok_or_else(|| StageError::UnsafeKey { channel: channel.name.clone(), key: key.clone() })?;
+                out.push(StagedObject { uri: format!("{prefix}{key}"), relative, info: None });
             }
         }
     }
     if out.is_empty() {
-        return Err(StageError::Empty {
-            channel: channel.name.clone(),
-            uri: channel.uri.clone(),
-        });
+        return Err(StageError::Empty { channel: channel.name.clone(), uri: channel.uri.clone() });
     }
     let mut seen: BTreeMap<&Path, &str> = BTreeMap::new();
     for o in &out {
@@ -411,9 +323,7 @@ pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageEr
 /// A manifest is a JSON array: `{"prefix": "s3://bucket/path/"}` then keys relative to it.
 fn parse_manifest(bytes: &[u8]) -> Result<(String, Vec<String>), String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let items = value
-        .as_array()
-        .ok_or("expected a JSON array: [{\"prefix\": \"s3://...\"}, \"key1\", ...]")?;
+    let items = value.as_array().ok_or("expected a JSON array: [{\"prefix\": \"s3://...\"}, \"key1\", ...]")?;
     let prefix = items
         .first()
         .and_then(|f| f.get("prefix"))
@@ -422,11 +332,7 @@ fn parse_manifest(bytes: &[u8]) -> Result<(String, Vec<String>), String> {
     let keys = items[1..]
         .iter()
         .enumerate()
-        .map(|(i, k)| {
-            k.as_str()
-                .map(str::to_string)
-                .ok_or(format!("element {} is not a string key", i + 1))
-        })
+        .map(|(i, k)| k.as_str().map(str::to_string).ok_or(format!("element {} is not a string key", i + 1)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((prefix.to_string(), keys))
 }
@@ -464,36 +370,25 @@ async fn fetch_all(
         let dest = folder.join(&o.relative);
         async move {
             let n = storage::download(&o.uri, &dest).await?;
-            progress
-                .fetched
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            progress.fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             Ok::<u64, StorageError>(n)
         }
     }))
     .buffer_unordered(PARALLEL_DOWNLOADS);
     let mut total = 0;
     while let Some(result) = downloads.next().await {
-        total += result.map_err(|source| StageError::Storage {
-            channel: channel.name.clone(),
-            source,
-        })?;
+        total += result.map_err(|source| StageError::Storage { channel: channel.name.clone(), source })?;
     }
     Ok(total)
 }
 
 fn mkdir(path: &Path) -> Result<(), StageError> {
-    std::fs::create_dir_all(path).map_err(|source| StageError::Io {
-        path: path.into(),
-        source,
-    })
+    std::fs::create_dir_all(path).map_err(|source| StageError::Io { path: path.into(), source })
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<(), StageError> {
     let text = serde_json::to_string(value).unwrap_or_default();
-    std::fs::write(path, text).map_err(|source| StageError::Io {
-        path: path.into(),
-        source,
-    })
+    std::fs::write(path, text).map_err(|source| StageError::Io { path: path.into(), source })
 }
 
 #[cfg(test)]
@@ -502,19 +397,12 @@ mod tests {
 
     fn objects(keys: &[&str]) -> Vec<StagedObject> {
         keys.iter()
-            .map(|k| StagedObject {
-                uri: format!("s3://b/{k}"),
-                relative: PathBuf::from(k),
-                info: None,
-            })
+            .map(|k| StagedObject { uri: format!("s3://b/{k}"), relative: PathBuf::from(k), info: None })
             .collect()
     }
 
     fn keys(share: &[StagedObject]) -> Vec<String> {
-        share
-            .iter()
-            .map(|o| o.relative.display().to_string())
-            .collect()
+        share.iter().map(|o| o.relative.display().to_string()).collect()
     }
 
     #[test]
@@ -550,20 +438,11 @@ mod tests {
 
     #[test]
     fn manifests_need_a_prefix_first() {
-        let (prefix, keys) =
-            parse_manifest(br#"[{"prefix":"s3://b/d/"},"x.csv","s/y.csv"]"#).unwrap();
+        let (prefix, keys) = parse_manifest(br#"[{"prefix":"s3://b/d/"},"x.csv","s/y.csv"]"#).unwrap();
         assert_eq!(prefix, "s3://b/d/");
         assert_eq!(keys, ["x.csv", "s/y.csv"]);
-        assert!(
-            parse_manifest(br#"["x.csv"]"#)
-                .unwrap_err()
-                .contains("first element")
-        );
-        assert!(
-            parse_manifest(br#"[{"prefix":"s3://b/"}, 3]"#)
-                .unwrap_err()
-                .contains("element 1")
-        );
+        assert!(parse_manifest(br#"["x.csv"]"#).unwrap_err().contains("first element"));
+        assert!(parse_manifest(br#"[{"prefix":"s3://b/"}, 3]"#).unwrap_err().contains("element 1"));
     }
 
     #[tokio::test]
@@ -572,10 +451,7 @@ mod tests {
         let manifest = dir.path().join("m.json");
         std::fs::write(
             &manifest,
-            format!(
-                r#"[{{"prefix":"file://{}/"}},"ok.csv","../../etc/passwd"]"#,
-                dir.path().display()
-            ),
+            format!(r#"[{{"prefix":"file://{}/"}},"ok.csv","../../etc/passwd"]"#, dir.path().display()),
         )
         .unwrap();
         let channel = ChannelPlan {
@@ -590,9 +466,6 @@ mod tests {
             groups: vec![],
         };
         let err = resolve(&channel).await.unwrap_err().to_string();
-        assert!(
-            err.contains("'../../etc/passwd'") && err.contains("outside the channel folder"),
-            "{err}"
-        );
+        assert!(err.contains("'../../etc/passwd'") && err.contains("outside the channel folder"), "{err}");
     }
 }

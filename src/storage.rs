@@ -24,14 +24,8 @@ pub enum StorageError {
     },
     #[error("'{uri}' does not exist")]
     NotFound { uri: String },
-    #[error(
-        "'{uri}' arrived incomplete: {got} of {expected} bytes (it may have changed while it was read)"
-    )]
-    Incomplete {
-        uri: String,
-        expected: u64,
-        got: u64,
-    },
+    #[error("'{uri}' arrived incomplete: {got} of {expected} bytes (it may have changed while it was read)")]
+    Incomplete { uri: String, expected: u64, got: u64 },
     #[error("{action} '{}': {source}", path.display())]
     Io {
         action: &'static str,
@@ -57,30 +51,20 @@ pub enum Location {
 
 impl Location {
     pub fn parse(uri: &str) -> Result<Self, StorageError> {
-        let bad = |reason: &str| StorageError::BadUri {
-            uri: uri.into(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| StorageError::BadUri { uri: uri.into(), reason: reason.into() };
         if let Some(rest) = uri.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(bad("no bucket name; expected s3://bucket/prefix"));
             }
-            Ok(Location::S3 {
-                bucket: bucket.into(),
-                key: key.into(),
-            })
+            Ok(Location::S3 { bucket: bucket.into(), key: key.into() })
         } else if let Some(rest) = uri.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                return Err(bad(
-                    "file:// URIs must hold an absolute path, e.g. file:///home/me/data/",
-                ));
+                return Err(bad("file:// URIs must hold an absolute path, e.g. file:///home/me/data/"));
             }
             Ok(Location::Local { path: rest.into() })
         } else if uri.starts_with("https://") {
-            Err(bad(
-                "https:// S3 URIs are not supported; use s3://bucket/key",
-            ))
+            Err(bad("https:// S3 URIs are not supported; use s3://bucket/key"))
         } else {
             Err(bad("expected s3://bucket/prefix or file:///absolute/path"))
         }
@@ -117,16 +101,10 @@ pub struct ObjectInfo {
 fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     // object_store retries for minutes by default; a user waiting at a terminal should hear
     // about an unreachable endpoint in seconds.
-    let retry = RetryConfig {
-        max_retries: 3,
-        retry_timeout: Duration::from_secs(20),
-        ..Default::default()
-    };
+    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(20), ..Default::default() };
     let options = ClientOptions::new().with_connect_timeout(Duration::from_secs(5));
-    let mut builder = AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_retry(retry)
-        .with_client_options(options);
+    let mut builder =
+        AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry).with_client_options(options);
     if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_ok() {
         builder = builder.with_region(std::env::var("AWS_DEFAULT_REGION").unwrap_or_default());
     }
@@ -139,10 +117,7 @@ fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
 fn store_error(uri: &str, source: object_store::Error) -> StorageError {
     match source {
         object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.into() },
-        source => StorageError::Store {
-            uri: uri.into(),
-            source,
-        },
+        source => StorageError::Store { uri: uri.into(), source },
     }
 }
 
@@ -157,11 +132,7 @@ pub async fn list(uri: &str) -> Result<Vec<ObjectInfo>, StorageError> {
             // keep the keys that match the string prefix.
             let folder = key.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("");
             let prefix = (!folder.is_empty()).then(|| StorePath::from(folder));
-            let objects: Vec<_> = store
-                .list(prefix.as_ref())
-                .try_collect()
-                .await
-                .map_err(|e| store_error(uri, e))?;
+            let objects: Vec<_> = store.list(prefix.as_ref()).try_collect().await.map_err(|e| store_error(uri, e))?;
             let mut found: Vec<ObjectInfo> = objects
                 .into_iter()
                 .filter(|o| o.location.as_ref().starts_with(key.as_str()))
@@ -188,20 +159,12 @@ async fn list_local(uri: &str, path: &str) -> Result<Vec<ObjectInfo>, StorageErr
         return Err(StorageError::NotFound { uri: uri.into() });
     }
     let store = LocalFileSystem::new();
-    let prefix = StorePath::from_filesystem_path(folder).map_err(|e| StorageError::BadUri {
-        uri: uri.into(),
-        reason: e.to_string(),
-    })?;
-    let objects: Vec<_> = store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(|e| store_error(uri, e))?;
+    let prefix = StorePath::from_filesystem_path(folder)
+        .map_err(|e| StorageError::BadUri { uri: uri.into(), reason: e.to_string() })?;
+    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.map_err(|e| store_error(uri, e))?;
     let mut found = Vec::new();
     for o in objects {
-        let file = store
-            .path_to_filesystem(&o.location)
-            .map_err(|e| store_error(uri, e))?;
+        let file = store.path_to_filesystem(&o.location).map_err(|e| store_error(uri, e))?;
         let file = file.to_string_lossy().into_owned();
         if file.starts_with(path) {
             found.push(ObjectInfo {
@@ -221,46 +184,24 @@ pub async fn read(uri: &str) -> Result<Vec<u8>, StorageError> {
     match Location::parse(uri)? {
         Location::S3 { bucket, key } => {
             let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let got = store
-                .get(&StorePath::from(key.as_str()))
-                .await
-                .map_err(|e| store_error(uri, e))?;
+            let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| store_error(uri, e))?;
             Ok(got.bytes().await.map_err(|e| store_error(uri, e))?.to_vec())
         }
-        Location::Local { path } => {
-            tokio::fs::read(&path)
-                .await
-                .map_err(|source| match source.kind() {
-                    std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
-                    _ => StorageError::Io {
-                        action: "cannot read",
-                        path: path.into(),
-                        source,
-                    },
-                })
-        }
+        Location::Local { path } => tokio::fs::read(&path).await.map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+            _ => StorageError::Io { action: "cannot read", path: path.into(), source },
+        }),
     }
 }
 
 /// Copies one object to `dest` (parents must exist). Returns the bytes written.
 pub async fn download(uri: &str, dest: &Path) -> Result<u64, StorageError> {
-    let io = |action| {
-        move |source| StorageError::Io {
-            action,
-            path: dest.to_path_buf(),
-            source,
-        }
-    };
+    let io = |action| move |source| StorageError::Io { action, path: dest.to_path_buf(), source };
     match Location::parse(uri)? {
         Location::S3 { bucket, key } => {
             let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let got = store
-                .get(&StorePath::from(key.as_str()))
-                .await
-                .map_err(|e| store_error(uri, e))?;
-            let mut file = tokio::fs::File::create(dest)
-                .await
-                .map_err(io("cannot create"))?;
+            let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| store_error(uri, e))?;
+            let mut file = tokio::fs::File::create(dest).await.map_err(io("cannot create"))?;
             let mut stream = got.into_stream();
             let mut written = 0u64;
             while let Some(chunk) = stream.try_next().await.map_err(|e| store_error(uri, e))? {
@@ -272,18 +213,10 @@ pub async fn download(uri: &str, dest: &Path) -> Result<u64, StorageError> {
         }
         // A plain copy lets the kernel use copy_file_range (and reflinks where the file
         // system has them); the source is only ever read.
-        Location::Local { path } => {
-            tokio::fs::copy(&path, dest)
-                .await
-                .map_err(|source| match source.kind() {
-                    std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
-                    _ => StorageError::Io {
-                        action: "cannot copy to",
-                        path: dest.to_path_buf(),
-                        source,
-                    },
-                })
-        }
+        Location::Local { path } => tokio::fs::copy(&path, dest).await.map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+            _ => StorageError::Io { action: "cannot copy to", path: dest.to_path_buf(), source },
+        }),
     }
 }
 
@@ -292,27 +225,16 @@ pub async fn download(uri: &str, dest: &Path) -> Result<u64, StorageError> {
 pub async fn upload(src: &Path, uri: &str) -> Result<(), StorageError> {
     let io = |action, path: &Path| {
         let path = path.to_path_buf();
-        move |source| StorageError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| StorageError::Io { action, path, source }
     };
     match Location::parse(uri)? {
         Location::S3 { bucket, key } => {
             let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let mut writer =
-                object_store::buffered::BufWriter::new(store, StorePath::from(key.as_str()));
-            let mut file = tokio::fs::File::open(src)
-                .await
-                .map_err(io("cannot open", src))?;
+            let mut writer = object_store::buffered::BufWriter::new(store, StorePath::from(key.as_str()));
+            let mut file = tokio::fs::File::open(src).await.map_err(io("cannot open", src))?;
             if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
                 let _ = writer.abort().await;
-                return Err(StorageError::Io {
-                    action: "cannot upload",
-                    path: src.to_path_buf(),
-                    source: e,
-                });
+                return Err(StorageError::Io { action: "cannot upload", path: src.to_path_buf(), source: e });
             }
             writer.shutdown().await.map_err(|e| StorageError::Io {
                 action: "cannot finish uploading",
@@ -323,21 +245,11 @@ pub async fn upload(src: &Path, uri: &str) -> Result<(), StorageError> {
         Location::Local { path } => {
             let dest = PathBuf::from(path);
             let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-            tokio::fs::create_dir_all(&parent)
-                .await
-                .map_err(io("cannot create", &parent))?;
-            let tmp = parent.join(format!(
-                ".{}.smlocal-partial",
-                dest.file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("upload")
-            ));
-            tokio::fs::copy(src, &tmp)
-                .await
-                .map_err(io("cannot write", &tmp))?;
-            tokio::fs::rename(&tmp, &dest)
-                .await
-                .map_err(io("cannot rename into", &dest))
+            tokio::fs::create_dir_all(&parent).await.map_err(io("cannot create", &parent))?;
+            let tmp = parent
+                .join(format!(".{}.smlocal-partial", dest.file_name().and_then(|n| n.to_str()).unwrap_or("upload")));
+            tokio::fs::copy(src, &tmp).await.map_err(io("cannot write", &tmp))?;
+            tokio::fs::rename(&tmp, &dest).await.map_err(io("cannot rename into", &dest))
         }
     }
 }
@@ -347,10 +259,7 @@ pub async fn head(uri: &str) -> Result<ObjectInfo, StorageError> {
     match Location::parse(uri)? {
         Location::S3 { bucket, key } => {
             let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let meta = store
-                .head(&StorePath::from(key.as_str()))
-                .await
-                .map_err(|e| store_error(uri, e))?;
+            let meta = store.head(&StorePath::from(key.as_str())).await.map_err(|e| store_error(uri, e))?;
             Ok(ObjectInfo {
                 key,
                 size: meta.size,
@@ -359,28 +268,17 @@ pub async fn head(uri: &str) -> Result<ObjectInfo, StorageError> {
             })
         }
         Location::Local { path } => {
-            let meta = tokio::fs::metadata(&path)
-                .await
-                .map_err(|source| match source.kind() {
-                    std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
-                    _ => StorageError::Io {
-                        action: "cannot read",
-                        path: path.clone().into(),
-                        source,
-                    },
-                })?;
+            let meta = tokio::fs::metadata(&path).await.map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+                _ => StorageError::Io { action: "cannot read", path: path.clone().into(), source },
+            })?;
             let modified_ms = meta
                 .modified()
                 .ok()
                 .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
-            Ok(ObjectInfo {
-                key: path,
-                size: meta.len(),
-                etag: None,
-                modified_ms,
-            })
+            Ok(ObjectInfo { key: path, size: meta.len(), etag: None, modified_ms })
         }
     }
 }
@@ -397,10 +295,7 @@ pub async fn download_part(
 ) -> Result<u64, StorageError> {
     use std::os::unix::fs::FileExt;
     let Location::S3 { bucket, key } = Location::parse(uri)? else {
-        return Err(StorageError::BadUri {
-            uri: uri.into(),
-            reason: "ranged downloads are for s3:// objects".into(),
-        });
+        return Err(StorageError::BadUri { uri: uri.into(), reason: "ranged downloads are for s3:// objects".into() });
     };
     let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
     let options = object_store::GetOptions {
@@ -408,19 +303,15 @@ pub async fn download_part(
         if_match: etag.map(str::to_string),
         ..Default::default()
     };
-    let got = store
-        .get_opts(&StorePath::from(key.as_str()), options)
-        .await
-        .map_err(|e| store_error(uri, e))?;
+    let got = store.get_opts(&StorePath::from(key.as_str()), options).await.map_err(|e| store_error(uri, e))?;
     let mut stream = got.into_stream();
     let mut at = offset;
     while let Some(chunk) = stream.try_next().await.map_err(|e| store_error(uri, e))? {
-        file.write_all_at(&chunk, at)
-            .map_err(|source| StorageError::Io {
-                action: "cannot write",
-                path: PathBuf::from(uri),
-                source,
-            })?;
+        file.write_all_at(&chunk, at).map_err(|source| StorageError::Io {
+            action: "cannot write",
+            path: PathBuf::from(uri),
+            source,
+        })?;
         at += chunk.len() as u64;
     }
     Ok(at - offset)
@@ -435,11 +326,7 @@ pub struct Upload {
 
 enum UploadSink {
     S3(object_store::buffered::BufWriter),
-    Local {
-        file: tokio::fs::File,
-        tmp: PathBuf,
-        dest: PathBuf,
-    },
+    Local { file: tokio::fs::File, tmp: PathBuf, dest: PathBuf },
 }
 
 impl Upload {
@@ -447,33 +334,20 @@ impl Upload {
         let sink = match Location::parse(uri)? {
             Location::S3 { bucket, key } => {
                 let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-                UploadSink::S3(object_store::buffered::BufWriter::new(
-                    store,
-                    StorePath::from(key.as_str()),
-                ))
+                UploadSink::S3(object_store::buffered::BufWriter::new(store, StorePath::from(key.as_str())))
             }
             Location::Local { path } => {
                 let dest = PathBuf::from(path);
                 let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-                let io = |source| StorageError::Io {
-                    action: "cannot create",
-                    path: parent.clone(),
-                    source,
-                };
+                let io = |source| StorageError::Io { action: "cannot create", path: parent.clone(), source };
                 tokio::fs::create_dir_all(&parent).await.map_err(io)?;
-                let name = dest
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("upload");
+                let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("upload");
                 let tmp = parent.join(format!(".{name}.smlocal-partial"));
                 let file = tokio::fs::File::create(&tmp).await.map_err(io)?;
                 UploadSink::Local { file, tmp, dest }
             }
         };
-        Ok(Upload {
-            uri: uri.into(),
-            sink,
-        })
+        Ok(Upload { uri: uri.into(), sink })
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
@@ -481,34 +355,20 @@ impl Upload {
             UploadSink::S3(w) => w.write_all(bytes).await,
             UploadSink::Local { file, .. } => file.write_all(bytes).await,
         };
-        result.map_err(|source| StorageError::Io {
-            action: "cannot upload to",
-            path: PathBuf::from(&self.uri),
-            source,
-        })
+        result.map_err(|source| StorageError::Io { action: "cannot upload to", path: PathBuf::from(&self.uri), source })
     }
 
     pub async fn finish(self) -> Result<(), StorageError> {
         let uri = self.uri;
         let io = |action| {
             let path = PathBuf::from(&uri);
-            move |source| StorageError::Io {
-                action,
-                path,
-                source,
-            }
+            move |source| StorageError::Io { action, path, source }
         };
         match self.sink {
             UploadSink::S3(mut w) => w.shutdown().await.map_err(io("cannot finish uploading")),
-            UploadSink::Local {
-                mut file,
-                tmp,
-                dest,
-            } => {
+            UploadSink::Local { mut file, tmp, dest } => {
                 file.flush().await.map_err(io("cannot write"))?;
-                tokio::fs::rename(&tmp, &dest)
-                    .await
-                    .map_err(io("cannot rename into"))
+                tokio::fs::rename(&tmp, &dest).await.map_err(io("cannot rename into"))
             }
         }
     }
@@ -539,11 +399,7 @@ pub async fn delete(uri: &str) -> Result<(), StorageError> {
         Location::Local { path } => match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StorageError::Io {
-                action: "cannot delete",
-                path: path.into(),
-                source,
-            }),
+            Err(source) => Err(StorageError::Io { action: "cannot delete", path: path.into(), source }),
         },
     }
 }
@@ -571,47 +427,18 @@ mod tests {
     fn uris_parse_or_say_what_is_expected() {
         assert_eq!(
             Location::parse("s3://bucket/a/b").unwrap(),
-            Location::S3 {
-                bucket: "bucket".into(),
-                key: "a/b".into()
-            }
+            Location::S3 { bucket: "bucket".into(), key: "a/b".into() }
         );
-        assert_eq!(
-            Location::parse("s3://bucket").unwrap(),
-            Location::S3 {
-                bucket: "bucket".into(),
-                key: "".into()
-            }
-        );
-        assert_eq!(
-            Location::parse("file:///data/x").unwrap(),
-            Location::Local {
-                path: "/data/x".into()
-            }
-        );
-        assert!(
-            Location::parse("file://relative/x")
-                .unwrap_err()
-                .to_string()
-                .contains("absolute path")
-        );
-        assert!(
-            Location::parse("gs://b/k")
-                .unwrap_err()
-                .to_string()
-                .contains("expected s3://")
-        );
+        assert_eq!(Location::parse("s3://bucket").unwrap(), Location::S3 { bucket: "bucket".into(), key: "".into() });
+        assert_eq!(Location::parse("file:///data/x").unwrap(), Location::Local { path: "/data/x".into() });
+        assert!(Location::parse("file://relative/x").unwrap_err().to_string().contains("absolute path"));
+        assert!(Location::parse("gs://b/k").unwrap_err().to_string().contains("expected s3://"));
     }
 
     #[tokio::test]
     async fn local_listing_uses_string_prefixes() {
         let dir = tempfile::tempdir().unwrap();
-        for f in [
-            "train/a.csv",
-            "train/sub/b.csv",
-            "train2/c.csv",
-            "test/d.csv",
-        ] {
+        for f in ["train/a.csv", "train/sub/b.csv", "train2/c.csv", "test/d.csv"] {
             let p = dir.path().join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, f).unwrap();
@@ -621,18 +448,11 @@ mod tests {
         let all = keys(list(&format!("file://{root}/train")).await.unwrap());
         assert_eq!(
             all,
-            [
-                format!("{root}/train/a.csv"),
-                format!("{root}/train/sub/b.csv"),
-                format!("{root}/train2/c.csv")
-            ]
+            [format!("{root}/train/a.csv"), format!("{root}/train/sub/b.csv"), format!("{root}/train2/c.csv")]
         );
         let slash = keys(list(&format!("file://{root}/train/")).await.unwrap());
         assert_eq!(slash.len(), 2);
-        assert!(matches!(
-            list("file:///no/such/dir/").await,
-            Err(StorageError::NotFound { .. })
-        ));
+        assert!(matches!(list("file:///no/such/dir/").await, Err(StorageError::NotFound { .. })));
     }
 
     #[tokio::test]
@@ -641,9 +461,7 @@ mod tests {
         let src = dir.path().join("src.bin");
         std::fs::write(&src, b"payload").unwrap();
         let dest = dir.path().join("out/job/output/model.tar.gz");
-        upload(&src, &format!("file://{}", dest.display()))
-            .await
-            .unwrap();
+        upload(&src, &format!("file://{}", dest.display())).await.unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"payload");
         assert!(exists(&format!("file://{}", dest.display())).await.unwrap());
     }

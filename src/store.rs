@@ -12,13 +12,9 @@ pub enum StoreError {
         "ResourceInUse: Training job names must be unique within an AWS account and region, and a training job with this name already exists ({arn}). Pick a new TrainingJobName, or run with --unique-name to append a timestamp as the SageMaker SDK does"
     )]
     ResourceInUse { arn: String },
-    #[error(
-        "ValidationException: Requested resource not found: no training job named '{0}' (see `smlocal list`)"
-    )]
+    #[error("ValidationException: Requested resource not found: no training job named '{0}' (see `smlocal list`)")]
     NotFound(String),
-    #[error(
-        "ValidationException: The training job {name} is already {status}; there is nothing to stop"
-    )]
+    #[error("ValidationException: The training job {name} is already {status}; there is nothing to stop")]
     AlreadyEnded { name: String, status: String },
     #[error("the training job {0} is still running; stop it first (smlocal stop {0})")]
     StillRunning(String),
@@ -77,9 +73,7 @@ impl Store {
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::ResourceInUse {
-                    arn: record.training_job_arn.clone(),
-                });
+                return Err(StoreError::ResourceInUse { arn: record.training_job_arn.clone() });
             }
             Err(e) => return Err(io("create", &dir)(e)),
         }
@@ -93,15 +87,10 @@ impl Store {
         let dir = self.job_dir(&record.training_job_name);
         let path = dir.join("record.json");
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("write", &path))?;
-        let text = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        tmp.write_all(&text)
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(io("write", &path))?;
-        tmp.persist(&path)
-            .map_err(|e| io("write", &path)(e.error))?;
+        let text = serde_json::to_vec_pretty(record)
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        tmp.write_all(&text).and_then(|_| tmp.as_file().sync_all()).map_err(io("write", &path))?;
+        tmp.persist(&path).map_err(|e| io("write", &path)(e.error))?;
         Ok(())
     }
 
@@ -114,10 +103,7 @@ impl Store {
             }
             Err(e) => return Err(io("read", &path)(e)),
         };
-        serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
-            path,
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt { path, reason: e.to_string() })
     }
 
     /// Asks the process running `name` to stop it, as StopTrainingJob does. The runner looks
@@ -191,11 +177,7 @@ impl Store {
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
-    move |source| StoreError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| StoreError::Io { action, path, source }
 }
 
 #[cfg(test)]
@@ -204,12 +186,7 @@ mod tests {
     use crate::record::Status;
 
     fn record(name: &str) -> Record {
-        Record::new(
-            name,
-            &format!("arn:{name}"),
-            "s3://b/m",
-            &serde_json::Map::new(),
-        )
+        Record::new(name, &format!("arn:{name}"), "s3://b/m", &serde_json::Map::new())
     }
 
     #[test]
@@ -234,23 +211,12 @@ mod tests {
         store.create(&second).unwrap();
         first.finish(Status::Completed, "Completed", "done", None);
         store.save(&first).unwrap();
-        let names: Vec<String> = store
-            .list()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.training_job_name)
-            .collect();
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|r| r.training_job_name).collect();
         assert_eq!(names, ["second", "first"]);
-        assert_eq!(
-            store.load("first").unwrap().training_job_status,
-            Status::Completed
-        );
+        assert_eq!(store.load("first").unwrap().training_job_status, Status::Completed);
         assert!(matches!(store.load("nope"), Err(StoreError::NotFound(_))));
-        let leftovers: Vec<_> = std::fs::read_dir(store.job_dir("first"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let leftovers: Vec<_> =
+            std::fs::read_dir(store.job_dir("first")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(leftovers, ["record.json"]);
     }
 }

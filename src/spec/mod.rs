@@ -22,11 +22,7 @@ pub enum SpecError {
 /// AWS's wording: `1 validation error detected: ...` / `2 validation errors detected: a; b`.
 pub fn validation_sentence(errors: &[String]) -> String {
     let plural = if errors.len() == 1 { "error" } else { "errors" };
-    format!(
-        "{} validation {plural} detected: {}",
-        errors.len(),
-        errors.join("; ")
-    )
+    format!("{} validation {plural} detected: {}", errors.len(), errors.join("; "))
 }
 
 /// A request that matches the service model, with the fields smlocal acts on typed and the
@@ -194,18 +190,12 @@ mod tests {
         let req = parse(text).unwrap();
         let keys: Vec<&String> = req.fields.hyper_parameters.keys().collect();
         assert_eq!(keys, ["sagemaker_program", "b", "a"]);
-        assert_eq!(
-            req.fields.hyper_parameters["sagemaker_program"],
-            "\"train.py\""
-        );
+        assert_eq!(req.fields.hyper_parameters["sagemaker_program"], "\"train.py\"");
     }
 
     #[test]
     fn several_constraint_errors_are_counted() {
         let err = SpecError::Constraints(vec!["a".into(), "b".into()]);
-        assert_eq!(
-            err.to_string(),
-            "ValidationException: 2 validation errors detected: a; b"
-        );
+        assert_eq!(err.to_string(), "ValidationException: 2 validation errors detected: a; b");
     }
 }

@@ -18,12 +18,9 @@ pub struct Findings {
 fn model() -> &'static Map<String, Value> {
     static MODEL: OnceLock<Map<String, Value>> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let doc: Value = serde_json::from_str(include_str!("shapes.json"))
-            .expect("the embedded botocore model is valid JSON");
-        doc.get("shapes")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
+        let doc: Value =
+            serde_json::from_str(include_str!("shapes.json")).expect("the embedded botocore model is valid JSON");
+        doc.get("shapes").and_then(Value::as_object).cloned().unwrap_or_default()
     })
 }
 
@@ -44,48 +41,28 @@ struct Where {
 
 impl Where {
     fn root() -> Self {
-        Where {
-            wire: String::new(),
-            aws: String::new(),
-        }
+        Where { wire: String::new(), aws: String::new() }
     }
     fn member(&self, name: &str) -> Self {
         let mut lower = name.to_string();
         if let Some(first) = lower.get(0..1) {
             lower.replace_range(0..1, &first.to_lowercase());
         }
-        Where {
-            wire: join(&self.wire, name),
-            aws: join(&self.aws, &lower),
-        }
+        Where { wire: join(&self.wire, name), aws: join(&self.aws, &lower) }
     }
     fn item(&self, index: usize) -> Self {
-        Where {
-            wire: format!("{}[{index}]", self.wire),
-            aws: join(&self.aws, &format!("{}.member", index + 1)),
-        }
+        Where { wire: format!("{}[{index}]", self.wire), aws: join(&self.aws, &format!("{}.member", index + 1)) }
     }
     fn key(&self, key: &str) -> Self {
-        Where {
-            wire: format!("{}.{key}", self.wire),
-            aws: join(&self.aws, key),
-        }
+        Where { wire: format!("{}.{key}", self.wire), aws: join(&self.aws, key) }
     }
     fn wire_or_input(&self) -> &str {
-        if self.wire.is_empty() {
-            "input"
-        } else {
-            &self.wire
-        }
+        if self.wire.is_empty() { "input" } else { &self.wire }
     }
 }
 
 fn join(a: &str, b: &str) -> String {
-    if a.is_empty() {
-        b.to_string()
-    } else {
-        format!("{a}.{b}")
-    }
+    if a.is_empty() { b.to_string() } else { format!("{a}.{b}") }
 }
 
 fn walk(shape_name: &str, value: &Value, at: &Where, out: &mut Findings) {
@@ -133,20 +110,10 @@ fn walk(shape_name: &str, value: &Value, at: &Where, out: &mut Findings) {
                 return type_error(value, at, "int", out);
             };
             if let Some(min) = shape.get("min").and_then(Value::as_i64).filter(|m| n < *m) {
-                constraint(
-                    value,
-                    at,
-                    &format!("Member must have value greater than or equal to {min}"),
-                    out,
-                );
+                constraint(value, at, &format!("Member must have value greater than or equal to {min}"), out);
             }
             if let Some(max) = shape.get("max").and_then(Value::as_i64).filter(|m| n > *m) {
-                constraint(
-                    value,
-                    at,
-                    &format!("Member must have value less than or equal to {max}"),
-                    out,
-                );
+                constraint(value, at, &format!("Member must have value less than or equal to {max}"), out);
             }
         }
         "float" | "double" if !value.is_number() => {
@@ -169,17 +136,9 @@ fn walk_structure(shape: &Value, value: &Value, at: &Where, out: &mut Findings) 
     let members = shape.get("members").and_then(Value::as_object);
     let empty = Map::new();
     let members = members.unwrap_or(&empty);
-    for required in shape
-        .get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for required in shape.get("required").and_then(Value::as_array).into_iter().flatten() {
         if let Some(name) = required.as_str().filter(|n| !fields.contains_key(*n)) {
-            out.parameters.push(format!(
-                "Missing required parameter in {}: \"{name}\"",
-                at.wire_or_input()
-            ));
+            out.parameters.push(format!("Missing required parameter in {}: \"{name}\"", at.wire_or_input()));
         }
     }
     for (name, field) in fields {
@@ -229,12 +188,7 @@ fn check_string(shape_name: &str, shape: &Value, s: &str, at: &Where, out: &mut 
         } else {
             list.join(", ")
         };
-        constraint(
-            &value,
-            at,
-            &format!("Member must satisfy enum value set: [{shown}]{hint}"),
-            out,
-        );
+        constraint(&value, at, &format!("Member must satisfy enum value set: [{shown}]{hint}"), out);
     }
     if let Some(pattern) = shape.get("pattern").and_then(Value::as_str) {
         // The service anchors its patterns; a few use Java-only syntax (look-behind,
@@ -243,12 +197,7 @@ fn check_string(shape_name: &str, shape: &Value, s: &str, at: &Where, out: &mut 
         if let Ok(re) = regex::Regex::new(&format!("^(?:{pattern})$"))
             && !re.is_match(s)
         {
-            constraint(
-                &value,
-                at,
-                &format!("Member must satisfy regular expression pattern: {pattern}"),
-                out,
-            );
+            constraint(&value, at, &format!("Member must satisfy regular expression pattern: {pattern}"), out);
         }
     }
 }
@@ -265,29 +214,11 @@ fn extension_allows(shape_name: &str, s: &str) -> bool {
 
 fn check_length(shape: &Value, len: usize, value: &Value, at: &Where, out: &mut Findings) {
     let len = len as i64;
-    if let Some(min) = shape
-        .get("min")
-        .and_then(Value::as_i64)
-        .filter(|m| len < *m)
-    {
-        constraint(
-            value,
-            at,
-            &format!("Member must have length greater than or equal to {min}"),
-            out,
-        );
+    if let Some(min) = shape.get("min").and_then(Value::as_i64).filter(|m| len < *m) {
+        constraint(value, at, &format!("Member must have length greater than or equal to {min}"), out);
     }
-    if let Some(max) = shape
-        .get("max")
-        .and_then(Value::as_i64)
-        .filter(|m| len > *m)
-    {
-        constraint(
-            value,
-            at,
-            &format!("Member must have length less than or equal to {max}"),
-            out,
-        );
+    if let Some(max) = shape.get("max").and_then(Value::as_i64).filter(|m| len > *m) {
+        constraint(value, at, &format!("Member must have length less than or equal to {max}"), out);
     }
 }
 
@@ -309,11 +240,7 @@ fn type_error(value: &Value, at: &Where, expected: &str, out: &mut Findings) {
 }
 
 fn constraint(value: &Value, at: &Where, rule: &str, out: &mut Findings) {
-    out.constraints.push(format!(
-        "Value '{}' at '{}' failed to satisfy constraint: {rule}",
-        short(value),
-        at.aws
-    ));
+    out.constraints.push(format!("Value '{}' at '{}' failed to satisfy constraint: {rule}", short(value), at.aws));
 }
 
 fn short(value: &Value) -> String {
@@ -321,11 +248,7 @@ fn short(value: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    if text.chars().count() > 80 {
-        format!("{}...", text.chars().take(77).collect::<String>())
-    } else {
-        text
-    }
+    if text.chars().count() > 80 { format!("{}...", text.chars().take(77).collect::<String>()) } else { text }
 }
 
 /// The candidate nearest to `word` by edit distance (ignoring case), when it is near enough to
@@ -348,11 +271,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(row[j]).min(cur)
-            };
+            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(cur) };
             prev = cur;
         }
     }
@@ -388,9 +307,8 @@ mod tests {
         let f = check("CreateTrainingJobRequest", &req);
         assert_eq!(f.parameters.len(), 1);
         assert!(
-            f.parameters[0].starts_with(
-                "Unknown parameter in input: \"HyperParameter\" (did you mean \"HyperParameters\"?)"
-            ),
+            f.parameters[0]
+                .starts_with("Unknown parameter in input: \"HyperParameter\" (did you mean \"HyperParameters\"?)"),
             "{}",
             f.parameters[0]
         );
@@ -402,13 +320,12 @@ mod tests {
         req["ResourceConfig"]["InstanceTyp"] = json!("ml.m5.large");
         req.as_object_mut().unwrap().remove("RoleArn");
         let f = check("CreateTrainingJobRequest", &req);
-        assert!(f.parameters.iter().any(|p| p.starts_with("Unknown parameter in ResourceConfig: \"InstanceTyp\" (did you mean \"InstanceType\"?)")), "{f:?}");
         assert!(
-            f.parameters
-                .iter()
-                .any(|p| p == "Missing required parameter in input: \"RoleArn\""),
+            f.parameters.iter().any(|p| p
+                .starts_with("Unknown parameter in ResourceConfig: \"InstanceTyp\" (did you mean \"InstanceType\"?)")),
             "{f:?}"
         );
+        assert!(f.parameters.iter().any(|p| p == "Missing required parameter in input: \"RoleArn\""), "{f:?}");
     }
 
     #[test]
@@ -428,18 +345,8 @@ mod tests {
         req["Environment"] = json!({"1BAD": "x"});
         req["HyperParameters"] = json!({"k": 3});
         let f = check("CreateTrainingJobRequest", &req);
-        assert!(
-            f.constraints
-                .iter()
-                .any(|c| c.contains("at 'inputDataConfig.1.member.channelName'")),
-            "{f:?}"
-        );
-        assert!(
-            f.constraints
-                .iter()
-                .any(|c| c.contains("Value '1BAD' at 'environment.1BAD'")),
-            "{f:?}"
-        );
+        assert!(f.constraints.iter().any(|c| c.contains("at 'inputDataConfig.1.member.channelName'")), "{f:?}");
+        assert!(f.constraints.iter().any(|c| c.contains("Value '1BAD' at 'environment.1BAD'")), "{f:?}");
         assert!(f.parameters.iter().any(|p| p.starts_with("Invalid type for parameter HyperParameters.k, value: 3, type: <class 'int'>, valid types: <class 'str'>")), "{f:?}");
     }
 
@@ -449,10 +356,7 @@ mod tests {
         req["HyperParameters"] = json!({"ok": "ünïcode \\ \"q\"", "bad": "two\nlines"});
         let f = check("CreateTrainingJobRequest", &req);
         assert_eq!(f.constraints.len(), 1, "{f:?}");
-        assert!(
-            f.constraints[0].contains("at 'hyperParameters.bad'"),
-            "{f:?}"
-        );
+        assert!(f.constraints[0].contains("at 'hyperParameters.bad'"), "{f:?}");
     }
 
     #[test]
@@ -464,20 +368,12 @@ mod tests {
         assert!(f.constraints.is_empty(), "{f:?}");
         req["OutputDataConfig"]["S3OutputPath"] = json!("gs://bucket/out");
         let f = check("CreateTrainingJobRequest", &req);
-        assert!(
-            f.constraints
-                .iter()
-                .any(|c| c.contains("at 'outputDataConfig.s3OutputPath'")),
-            "{f:?}"
-        );
+        assert!(f.constraints.iter().any(|c| c.contains("at 'outputDataConfig.s3OutputPath'")), "{f:?}");
     }
 
     #[test]
     fn closest_only_suggests_plausible_typos() {
-        assert_eq!(
-            closest("HyperParameter", &["HyperParameters", "RoleArn"]),
-            Some("HyperParameters")
-        );
+        assert_eq!(closest("HyperParameter", &["HyperParameters", "RoleArn"]), Some("HyperParameters"));
         assert_eq!(closest("Zzzzzzzz", &["HyperParameters", "RoleArn"]), None);
     }
 }

@@ -7,23 +7,14 @@ use std::process::{Command, Stdio};
 
 /// A well-behaved algorithm as probe steps: handles SIGTERM, explains a missing channel in
 /// the failure file, writes a model, and runs long enough to be signalled and measured.
-fn good(
-    extra_before_model: &[&str],
-    model: bool,
-    sigterm: bool,
-    failure_file: bool,
-) -> Vec<String> {
+fn good(extra_before_model: &[&str], model: bool, sigterm: bool, failure_file: bool) -> Vec<String> {
     let mut steps: Vec<&str> = Vec::new();
     if sigterm {
         steps.extend(["on-term", "0"]);
     }
     steps.extend(["only-if-missing", "/opt/ml/input/data/train"]);
     if failure_file {
-        steps.extend([
-            "write",
-            "/opt/ml/output/failure",
-            "ClientError: the train channel is missing",
-        ]);
+        steps.extend(["write", "/opt/ml/output/failure", "ClientError: the train channel is missing"]);
     }
     steps.extend(["exit", "2", "all"]);
     steps.extend(extra_before_model);
@@ -39,10 +30,7 @@ fn image(name: &str, steps: &[String]) -> String {
     let tag = format!("smlocal/check-{name}:test");
     let mut entry = vec![PROBE.to_string()];
     entry.extend(steps.iter().cloned());
-    let dockerfile = format!(
-        "FROM {PROBE_IMAGE}\nENTRYPOINT {}\n",
-        serde_json::to_string(&entry).unwrap()
-    );
+    let dockerfile = format!("FROM {PROBE_IMAGE}\nENTRYPOINT {}\n", serde_json::to_string(&entry).unwrap());
     build(&tag, &dockerfile);
     tag
 }
@@ -58,21 +46,12 @@ fn build(tag: &str, dockerfile: &str) {
         .unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), dockerfile.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker build {tag}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "docker build {tag}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Runs `smlocal check` and returns (exit code, stdout, results by check name).
 fn check(sm: &Smlocal, image: &str, extra: &[&str]) -> (i32, String, Vec<(String, String)>) {
-    let out = sm
-        .command()
-        .args(["check", image, "--stop-grace", "2"])
-        .args(extra)
-        .output()
-        .unwrap();
+    let out = sm.command().args(["check", image, "--stop-grace", "2"]).args(extra).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let results = stdout
         .lines()
@@ -80,24 +59,14 @@ fn check(sm: &Smlocal, image: &str, extra: &[&str]) -> (i32, String, Vec<(String
         .filter_map(|l| {
             let mut cells = l.split_whitespace();
             let (name, verdict) = (cells.next()?, cells.next()?);
-            ["PASS", "WARN", "FAIL"]
-                .contains(&verdict)
-                .then(|| (name.to_string(), verdict.to_string()))
+            ["PASS", "WARN", "FAIL"].contains(&verdict).then(|| (name.to_string(), verdict.to_string()))
         })
         .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
-        results,
-    )
+    (out.status.code().unwrap_or(-1), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)), results)
 }
 
 fn with(results: &[(String, String)], verdict: &str) -> BTreeSet<String> {
-    results
-        .iter()
-        .filter(|(_, v)| v == verdict)
-        .map(|(n, _)| n.clone())
-        .collect()
+    results.iter().filter(|(_, v)| v == verdict).map(|(n, _)| n.clone()).collect()
 }
 
 fn memory_total() -> u64 {
@@ -120,29 +89,15 @@ fn the_sample_algorithm_passes_every_check_and_junit_counts_them() {
     let junit = sm.home.path().join("check.xml");
     let started = std::time::Instant::now();
     let (code, text, results) = check(&sm, SAMPLE_IMAGE, &["--junit", junit.to_str().unwrap()]);
-    eprintln!(
-        "smlocal check on the sample took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("smlocal check on the sample took {:.1} s", started.elapsed().as_secs_f64());
     assert_eq!(code, 0, "{text}");
     assert_eq!(results.len(), 9, "{text}");
     assert!(with(&results, "FAIL").is_empty(), "{text}");
     let xml = std::fs::read_to_string(&junit).unwrap();
     let doc = roxmltree::Document::parse(&xml).expect("JUnit output is XML");
-    let suite = doc
-        .descendants()
-        .find(|n| n.has_tag_name("testsuite"))
-        .unwrap();
-    assert_eq!(
-        (suite.attribute("tests"), suite.attribute("failures")),
-        (Some("9"), Some("0"))
-    );
-    assert_eq!(
-        doc.descendants()
-            .filter(|n| n.has_tag_name("testcase"))
-            .count(),
-        9
-    );
+    let suite = doc.descendants().find(|n| n.has_tag_name("testsuite")).unwrap();
+    assert_eq!((suite.attribute("tests"), suite.attribute("failures")), (Some("9"), Some("0")));
+    assert_eq!(doc.descendants().filter(|n| n.has_tag_name("testcase")).count(), 9);
 }
 
 #[test]
@@ -164,46 +119,20 @@ fn each_broken_image_is_caught_by_exactly_the_check_it_targets() {
         ("good", image("good", &good(&[], true, true, true))),
         (
             "train",
-            image(
-                "train",
-                &[
-                    "write",
-                    "/opt/ml/output/failure",
-                    "broken on purpose",
-                    "exit",
-                    "3",
-                ]
-                .map(String::from),
-            ),
+            image("train", &["write", "/opt/ml/output/failure", "broken on purpose", "exit", "3"].map(String::from)),
         ),
         ("model", image("model", &good(&[], false, true, true))),
-        (
-            "filesystem",
-            image(
-                "filesystem",
-                &good(&["write", "/var/lib/state.txt", "x"], true, true, true),
-            ),
-        ),
+        ("filesystem", image("filesystem", &good(&["write", "/var/lib/state.txt", "x"], true, true, true))),
         ("sigterm", image("sigterm", &good(&[], true, false, true))),
         ("failure", image("failure", &good(&[], true, true, false))),
-        (
-            "isolation",
-            image("isolation", &good(&no_eth0, true, true, true)),
-        ),
-        (
-            "memory",
-            image("memory", &good(&["alloc-share", "0.93"], true, true, true)),
-        ),
-        (
-            "two-hosts",
-            image("two-hosts", &good(&["hostname-in-hosts"], true, true, true)),
-        ),
+        ("isolation", image("isolation", &good(&no_eth0, true, true, true))),
+        ("memory", image("memory", &good(&["alloc-share", "0.93"], true, true, true))),
+        ("two-hosts", image("two-hosts", &good(&["hostname-in-hosts"], true, true, true))),
         ("pid1", {
             let tag = "smlocal/check-pid1:test".to_string();
-            let steps = good(&[], true, true, true).join(" ").replace(
-                "ClientError: the train channel is missing",
-                "ClientError:no-train-channel",
-            );
+            let steps = good(&[], true, true, true)
+                .join(" ")
+                .replace("ClientError: the train channel is missing", "ClientError:no-train-channel");
             // A shell-form ENTRYPOINT; the probe stands in for /bin/sh.
             build(
                 &tag,
@@ -217,27 +146,11 @@ fn each_broken_image_is_caught_by_exactly_the_check_it_targets() {
     let runs: Vec<_> = cases
         .iter()
         .map(|(target, tag)| {
-            let (target, tag, home) = (
-                target.to_string(),
-                tag.clone(),
-                sm.home.path().to_path_buf(),
-            );
+            let (target, tag, home) = (target.to_string(), tag.clone(), sm.home.path().to_path_buf());
             let reserve = reserve.clone();
             std::thread::spawn(move || {
-                let sm = Smlocal {
-                    home: tempfile::Builder::new()
-                        .prefix("smlocal-check-")
-                        .tempdir_in(home)
-                        .unwrap(),
-                };
-                (
-                    target,
-                    check(
-                        &sm,
-                        &tag,
-                        &["--memory-reserve", &reserve, "--oversubscribe"],
-                    ),
-                )
+                let sm = Smlocal { home: tempfile::Builder::new().prefix("smlocal-check-").tempdir_in(home).unwrap() };
+                (target, check(&sm, &tag, &["--memory-reserve", &reserve, "--oversubscribe"]))
             })
         })
         .collect();
@@ -248,20 +161,12 @@ fn each_broken_image_is_caught_by_exactly_the_check_it_targets() {
         match target.as_str() {
             "good" => {
                 assert_eq!(code, 0, "{text}");
-                assert_eq!(
-                    with(&results, "PASS").len(),
-                    9,
-                    "the well-behaved probe passes everything: {text}"
-                );
+                assert_eq!(with(&results, "PASS").len(), 9, "the well-behaved probe passes everything: {text}");
             }
             "pid1" => {
                 assert_eq!(code, 0, "{text}");
                 assert!(failed.is_empty(), "{text}");
-                assert_eq!(
-                    with(&results, "WARN"),
-                    BTreeSet::from(["pid1".to_string()]),
-                    "{text}"
-                );
+                assert_eq!(with(&results, "WARN"), BTreeSet::from(["pid1".to_string()]), "{text}");
                 assert!(text.contains("shell-form ENTRYPOINT"), "{text}");
             }
             _ => {

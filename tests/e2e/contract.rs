@@ -8,92 +8,45 @@ fn the_sample_algorithm_trains_from_s3_and_its_model_lands_where_sagemaker_puts_
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("sample-{}", unique()));
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/linear");
-    bucket.put(
-        "data/train/part-0.csv",
-        &std::fs::read(fixtures.join("train/data.csv")).unwrap(),
-    );
-    bucket.put(
-        "data/validation/part-0.csv",
-        &std::fs::read(fixtures.join("validation/data.csv")).unwrap(),
-    );
+    bucket.put("data/train/part-0.csv", &std::fs::read(fixtures.join("train/data.csv")).unwrap());
+    bucket.put("data/validation/part-0.csv", &std::fs::read(fixtures.join("validation/data.csv")).unwrap());
     let mut req = request("sample-job", SAMPLE_IMAGE, &bucket);
     req["HyperParameters"] = json!({"epochs": "150", "learning_rate": "0.1"});
-    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] =
-        json!(bucket.uri("data/train"));
+    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri("data/train"));
     let mut validation = req["InputDataConfig"][0].clone();
     validation["ChannelName"] = json!("validation");
     validation["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri("data/validation/"));
-    req["InputDataConfig"]
-        .as_array_mut()
-        .unwrap()
-        .push(validation);
+    req["InputDataConfig"].as_array_mut().unwrap().push(validation);
 
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout.contains("algo-1 | epoch=150 train_mse="),
-        "{run:?}"
-    );
+    assert!(run.stdout.contains("algo-1 | epoch=150 train_mse="), "{run:?}");
     assert!(run.stderr.contains("sample-job Completed"), "{run:?}");
-    assert!(
-        run.stderr
-            .contains(&bucket.uri("output/sample-job/output/model.tar.gz")),
-        "{run:?}"
-    );
+    assert!(run.stderr.contains(&bucket.uri("output/sample-job/output/model.tar.gz")), "{run:?}");
 
-    let model = bucket
-        .get("output/sample-job/output/model.tar.gz")
-        .expect("model.tar.gz uploaded");
+    let model = bucket.get("output/sample-job/output/model.tar.gz").expect("model.tar.gz uploaded");
     let entries = tar_entries(&model);
     let model: Value = serde_json::from_slice(&file_entry(&entries, "model.json")).unwrap();
-    let w: Vec<f64> = model["weights"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let w: Vec<f64> = model["weights"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert!(
         (w[0] - 3.0).abs() < 0.2 && (w[1] + 2.0).abs() < 0.2,
         "the fixture's y = 3a - 2b + 0.5 was not learned: {model}"
     );
-    let output = tar_entries(
-        &bucket
-            .get("output/sample-job/output/output.tar.gz")
-            .expect("output.tar.gz uploaded"),
-    );
-    assert!(
-        String::from_utf8(file_entry(&output, "summary-algo-1.txt"))
-            .unwrap()
-            .contains("rows=200")
-    );
+    let output = tar_entries(&bucket.get("output/sample-job/output/output.tar.gz").expect("output.tar.gz uploaded"));
+    assert!(String::from_utf8(file_entry(&output, "summary-algo-1.txt")).unwrap().contains("rows=200"));
 
     let record = sm.describe("sample-job");
     assert_eq!(record["TrainingJobStatus"], "Completed");
-    assert_eq!(
-        record["ModelArtifacts"]["S3ModelArtifacts"],
-        bucket.uri("output/sample-job/output/model.tar.gz")
-    );
+    assert_eq!(record["ModelArtifacts"]["S3ModelArtifacts"], bucket.uri("output/sample-job/output/model.tar.gz"));
     assert_eq!(record["HyperParameters"]["epochs"], "150");
-    assert_eq!(
-        record["TrainingJobArn"],
-        "arn:aws:sagemaker:us-west-2:123456789012:training-job/sample-job"
-    );
+    assert_eq!(record["TrainingJobArn"], "arn:aws:sagemaker:us-west-2:123456789012:training-job/sample-job");
     let statuses: Vec<&str> = record["SecondaryStatusTransitions"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| t["Status"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        statuses,
-        [
-            "Starting",
-            "Downloading",
-            "Training",
-            "Uploading",
-            "Completed"
-        ]
-    );
+    assert_eq!(statuses, ["Starting", "Downloading", "Training", "Uploading", "Completed"]);
     assert!(
         record["SecondaryStatusTransitions"]
             .as_array()
@@ -118,16 +71,11 @@ fn config_files_environment_and_arguments_follow_the_contract() {
     let mut req = probe_request(
         "contract-job",
         &bucket,
-        &[
-            "copy",
-            "/opt/ml/input/config",
-            "/opt/ml/model/config",
-            "args",
-            "env",
-        ],
+        &["copy", "/opt/ml/input/config", "/opt/ml/model/config", "args", "env"],
     );
     // The SDK JSON-encodes values; they must reach the container untouched.
-    req["HyperParameters"] = json!({"sagemaker_program": "\"train.py\"", "lr": "0.001", "text": "ünïcode \\ \"quoted\" {}"});
+    req["HyperParameters"] =
+        json!({"sagemaker_program": "\"train.py\"", "lr": "0.001", "text": "ünïcode \\ \"quoted\" {}"});
     req["Environment"] = json!({"MY_SETTING": "on", "OTHER": "x=y"});
     req["InputDataConfig"][0]["ContentType"] = json!("text/csv");
     req["InputDataConfig"].as_array_mut().unwrap().push(json!({
@@ -137,16 +85,10 @@ fn config_files_environment_and_arguments_follow_the_contract() {
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");
 
-    let entries = tar_entries(
-        &bucket
-            .get("output/contract-job/output/model.tar.gz")
-            .unwrap(),
-    );
-    let hp: Value =
-        serde_json::from_slice(&file_entry(&entries, "config/hyperparameters.json")).unwrap();
+    let entries = tar_entries(&bucket.get("output/contract-job/output/model.tar.gz").unwrap());
+    let hp: Value = serde_json::from_slice(&file_entry(&entries, "config/hyperparameters.json")).unwrap();
     assert_eq!(hp, req["HyperParameters"]);
-    let rc: Value =
-        serde_json::from_slice(&file_entry(&entries, "config/resourceconfig.json")).unwrap();
+    let rc: Value = serde_json::from_slice(&file_entry(&entries, "config/resourceconfig.json")).unwrap();
     assert_eq!(
         rc,
         json!({
@@ -156,8 +98,7 @@ fn config_files_environment_and_arguments_follow_the_contract() {
             "network_interface_name": "eth0"
         })
     );
-    let idc: Value =
-        serde_json::from_slice(&file_entry(&entries, "config/inputdataconfig.json")).unwrap();
+    let idc: Value = serde_json::from_slice(&file_entry(&entries, "config/inputdataconfig.json")).unwrap();
     assert_eq!(
         idc,
         json!({
@@ -166,12 +107,12 @@ fn config_files_environment_and_arguments_follow_the_contract() {
         })
     );
 
-    let lines: Vec<&str> = run
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("algo-1 | "))
-        .collect();
-    assert!(lines.contains(&r#"["/usr/local/bin/probe","copy","/opt/ml/input/config","/opt/ml/model/config","args","env"]"#), "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().filter_map(|l| l.strip_prefix("algo-1 | ")).collect();
+    assert!(
+        lines
+            .contains(&r#"["/usr/local/bin/probe","copy","/opt/ml/input/config","/opt/ml/model/config","args","env"]"#),
+        "{run:?}"
+    );
     for expected in [
         "TRAINING_JOB_NAME=contract-job",
         "TRAINING_JOB_ARN=arn:aws:sagemaker:us-west-2:123456789012:training-job/contract-job",
@@ -180,10 +121,7 @@ fn config_files_environment_and_arguments_follow_the_contract() {
         "OTHER=x=y",
         "HOSTNAME=algo-1",
     ] {
-        assert!(
-            lines.contains(&expected),
-            "{expected} missing from the container's environment: {run:?}"
-        );
+        assert!(lines.contains(&expected), "{expected} missing from the container's environment: {run:?}");
     }
     assert!(
         !run.stdout.contains("AWS_ACCESS_KEY_ID") && !run.stdout.contains(SECRET_KEY),
@@ -196,21 +134,10 @@ fn credentials_reach_the_container_only_when_asked() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("creds-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
-    let run = sm.train(
-        &probe_request("creds-job", &bucket, &["env"]),
-        &["--pass-aws-credentials"],
-    );
+    let run = sm.train(&probe_request("creds-job", &bucket, &["env"]), &["--pass-aws-credentials"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains(&format!("algo-1 | AWS_ACCESS_KEY_ID={ACCESS_KEY}")),
-        "{run:?}"
-    );
-    assert!(
-        run.stdout
-            .contains(&format!("algo-1 | AWS_SECRET_ACCESS_KEY={SECRET_KEY}")),
-        "{run:?}"
-    );
+    assert!(run.stdout.contains(&format!("algo-1 | AWS_ACCESS_KEY_ID={ACCESS_KEY}")), "{run:?}");
+    assert!(run.stdout.contains(&format!("algo-1 | AWS_SECRET_ACCESS_KEY={SECRET_KEY}")), "{run:?}");
 }
 
 #[test]
@@ -222,15 +149,10 @@ fn the_image_entrypoint_gets_train_and_container_arguments_replace_it() {
     let run = sm.train(&plain, &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let mut with_args = request("args-custom", PROBE_IMAGE, &bucket);
-    with_args["AlgorithmSpecification"]["ContainerArguments"] =
-        json!(["echo", "custom-arguments", "args"]);
+    with_args["AlgorithmSpecification"]["ContainerArguments"] = json!(["echo", "custom-arguments", "args"]);
     let run = sm.train(&with_args, &[]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains(r#"algo-1 | ["/usr/local/bin/probe","echo","custom-arguments","args"]"#),
-        "{run:?}"
-    );
+    assert!(run.stdout.contains(r#"algo-1 | ["/usr/local/bin/probe","echo","custom-arguments","args"]"#), "{run:?}");
 }
 
 #[test]
@@ -254,13 +176,7 @@ fn containers_are_capped_by_the_instance_type_and_isolation_cuts_the_network() {
     let four_gib = 4u64 << 30;
     assert_eq!(
         String::from_utf8_lossy(&inspect.stdout).trim(),
-        format!(
-            "{four_gib} {four_gib} {} none false algo-1",
-            cpus * 1_000_000_000
-        )
+        format!("{four_gib} {four_gib} {} none false algo-1", cpus * 1_000_000_000)
     );
-    assert!(
-        run.stderr.contains("algo-1 is ml.t3.medium with"),
-        "{run:?}"
-    );
+    assert!(run.stderr.contains("algo-1 is ml.t3.medium with"), "{run:?}");
 }

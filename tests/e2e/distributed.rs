@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 fn cluster(req: &mut Value, count: u32) {
     // 4 GiB each, so several fit this machine.
-    req["ResourceConfig"] =
-        json!({"InstanceType": "ml.t3.medium", "InstanceCount": count, "VolumeSizeInGB": 1});
+    req["ResourceConfig"] = json!({"InstanceType": "ml.t3.medium", "InstanceCount": count, "VolumeSizeInGB": 1});
 }
 
 fn names(entries: &[(String, Entry)], under: &str) -> Vec<String> {
@@ -62,75 +61,45 @@ fn sharded_keys_follow_the_documented_rule_and_host_folders_are_merged() {
     let channel = |name: &str, prefix: &str, dist: &str| json!({"ChannelName": name, "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": bucket.uri(prefix), "S3DataDistributionType": dist}}});
     let mut shuffled = channel("shuffled", "shuffled/", "ShardedByS3Key");
     shuffled["ShuffleConfig"] = json!({"Seed": 1234});
-    req["InputDataConfig"] = json!([
-        channel("train", "train/", "ShardedByS3Key"),
-        shuffled,
-        channel("all", "all/", "FullyReplicated")
-    ]);
+    req["InputDataConfig"] =
+        json!([channel("train", "train/", "ShardedByS3Key"), shuffled, channel("all", "all/", "FullyReplicated")]);
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");
 
     let model = tar_entries(&bucket.get("output/shard-job/output/model.tar.gz").unwrap());
     // Sorted keys, object i to host (i mod 3) + 1.
-    assert_eq!(
-        names(&model, "algo-1/train/"),
-        ["part-0.csv", "part-3.csv", "part-6.csv"]
-    );
+    assert_eq!(names(&model, "algo-1/train/"), ["part-0.csv", "part-3.csv", "part-6.csv"]);
     assert_eq!(names(&model, "algo-2/train/"), ["part-1.csv", "part-4.csv"]);
     assert_eq!(names(&model, "algo-3/train/"), ["part-2.csv", "part-5.csv"]);
     // With a seed, the same rule after the documented shuffle: predictable from the library.
     let objects: Vec<StagedObject> = keys
         .iter()
-        .map(|k| StagedObject {
-            uri: bucket.uri(&format!("shuffled/{k}")),
-            relative: k.into(),
-            info: None,
-        })
+        .map(|k| StagedObject { uri: bucket.uri(&format!("shuffled/{k}")), relative: k.into(), info: None })
         .collect();
     let predicted = shard(objects, 3, Some(1234));
     for (i, share) in predicted.iter().enumerate() {
-        let mut expected: Vec<String> = share
-            .iter()
-            .map(|o| o.relative.display().to_string())
-            .collect();
+        let mut expected: Vec<String> = share.iter().map(|o| o.relative.display().to_string()).collect();
         expected.sort();
-        assert_eq!(
-            names(&model, &format!("algo-{}/shuffled/", i + 1)),
-            expected
-        );
+        assert_eq!(names(&model, &format!("algo-{}/shuffled/", i + 1)), expected);
     }
     for host in ["algo-1", "algo-2", "algo-3"] {
-        assert_eq!(
-            names(&model, &format!("{host}/all/")),
-            ["x.csv", "y.csv"],
-            "FullyReplicated reaches {host}"
-        );
-        let rc: Value =
-            serde_json::from_slice(&file_entry(&model, &format!("{host}/resourceconfig.json")))
-                .unwrap();
+        assert_eq!(names(&model, &format!("{host}/all/")), ["x.csv", "y.csv"], "FullyReplicated reaches {host}");
+        let rc: Value = serde_json::from_slice(&file_entry(&model, &format!("{host}/resourceconfig.json"))).unwrap();
         assert_eq!(rc["current_host"], host);
         assert_eq!(rc["hosts"], json!(["algo-1", "algo-2", "algo-3"]));
-        assert_eq!(
-            rc["instance_groups"][0]["hosts"],
-            json!(["algo-1", "algo-2", "algo-3"])
-        );
+        assert_eq!(rc["instance_groups"][0]["hosts"], json!(["algo-1", "algo-2", "algo-3"]));
     }
     assert_eq!(file_entry(&model, "same.txt"), b"identical on every host");
     assert_eq!(file_entry(&model, "clash.txt"), b"written by algo-1");
     assert!(
-        run.stderr
-            .contains("hosts algo-1, algo-2, algo-3 wrote 'clash.txt' with different contents"),
+        run.stderr.contains("hosts algo-1, algo-2, algo-3 wrote 'clash.txt' with different contents"),
         "the conflict must be named with its hosts: {run:?}"
     );
     assert!(!run.stderr.contains("same.txt"), "{run:?}");
     let output = tar_entries(&bucket.get("output/shard-job/output/output.tar.gz").unwrap());
     for host in ["algo-1", "algo-2", "algo-3"] {
         assert_eq!(file_entry(&output, &format!("{host}.txt")), host.as_bytes());
-        assert!(
-            sm.job_dir("shard-job")
-                .join(format!("logs/{host}.log"))
-                .exists()
-        );
+        assert!(sm.job_dir("shard-job").join(format!("logs/{host}.log")).exists());
     }
     assert_eq!(leftovers("shard-job"), (String::new(), String::new()));
 }
@@ -146,13 +115,11 @@ fn instance_groups_get_their_own_channels_and_resource_config() {
         {"InstanceGroupName": "driver", "InstanceType": "ml.m5.large", "InstanceCount": 1},
         {"InstanceGroupName": "workers", "InstanceType": "ml.t3.medium", "InstanceCount": 2}
     ], "VolumeSizeInGB": 1});
-    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["InstanceGroupNames"] =
-        json!(["workers"]);
+    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["InstanceGroupNames"] = json!(["workers"]);
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let model = tar_entries(&bucket.get("output/groups-job/output/model.tar.gz").unwrap());
-    let rc: Value =
-        serde_json::from_slice(&file_entry(&model, "algo-2/config/resourceconfig.json")).unwrap();
+    let rc: Value = serde_json::from_slice(&file_entry(&model, "algo-2/config/resourceconfig.json")).unwrap();
     assert_eq!(rc["current_group_name"], "workers");
     assert_eq!(rc["current_instance_type"], "ml.t3.medium");
     assert_eq!(
@@ -162,13 +129,9 @@ fn instance_groups_get_their_own_channels_and_resource_config() {
             {"instance_group_name": "workers", "instance_type": "ml.t3.medium", "hosts": ["algo-2", "algo-3"]}
         ])
     );
-    assert!(
-        names(&model, "algo-1/data/").is_empty(),
-        "the driver group does not get the workers' channel"
-    );
+    assert!(names(&model, "algo-1/data/").is_empty(), "the driver group does not get the workers' channel");
     assert_eq!(names(&model, "algo-3/data/"), ["train/a.csv"]);
-    let idc: Value =
-        serde_json::from_slice(&file_entry(&model, "algo-1/config/inputdataconfig.json")).unwrap();
+    let idc: Value = serde_json::from_slice(&file_entry(&model, "algo-1/config/inputdataconfig.json")).unwrap();
     assert_eq!(idc, json!({}));
 }
 
@@ -176,59 +139,31 @@ fn instance_groups_get_their_own_channels_and_resource_config() {
 fn the_sample_trains_data_parallel_over_the_network_by_host_name() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("parallel-{}", unique()));
-    let fixtures =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/linear/train/data.csv");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/linear/train/data.csv");
     let text = std::fs::read_to_string(fixtures).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     for (i, part) in lines.chunks(50).enumerate() {
-        bucket.put(
-            &format!("train/part-{i}.csv"),
-            format!("{}\n", part.join("\n")).as_bytes(),
-        );
+        bucket.put(&format!("train/part-{i}.csv"), format!("{}\n", part.join("\n")).as_bytes());
     }
     let mut req = request("parallel-job", SAMPLE_IMAGE, &bucket);
     cluster(&mut req, 2);
     req["HyperParameters"] = json!({"epochs": "150", "learning_rate": "0.1"});
-    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataDistributionType"] =
-        json!("ShardedByS3Key");
+    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataDistributionType"] = json!("ShardedByS3Key");
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout.contains("algo-2 | algo-2 connected to algo-1"),
-        "{run:?}"
-    );
+    assert!(run.stdout.contains("algo-2 | algo-2 connected to algo-1"), "{run:?}");
     assert!(
         run.stdout.contains("algo-1 | loaded 100 training rows")
             && run.stdout.contains("algo-2 | loaded 100 training rows"),
         "{run:?}"
     );
-    let model = tar_entries(
-        &bucket
-            .get("output/parallel-job/output/model.tar.gz")
-            .unwrap(),
-    );
+    let model = tar_entries(&bucket.get("output/parallel-job/output/model.tar.gz").unwrap());
     let model: Value = serde_json::from_slice(&file_entry(&model, "model.json")).unwrap();
-    let w: Vec<f64> = model["weights"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    assert!(
-        (w[0] - 3.0).abs() < 0.2 && (w[1] + 2.0).abs() < 0.2,
-        "{model}"
-    );
+    let w: Vec<f64> = model["weights"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!((w[0] - 3.0).abs() < 0.2 && (w[1] + 2.0).abs() < 0.2, "{model}");
     assert_eq!(model["trained_on"], "algo-1");
-    let output = tar_entries(
-        &bucket
-            .get("output/parallel-job/output/output.tar.gz")
-            .unwrap(),
-    );
-    assert!(
-        String::from_utf8(file_entry(&output, "summary-algo-2.txt"))
-            .unwrap()
-            .contains("rows=100")
-    );
+    let output = tar_entries(&bucket.get("output/parallel-job/output/output.tar.gz").unwrap());
+    assert!(String::from_utf8(file_entry(&output, "summary-algo-2.txt")).unwrap().contains("rows=100"));
 }
 
 #[test]
@@ -262,10 +197,7 @@ fn the_first_failing_host_stops_the_others_and_is_named() {
         "the others handle SIGTERM; no grace should be spent: {run:?}"
     );
     for host in ["algo-1", "algo-3"] {
-        assert!(
-            run.stdout.contains(&format!("{host} | probe: SIGTERM")),
-            "{host} was not stopped: {run:?}"
-        );
+        assert!(run.stdout.contains(&format!("{host} | probe: SIGTERM")), "{host} was not stopped: {run:?}");
     }
     let record = sm.describe("hostfail-job");
     assert_eq!(record["TrainingJobStatus"], "Failed");
@@ -279,9 +211,7 @@ fn max_runtime_stops_every_host_sigkilling_the_one_that_ignores_sigterm() {
     let bucket = s3().bucket(&format!("cluster-runtime-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
     // algo-1 handles SIGTERM; algo-2 ignores it, so only SIGKILL after the grace ends it.
-    let steps = [
-        "only", "algo-1", "on-term", "0", "all", "echo", "up", "sleep", "60",
-    ];
+    let steps = ["only", "algo-1", "on-term", "0", "all", "echo", "up", "sleep", "60"];
     let mut req = probe_request("cluster-runtime-job", &bucket, &steps);
     cluster(&mut req, 2);
     req["StoppingCondition"]["MaxRuntimeInSeconds"] = json!(2);
@@ -289,33 +219,19 @@ fn max_runtime_stops_every_host_sigkilling_the_one_that_ignores_sigterm() {
     let run = sm.train(&req, &["--stop-grace", "3"]);
     let took = started.elapsed();
     assert_eq!(run.code, 1, "{run:?}");
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(20), "2 s runtime + 3 s grace, took {took:?}");
     assert!(
-        took >= Duration::from_secs(5) && took < Duration::from_secs(20),
-        "2 s runtime + 3 s grace, took {took:?}"
-    );
-    assert!(
-        run.stdout.contains("algo-1 | probe: SIGTERM")
-            && !run.stdout.contains("algo-2 | probe: SIGTERM"),
+        run.stdout.contains("algo-1 | probe: SIGTERM") && !run.stdout.contains("algo-2 | probe: SIGTERM"),
         "{run:?}"
     );
     let record = sm.describe("cluster-runtime-job");
     assert_eq!(
-        (
-            record["TrainingJobStatus"].as_str(),
-            record["SecondaryStatus"].as_str()
-        ),
+        (record["TrainingJobStatus"].as_str(), record["SecondaryStatus"].as_str()),
         (Some("Stopped"), Some("MaxRuntimeExceeded"))
     );
-    let output = tar_entries(
-        &bucket
-            .get("output/cluster-runtime-job/output/output.tar.gz")
-            .unwrap(),
-    );
+    let output = tar_entries(&bucket.get("output/cluster-runtime-job/output/output.tar.gz").unwrap());
     assert_eq!(file_entry(&output, "sigterm"), b"terminated\n");
-    assert_eq!(
-        leftovers("cluster-runtime-job"),
-        (String::new(), String::new())
-    );
+    assert_eq!(leftovers("cluster-runtime-job"), (String::new(), String::new()));
 }
 
 #[test]
@@ -338,12 +254,7 @@ fn smlocal_stop_from_another_process_goes_through_stopping_to_stopped() {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.ends_with("| ready"))
-    );
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l.ends_with("| ready")));
 
     let stop = Run::from(sm.command().args(["stop", "stopcmd-job"]).output().unwrap());
     assert_eq!(stop.code, 0, "{stop:?}");
@@ -368,22 +279,11 @@ fn ctrl_c_on_a_cluster_stops_every_host_and_leaves_nothing_behind() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("cluster-sigint-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
-    let mut req = probe_request(
-        "cluster-sigint-job",
-        &bucket,
-        &["on-term", "0", "echo", "ready", "sleep", "60"],
-    );
+    let mut req = probe_request("cluster-sigint-job", &bucket, &["on-term", "0", "echo", "ready", "sleep", "60"]);
     cluster(&mut req, 3);
     let file = sm.home.path().join("cluster-sigint.json");
     std::fs::write(&file, serde_json::to_vec(&req).unwrap()).unwrap();
-    let mut child = sm
-        .command()
-        .arg("train")
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = sm.command().arg("train").arg(&file).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
     let mut ready = 0;
     for line in lines.by_ref().map_while(Result::ok) {
@@ -393,29 +293,14 @@ fn ctrl_c_on_a_cluster_stops_every_host_and_leaves_nothing_behind() {
         }
     }
     assert_eq!(ready, 3);
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(child.wait().unwrap().code(), Some(130));
     for host in ["algo-1", "algo-2", "algo-3"] {
-        assert!(
-            rest.contains(&format!("{host} | probe: SIGTERM")),
-            "{host}: {rest:?}"
-        );
+        assert!(rest.contains(&format!("{host} | probe: SIGTERM")), "{host}: {rest:?}");
     }
-    assert_eq!(
-        sm.describe("cluster-sigint-job")["TrainingJobStatus"],
-        "Stopped"
-    );
-    assert_eq!(
-        leftovers("cluster-sigint-job"),
-        (String::new(), String::new())
-    );
+    assert_eq!(sm.describe("cluster-sigint-job")["TrainingJobStatus"], "Stopped");
+    assert_eq!(leftovers("cluster-sigint-job"), (String::new(), String::new()));
 }
 
 #[test]
@@ -447,41 +332,23 @@ fn network_isolation_lets_peers_talk_and_every_network_is_internal() {
     let mut internal = Vec::new();
     for id in containers.split_whitespace() {
         let nets = Command::new("docker")
-            .args([
-                "inspect",
-                "--format",
-                "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
-                id,
-            ])
+            .args(["inspect", "--format", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", id])
             .output()
             .unwrap();
         for net in String::from_utf8_lossy(&nets.stdout).split_whitespace() {
-            let out = Command::new("docker")
-                .args(["network", "inspect", "--format", "{{.Internal}}", net])
-                .output()
-                .unwrap();
-            internal.push((
-                net.to_string(),
-                String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            ));
+            let out =
+                Command::new("docker").args(["network", "inspect", "--format", "{{.Internal}}", net]).output().unwrap();
+            internal.push((net.to_string(), String::from_utf8_lossy(&out.stdout).trim().to_string()));
         }
     }
     remove_leftovers("isolated-job");
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
-        run.stdout.contains("algo-1 | resolved algo-2")
-            && run.stdout.contains("algo-2 | resolved algo-1"),
+        run.stdout.contains("algo-1 | resolved algo-2") && run.stdout.contains("algo-2 | resolved algo-1"),
         "{run:?}"
     );
-    assert!(
-        run.stdout.contains("algo-2 | probe: got hello from algo-1"),
-        "{run:?}"
-    );
-    assert_eq!(
-        internal.len(),
-        2,
-        "each container joins exactly the job's network: {internal:?}"
-    );
+    assert!(run.stdout.contains("algo-2 | probe: got hello from algo-1"), "{run:?}");
+    assert_eq!(internal.len(), 2, "each container joins exactly the job's network: {internal:?}");
     assert!(
         internal.iter().all(|(_, i)| i == "true"),
         "every network a job container joins must be internal: {internal:?}"
@@ -494,26 +361,19 @@ fn a_cluster_too_big_for_this_machine_is_refused_unless_oversubscribed() {
     let bucket = s3().bucket(&format!("oversub-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
     let mut req = probe_request("oversub-job", &bucket, &["echo", "ran"]);
-    req["ResourceConfig"] =
-        json!({"InstanceType": "ml.m5.12xlarge", "InstanceCount": 2, "VolumeSizeInGB": 1});
+    req["ResourceConfig"] = json!({"InstanceType": "ml.m5.12xlarge", "InstanceCount": 2, "VolumeSizeInGB": 1});
     let refused = sm.train(&req, &[]);
     assert_eq!(refused.code, 2, "{refused:?}");
     assert!(
-        refused
-            .stderr
-            .contains("384.0 GiB of memory (2 × ml.m5.12xlarge at 192.0 GiB)")
+        refused.stderr.contains("384.0 GiB of memory (2 × ml.m5.12xlarge at 192.0 GiB)")
             && refused.stderr.contains("--oversubscribe"),
         "{refused:?}"
     );
-    assert!(
-        !sm.job_dir("oversub-job").exists(),
-        "nothing may start or be recorded"
-    );
+    assert!(!sm.job_dir("oversub-job").exists(), "nothing may start or be recorded");
     let run = sm.train(&req, &["--oversubscribe"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
-        run.stderr
-            .contains("every container's memory cap is scaled to")
+        run.stderr.contains("every container's memory cap is scaled to")
             && run.stderr.contains("(scaled down from 192.0 GiB)"),
         "{run:?}"
     );

@@ -23,9 +23,7 @@ pub const PROBE: &str = "/usr/local/bin/probe";
 pub fn images() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let info = Command::new("docker")
-            .args(["info", "--format", "{{.ServerVersion}}"])
-            .output();
+        let info = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
         match info {
             Ok(o) if o.status.success() => {}
             Ok(o) => panic!(
@@ -34,12 +32,8 @@ pub fn images() {
             ),
             Err(e) => panic!("these tests need Docker and the docker CLI is missing: {e}"),
         }
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-images.sh");
-        let status = Command::new("bash")
-            .arg(&script)
-            .status()
-            .expect("run build-images.sh");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-images.sh");
+        let status = Command::new("bash").arg(&script).status().expect("run build-images.sh");
         assert!(status.success(), "{} failed", script.display());
     });
 }
@@ -53,40 +47,32 @@ pub struct S3Server {
 pub fn s3() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let root = tempfile::Builder::new()
-            .prefix("smlocal-s3-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
+        let root = tempfile::Builder::new().prefix("smlocal-s3-").tempdir().expect("tempdir").keep();
         let (tx, rx) = std::sync::mpsc::channel();
         let fs_root = root.clone();
         // Its own thread and runtime, so it outlives every test's runtime.
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let fs = s3s_fs::FileSystem::new(&fs_root).expect("s3s-fs root");
                 let mut builder = s3s::service::S3ServiceBuilder::new(fs);
                 builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
                 let service = builder.build();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind 127.0.0.1");
-                tx.send(listener.local_addr().expect("addr"))
-                    .expect("send addr");
-                let http = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+                tx.send(listener.local_addr().expect("addr")).expect("send addr");
+                let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                // Counts object reads per bucket, so tests can prove what was (not) downloaded.
+                let counting = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    count_object_get(&req);
+                    hyper::service::Service::call(&service, req)
+                });
                 loop {
                     let Ok((socket, _)) = listener.accept().await else {
                         continue;
                     };
-                    let conn = http
-                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone())
-                        .into_owned();
+                    let conn =
+                        http.serve_connection(hyper_util::rt::TokioIo::new(socket), counting.clone()).into_owned();
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
@@ -94,11 +80,29 @@ pub fn s3() -> &'static S3Server {
             });
         });
         let addr = rx.recv().expect("the S3 server did not start");
-        S3Server {
-            endpoint: format!("http://{addr}"),
-            root,
-        }
+        S3Server { endpoint: format!("http://{addr}"), root }
     })
+}
+
+fn object_gets() -> &'static std::sync::Mutex<std::collections::HashMap<String, u64>> {
+    static GETS: OnceLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> = OnceLock::new();
+    GETS.get_or_init(Default::default)
+}
+
+/// A GET of an object (not a listing: those carry a query and no key).
+fn count_object_get<B>(req: &hyper::Request<B>) {
+    if req.method() != hyper::Method::GET
+        || req.uri().query().is_some_and(|q| q.contains("list-type") || q.contains("prefix"))
+    {
+        return;
+    }
+    let path = req.uri().path().trim_start_matches('/');
+    if let Some((bucket, key)) = path.split_once('/')
+        && !key.is_empty()
+        && let Ok(mut gets) = object_gets().lock()
+    {
+        *gets.entry(bucket.to_string()).or_default() += 1;
+    }
 }
 
 impl S3Server {
@@ -115,10 +119,7 @@ impl S3Server {
             .with_region(REGION)
             .build()
             .expect("S3 client");
-        Bucket {
-            name: name.into(),
-            store: Arc::new(store),
-        }
+        Bucket { name: name.into(), store: Arc::new(store) }
     }
 }
 
@@ -130,6 +131,11 @@ pub struct Bucket {
 impl Bucket {
     pub fn uri(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.name)
+    }
+
+    /// How many object GETs this bucket has served so far.
+    pub fn object_gets(&self) -> u64 {
+        object_gets().lock().map(|g| g.get(&self.name).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     pub fn put(&self, key: &str, bytes: &[u8]) {
@@ -151,11 +157,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime")
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
         })
         .block_on(f)
 }
@@ -169,12 +171,7 @@ pub struct Smlocal {
 impl Smlocal {
     pub fn new() -> Self {
         images();
-        Smlocal {
-            home: tempfile::Builder::new()
-                .prefix("smlocal-home-")
-                .tempdir()
-                .expect("tempdir"),
-        }
+        Smlocal { home: tempfile::Builder::new().prefix("smlocal-home-").tempdir().expect("tempdir") }
     }
 
     pub fn command(&self) -> Command {
@@ -198,29 +195,14 @@ impl Smlocal {
     /// Runs `smlocal train` on a request and returns what it printed and its exit code.
     pub fn train(&self, request: &Value, extra: &[&str]) -> Run {
         let file = self.home.path().join(format!("request-{}.json", unique()));
-        std::fs::write(&file, serde_json::to_vec_pretty(request).expect("json"))
-            .expect("write request");
-        let output = self
-            .command()
-            .arg("train")
-            .arg(&file)
-            .args(extra)
-            .output()
-            .expect("run smlocal");
+        std::fs::write(&file, serde_json::to_vec_pretty(request).expect("json")).expect("write request");
+        let output = self.command().arg("train").arg(&file).args(extra).output().expect("run smlocal");
         Run::from(output)
     }
 
     pub fn describe(&self, name: &str) -> Value {
-        let out = self
-            .command()
-            .args(["describe", name])
-            .output()
-            .expect("run smlocal describe");
-        assert!(
-            out.status.success(),
-            "describe failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = self.command().args(["describe", name]).output().expect("run smlocal describe");
+        assert!(out.status.success(), "describe failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("describe prints JSON")
     }
 
@@ -247,11 +229,7 @@ impl From<Output> for Run {
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
     }
 }
 
@@ -296,13 +274,7 @@ pub fn tar_entries(bytes: &[u8]) -> Vec<(String, Entry)> {
         let path = entry.path().expect("path").display().to_string();
         let kind = entry.header().entry_type();
         let item = if kind.is_symlink() {
-            Entry::Link(
-                entry
-                    .link_name()
-                    .expect("link")
-                    .map(|l| l.display().to_string())
-                    .unwrap_or_default(),
-            )
+            Entry::Link(entry.link_name().expect("link").map(|l| l.display().to_string()).unwrap_or_default())
         } else if kind.is_dir() {
             Entry::Dir
         } else {
@@ -335,18 +307,11 @@ pub fn file_entry(entries: &[(String, Entry)], path: &str) -> Vec<u8> {
 /// Containers and networks still labelled for a job.
 pub fn leftovers(job: &str) -> (String, String) {
     let label = format!("label=smlocal.job={job}");
-    let containers = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &label])
-        .output()
-        .expect("docker ps");
-    let networks = Command::new("docker")
-        .args(["network", "ls", "-q", "--filter", &label])
-        .output()
-        .expect("docker network ls");
+    let containers = Command::new("docker").args(["ps", "-aq", "--filter", &label]).output().expect("docker ps");
+    let networks =
+        Command::new("docker").args(["network", "ls", "-q", "--filter", &label]).output().expect("docker network ls");
     (
-        String::from_utf8_lossy(&containers.stdout)
-            .trim()
-            .to_string(),
+        String::from_utf8_lossy(&containers.stdout).trim().to_string(),
         String::from_utf8_lossy(&networks.stdout).trim().to_string(),
     )
 }

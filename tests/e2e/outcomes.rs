@@ -20,21 +20,9 @@ fn bad_hyperparameters_fail_the_sample_with_its_failure_file_and_artifacts_are_s
         record["FailureReason"],
         "ClientError: hyperparameter learning_rate='fast' is not valid; expected a positive number such as 0.05"
     );
-    assert!(
-        run.stderr
-            .contains("FailureReason: ClientError: hyperparameter learning_rate='fast'"),
-        "{run:?}"
-    );
-    assert!(
-        bucket
-            .get("output/failing-job/output/model.tar.gz")
-            .is_some()
-    );
-    assert!(
-        bucket
-            .get("output/failing-job/output/output.tar.gz")
-            .is_some()
-    );
+    assert!(run.stderr.contains("FailureReason: ClientError: hyperparameter learning_rate='fast'"), "{run:?}");
+    assert!(bucket.get("output/failing-job/output/model.tar.gz").is_some());
+    assert!(bucket.get("output/failing-job/output/output.tar.gz").is_some());
     assert_eq!(leftovers("failing-job"), (String::new(), String::new()));
 }
 
@@ -43,27 +31,11 @@ fn a_non_zero_exit_without_failure_file_names_the_exit_code() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("exit-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
-    let run = sm.train(
-        &probe_request(
-            "exit-job",
-            &bucket,
-            &["stderr", "something broke", "exit", "3"],
-        ),
-        &[],
-    );
+    let run = sm.train(&probe_request("exit-job", &bucket, &["stderr", "something broke", "exit", "3"]), &[]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stdout.contains("algo-1 | something broke"),
-        "stderr lines are streamed too: {run:?}"
-    );
-    let reason = sm.describe("exit-job")["FailureReason"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        reason.starts_with("AlgorithmError:") && reason.contains("exit code 3"),
-        "{reason}"
-    );
+    assert!(run.stdout.contains("algo-1 | something broke"), "stderr lines are streamed too: {run:?}");
+    let reason = sm.describe("exit-job")["FailureReason"].as_str().unwrap().to_string();
+    assert!(reason.starts_with("AlgorithmError:") && reason.contains("exit code 3"), "{reason}");
 }
 
 #[test]
@@ -80,10 +52,7 @@ fn the_failure_reason_keeps_the_first_1024_characters() {
     steps.extend(["exit", "2"]);
     let run = sm.train(&probe_request("long-job", &bucket, &steps), &[]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert_eq!(
-        sm.describe("long-job")["FailureReason"].as_str().unwrap(),
-        "e".repeat(1024)
-    );
+    assert_eq!(sm.describe("long-job")["FailureReason"].as_str().unwrap(), "e".repeat(1024));
 }
 
 #[test]
@@ -108,20 +77,16 @@ fn symlinks_in_the_model_folder_are_archived_as_links_never_followed() {
     let run = sm.train(&probe_request("links-job", &bucket, &steps), &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let entries = tar_entries(&bucket.get("output/links-job/output/model.tar.gz").unwrap());
-    assert!(
-        entries.contains(&("host-secret".to_string(), Entry::Link("/etc/passwd".into()))),
-        "{entries:?}"
-    );
+    assert!(entries.contains(&("host-secret".to_string(), Entry::Link("/etc/passwd".into()))), "{entries:?}");
     // The tar crate writes a link to "/" as "//": the same path once resolved.
     assert!(
-        entries.iter().any(|(p, e)| p == "root"
-            && matches!(e, Entry::Link(l) if std::path::Path::new(l) == std::path::Path::new("/"))),
+        entries
+            .iter()
+            .any(|(p, e)| p == "root"
+                && matches!(e, Entry::Link(l) if std::path::Path::new(l) == std::path::Path::new("/"))),
         "{entries:?}"
     );
-    assert!(
-        entries.contains(&("latest".to_string(), Entry::Link("weights.bin".into()))),
-        "{entries:?}"
-    );
+    assert!(entries.contains(&("latest".to_string(), Entry::Link("weights.bin".into()))), "{entries:?}");
     assert_eq!(entries.len(), 4, "a link was followed: {entries:?}");
 }
 
@@ -139,14 +104,8 @@ fn an_out_of_memory_kill_is_reported_with_the_limit() {
     );
     assert_eq!(run.code, 1, "{run:?}");
     assert!(!run.stdout.contains("survived"), "{run:?}");
-    let reason = sm.describe("oom-job")["FailureReason"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        reason.starts_with("OutOfMemoryError") && reason.contains("200.0 MiB"),
-        "{reason}"
-    );
+    let reason = sm.describe("oom-job")["FailureReason"].as_str().unwrap().to_string();
+    assert!(reason.starts_with("OutOfMemoryError") && reason.contains("200.0 MiB"), "{reason}");
 }
 
 fn sysinfo_total_memory() -> u64 {
@@ -168,31 +127,18 @@ fn a_failed_upload_keeps_the_artifacts_and_says_where() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("upload-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
-    let mut req = probe_request(
-        "upload-job",
-        &bucket,
-        &["write", "/opt/ml/model/precious.bin", "weights"],
-    );
+    let mut req = probe_request("upload-job", &bucket, &["write", "/opt/ml/model/precious.bin", "weights"]);
     // Nothing can create folders under /proc, not even root: the upload really fails.
     req["OutputDataConfig"]["S3OutputPath"] = json!("file:///proc/smlocal-test-output");
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 1, "{run:?}");
     let kept = sm.job_dir("upload-job").join("artifacts");
-    assert!(
-        run.stderr.contains(&kept.display().to_string()),
-        "the message must say where the artifacts are: {run:?}"
-    );
+    assert!(run.stderr.contains(&kept.display().to_string()), "the message must say where the artifacts are: {run:?}");
     let model = std::fs::read(kept.join("model.tar.gz")).expect("model.tar.gz kept locally");
     assert_eq!(file_entry(&tar_entries(&model), "precious.bin"), b"weights");
     let record = sm.describe("upload-job");
     assert_eq!(record["TrainingJobStatus"], "Failed");
-    assert!(
-        record["FailureReason"]
-            .as_str()
-            .unwrap()
-            .contains("/proc/smlocal-test-output"),
-        "{record}"
-    );
+    assert!(record["FailureReason"].as_str().unwrap().contains("/proc/smlocal-test-output"), "{record}");
 }
 
 #[test]
@@ -201,11 +147,7 @@ fn max_runtime_stops_the_job_with_sigterm_then_sigkill_and_collects_artifacts() 
     let bucket = s3().bucket(&format!("runtime-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
     // This container ignores SIGTERM (PID 1 without a handler), so only SIGKILL ends it.
-    let mut req = probe_request(
-        "runtime-job",
-        &bucket,
-        &["write", "/opt/ml/model/partial", "p", "sleep", "60"],
-    );
+    let mut req = probe_request("runtime-job", &bucket, &["write", "/opt/ml/model/partial", "p", "sleep", "60"]);
     req["StoppingCondition"]["MaxRuntimeInSeconds"] = json!(2);
     let started = Instant::now();
     let run = sm.train(&req, &["--stop-grace", "1"]);
@@ -217,14 +159,7 @@ fn max_runtime_stops_the_job_with_sigterm_then_sigkill_and_collects_artifacts() 
     assert_eq!(record["SecondaryStatus"], "MaxRuntimeExceeded");
     assert!(record.get("FailureReason").is_none());
     assert_eq!(
-        file_entry(
-            &tar_entries(
-                &bucket
-                    .get("output/runtime-job/output/model.tar.gz")
-                    .unwrap()
-            ),
-            "partial"
-        ),
+        file_entry(&tar_entries(&bucket.get("output/runtime-job/output/model.tar.gz").unwrap()), "partial"),
         b"p"
     );
     assert_eq!(leftovers("runtime-job"), (String::new(), String::new()));
@@ -238,17 +173,7 @@ fn ctrl_c_stops_the_container_gracefully_records_stopped_and_leaves_nothing_behi
     let req = probe_request(
         "sigint-job",
         &bucket,
-        &[
-            "on-term",
-            "0",
-            "write",
-            "/opt/ml/model/before",
-            "b",
-            "echo",
-            "ready",
-            "sleep",
-            "60",
-        ],
+        &["on-term", "0", "write", "/opt/ml/model/before", "b", "echo", "ready", "sleep", "60"],
     );
     let file = sm.home.path().join("sigint.json");
     std::fs::write(&file, serde_json::to_vec(&req).unwrap()).unwrap();
@@ -263,32 +188,17 @@ fn ctrl_c_stops_the_container_gracefully_records_stopped_and_leaves_nothing_behi
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l == "algo-1 | ready");
+    let ready = lines.by_ref().map_while(Result::ok).any(|l| l == "algo-1 | ready");
     assert!(ready, "the container never printed ready");
     let sent = Instant::now();
     let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
     let took = sent.elapsed();
     assert_eq!(status.code(), Some(130), "{rest:?}");
-    assert!(
-        took < Duration::from_secs(8),
-        "the container handles SIGTERM, so no grace should be spent: {took:?}"
-    );
-    assert!(
-        rest.iter().any(|l| l == "algo-1 | probe: SIGTERM"),
-        "the container never saw SIGTERM: {rest:?}"
-    );
+    assert!(took < Duration::from_secs(8), "the container handles SIGTERM, so no grace should be spent: {took:?}");
+    assert!(rest.iter().any(|l| l == "algo-1 | probe: SIGTERM"), "the container never saw SIGTERM: {rest:?}");
     let record = sm.describe("sigint-job");
     assert_eq!(record["TrainingJobStatus"], "Stopped");
     let statuses: Vec<&str> = record["SecondaryStatusTransitions"]
@@ -297,26 +207,9 @@ fn ctrl_c_stops_the_container_gracefully_records_stopped_and_leaves_nothing_behi
         .iter()
         .map(|t| t["Status"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        statuses,
-        [
-            "Starting",
-            "Downloading",
-            "Training",
-            "Stopping",
-            "Uploading",
-            "Stopped"
-        ]
-    );
-    let output = tar_entries(
-        &bucket
-            .get("output/sigint-job/output/output.tar.gz")
-            .unwrap(),
-    );
+    assert_eq!(statuses, ["Starting", "Downloading", "Training", "Stopping", "Uploading", "Stopped"]);
+    let output = tar_entries(&bucket.get("output/sigint-job/output/output.tar.gz").unwrap());
     assert_eq!(file_entry(&output, "sigterm"), b"terminated\n");
     assert_eq!(leftovers("sigint-job"), (String::new(), String::new()));
-    assert!(
-        !sm.job_dir("sigint-job").join("work").exists(),
-        "work files were left behind"
-    );
+    assert!(!sm.job_dir("sigint-job").join("work").exists(), "work files were left behind");
 }

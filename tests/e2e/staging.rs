@@ -5,9 +5,7 @@ use crate::harness::*;
 use serde_json::json;
 
 fn bytes(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8).collect()
 }
 
 #[test]
@@ -19,25 +17,15 @@ fn s3_prefix_objects_arrive_byte_identical_at_key_minus_prefix() {
     bucket.put("data/tr/nested/deeper/b.csv", b"x,y\n");
     bucket.put("data/train2.csv", b"string prefix match\n");
     bucket.put("data/other/c.csv", b"not in the channel\n");
-    let mut req = probe_request(
-        "prefix-job",
-        &bucket,
-        &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"],
-    );
+    let mut req = probe_request("prefix-job", &bucket, &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"]);
     req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri("data/tr"));
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let entries = tar_entries(&bucket.get("output/prefix-job/output/model.tar.gz").unwrap());
     assert_eq!(file_entry(&entries, "seen/a.bin"), big);
     assert_eq!(file_entry(&entries, "seen/nested/deeper/b.csv"), b"x,y\n");
-    assert_eq!(
-        file_entry(&entries, "seen/ain2.csv"),
-        b"string prefix match\n"
-    );
-    assert!(
-        !entries.iter().any(|(p, _)| p.contains("c.csv")),
-        "an object outside the prefix was staged"
-    );
+    assert_eq!(file_entry(&entries, "seen/ain2.csv"), b"string prefix match\n");
+    assert!(!entries.iter().any(|(p, _)| p.contains("c.csv")), "an object outside the prefix was staged");
 }
 
 #[test]
@@ -49,26 +37,14 @@ fn a_manifest_file_stages_the_listed_keys() {
     bucket.put("pool/unlisted.csv", b"3\n");
     bucket.put(
         "manifests/train.json",
-        format!(
-            r#"[{{"prefix": "{}"}}, "one.csv", "sub/two.csv"]"#,
-            bucket.uri("pool/")
-        )
-        .as_bytes(),
+        format!(r#"[{{"prefix": "{}"}}, "one.csv", "sub/two.csv"]"#, bucket.uri("pool/")).as_bytes(),
     );
-    let mut req = probe_request(
-        "manifest-job",
-        &bucket,
-        &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"],
-    );
+    let mut req = probe_request("manifest-job", &bucket, &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"]);
     req["InputDataConfig"][0]["DataSource"]["S3DataSource"] =
         json!({"S3DataType": "ManifestFile", "S3Uri": bucket.uri("manifests/train.json")});
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");
-    let entries = tar_entries(
-        &bucket
-            .get("output/manifest-job/output/model.tar.gz")
-            .unwrap(),
-    );
+    let entries = tar_entries(&bucket.get("output/manifest-job/output/model.tar.gz").unwrap());
     assert_eq!(file_entry(&entries, "seen/one.csv"), b"1\n");
     assert_eq!(file_entry(&entries, "seen/sub/two.csv"), b"2\n");
     assert!(!entries.iter().any(|(p, _)| p.contains("unlisted")));
@@ -102,24 +78,16 @@ fn file_uris_work_and_the_algorithm_cannot_change_the_users_data() {
     );
     req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] =
         json!(format!("file://{}/train/", data.path().display()));
-    req["OutputDataConfig"]["S3OutputPath"] =
-        json!(format!("file://{}/results", out.path().display()));
+    req["OutputDataConfig"]["S3OutputPath"] = json!(format!("file://{}/results", out.path().display()));
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("algo-1 | kept"), "{run:?}");
-    assert_eq!(
-        std::fs::read(data.path().join("train/a.csv")).unwrap(),
-        b"original\n"
-    );
+    assert_eq!(std::fs::read(data.path().join("train/a.csv")).unwrap(), b"original\n");
     assert!(!data.path().join("train/new.csv").exists());
     let model = std::fs::read(out.path().join("results/local-job/output/model.tar.gz"))
         .expect("model.tar.gz in the file:// output path");
     assert_eq!(file_entry(&tar_entries(&model), "m"), b"1");
-    assert!(
-        out.path()
-            .join("results/local-job/output/output.tar.gz")
-            .exists()
-    );
+    assert!(out.path().join("results/local-job/output/output.tar.gz").exists());
 }
 
 #[test]
@@ -130,11 +98,7 @@ fn a_key_that_would_escape_the_channel_is_refused_by_name_and_nothing_is_written
     bucket.put("escape.csv", b"evil\n");
     bucket.put(
         "manifest.json",
-        format!(
-            r#"[{{"prefix": "{}"}}, "ok.csv", "../escape.csv"]"#,
-            bucket.uri("pool/")
-        )
-        .as_bytes(),
+        format!(r#"[{{"prefix": "{}"}}, "ok.csv", "../escape.csv"]"#, bucket.uri("pool/")).as_bytes(),
     );
     let mut req = probe_request("traversal-job", &bucket, &["echo", "must not run"]);
     req["InputDataConfig"][0]["DataSource"]["S3DataSource"] =
@@ -158,11 +122,7 @@ fn a_key_that_would_escape_the_channel_is_refused_by_name_and_nothing_is_written
             written.push(entry);
         }
     }
-    assert!(
-        written.is_empty(),
-        "escape.csv was written: {written:?} (work {})",
-        work.display()
-    );
+    assert!(written.is_empty(), "escape.csv was written: {written:?} (work {})", work.display());
     remove_leftovers("traversal-job");
 }
 

@@ -10,14 +10,7 @@ use std::time::{Duration, Instant};
 fn spawn_train(sm: &Smlocal, req: &Value, extra: &[&str]) -> std::process::Child {
     let file = sm.home.path().join(format!("spawned-{}.json", unique()));
     std::fs::write(&file, serde_json::to_vec(req).unwrap()).unwrap();
-    sm.command()
-        .arg("train")
-        .arg(&file)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    sm.command().arg("train").arg(&file).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 #[test]
@@ -56,10 +49,7 @@ fn checkpoints_are_restored_before_start_and_synced_during_and_after_training() 
             break;
         }
     }
-    assert!(
-        seen.contains(&"algo-1 | from an earlier run".to_string()),
-        "not restored: {seen:?}"
-    );
+    assert!(seen.contains(&"algo-1 | from an earlier run".to_string()), "not restored: {seen:?}");
     let deadline = Instant::now() + Duration::from_secs(3);
     while bucket.get("ckpt/during.bin").is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -69,25 +59,12 @@ fn checkpoints_are_restored_before_start_and_synced_during_and_after_training() 
         Some(&b"synced while training"[..]),
         "no sync while the job ran"
     );
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the job should still be running"
-    );
+    assert!(child.try_wait().unwrap().is_none(), "the job should still be running");
     let _: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(child.wait().unwrap().code(), Some(0));
-    assert_eq!(
-        bucket.get("ckpt/final.bin").as_deref(),
-        Some(&b"synced at the end"[..])
-    );
-    assert_eq!(
-        bucket.get("ckpt/keep.bin").as_deref(),
-        Some(&b"from an earlier run"[..])
-    );
-    assert_eq!(
-        bucket.get("ckpt/old/stale.bin"),
-        None,
-        "a deleted checkpoint must be deleted at S3Uri too"
-    );
+    assert_eq!(bucket.get("ckpt/final.bin").as_deref(), Some(&b"synced at the end"[..]));
+    assert_eq!(bucket.get("ckpt/keep.bin").as_deref(), Some(&b"from an earlier run"[..]));
+    assert_eq!(bucket.get("ckpt/old/stale.bin"), None, "a deleted checkpoint must be deleted at S3Uri too");
 }
 
 #[test]
@@ -97,37 +74,17 @@ fn file_checkpoints_at_a_custom_local_path_are_shared_by_every_host() {
     bucket.put("train/a.csv", b"1\n");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("seed.txt"), "seed").unwrap();
-    let steps = [
-        "cat",
-        "/ckpt/seed.txt",
-        "echo",
-        "",
-        "write",
-        "/ckpt/{host}.txt",
-        "{host}",
-    ];
+    let steps = ["cat", "/ckpt/seed.txt", "echo", "", "write", "/ckpt/{host}.txt", "{host}"];
     let mut req = probe_request("ckpt-local-job", &bucket, &steps);
-    req["ResourceConfig"] =
-        json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
-    req["CheckpointConfig"] =
-        json!({"S3Uri": format!("file://{}", dir.path().display()), "LocalPath": "/ckpt"});
+    req["ResourceConfig"] = json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
+    req["CheckpointConfig"] = json!({"S3Uri": format!("file://{}", dir.path().display()), "LocalPath": "/ckpt"});
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(
-        run.stdout.matches("| seed").count(),
-        2,
-        "both hosts restore: {run:?}"
-    );
+    assert_eq!(run.stdout.matches("| seed").count(), 2, "both hosts restore: {run:?}");
     for host in ["algo-1", "algo-2"] {
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join(format!("{host}.txt"))).unwrap(),
-            host
-        );
+        assert_eq!(std::fs::read_to_string(dir.path().join(format!("{host}.txt"))).unwrap(), host);
     }
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("seed.txt")).unwrap(),
-        "seed"
-    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("seed.txt")).unwrap(), "seed");
 }
 
 #[test]
@@ -171,20 +128,12 @@ fn a_replayed_spot_interruption_resumes_from_the_checkpoint() {
         .stdout
         .lines()
         .filter(|l| {
-            l.contains("first attempt")
-                || l.contains("SIGTERM")
-                || l.contains("epoch 7")
-                || l.contains("resumed")
+            l.contains("first attempt") || l.contains("SIGTERM") || l.contains("epoch 7") || l.contains("resumed")
         })
         .collect();
     assert_eq!(
         order,
-        [
-            "algo-1 | first attempt",
-            "algo-1 | probe: SIGTERM",
-            "algo-1 | epoch 7",
-            "algo-1 | resumed from checkpoint"
-        ],
+        ["algo-1 | first attempt", "algo-1 | probe: SIGTERM", "algo-1 | epoch 7", "algo-1 | resumed from checkpoint"],
         "{run:?}"
     );
     let record = sm.describe("spot-job");
@@ -213,10 +162,7 @@ fn a_replayed_spot_interruption_resumes_from_the_checkpoint() {
     let model = tar_entries(&bucket.get("output/spot-job/output/model.tar.gz").unwrap());
     assert_eq!(file_entry(&model, "model.txt"), b"finished after a resume");
     let log = std::fs::read_to_string(sm.job_dir("spot-job").join("logs/algo-1.log")).unwrap();
-    assert!(
-        log.contains("first attempt") && log.contains("resumed from checkpoint"),
-        "both attempts are in the log"
-    );
+    assert!(log.contains("first attempt") && log.contains("resumed from checkpoint"), "both attempts are in the log");
 }
 
 #[test]
@@ -224,23 +170,14 @@ fn metric_definitions_give_final_values_a_table_and_a_plot() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("metrics-{}", unique()));
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/linear");
-    bucket.put(
-        "train/data.csv",
-        &std::fs::read(fixtures.join("train/data.csv")).unwrap(),
-    );
-    bucket.put(
-        "validation/data.csv",
-        &std::fs::read(fixtures.join("validation/data.csv")).unwrap(),
-    );
+    bucket.put("train/data.csv", &std::fs::read(fixtures.join("train/data.csv")).unwrap());
+    bucket.put("validation/data.csv", &std::fs::read(fixtures.join("validation/data.csv")).unwrap());
     let mut req = request("metrics-job", SAMPLE_IMAGE, &bucket);
     req["HyperParameters"] = json!({"epochs": "40", "learning_rate": "0.1"});
     let mut validation = req["InputDataConfig"][0].clone();
     validation["ChannelName"] = json!("validation");
     validation["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri("validation/"));
-    req["InputDataConfig"]
-        .as_array_mut()
-        .unwrap()
-        .push(validation);
+    req["InputDataConfig"].as_array_mut().unwrap().push(validation);
     req["AlgorithmSpecification"]["MetricDefinitions"] = json!([
         {"Name": "train:mse", "Regex": "train_mse=([0-9.]+)"},
         {"Name": "validation:mse", "Regex": "validation_mse=([0-9.]+)"},
@@ -262,52 +199,25 @@ fn metric_definitions_give_final_values_a_table_and_a_plot() {
 
     let record = sm.describe("metrics-job");
     let finals = record["FinalMetricDataList"].as_array().unwrap();
-    let names: Vec<&str> = finals
-        .iter()
-        .map(|m| m["MetricName"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = finals.iter().map(|m| m["MetricName"].as_str().unwrap()).collect();
     assert_eq!(names, ["train:mse", "validation:mse"]);
     assert_eq!(finals[0]["Value"].as_f64().unwrap(), last_train);
     assert!(finals[0]["Timestamp"].is_number());
-    for field in [
-        "TrainingStartTime",
-        "TrainingEndTime",
-        "TrainingTimeInSeconds",
-        "BillableTimeInSeconds",
-    ] {
+    for field in ["TrainingStartTime", "TrainingEndTime", "TrainingTimeInSeconds", "BillableTimeInSeconds"] {
         assert!(record[field].is_number(), "{field} missing from {record}");
     }
 
-    let table = Run::from(
-        sm.command()
-            .args(["metrics", "metrics-job"])
-            .output()
-            .unwrap(),
-    );
+    let table = Run::from(sm.command().args(["metrics", "metrics-job"]).output().unwrap());
     assert_eq!(table.code, 0, "{table:?}");
-    let train_row = table
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("train:mse"))
-        .expect("a train:mse row");
+    let train_row = table.stdout.lines().find(|l| l.starts_with("train:mse")).expect("a train:mse row");
     let cells: Vec<&str> = train_row.split_whitespace().collect();
     assert_eq!(cells[4], "40", "one point per epoch: {train_row}");
     assert!((cells[1].parse::<f64>().unwrap() - last_train).abs() < 1e-6);
-    let plot = table
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("plot: "))
-        .expect("the plot's path");
+    let plot = table.stdout.lines().find_map(|l| l.strip_prefix("plot: ")).expect("the plot's path");
     let svg = std::fs::read_to_string(plot).unwrap();
     let doc = roxmltree::Document::parse(&svg).expect("the plot is well-formed SVG");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
-    assert_eq!(
-        doc.descendants()
-            .filter(|n| n.has_tag_name("polyline"))
-            .count(),
-        2,
-        "one line per metric on one host"
-    );
+    assert_eq!(doc.descendants().filter(|n| n.has_tag_name("polyline")).count(), 2, "one line per metric on one host");
 }
 
 #[test]
@@ -315,32 +225,14 @@ fn logs_follow_a_job_that_another_process_runs_and_filter_by_host() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("follow-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
-    let steps = [
-        "echo",
-        "early line",
-        "sleep",
-        "2",
-        "echo",
-        "late line from {host}",
-    ];
+    let steps = ["echo", "early line", "sleep", "2", "echo", "late line from {host}"];
     let mut req = probe_request("follow-job", &bucket, &steps);
-    req["ResourceConfig"] =
-        json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
+    req["ResourceConfig"] = json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
     let mut child = spawn_train(&sm, &req, &[]);
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("early line"))
-    );
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l.contains("early line")));
     // The job is running; follow it from another process.
-    let follower = sm
-        .command()
-        .args(["logs", "follow-job", "--follow"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let follower = sm.command().args(["logs", "follow-job", "--follow"]).stdout(Stdio::piped()).spawn().unwrap();
     let _: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let followed = follower.wait_with_output().unwrap();
@@ -352,32 +244,13 @@ fn logs_follow_a_job_that_another_process_runs_and_filter_by_host() {
         "algo-1 | late line from algo-1",
         "algo-2 | late line from algo-2",
     ] {
-        assert!(
-            text.lines().any(|l| l == expected),
-            "{expected} missing from the followed logs:\n{text}"
-        );
+        assert!(text.lines().any(|l| l == expected), "{expected} missing from the followed logs:\n{text}");
     }
-    let only = Run::from(
-        sm.command()
-            .args(["logs", "follow-job", "--host", "algo-2"])
-            .output()
-            .unwrap(),
-    );
-    assert_eq!(
-        only.stdout,
-        "algo-2 | early line\nalgo-2 | late line from algo-2\n"
-    );
-    let wrong = Run::from(
-        sm.command()
-            .args(["logs", "follow-job", "--host", "algo-9"])
-            .output()
-            .unwrap(),
-    );
+    let only = Run::from(sm.command().args(["logs", "follow-job", "--host", "algo-2"]).output().unwrap());
+    assert_eq!(only.stdout, "algo-2 | early line\nalgo-2 | late line from algo-2\n");
+    let wrong = Run::from(sm.command().args(["logs", "follow-job", "--host", "algo-9"]).output().unwrap());
     assert_eq!(wrong.code, 2);
-    assert!(
-        wrong.stderr.contains("its hosts are: algo-1, algo-2"),
-        "{wrong:?}"
-    );
+    assert!(wrong.stderr.contains("its hosts are: algo-1, algo-2"), "{wrong:?}");
 }
 
 #[test]
@@ -385,62 +258,25 @@ fn list_filters_like_list_training_jobs() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("filters-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
-    assert_eq!(
-        sm.train(&probe_request("alpha-ok", &bucket, &["echo", "x"]), &[])
-            .code,
-        0
-    );
+    assert_eq!(sm.train(&probe_request("alpha-ok", &bucket, &["echo", "x"]), &[]).code, 0);
     let between = record_time(&sm, "alpha-ok") + 0.001;
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(
-        sm.train(&probe_request("beta-fails", &bucket, &["exit", "1"]), &[])
-            .code,
-        1
-    );
-    assert_eq!(
-        sm.train(&probe_request("alpha-two", &bucket, &["echo", "y"]), &[])
-            .code,
-        0
-    );
+    assert_eq!(sm.train(&probe_request("beta-fails", &bucket, &["exit", "1"]), &[]).code, 1);
+    assert_eq!(sm.train(&probe_request("alpha-two", &bucket, &["echo", "y"]), &[]).code, 0);
     let names = |args: &[&str]| -> Vec<String> {
         let out = sm.command().arg("list").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.split_whitespace().next().unwrap().to_string())
-            .collect()
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split_whitespace().next().unwrap().to_string()).collect()
     };
     assert_eq!(names(&[]), ["alpha-two", "beta-fails", "alpha-ok"]);
     assert_eq!(names(&["--status-equals", "Failed"]), ["beta-fails"]);
-    assert_eq!(
-        names(&["--name-contains", "ALPHA"]),
-        ["alpha-two", "alpha-ok"]
-    );
+    assert_eq!(names(&["--name-contains", "ALPHA"]), ["alpha-two", "alpha-ok"]);
     assert_eq!(names(&["--max-results", "1"]), ["alpha-two"]);
-    assert_eq!(
-        names(&["--creation-time-after", &between.to_string()]),
-        ["alpha-two", "beta-fails"]
-    );
-    assert_eq!(
-        names(&["--creation-time-before", &between.to_string()]),
-        ["alpha-ok"]
-    );
-    let bad = Run::from(
-        sm.command()
-            .args(["list", "--status-equals", "Done"])
-            .output()
-            .unwrap(),
-    );
+    assert_eq!(names(&["--creation-time-after", &between.to_string()]), ["alpha-two", "beta-fails"]);
+    assert_eq!(names(&["--creation-time-before", &between.to_string()]), ["alpha-ok"]);
+    let bad = Run::from(sm.command().args(["list", "--status-equals", "Done"]).output().unwrap());
     assert_eq!(bad.code, 2);
-    assert!(
-        bad.stderr
-            .contains("InProgress, Completed, Failed, Stopping or Stopped"),
-        "{bad:?}"
-    );
+    assert!(bad.stderr.contains("InProgress, Completed, Failed, Stopping or Stopped"), "{bad:?}");
 }
 
 fn record_time(sm: &Smlocal, name: &str) -> f64 {
@@ -452,21 +288,11 @@ fn rm_deletes_the_record_but_not_the_uploaded_artifacts() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("rm-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
-    assert_eq!(
-        sm.train(
-            &probe_request("rm-job", &bucket, &["write", "/opt/ml/model/m", "1"]),
-            &[]
-        )
-        .code,
-        0
-    );
+    assert_eq!(sm.train(&probe_request("rm-job", &bucket, &["write", "/opt/ml/model/m", "1"]), &[]).code, 0);
     let rm = Run::from(sm.command().args(["rm", "rm-job"]).output().unwrap());
     assert_eq!(rm.code, 0, "{rm:?}");
     assert!(!sm.job_dir("rm-job").exists());
-    assert_eq!(
-        Run::from(sm.command().args(["describe", "rm-job"]).output().unwrap()).code,
-        2
-    );
+    assert_eq!(Run::from(sm.command().args(["describe", "rm-job"]).output().unwrap()).code, 2);
     assert!(bucket.get("output/rm-job/output/model.tar.gz").is_some());
 }
 
@@ -476,16 +302,10 @@ fn cleanup_removes_what_a_killed_run_left_and_marks_it_failed() {
     let bucket = s3().bucket(&format!("cleanup-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
     let mut req = probe_request("orphan-job", &bucket, &["echo", "ready", "sleep", "120"]);
-    req["ResourceConfig"] =
-        json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
+    req["ResourceConfig"] = json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
     let mut child = spawn_train(&sm, &req, &[]);
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.ends_with("| ready"))
-    );
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l.ends_with("| ready")));
     // SIGKILL: smlocal gets no chance to clean up.
     child.kill().unwrap();
     child.wait().unwrap();
@@ -502,10 +322,5 @@ fn cleanup_removes_what_a_killed_run_left_and_marks_it_failed() {
     assert_eq!(leftovers("orphan-job"), (String::new(), String::new()));
     let record = sm.describe("orphan-job");
     assert_eq!(record["TrainingJobStatus"], "Failed");
-    assert!(
-        record["FailureReason"]
-            .as_str()
-            .unwrap()
-            .contains("ended before the job did")
-    );
+    assert!(record["FailureReason"].as_str().unwrap().contains("ended before the job did"));
 }

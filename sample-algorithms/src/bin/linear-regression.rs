@@ -45,9 +45,10 @@ fn parse_params(raw: &serde_json::Map<String, serde_json::Value>) -> Result<Para
     ) -> Result<T, String> {
         match raw.get(name) {
             None => Ok(default),
-            Some(serde_json::Value::String(s)) => s.trim().parse().map_err(|_| {
-                format!("ClientError: hyperparameter {name}='{s}' is not valid; expected {valid}")
-            }),
+            Some(serde_json::Value::String(s)) => s
+                .trim()
+                .parse()
+                .map_err(|_| format!("ClientError: hyperparameter {name}='{s}' is not valid; expected {valid}")),
             Some(other) => Err(format!(
                 "ClientError: hyperparameter {name} is {other}, but SageMaker passes every value as a string"
             )),
@@ -59,9 +60,7 @@ fn parse_params(raw: &serde_json::Map<String, serde_json::Value>) -> Result<Para
         target_column: get(raw, "target_column", 0, "a column index, 0 or more")?,
     };
     if p.epochs == 0 {
-        return Err(
-            "ClientError: hyperparameter epochs='0' is not valid; expected 1 or more".into(),
-        );
+        return Err("ClientError: hyperparameter epochs='0' is not valid; expected 1 or more".into());
     }
     if !(p.learning_rate > 0.0 && p.learning_rate.is_finite()) {
         return Err(format!(
@@ -75,26 +74,18 @@ fn parse_params(raw: &serde_json::Map<String, serde_json::Value>) -> Result<Para
 /// Rows of features and targets from every CSV file of a channel, in name order.
 fn load_channel(dir: &Path, target_column: usize) -> Result<(Vec<Vec<f64>>, Vec<f64>), String> {
     let mut files = Vec::new();
-    collect_csv(dir, &mut files)
-        .map_err(|e| format!("ClientError: cannot read channel {}: {e}", dir.display()))?;
+    collect_csv(dir, &mut files).map_err(|e| format!("ClientError: cannot read channel {}: {e}", dir.display()))?;
     files.sort();
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for file in &files {
-        let text = fs::read_to_string(file)
-            .map_err(|e| format!("ClientError: cannot read {}: {e}", file.display()))?;
+        let text = fs::read_to_string(file).map_err(|e| format!("ClientError: cannot read {}: {e}", file.display()))?;
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let cells: Result<Vec<f64>, _> =
-                line.split(',').map(|c| c.trim().parse::<f64>()).collect();
-            let mut cells = cells.map_err(|_| {
-                format!(
-                    "ClientError: {}:{} is not a row of numbers: '{line}'",
-                    file.display(),
-                    n + 1
-                )
-            })?;
+            let cells: Result<Vec<f64>, _> = line.split(',').map(|c| c.trim().parse::<f64>()).collect();
+            let mut cells = cells
+                .map_err(|_| format!("ClientError: {}:{} is not a row of numbers: '{line}'", file.display(), n + 1))?;
             if target_column >= cells.len() {
                 return Err(format!(
                     "ClientError: target_column={target_column} but {}:{} has {} columns",
@@ -109,10 +100,7 @@ fn load_channel(dir: &Path, target_column: usize) -> Result<(Vec<Vec<f64>>, Vec<
     }
     let width = xs.first().map(Vec::len).unwrap_or(0);
     if xs.iter().any(|r| r.len() != width) {
-        return Err(format!(
-            "ClientError: rows in {} have different numbers of columns",
-            dir.display()
-        ));
+        return Err(format!("ClientError: rows in {} have different numbers of columns", dir.display()));
     }
     Ok((xs, ys))
 }
@@ -201,9 +189,7 @@ impl Peers {
 
 fn write_vector(stream: &mut TcpStream, v: &[f64]) -> Option<()> {
     let line: Vec<String> = v.iter().map(f64::to_string).collect();
-    stream
-        .write_all(format!("{}\n", line.join(",")).as_bytes())
-        .ok()
+    stream.write_all(format!("{}\n", line.join(",")).as_bytes()).ok()
 }
 
 fn read_vector(reader: &mut BufReader<TcpStream>) -> Option<Vec<f64>> {
@@ -241,12 +227,7 @@ fn main() {
     let root = ml_root();
     let mode = std::env::args().nth(1).unwrap_or_default();
     if mode != "train" {
-        fail(
-            &root,
-            &format!(
-                "ClientError: this image only trains; it was started with '{mode}' instead of 'train'"
-            ),
-        );
+        fail(&root, &format!("ClientError: this image only trains; it was started with '{mode}' instead of 'train'"));
     }
     unsafe {
         libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
@@ -254,28 +235,17 @@ fn main() {
 
     let hp_path = root.join("input/config/hyperparameters.json");
     let raw: serde_json::Map<String, serde_json::Value> = match fs::read_to_string(&hp_path) {
-        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-            fail(
-                &root,
-                &format!(
-                    "ClientError: {} is not a JSON object: {e}",
-                    hp_path.display()
-                ),
-            )
-        }),
+        Ok(text) => serde_json::from_str(&text)
+            .unwrap_or_else(|e| fail(&root, &format!("ClientError: {} is not a JSON object: {e}", hp_path.display()))),
         Err(_) => serde_json::Map::new(),
     };
     let params = parse_params(&raw).unwrap_or_else(|reason| fail(&root, &reason));
 
-    let resource: serde_json::Value =
-        fs::read_to_string(root.join("input/config/resourceconfig.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-    let host = resource["current_host"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_string();
+    let resource: serde_json::Value = fs::read_to_string(root.join("input/config/resourceconfig.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let host = resource["current_host"].as_str().unwrap_or("unknown").to_string();
     println!(
         "linear-regression on {host}: epochs={} learning_rate={} target_column={}",
         params.epochs, params.learning_rate, params.target_column
@@ -283,15 +253,10 @@ fn main() {
 
     let hosts: Vec<String> = resource["hosts"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|h| h.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|h| h.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let data = root.join("input/data");
-    let (xs, ys) =
-        load_channel(&data.join("train"), params.target_column).unwrap_or_else(|r| fail(&root, &r));
+    let (xs, ys) = load_channel(&data.join("train"), params.target_column).unwrap_or_else(|r| fail(&root, &r));
     if xs.is_empty() && hosts.len() <= 1 {
         fail(
             &root,
@@ -301,24 +266,16 @@ fn main() {
             ),
         );
     }
-    let validation = data.join("validation").is_dir().then(|| {
-        load_channel(&data.join("validation"), params.target_column)
-            .unwrap_or_else(|r| fail(&root, &r))
-    });
-    println!(
-        "loaded {} training rows with {} features",
-        xs.len(),
-        xs.first().map(Vec::len).unwrap_or(0)
-    );
+    let validation = data
+        .join("validation")
+        .is_dir()
+        .then(|| load_channel(&data.join("validation"), params.target_column).unwrap_or_else(|r| fail(&root, &r)));
+    println!("loaded {} training rows with {} features", xs.len(), xs.first().map(Vec::len).unwrap_or(0));
 
     // Data-parallel: every host computes the gradient of its shard, the sums are shared
     // through algo-1 over TCP, and every host applies the same update.
-    let mut peers = Peers::connect(&hosts, &host).unwrap_or_else(|e| {
-        fail(
-            &root,
-            &format!("AlgorithmError: {host} cannot reach its peers: {e}"),
-        )
-    });
+    let mut peers = Peers::connect(&hosts, &host)
+        .unwrap_or_else(|e| fail(&root, &format!("AlgorithmError: {host} cannot reach its peers: {e}")));
     let local_width = xs.first().map(Vec::len).unwrap_or(0) as f64;
     let width = match peers.all_reduce(vec![local_width], f64::max) {
         Some(v) => v[0] as usize,
@@ -366,10 +323,9 @@ fn main() {
         }
         b -= params.learning_rate * 2.0 * total[width] / n;
         match &validation {
-            Some((vx, vy)) if !vx.is_empty() => println!(
-                "epoch={epoch} train_mse={train_mse:.6} validation_mse={:.6}",
-                mse(&w, b, vx, vy)
-            ),
+            Some((vx, vy)) if !vx.is_empty() => {
+                println!("epoch={epoch} train_mse={train_mse:.6} validation_mse={:.6}", mse(&w, b, vx, vy))
+            }
             _ => println!("epoch={epoch} train_mse={train_mse:.6}"),
         }
         epochs_done = epoch;
@@ -380,17 +336,11 @@ fn main() {
     let wrote_summary = fs::create_dir_all(root.join("output/data")).and_then(|_| {
         fs::write(
             &summary,
-            format!(
-                "rows={} features={width} epochs={epochs_done}\nfinal_train_mse={final_mse:.6}\n",
-                xs.len()
-            ),
+            format!("rows={} features={width} epochs={epochs_done}\nfinal_train_mse={final_mse:.6}\n", xs.len()),
         )
     });
     if let Err(e) = wrote_summary {
-        fail(
-            &root,
-            &format!("AlgorithmError: cannot write {}: {e}", summary.display()),
-        );
+        fail(&root, &format!("AlgorithmError: cannot write {}: {e}", summary.display()));
     }
     if !peers.is_leader() {
         println!("{host} done; algo-1 writes the model");
@@ -407,13 +357,7 @@ fn main() {
     let written = fs::create_dir_all(root.join("model"))
         .and_then(|_| fs::write(root.join("model/model.json"), format!("{model:#}\n")));
     if let Err(e) = written {
-        fail(
-            &root,
-            &format!("AlgorithmError: cannot write the model: {e}"),
-        );
+        fail(&root, &format!("AlgorithmError: cannot write the model: {e}"));
     }
-    println!(
-        "model written to {}",
-        root.join("model/model.json").display()
-    );
+    println!("model written to {}", root.join("model/model.json").display());
 }

@@ -90,17 +90,11 @@ fn retry<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
 
 fn main() {
     let host = current_host();
-    let mut args: Vec<String> = std::env::args()
-        .skip(1)
-        .map(|a| a.replace("{host}", &host))
-        .collect();
+    let mut args: Vec<String> = std::env::args().skip(1).map(|a| a.replace("{host}", &host)).collect();
     // Run as `sh -c "PROGRAM STEP ARG ..."` (a shell-form ENTRYPOINT): the steps are one
     // string, after the program the shell would start (the probe itself).
     if args.first().is_some_and(|a| a == "-c") {
-        args = args
-            .get(1)
-            .map(|s| s.split_whitespace().skip(1).map(str::to_string).collect())
-            .unwrap_or_default();
+        args = args.get(1).map(|s| s.split_whitespace().skip(1).map(str::to_string).collect()).unwrap_or_default();
     }
     let mut may_fail = false;
     let mut term_code: Option<i32> = None;
@@ -165,10 +159,7 @@ fn main() {
             "write" => {
                 let a = take(2, &mut i);
                 let path = Path::new(&a[0]);
-                path.parent()
-                    .map(fs::create_dir_all)
-                    .transpose()
-                    .and_then(|_| fs::write(path, &a[1]))
+                path.parent().map(fs::create_dir_all).transpose().and_then(|_| fs::write(path, &a[1]))
             }
             "append" => {
                 let a = take(2, &mut i);
@@ -238,25 +229,18 @@ fn main() {
             }
             "listen" => {
                 let port: u16 = take(1, &mut i)[0].parse().unwrap_or(0);
-                std::net::TcpListener::bind(("0.0.0.0", port))
-                    .and_then(|l| l.accept())
-                    .and_then(|(stream, _)| {
-                        let mut line = String::new();
-                        std::io::BufRead::read_line(
-                            &mut std::io::BufReader::new(stream),
-                            &mut line,
-                        )?;
-                        println!("probe: got {}", line.trim_end());
-                        Ok(())
-                    })
+                std::net::TcpListener::bind(("0.0.0.0", port)).and_then(|l| l.accept()).and_then(|(stream, _)| {
+                    let mut line = String::new();
+                    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line)?;
+                    println!("probe: got {}", line.trim_end());
+                    Ok(())
+                })
             }
             "send" => {
                 let a = take(3, &mut i);
                 let port: u16 = a[1].parse().unwrap_or(0);
                 retry(|| std::net::TcpStream::connect((a[0].as_str(), port)))
-                    .and_then(|mut s| {
-                        std::io::Write::write_all(&mut s, format!("{}\n", a[2]).as_bytes())
-                    })
+                    .and_then(|mut s| std::io::Write::write_all(&mut s, format!("{}\n", a[2]).as_bytes()))
                     .map(|_| println!("probe: sent to {}", a[0]))
             }
             "may-fail" => {
@@ -266,39 +250,25 @@ fn main() {
             }
             "alloc-share" => {
                 let share: f64 = take(1, &mut i)[0].parse().unwrap_or(0.0);
-                let limit = [
-                    "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                    "/sys/fs/cgroup/memory.max",
-                ]
-                .iter()
-                .find_map(|p| fs::read_to_string(p).ok()?.trim().parse::<f64>().ok())
-                .unwrap_or(0.0);
+                let limit = ["/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max"]
+                    .iter()
+                    .find_map(|p| fs::read_to_string(p).ok()?.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0);
                 let mb = (limit * share / f64::from(1 << 20)) as usize;
                 for _ in 0..mb {
                     hoard.push(vec![1u8; 1 << 20]);
                 }
-                println!(
-                    "probe: holding {mb} MiB of a {} MiB limit",
-                    (limit / f64::from(1 << 20)) as u64
-                );
+                println!("probe: holding {mb} MiB of a {} MiB limit", (limit / f64::from(1 << 20)) as u64);
                 Ok(())
             }
             "hostname-in-hosts" => {
                 i += 1;
-                let name = fs::read_to_string("/etc/hostname")
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                let config = fs::read_to_string("/opt/ml/input/config/resourceconfig.json")
-                    .unwrap_or_default();
+                let name = fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
+                let config = fs::read_to_string("/opt/ml/input/config/resourceconfig.json").unwrap_or_default();
                 let hosts: Vec<String> = serde_json::from_str::<serde_json::Value>(&config)
                     .ok()
                     .and_then(|v| {
-                        v["hosts"].as_array().map(|a| {
-                            a.iter()
-                                .filter_map(|h| h.as_str().map(str::to_string))
-                                .collect()
-                        })
+                        v["hosts"].as_array().map(|a| a.iter().filter_map(|h| h.as_str().map(str::to_string)).collect())
                     })
                     .unwrap_or_default();
                 if hosts.contains(&name) {

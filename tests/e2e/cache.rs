@@ -1,0 +1,85 @@
+//! The input cache: a warm re-run downloads nothing (counted at the S3 server), a changed
+//! object is fetched again, large objects arrive whole through ranged reads, and no algorithm
+//! can write into the cache through its channel folder.
+
+use crate::harness::*;
+
+#[test]
+fn a_warm_rerun_downloads_nothing_and_a_changed_object_is_fetched_again() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("cache-{}", unique()));
+    // Big enough to be fetched in several ranges.
+    let big: Vec<u8> = (0..40u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    bucket.put("train/a.csv", b"one\n");
+    bucket.put("train/b.csv", b"two\n");
+    bucket.put("train/big.bin", &big);
+    let steps = [
+        "copy",
+        "/opt/ml/input/data/train",
+        "/opt/ml/model/seen",
+        "write",
+        "/opt/ml/input/data/train/a.csv",
+        "overwritten by the algorithm",
+        "write",
+        "/opt/ml/input/data/train/new.csv",
+        "added by the algorithm",
+    ];
+    let seen = |name: &str| tar_entries(&bucket.get(&format!("output/{name}/output/model.tar.gz")).unwrap());
+
+    let cold = sm.train(&probe_request("cache-cold", &bucket, &steps), &[]);
+    assert_eq!(cold.code, 0, "{cold:?}");
+    let after_cold = bucket.object_gets();
+    assert!(after_cold >= 5, "2 small objects and at least 3 ranges of the big one, got {after_cold} GETs");
+    assert_eq!(file_entry(&seen("cache-cold"), "seen/big.bin"), big);
+
+    // (The test's own reads of the results are GETs too: count around the runs only.)
+    let before_warm = bucket.object_gets();
+    let warm = sm.train(&probe_request("cache-warm", &bucket, &steps), &[]);
+    assert_eq!(warm.code, 0, "{warm:?}");
+    assert_eq!(bucket.object_gets(), before_warm, "a warm re-run must download nothing");
+    let entries = seen("cache-warm");
+    assert_eq!(file_entry(&entries, "seen/a.csv"), b"one\n", "the first run's write reached the cache");
+    assert!(!entries.iter().any(|(p, _)| p == "seen/new.csv"), "the first run's new file reached the cache");
+    assert_eq!(file_entry(&entries, "seen/big.bin"), big);
+
+    bucket.put("train/b.csv", b"changed\n");
+    let before_change = bucket.object_gets();
+    let changed = sm.train(&probe_request("cache-changed", &bucket, &steps), &[]);
+    assert_eq!(changed.code, 0, "{changed:?}");
+    assert_eq!(bucket.object_gets(), before_change + 1, "only the changed object is fetched");
+    assert_eq!(file_entry(&seen("cache-changed"), "seen/b.csv"), b"changed\n");
+
+    let shown = Run::from(sm.command().arg("cache").output().unwrap());
+    assert!(shown.stdout.contains("objects: 4"), "{shown:?}");
+    let pruned = Run::from(sm.command().args(["cache", "prune", "--max-size", "0"]).output().unwrap());
+    assert!(pruned.stdout.starts_with("removed 4 object(s)"), "{pruned:?}");
+    assert!(Run::from(sm.command().arg("cache").output().unwrap()).stdout.contains("objects: 0"));
+}
+
+#[test]
+fn several_hosts_share_one_download_and_each_writes_only_its_own_copy() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("cache-hosts-{}", unique()));
+    bucket.put("train/a.csv", b"shared\n");
+    let steps = [
+        "cat",
+        "/opt/ml/input/data/train/a.csv",
+        "write",
+        "/opt/ml/input/data/train/a.csv",
+        "{host} was here",
+        "cat",
+        "/opt/ml/input/data/train/a.csv",
+        "echo",
+        "",
+    ];
+    let mut req = probe_request("cache-hosts", &bucket, &steps);
+    req["ResourceConfig"] =
+        serde_json::json!({"InstanceType": "ml.t3.medium", "InstanceCount": 3, "VolumeSizeInGB": 1});
+    let run = sm.train(&req, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(bucket.object_gets(), 1, "FullyReplicated data is downloaded once");
+    for host in ["algo-1", "algo-2", "algo-3"] {
+        assert!(run.stdout.contains(&format!("{host} | shared")), "{run:?}");
+        assert!(run.stdout.contains(&format!("{host} | {host} was here")), "{run:?}");
+    }
+}
