@@ -4,8 +4,8 @@
 //! hosts wrote the same path, the lowest-numbered host's version is kept and the conflict is
 //! reported when the contents differ.
 
+use crate::gzip::ParallelGzip;
 use flate2::Compression;
-use flate2::write::GzEncoder;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -45,62 +45,93 @@ pub fn pack(dir: &Path, archive: &Path) -> Result<Packed, ArtifactError> {
 
 /// Writes the union of several hosts' folders to `archive`.
 pub fn pack_merged(sources: &[(String, PathBuf)], archive: &Path) -> Result<Packed, ArtifactError> {
-    let err = |path: &Path| {
-        let (path, archive) = (path.to_path_buf(), archive.to_path_buf());
-        move |source| ArtifactError::Io { path, archive, source }
-    };
-    // Every relative path, with each host's copy in host order.
+    let file = File::create(archive).map_err(|source| ArtifactError::Io {
+        path: archive.into(),
+        archive: archive.into(),
+        source,
+    })?;
+    let (packed, mut out) = write_merged(sources, BufWriter::with_capacity(1 << 20, file), archive)?;
+    out.flush().map_err(|source| ArtifactError::Io { path: archive.into(), archive: archive.into(), source })?;
+    Ok(packed)
+}
+
+/// One path of the merged tree and the host copy that wins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub relative: PathBuf,
+    pub source: PathBuf,
+    pub kind: Kind,
+}
+
+/// The union of several hosts' folders, in path order: for a path several hosts wrote, the
+/// lowest-numbered host's copy, and a conflict when the contents differ. A path kept as a
+/// file or link hides other hosts' entries beneath it.
+pub fn merge(sources: &[(String, PathBuf)]) -> std::io::Result<(Vec<Entry>, Vec<Conflict>)> {
     let mut tree: BTreeMap<PathBuf, Vec<(usize, PathBuf, Kind)>> = BTreeMap::new();
     for (index, (_, dir)) in sources.iter().enumerate() {
         if dir.is_dir() {
             walk(dir, Path::new(""), &mut |rel, full, kind| {
                 tree.entry(rel).or_default().push((index, full, kind));
-            })
-            .map_err(err(dir))?;
+            })?;
         }
     }
-
-    let file = File::create(archive).map_err(err(archive))?;
-    let gz = GzEncoder::new(BufWriter::with_capacity(1 << 20, file), Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    tar.follow_symlinks(false);
-    let mut packed = Packed::default();
-    // A path kept as a file or link hides other hosts' entries beneath it.
+    let mut entries = Vec::new();
+    let mut conflicts = Vec::new();
     let mut not_dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    for (rel, copies) in &tree {
+    for (rel, copies) in tree {
         if rel.ancestors().skip(1).any(|a| not_dirs.contains(a)) {
             continue;
         }
         let (_, full, kind) = &copies[0];
-        let differs = copies[1..].iter().any(|(_, other, other_kind)| !same(full, kind, other, other_kind));
-        if differs {
-            packed.conflicts.push(Conflict {
+        if copies[1..].iter().any(|(_, other, other_kind)| !same(full, kind, other, other_kind)) {
+            conflicts.push(Conflict {
                 path: rel.display().to_string(),
                 hosts: copies.iter().map(|(i, _, _)| sources[*i].0.clone()).collect(),
             });
         }
-        match kind {
-            Kind::Dir => tar.append_dir(rel, full).map_err(err(full))?,
+        if *kind != Kind::Dir {
+            not_dirs.insert(rel.clone());
+        }
+        entries.push(Entry { relative: rel, source: full.clone(), kind: kind.clone() });
+    }
+    Ok((entries, conflicts))
+}
+
+/// Streams the union of several hosts' folders as a gzip-compressed tar into `out`, in one
+/// pass over the files and with gzip on every core. `archive` names the destination in
+/// errors.
+pub fn write_merged<W: Write>(
+    sources: &[(String, PathBuf)],
+    out: W,
+    archive: &Path,
+) -> Result<(Packed, W), ArtifactError> {
+    let err = |path: &Path| {
+        let (path, archive) = (path.to_path_buf(), archive.to_path_buf());
+        move |source| ArtifactError::Io { path, archive, source }
+    };
+    let (entries, conflicts) = merge(sources).map_err(err(archive))?;
+    let gz = ParallelGzip::new(out, Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    let mut packed = Packed { conflicts, ..Packed::default() };
+    for e in &entries {
+        match e.kind {
+            Kind::Dir => tar.append_dir(&e.relative, &e.source).map_err(err(&e.source))?,
             Kind::File(len) => {
-                tar.append_path_with_name(full, rel).map_err(err(full))?;
+                tar.append_path_with_name(&e.source, &e.relative).map_err(err(&e.source))?;
                 packed.bytes += len;
-                not_dirs.insert(rel.clone());
             }
-            Kind::Link(_) => {
-                tar.append_path_with_name(full, rel).map_err(err(full))?;
-                not_dirs.insert(rel.clone());
-            }
+            Kind::Link(_) => tar.append_path_with_name(&e.source, &e.relative).map_err(err(&e.source))?,
         }
         packed.entries += 1;
     }
     let gz = tar.into_inner().map_err(err(archive))?;
-    let mut out = gz.finish().map_err(err(archive))?;
-    out.flush().map_err(err(archive))?;
-    Ok(packed)
+    let out = gz.finish().map_err(err(archive))?;
+    Ok((packed, out))
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Kind {
+pub enum Kind {
     Dir,
     File(u64),
     Link(PathBuf),
@@ -156,7 +187,7 @@ fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::read::GzDecoder;
+    use flate2::read::MultiGzDecoder as GzDecoder;
 
     #[test]
     fn links_stay_links_and_paths_are_relative() {

@@ -607,7 +607,7 @@ fn tar_files(archive: &Path) -> Vec<String> {
     let Ok(file) = std::fs::File::open(archive) else {
         return Vec::new();
     };
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
     let Ok(entries) = tar.entries() else {
         return Vec::new();
     };

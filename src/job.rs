@@ -107,8 +107,14 @@ pub struct GroupPlan {
 }
 
 impl Job {
+    /// `model.tar.gz`, or with `CompressionType: NONE` the folder the model's files are
+    /// uploaded to one by one, as SageMaker does.
     pub fn model_artifacts_uri(&self) -> String {
-        format!("{}/{}/output/model.tar.gz", self.output_path, self.name)
+        if self.compress {
+            format!("{}/{}/output/model.tar.gz", self.output_path, self.name)
+        } else {
+            format!("{}/{}/output/model/", self.output_path, self.name)
+        }
     }
     pub fn output_artifacts_uri(&self) -> String {
         format!("{}/{}/output/output.tar.gz", self.output_path, self.name)

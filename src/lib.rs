@@ -24,7 +24,11 @@
 //! - [`metrics`]: `MetricDefinitions` applied to every log line; the series and final values.
 //! - [`plot`]: the metrics as an SVG chart.
 //! - [`checkpoints`]: `CheckpointConfig`: restore before start, sync while training.
-//! - [`artifacts`]: `model.tar.gz` / `output.tar.gz` with symlinks kept as links.
+//! - [`collect`]: the hosts' model and output folders streamed to `model.tar.gz` /
+//!   `output.tar.gz` at the output path (tar, [`gzip`] on every core, multipart upload).
+//! - [`artifacts`]: the merged tar of several hosts' folders, symlinks kept as links.
+//! - [`gzip`]: parallel gzip that stores blocks which do not compress.
+//! - [`cache`]: the content cache of S3 inputs, with parallel ranged downloads.
 //! - [`record`]: the `DescribeTrainingJob`-shaped record and its status transitions.
 //! - [`store`]: the state directory: job records (written atomically), logs, work files.
 //!
@@ -37,7 +41,9 @@ pub mod artifacts;
 pub mod cache;
 pub mod check;
 pub mod checkpoints;
+pub mod collect;
 pub mod docker;
+pub mod gzip;
 pub mod job;
 pub mod logs;
 pub mod metrics;

@@ -4,9 +4,9 @@
 //! at every step. A failed or stopped job is a [`JobOutcome`]; `Err` means smlocal itself
 //! could not do its part.
 
-use crate::artifacts;
 use crate::cache::{Cache, Progress};
 use crate::checkpoints::{self, Syncer};
+use crate::collect;
 use crate::docker::{ContainerSpec, Docker, DockerError, Exit, HOME_LABEL, JOB_LABEL};
 use crate::job::{HostPlan, Job};
 use crate::logs::{self, LogSink};
@@ -269,7 +269,7 @@ impl Running<'_> {
         let roots: Vec<(String, PathBuf)> =
             job.hosts.iter().map(|h| (h.name.clone(), stage::host_root(&work, &h.name))).collect();
         record.final_metric_data_list = final_metrics(&recorder);
-        if let Err((kept, reason)) = self.collect(&roots).await {
+        if let Err((kept, reason)) = collect::collect(job, &roots, &self.dir.join("artifacts")).await {
             record.finish(Status::Failed, "Failed", "Training job failed", Some(reason));
             self.store.save(record)?;
             return Ok(self.outcome(record, interrupted, started, Some(kept)));
@@ -568,45 +568,6 @@ impl Running<'_> {
             nano_cpus: host.limits.nano_cpus,
             network: network.to_string(),
         }
-    }
-
-    /// Packs and uploads both tarballs. On failure the archives stay in the job folder and
-    /// the reason says where.
-    async fn collect(&self, roots: &[(String, PathBuf)]) -> Result<(), (PathBuf, String)> {
-        let out = self.dir.join("artifacts");
-        let job = self.job;
-        let pairs = [
-            ("model", "model", out.join("model.tar.gz"), job.model_artifacts_uri()),
-            ("output", "output/data", out.join("output.tar.gz"), job.output_artifacts_uri()),
-        ];
-        let fail =
-            |what: String| (out.clone(), format!("ClientError: {what}; the artifacts are kept in {}", out.display()));
-        std::fs::create_dir_all(&out).map_err(|e| fail(format!("cannot create {}: {e}", out.display())))?;
-        for (what, folder, archive, _) in &pairs {
-            let sources: Vec<(String, PathBuf)> =
-                roots.iter().map(|(host, root)| (host.clone(), root.join(folder))).collect();
-            let a = archive.clone();
-            let packed = tokio::task::spawn_blocking(move || artifacts::pack_merged(&sources, &a))
-                .await
-                .map_err(|e| fail(format!("packing the {what} stopped: {e}")))?
-                .map_err(|e| fail(e.to_string()))?;
-            for c in &packed.conflicts {
-                tracing::warn!(
-                    "{what}: hosts {} wrote '{}' with different contents; {}'s version is in the archive",
-                    c.hosts.join(", "),
-                    c.path,
-                    c.hosts[0]
-                );
-            }
-            tracing::debug!(entries = packed.entries, bytes = packed.bytes, "packed {}", archive.display());
-        }
-        for (_, _, archive, uri) in &pairs {
-            storage::upload(archive, uri).await.map_err(|e| fail(format!("uploading {uri} failed: {e}")))?;
-        }
-        if !self.options.keep {
-            let _ = std::fs::remove_dir_all(&out);
-        }
-        Ok(())
     }
 
     fn outcome(

@@ -267,7 +267,7 @@ pub fn probe_request(name: &str, bucket: &Bucket, steps: &[&str]) -> Value {
 
 /// The entries of a gzip tarball: path → (is symlink, link target or file bytes).
 pub fn tar_entries(bytes: &[u8]) -> Vec<(String, Entry)> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bytes));
     let mut out = Vec::new();
     for entry in archive.entries().expect("a tar.gz") {
         let mut entry = entry.expect("tar entry");

@@ -8,6 +8,7 @@ mod contract;
 mod distributed;
 mod harness;
 mod outcomes;
+mod packaging;
 mod staging;
 mod story;
 mod validation;

@@ -1,0 +1,172 @@
+//! After the hosts exit: their `/opt/ml/model` and `/opt/ml/output/data` folders become
+//! `model.tar.gz` and `output.tar.gz` at `<S3OutputPath>/<job>/output/`. Each archive is
+//! streamed — tar, gzip on every core, multipart upload — in one pass over the files and never
+//! whole in memory. If an upload fails, the archive is written to the job's folder instead, so
+//! nothing is lost, and the error says where.
+
+use crate::artifacts::{self, Kind, Packed};
+use crate::job::Job;
+use crate::storage::{self, StorageError, Upload};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Chunks handed from the packing thread to the uploader.
+const CHUNK: usize = 1 << 20;
+
+/// Packs and uploads both archives. `Err` carries where the archives were kept and the
+/// `FailureReason`.
+pub async fn collect(job: &Job, roots: &[(String, PathBuf)], keep_dir: &Path) -> Result<(), (PathBuf, String)> {
+    let archives = [
+        ("model", "model", "model.tar.gz", job.model_artifacts_uri()),
+        ("output", "output/data", "output.tar.gz", job.output_artifacts_uri()),
+    ];
+    for (what, folder, file, uri) in archives {
+        let sources: Vec<(String, PathBuf)> =
+            roots.iter().map(|(host, root)| (host.clone(), root.join(folder))).collect();
+        let sent = if what == "model" && !job.compress {
+            files(&sources, &uri).await
+        } else {
+            stream(sources.clone(), &uri).await
+        };
+        let packed = match sent {
+            Ok(packed) => packed,
+            Err(e) => {
+                let kept = keep_dir.join(file);
+                let reason = match keep(sources, keep_dir, &kept).await {
+                    Ok(()) => format!(
+                        "ClientError: uploading {uri} failed: {e}; the artifacts are kept in {}",
+                        keep_dir.display()
+                    ),
+                    Err(k) => format!(
+                        "ClientError: uploading {uri} failed: {e}; writing {} failed too ({k}); the files are still in the job's work folder",
+                        kept.display()
+                    ),
+                };
+                return Err((keep_dir.to_path_buf(), reason));
+            }
+        };
+        for c in &packed.conflicts {
+            tracing::warn!(
+                "{what}: hosts {} wrote '{}' with different contents; {}'s version is in the archive",
+                c.hosts.join(", "),
+                c.path,
+                c.hosts[0]
+            );
+        }
+        tracing::debug!(entries = packed.entries, bytes = packed.bytes, "uploaded {uri}");
+    }
+    Ok(())
+}
+
+/// One archive, packed on a blocking thread while this task uploads what it produces.
+pub async fn stream(sources: Vec<(String, PathBuf)>, uri: &str) -> Result<Packed, String> {
+    let mut upload = Upload::start(uri).await.map_err(|e| e.to_string())?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let name = PathBuf::from(uri);
+    let packing = tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter { tx, buffer: Vec::with_capacity(CHUNK) };
+        let (packed, mut writer) = artifacts::write_merged(&sources, writer, &name)?;
+        writer.send().map_err(|source| artifacts::ArtifactError::Io { path: name.clone(), archive: name, source })?;
+        Ok::<Packed, artifacts::ArtifactError>(packed)
+    });
+    let mut failed: Option<StorageError> = None;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = upload.write(&chunk).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    // Closing the channel stops the packer early when the upload failed.
+    drop(rx);
+    let packed = packing.await.map_err(|e| format!("packing stopped: {e}"));
+    match (packed, failed) {
+        (Ok(Ok(packed)), None) => {
+            upload.finish().await.map_err(|e| e.to_string())?;
+            Ok(packed)
+        }
+        (_, Some(e)) => {
+            upload.abort().await;
+            Err(e.to_string())
+        }
+        (Ok(Err(e)), None) => {
+            upload.abort().await;
+            Err(e.to_string())
+        }
+        (Err(e), None) => {
+            upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// `CompressionType: NONE`: every file of the merged tree is uploaded on its own under `prefix`,
+/// in parallel. Object storage has no symbolic links: links are left out, each named.
+async fn files(sources: &[(String, PathBuf)], prefix: &str) -> Result<Packed, String> {
+    use futures::StreamExt;
+    let (entries, conflicts) = artifacts::merge(sources).map_err(|e| e.to_string())?;
+    let mut packed = Packed { conflicts, ..Packed::default() };
+    let mut uploads = Vec::new();
+    for e in entries {
+        match e.kind {
+            Kind::File(len) => {
+                packed.entries += 1;
+                packed.bytes += len;
+                uploads.push((e.source, format!("{prefix}{}", e.relative.display())));
+            }
+            Kind::Link(target) => tracing::warn!(
+                "CompressionType NONE: the symbolic link {} -> {} is not uploaded (object storage has no links)",
+                e.relative.display(),
+                target.display()
+            ),
+            Kind::Dir => {}
+        }
+    }
+    let results: Vec<Result<(), StorageError>> =
+        futures::stream::iter(uploads.iter().map(|(src, uri)| storage::upload(src, uri)))
+            .buffer_unordered(crate::cache::PARALLEL_REQUESTS)
+            .collect()
+            .await;
+    results.into_iter().collect::<Result<Vec<()>, _>>().map_err(|e| e.to_string())?;
+    Ok(packed)
+}
+
+/// The second pass, only when an upload failed: the archive on local disk.
+async fn keep(sources: Vec<(String, PathBuf)>, dir: &Path, archive: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let archive = archive.to_path_buf();
+    tokio::task::spawn_blocking(move || artifacts::pack_merged(&sources, &archive))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Hands bytes to the async uploader in chunks, waiting when it is behind.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buffer: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK));
+        self.tx.blocking_send(chunk).map_err(|_| std::io::Error::other("the upload stopped"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
