@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 const BLOCK: usize = 1 << 20;
-/// How much of a block is test-compressed to decide whether compressing it is worth it.
-const SAMPLE: usize = 32 << 10;
+/// Compress-or-store is decided per segment, from a quick test compression of its start.
+const SEGMENT: usize = 64 << 10;
+const SAMPLE: usize = 4 << 10;
 /// A sample that shrinks less than this is stored.
 const WORTH_IT: f64 = 0.97;
 
@@ -130,16 +131,38 @@ impl<W: Write> Write for ParallelGzip<W> {
     }
 }
 
-/// One block as one gzip member, stored when a sample shows it would not shrink.
+/// One block as gzip members: runs of segments that compress go into compressed members,
+/// runs that do not (random weights, already-compressed files) into stored ones. A tar
+/// stream mixes both within a block, so the choice is made per segment.
 fn compress(block: &[u8], level: Compression) -> io::Result<Vec<u8>> {
-    let level = if level.level() > 0 && !worth_compressing(block) { Compression::none() } else { level };
-    let mut gz = GzEncoder::new(Vec::with_capacity(block.len() / 2 + 64), level);
-    gz.write_all(block)?;
-    gz.finish()
+    let mut out = Vec::with_capacity(block.len() / 2 + 64);
+    let mut start = 0;
+    let mut run_worth: Option<bool> = None;
+    let mut at = 0;
+    while at < block.len() {
+        let end = (at + SEGMENT).min(block.len());
+        let worth = level.level() == 0 || worth_compressing(&block[at..end]);
+        if run_worth.is_some_and(|w| w != worth) {
+            member(&block[start..at], run_worth == Some(true), level, &mut out)?;
+            start = at;
+        }
+        run_worth = Some(worth);
+        at = end;
+    }
+    member(&block[start..], run_worth != Some(false), level, &mut out)?;
+    Ok(out)
 }
 
-fn worth_compressing(block: &[u8]) -> bool {
-    let sample = &block[..block.len().min(SAMPLE)];
+fn member(data: &[u8], compress: bool, level: Compression, out: &mut Vec<u8>) -> io::Result<()> {
+    let level = if compress { level } else { Compression::none() };
+    let mut gz = GzEncoder::new(std::mem::take(out), level);
+    gz.write_all(data)?;
+    *out = gz.finish()?;
+    Ok(())
+}
+
+fn worth_compressing(segment: &[u8]) -> bool {
+    let sample = &segment[..segment.len().min(SAMPLE)];
     if sample.len() < 512 {
         return true;
     }
@@ -191,6 +214,24 @@ mod tests {
         let (back, size) = roundtrip(&random);
         assert_eq!(back, random);
         assert!(size < random.len() + random.len() / 500, "stored blocks add almost nothing: {size}");
+    }
+
+    #[test]
+    fn a_block_mixing_random_and_text_compresses_its_text() {
+        let mut x = 0x9E3779B97F4A7C15u64;
+        let mut data: Vec<u8> = (0..600_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        data.extend((0..40_000).flat_map(|i| format!("row {} {}\n", i % 50, i % 3).into_bytes()));
+        let text_len = data.len() - 600_000;
+        let (back, size) = roundtrip(&data);
+        assert_eq!(back, data);
+        assert!(size < 600_000 + text_len / 5, "the text after the random part must still be compressed: {size}");
     }
 
     #[test]

@@ -1,0 +1,346 @@
+//! smlocal against the floor this machine sets, measured in the same run and printed as
+//! ratios (issue "Fast inner loop"):
+//!   a. a trivial job, whole process, against `docker run --rm IMAGE train`;
+//!   b. staging N objects from a local S3-compatible server, cold and warm, against a plain
+//!      parallel download of the same objects by the same client library (object_store);
+//!   c. packaging a model folder (half random, half text) into model.tar.gz, against
+//!      `tar -c | pigz -6` writing the same tree to disk.
+//!
+//! `cargo bench --bench smlocal` runs the full sizes (1 GiB); `-- --tiny` runs small ones
+//! (what CI does to keep the benchmark working); `-- a c` runs only those.
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+const KEY: &str = "bench-key";
+const SECRET: &str = "bench-secret";
+
+struct Size {
+    objects: usize,
+    object_bytes: usize,
+    model_files: usize,
+    model_bytes: usize,
+    repeats: usize,
+}
+
+fn main() {
+    let tiny = std::env::args().any(|a| a == "--tiny");
+    let size = if tiny {
+        Size { objects: 50, object_bytes: 64 << 10, model_files: 20, model_bytes: 16 << 20, repeats: 2 }
+    } else {
+        Size { objects: 1000, object_bytes: 1 << 20, model_files: 100, model_bytes: 1 << 30, repeats: 5 }
+    };
+    let root = tempfile::Builder::new().prefix("smlocal-bench-").tempdir().expect("tempdir");
+    let endpoint = start_s3(root.path().join("s3"));
+    // Set before any other thread exists: smlocal reads S3 settings from the standard variables.
+    unsafe {
+        std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
+        std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_ALLOW_HTTP", "true");
+    }
+    build_images();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+
+    // `-- a c` runs only those benchmarks.
+    let picked: Vec<String> = std::env::args().skip(1).filter(|a| ["a", "b", "c"].contains(&a.as_str())).collect();
+    let run = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
+    println!("{:<44} {:>12} {:>12} {:>8}", "benchmark", "smlocal", "floor", "ratio");
+    if run("a") {
+        trivial_job(root.path(), &size);
+    }
+    if run("b") {
+        rt.block_on(staging(root.path(), &size));
+    }
+    if run("c") {
+        rt.block_on(packaging(root.path(), &size));
+    }
+}
+
+fn row(name: &str, ours: f64, floor: f64, unit: &str) {
+    println!("{name:<44} {:>10.3}{unit} {:>10.3}{unit} {:>8.2}", ours, floor, ours / floor);
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn time(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+fn build_images() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-images.sh");
+    let ok = Command::new("bash").arg(script).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "building the sample images failed; is Docker running?");
+}
+
+fn start_s3(dir: PathBuf) -> String {
+    std::fs::create_dir_all(&dir).expect("s3 root");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let fs = s3s_fs::FileSystem::new(&dir).expect("s3s-fs");
+            let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+            builder.set_auth(s3s::auth::SimpleAuth::from_single(KEY, SECRET));
+            let service = builder.build();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send");
+            let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { continue };
+                let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+    });
+    format!("http://{}", rx.recv().expect("the S3 server did not start"))
+}
+
+fn client(endpoint: &str, bucket: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_access_key_id(KEY)
+            .with_secret_access_key(SECRET)
+            .with_region("us-east-1")
+            .build()
+            .expect("client"),
+    )
+}
+
+/// a. A trivial job from command to exit, against a bare container start.
+fn trivial_job(root: &Path, size: &Size) {
+    let data = root.join("trivial/data");
+    std::fs::create_dir_all(&data).expect("data");
+    std::fs::write(data.join("a.csv"), "1,2\n").expect("data");
+    let request = serde_json::json!({
+        "TrainingJobName": "trivial",
+        "RoleArn": "arn:aws:iam::123456789012:role/Bench",
+        "AlgorithmSpecification": {"TrainingImage": "smlocal/probe:latest", "TrainingInputMode": "File"},
+        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": format!("file://{}/", data.display())}}}],
+        "OutputDataConfig": {"S3OutputPath": format!("file://{}/trivial/out", root.display())},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 60}
+    });
+    let file = root.join("trivial/request.json");
+    std::fs::write(&file, request.to_string()).expect("request");
+    let home = root.join("trivial/home");
+    let smlocal = env!("CARGO_BIN_EXE_smlocal");
+    let quiet = |mut c: Command| {
+        let ok = c.stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "{c:?} failed");
+    };
+    // One warm-up each: the first container start after an image build is slower.
+    quiet(docker_run());
+    let bare = median((0..size.repeats).map(|_| time(|| quiet(docker_run()))).collect());
+    let ours = median(
+        (0..size.repeats + 1)
+            .map(|_| {
+                let mut c = Command::new(smlocal);
+                c.env("SMLOCAL_HOME", &home).args(["train", "--unique-name"]).arg(&file);
+                time(|| quiet(c))
+            })
+            .skip(1)
+            .collect(),
+    );
+    row("a. trivial job (s) vs docker run --rm", ours, bare, " s");
+    println!("{:<44} {:>+10.3} s", "   overhead over docker run", ours - bare);
+}
+
+fn docker_run() -> Command {
+    let mut c = Command::new("docker");
+    c.args(["run", "--rm", "smlocal/probe:latest", "train"]);
+    c
+}
+
+/// b. Staging from S3: cold (empty cache) and warm, against a plain parallel download.
+async fn staging(root: &Path, size: &Size) {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").expect("endpoint");
+    let bucket = "bench-data";
+    std::fs::create_dir_all(root.join("s3").join(bucket)).expect("bucket");
+    let store = client(&endpoint, bucket);
+    let payload = pseudo_random(size.object_bytes, 7);
+    futures::stream::iter(0..size.objects)
+        .map(|i| {
+            let (store, mut bytes) = (store.clone(), payload.clone());
+            bytes[0] = i as u8;
+            async move { store.put(&StorePath::from(format!("data/part-{i:05}.bin")), PutPayload::from(bytes)).await }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("upload the benchmark data");
+    let total = (size.objects * size.object_bytes) as f64;
+
+    // The floor: list, then 8 GETs at a time straight to files, with the same client library.
+    let floor_dir = root.join("floor");
+    std::fs::create_dir_all(&floor_dir).expect("floor dir");
+    let started = Instant::now();
+    let listed: Vec<_> = store.list(Some(&StorePath::from("data"))).try_collect().await.expect("list");
+    futures::stream::iter(listed)
+        .map(|meta| {
+            let (store, dir) = (store.clone(), floor_dir.clone());
+            async move {
+                let got = store.get(&meta.location).await?;
+                let bytes = got.bytes().await?;
+                tokio::fs::write(dir.join(meta.location.filename().unwrap_or("x")), bytes)
+                    .await
+                    .map_err(|e| object_store::Error::Generic { store: "bench", source: Box::new(e) })
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("plain download");
+    let floor = started.elapsed().as_secs_f64();
+
+    let home = root.join("staging-home");
+    let job = plan_staging_job(&format!("s3://{bucket}/data/"));
+    let cache = smlocal::cache::Cache::new(&home);
+    let stage = |n: usize| {
+        let (job, cache, work) = (&job, &cache, home.join(format!("work-{n}")));
+        async move {
+            let progress = smlocal::cache::Progress::default();
+            let t = Instant::now();
+            smlocal::stage::stage(job, &work, cache, &progress).await.expect("stage");
+            t.elapsed().as_secs_f64()
+        }
+    };
+    let cold = stage(0).await;
+    let warm = stage(1).await;
+    let mib = total / (1 << 20) as f64;
+    row(&format!("b. cold staging {} x {} KiB (s)", size.objects, size.object_bytes >> 10), cold, floor, " s");
+    println!(
+        "{:<44} {:>10.1} MiB/s vs {:.1} MiB/s plain (throughput ratio {:.2})",
+        "",
+        mib / cold,
+        mib / floor,
+        floor / cold
+    );
+    row("   warm re-run (s), vs cold", warm, cold, " s");
+}
+
+fn plan_staging_job(uri: &str) -> smlocal::job::Job {
+    let request = serde_json::json!({
+        "TrainingJobName": "bench-staging",
+        "RoleArn": "arn:aws:iam::123456789012:role/Bench",
+        "AlgorithmSpecification": {"TrainingImage": "smlocal/probe:latest", "TrainingInputMode": "File"},
+        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri}}}],
+        "OutputDataConfig": {"S3OutputPath": "file:///tmp/unused"},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1}
+    });
+    let request = smlocal::spec::from_value(request).expect("request");
+    let host = smlocal::resources::Host::detect();
+    let settings = smlocal::job::Settings {
+        host,
+        reserve: host.default_reserve(),
+        region: "us-east-1".into(),
+        oversubscribe: true,
+    };
+    smlocal::job::plan(request, &settings).expect("plan")
+}
+
+/// c. Packaging a model folder: from the folders to model.tar.gz at its destination.
+async fn packaging(root: &Path, size: &Size) {
+    let model = root.join("model");
+    std::fs::create_dir_all(&model).expect("model dir");
+    let per_file = size.model_bytes / size.model_files;
+    for i in 0..size.model_files {
+        let bytes = if i % 2 == 0 {
+            pseudo_random(per_file, i as u64 + 1)
+        } else {
+            let mut text = String::with_capacity(per_file);
+            let mut n = i;
+            while text.len() < per_file {
+                n = n.wrapping_mul(2654435761) % 100_003;
+                text.push_str(&format!("layer.{} weight {} bias {:.4}\n", n % 97, n, (n as f64).sin()));
+            }
+            text.into_bytes()
+        };
+        std::fs::write(model.join(format!("part-{i:03}.{}", if i % 2 == 0 { "bin" } else { "txt" })), bytes)
+            .expect("model file");
+    }
+    // Read once so both measurements start from the page cache.
+    Command::new("tar").arg("-cf").arg("/dev/null").arg("-C").arg(&model).arg(".").status().ok();
+
+    let has_pigz = Command::new("pigz")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let floor_out = root.join("floor.tar.gz");
+    let shell = |cmd: &str| {
+        let t = Instant::now();
+        let ok = Command::new("bash").args(["-c", cmd]).status().is_ok_and(|s| s.success());
+        assert!(ok, "{cmd} failed");
+        t.elapsed().as_secs_f64()
+    };
+    let plain_tar = shell(&format!("tar -cf {} -C {} .", root.join("plain.tar").display(), model.display()));
+    let ours_out = root.join("ours/model.tar.gz");
+    let sources = vec![("algo-1".to_string(), model.clone())];
+    let t = Instant::now();
+    smlocal::collect::stream(sources.clone(), &format!("file://{}", ours_out.display())).await.expect("pack");
+    let ours = t.elapsed().as_secs_f64();
+    let ours_size = std::fs::metadata(&ours_out).map(|m| m.len()).unwrap_or(0) as f64;
+    let t = Instant::now();
+    smlocal::collect::stream(sources, "s3://bench-data/out/model.tar.gz").await.expect("pack to S3");
+    let to_s3 = t.elapsed().as_secs_f64();
+    let mib = size.model_bytes as f64 / (1 << 20) as f64;
+    if has_pigz {
+        let floor = shell(&format!("tar -cf - -C {} . | pigz -6 > {}", model.display(), floor_out.display()));
+        let floor_size = std::fs::metadata(&floor_out).map(|m| m.len()).unwrap_or(1) as f64;
+        row(&format!("c. model.tar.gz of {mib:.0} MiB to disk (s)"), ours, floor, " s");
+        println!(
+            "{:<44} {:>10.1} MiB/s vs {:.1} MiB/s tar|pigz (throughput ratio {:.2})",
+            "",
+            mib / ours,
+            mib / floor,
+            floor / ours
+        );
+        println!(
+            "{:<44} {:>10.0} B   {:>10.0} B   {:>8.4}",
+            "   archive size vs tar|pigz -6",
+            ours_size,
+            floor_size,
+            ours_size / floor_size
+        );
+    } else {
+        println!(
+            "c. pigz is not installed (apt-get install pigz): no floor; smlocal took {ours:.3} s for {mib:.0} MiB"
+        );
+    }
+    println!(
+        "{:<44} {:>10.3} s   (plain tar to disk {plain_tar:.3} s)",
+        "   model.tar.gz streamed to the S3 server", to_s3
+    );
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
