@@ -11,10 +11,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-/// Objects fetched at once: enough to hide per-request latency, few enough to stay polite to
-/// the server and bounded in memory (each download streams).
-const PARALLEL_DOWNLOADS: usize = 8;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error(
@@ -170,7 +166,7 @@ async fn with_info(objects: &[StagedObject]) -> Result<Vec<Wanted>, StorageError
         };
         Ok(Wanted { uri: o.uri.clone(), info })
     }))
-    .buffered(PARALLEL_DOWNLOADS)
+    .buffered(crate::cache::PARALLEL_REQUESTS)
     .collect()
     .await;
     let mut wanted: Vec<Wanted> = looked_up.into_iter().collect::<Result<_, _>>()?;
@@ -374,7 +370,7 @@ async fn fetch_all(
             Ok::<u64, StorageError>(n)
         }
     }))
-    .buffer_unordered(PARALLEL_DOWNLOADS);
+    .buffer_unordered(crate::cache::PARALLEL_REQUESTS);
     let mut total = 0;
     while let Some(result) = downloads.next().await {
         total += result.map_err(|source| StageError::Storage { channel: channel.name.clone(), source })?;

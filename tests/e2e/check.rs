@@ -69,20 +69,6 @@ fn with(results: &[(String, String)], verdict: &str) -> BTreeSet<String> {
     results.iter().filter(|(_, v)| v == verdict).map(|(n, _)| n.clone()).collect()
 }
 
-fn memory_total() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kb: u64 = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    kb * 1024
-}
-
 #[test]
 fn the_sample_algorithm_passes_every_check_and_junit_counts_them() {
     let sm = Smlocal::new();

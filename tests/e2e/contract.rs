@@ -7,16 +7,7 @@ use serde_json::{Value, json};
 fn the_sample_algorithm_trains_from_s3_and_its_model_lands_where_sagemaker_puts_it() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("sample-{}", unique()));
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/linear");
-    bucket.put("data/train/part-0.csv", &std::fs::read(fixtures.join("train/data.csv")).unwrap());
-    bucket.put("data/validation/part-0.csv", &std::fs::read(fixtures.join("validation/data.csv")).unwrap());
-    let mut req = request("sample-job", SAMPLE_IMAGE, &bucket);
-    req["HyperParameters"] = json!({"epochs": "150", "learning_rate": "0.1"});
-    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri("data/train"));
-    let mut validation = req["InputDataConfig"][0].clone();
-    validation["ChannelName"] = json!("validation");
-    validation["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri("data/validation/"));
-    req["InputDataConfig"].as_array_mut().unwrap().push(validation);
+    let req = sample_request("sample-job", &bucket, 150);
 
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");

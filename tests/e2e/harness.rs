@@ -326,3 +326,33 @@ pub fn remove_leftovers(job: &str) {
         let _ = Command::new("docker").args(["network", "rm", id]).output();
     }
 }
+
+/// This machine's memory, as the kernel reports it.
+pub fn memory_total() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    let kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    kb * 1024
+}
+
+/// The sample algorithm's request with the bundled data uploaded: `train` and `validation`
+/// channels under `data/`, `epochs` epochs.
+pub fn sample_request(name: &str, bucket: &Bucket, epochs: u32) -> Value {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/linear");
+    for channel in ["train", "validation"] {
+        let data = std::fs::read(fixtures.join(channel).join("data.csv")).expect("fixture");
+        bucket.put(&format!("data/{channel}/part-0.csv"), &data);
+    }
+    let mut req = request(name, SAMPLE_IMAGE, bucket);
+    req["HyperParameters"] = json!({"epochs": epochs.to_string(), "learning_rate": "0.1"});
+    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri("data/train"));
+    let mut validation = req["InputDataConfig"][0].clone();
+    validation["ChannelName"] = json!("validation");
+    validation["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri("data/validation/"));
+    req["InputDataConfig"].as_array_mut().expect("channels").push(validation);
+    req
+}

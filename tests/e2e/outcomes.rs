@@ -96,7 +96,7 @@ fn an_out_of_memory_kill_is_reported_with_the_limit() {
     let bucket = s3().bucket(&format!("oom-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
     // Reserve all but 200 MiB of this machine so the container's cap is 200 MiB.
-    let total = sysinfo_total_memory();
+    let total = memory_total();
     let reserve = total - (200 << 20);
     let run = sm.train(
         &probe_request("oom-job", &bucket, &["alloc", "600", "echo", "survived"]),
@@ -106,20 +106,6 @@ fn an_out_of_memory_kill_is_reported_with_the_limit() {
     assert!(!run.stdout.contains("survived"), "{run:?}");
     let reason = sm.describe("oom-job")["FailureReason"].as_str().unwrap().to_string();
     assert!(reason.starts_with("OutOfMemoryError") && reason.contains("200.0 MiB"), "{reason}");
-}
-
-fn sysinfo_total_memory() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kb: u64 = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    kb * 1024
 }
 
 #[test]

@@ -169,15 +169,7 @@ fn a_replayed_spot_interruption_resumes_from_the_checkpoint() {
 fn metric_definitions_give_final_values_a_table_and_a_plot() {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("metrics-{}", unique()));
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/linear");
-    bucket.put("train/data.csv", &std::fs::read(fixtures.join("train/data.csv")).unwrap());
-    bucket.put("validation/data.csv", &std::fs::read(fixtures.join("validation/data.csv")).unwrap());
-    let mut req = request("metrics-job", SAMPLE_IMAGE, &bucket);
-    req["HyperParameters"] = json!({"epochs": "40", "learning_rate": "0.1"});
-    let mut validation = req["InputDataConfig"][0].clone();
-    validation["ChannelName"] = json!("validation");
-    validation["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri("validation/"));
-    req["InputDataConfig"].as_array_mut().unwrap().push(validation);
+    let mut req = sample_request("metrics-job", &bucket, 40);
     req["AlgorithmSpecification"]["MetricDefinitions"] = json!([
         {"Name": "train:mse", "Regex": "train_mse=([0-9.]+)"},
         {"Name": "validation:mse", "Regex": "validation_mse=([0-9.]+)"},
