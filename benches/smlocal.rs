@@ -161,6 +161,42 @@ fn trivial_job(root: &Path, size: &Size) {
     );
     row("a. trivial job (s) vs docker run --rm", ours, bare, " s");
     println!("{:<44} {:>+10.3} s", "   overhead over docker run", ours - bare);
+    if let Some(sdk) =
+        sdk_seconds(&["trivial", "smlocal/probe:latest", &data.display().to_string()], root, size.repeats.min(3))
+    {
+        row("   vs SageMaker SDK local mode (s)", ours, sdk, " s");
+    }
+}
+
+/// The same job under the SageMaker Python SDK's local mode, whole process, when
+/// `SMLOCAL_SDK_PYTHON` names a Python with `sagemaker<3` (scripts/sdk-venv.sh makes one).
+fn sdk_seconds(args: &[&str], root: &Path, repeats: usize) -> Option<f64> {
+    let Ok(python) = std::env::var("SMLOCAL_SDK_PYTHON") else {
+        println!("   SDK local mode: skipped (scripts/sdk-venv.sh, then SMLOCAL_SDK_PYTHON=.venv-sdk/bin/python)");
+        return None;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sdk_local_mode.py");
+    let mut times = Vec::new();
+    for i in 0..repeats.max(1) {
+        let out = root.join(format!("sdk-out-{}-{i}", args[0]));
+        let mut c = Command::new(&python);
+        // boto3 takes its region from AWS_DEFAULT_REGION.
+        c.arg(&script)
+            .args(args)
+            .arg(&out)
+            .env("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+            .env("AWS_DEFAULT_REGION", "us-east-1");
+        c.current_dir(root).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut result = None;
+        times.push(time(|| result = c.output().ok()));
+        if let Some(out) = result.filter(|o| !o.status.success()) {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("").to_string();
+            println!("   SDK local mode: the {} job failed: {last}", args[0]);
+            return None;
+        }
+    }
+    Some(median(times))
 }
 
 fn docker_run() -> Command {
@@ -234,6 +270,26 @@ async fn staging(root: &Path, size: &Size) {
         floor / cold
     );
     row("   warm re-run (s), vs cold", warm, cold, " s");
+    let uri = format!("s3://{bucket}/data/");
+    if let Some(sdk) = sdk_seconds(&["staging", "smlocal/probe:latest", &uri], root, 1) {
+        // The SDK's figure is a whole job; so is this one, for a fair ratio.
+        let file = root.join("staging-request.json");
+        let mut request = serde_json::to_value(&job.request.raw).expect("request");
+        request["TrainingJobName"] = serde_json::json!("bench-staging-job");
+        request["OutputDataConfig"]["S3OutputPath"] =
+            serde_json::json!(format!("file://{}/staging-out", root.display()));
+        std::fs::write(&file, request.to_string()).expect("request");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_smlocal"));
+        c.env("SMLOCAL_HOME", root.join("staging-cold-home"))
+            .arg("train")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let whole = time(|| {
+            c.status().ok();
+        });
+        row("   cold whole job vs SDK local mode (s)", whole, sdk, " s");
+    }
 }
 
 fn plan_staging_job(uri: &str) -> smlocal::job::Job {
