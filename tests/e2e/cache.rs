@@ -83,3 +83,19 @@ fn several_hosts_share_one_download_and_each_writes_only_its_own_copy() {
         assert!(run.stdout.contains(&format!("{host} | {host} was here")), "{run:?}");
     }
 }
+
+#[test]
+fn a_download_cut_short_never_enters_the_cache() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("cache-cut-{}", unique()));
+    bucket.put("train/cut-short.bin", &vec![7u8; 300_000]);
+    let run = sm.train(&probe_request("cache-cut", &bucket, &["echo", "must not run"]), &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let reason = sm.describe("cache-cut")["FailureReason"].as_str().unwrap().to_string();
+    assert!(reason.starts_with("ClientError: Data download failed") && reason.contains("cut-short.bin"), "{reason}");
+    let cache = sm.home.path().join("cache");
+    let objects: Vec<_> = std::fs::read_dir(cache.join("objects")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(objects.is_empty(), "a partial download entered the cache: {objects:?}");
+    let partial: Vec<_> = std::fs::read_dir(cache.join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(partial.is_empty(), "a partial download was left behind: {partial:?}");
+}

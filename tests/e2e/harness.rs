@@ -63,9 +63,25 @@ pub fn s3() -> &'static S3Server {
                 tx.send(listener.local_addr().expect("addr")).expect("send addr");
                 let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
                 // Counts object reads per bucket, so tests can prove what was (not) downloaded.
+                // Objects named `cut-short...` arrive with half their body, always: a broken
+                // connection the client cannot recover from.
                 let counting = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     count_object_get(&req);
-                    hyper::service::Service::call(&service, req)
+                    let cut = req.method() == hyper::Method::GET && req.uri().path().contains("cut-short");
+                    let response = hyper::service::Service::call(&service, req);
+                    async move {
+                        let response: hyper::Response<s3s::Body> = response.await?;
+                        if !cut {
+                            return Ok::<_, s3s::HttpError>(response);
+                        }
+                        let (parts, body) = response.into_parts();
+                        let bytes =
+                            http_body_util::BodyExt::collect(body).await.map(|b| b.to_bytes()).unwrap_or_default();
+                        Ok::<_, s3s::HttpError>(hyper::Response::from_parts(
+                            parts,
+                            s3s::Body::from(bytes.slice(..bytes.len() / 2)),
+                        ))
+                    }
                 });
                 loop {
                     let Ok((socket, _)) = listener.accept().await else {
