@@ -191,7 +191,7 @@ fn sdk_seconds(args: &[&str], root: &Path, repeats: usize) -> Option<f64> {
         times.push(time(|| result = c.output().ok()));
         if let Some(out) = result.filter(|o| !o.status.success()) {
             let err = String::from_utf8_lossy(&out.stderr);
-            let last = err.lines().filter(|l| !l.trim().is_empty()).next_back().unwrap_or("").to_string();
+            let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").to_string();
             println!("   SDK local mode: the {} job failed: {last}", args[0]);
             return None;
         }
