@@ -202,8 +202,8 @@ impl Running<'_> {
                 () = shutdown.cancelled() => Err(StopCause::Shutdown.into()),
                 () = stop_requested.cancelled() => Err(StopCause::Requested.into()),
             };
-            match staged {
-                Ok(mounts) => self.attach(mounts, &work).await?,
+            let mounts = match staged {
+                Ok(mounts) => mounts,
                 Err(Prepare::Stopped(cause)) => {
                     record.finish(Status::Stopped, "Stopped", "Training job stopped before training began", None);
                     self.store.save(record)?;
@@ -214,7 +214,8 @@ impl Running<'_> {
                     self.store.save(record)?;
                     return Ok(self.outcome(record, false, started, None));
                 }
-            }
+            };
+            self.attach(&mounts, &work, true).await?;
 
             // What was just restored is already at S3Uri: the syncer learns it before any
             // container can write.
@@ -222,7 +223,19 @@ impl Running<'_> {
                 let dirs = job.hosts.iter().map(|h| checkpoint_dir(&work, &h.name)).collect();
                 Syncer::new(&c.uri, dirs)
             });
-            let followers = self.start_hosts(&work, &logs_dir, &recorder).await?;
+            let followers = match self.start_hosts(&work, &logs_dir, &recorder).await {
+                Ok(followers) => followers,
+                // An engine may accept an overlay volume and fail only when it mounts it (a
+                // kernel without overlay, a VM that cannot see the layers): copy and start again.
+                Err(RunError::Docker(e)) if !self.volumes.is_empty() => {
+                    tracing::info!("copying the channels instead of mounting them from the cache: {e}");
+                    self.remove_containers().await;
+                    self.remove_volumes().await;
+                    self.attach(&mounts, &work, false).await?;
+                    self.start_hosts(&work, &logs_dir, &recorder).await?
+                }
+                Err(e) => return Err(e),
+            };
             record.transition("Training", "Training image download completed. Training in progress.");
             self.store.save(record)?;
             // MaxRuntimeInSeconds counts from the first start, across restarts.
@@ -323,8 +336,7 @@ impl Running<'_> {
 
     /// Puts each cached channel in front of its host as an overlay volume; where the engine
     /// cannot mount overlays (another kernel, a remote engine), each host gets a copy instead.
-    async fn attach(&mut self, mounts: Vec<ChannelMount>, work: &Path) -> Result<(), RunError> {
-        let mut overlays = true;
+    async fn attach(&mut self, mounts: &[ChannelMount], work: &Path, mut overlays: bool) -> Result<(), RunError> {
         for m in mounts {
             if overlays {
                 let name = format!("smlocal-{}-{}-{}-{}", self.job.name, m.host, m.channel, unique_suffix());

@@ -99,3 +99,19 @@ fn a_download_cut_short_never_enters_the_cache() {
     let partial: Vec<_> = std::fs::read_dir(cache.join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(partial.is_empty(), "a partial download was left behind: {partial:?}");
 }
+
+#[test]
+fn where_an_overlay_cannot_be_mounted_each_host_gets_a_copy() {
+    images();
+    // Overlay options cannot carry a ',' in a layer path: smlocal must fall back to copies.
+    let sm = Smlocal { home: tempfile::Builder::new().prefix("smlocal,home-").tempdir().unwrap() };
+    let bucket = s3().bucket(&format!("cache-copy-{}", unique()));
+    bucket.put("train/a.csv", b"from s3\n");
+    let steps = ["cat", "/opt/ml/input/data/train/a.csv", "write", "/opt/ml/input/data/train/a.csv", "changed"];
+    let first = sm.train(&probe_request("copy-1", &bucket, &steps), &[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(first.stdout.contains("algo-1 | from s3"), "{first:?}");
+    assert!(first.stderr.contains("copying the channels instead of mounting them"), "{first:?}");
+    let second = sm.train(&probe_request("copy-2", &bucket, &steps), &[]);
+    assert!(second.stdout.contains("algo-1 | from s3"), "the first run's write reached the cache: {second:?}");
+}
