@@ -119,6 +119,11 @@ impl Docker {
         Ok(())
     }
 
+    /// Whether the engine has its default `bridge` network (a daemon can be run without it).
+    pub async fn has_default_bridge(&self) -> bool {
+        self.client.inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>).await.is_ok()
+    }
+
     pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
         self.client.remove_network(name).await.map_err(op(format!("remove network '{name}'")))
     }
@@ -134,7 +139,8 @@ impl Docker {
             privileged: Some(false),
             ..Default::default()
         };
-        let networking = (spec.network != "none").then(|| NetworkingConfig {
+        // The default bridge takes no aliases; a single host needs none.
+        let networking = (spec.network != "none" && spec.network != "bridge").then(|| NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 spec.network.clone(),
                 EndpointSettings { aliases: Some(vec![spec.alias.clone()]), ..Default::default() },

@@ -21,7 +21,7 @@ fn good(extra_before_model: &[&str], model: bool, sigterm: bool, failure_file: b
     if model {
         steps.extend(["copy", "/opt/ml/input/data/train", "/opt/ml/model/data"]);
     }
-    steps.extend(["sleep", if sigterm { "2" } else { "5" }]);
+    steps.extend(["sleep", if sigterm { "2" } else { "8" }]);
     steps.into_iter().map(str::to_string).collect()
 }
 
@@ -129,19 +129,24 @@ fn each_broken_image_is_caught_by_exactly_the_check_it_targets() {
             tag
         }),
     ];
-    let runs: Vec<_> = cases
-        .iter()
-        .map(|(target, tag)| {
-            let (target, tag, home) = (target.to_string(), tag.clone(), sm.home.path().to_path_buf());
-            let reserve = reserve.clone();
-            std::thread::spawn(move || {
-                let sm = Smlocal { home: tempfile::Builder::new().prefix("smlocal-check-").tempdir_in(home).unwrap() };
-                (target, check(&sm, &tag, &["--memory-reserve", &reserve, "--oversubscribe"]))
+    // Five images at a time: a busy engine on two cores answers slowly enough to blur timings.
+    let mut runs = Vec::new();
+    for wave in cases.chunks(5) {
+        let threads: Vec<_> = wave
+            .iter()
+            .map(|(target, tag)| {
+                let (target, tag, home) = (target.to_string(), tag.clone(), sm.home.path().to_path_buf());
+                let reserve = reserve.clone();
+                std::thread::spawn(move || {
+                    let sm =
+                        Smlocal { home: tempfile::Builder::new().prefix("smlocal-check-").tempdir_in(home).unwrap() };
+                    (target, check(&sm, &tag, &["--memory-reserve", &reserve, "--oversubscribe"]))
+                })
             })
-        })
-        .collect();
-    for run in runs {
-        let (target, (code, text, results)) = run.join().unwrap();
+            .collect();
+        runs.extend(threads.into_iter().map(|t| t.join().unwrap()));
+    }
+    for (target, (code, text, results)) in runs {
         assert_eq!(results.len(), 9, "{target}: {text}");
         let failed = with(&results, "FAIL");
         match target.as_str() {
