@@ -28,6 +28,8 @@ pub struct Progress {
     pub fetched: AtomicU64,
     /// Bytes found in the cache.
     pub cached: AtomicU64,
+    /// Set when staging is over (all channels, every host).
+    pub finished: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone)]

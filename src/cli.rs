@@ -348,14 +348,12 @@ async fn show_progress(progress: Arc<smlocal::cache::Progress>) {
     let started = std::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let finished = progress.finished.load(Ordering::Relaxed);
         let total = progress.total.load(Ordering::Relaxed);
         let cached = progress.cached.load(Ordering::Relaxed);
         let fetched = progress.fetched.load(Ordering::Relaxed);
-        if fetched == 0 {
-            continue;
-        }
         let done = fetched + cached;
-        if terminal {
+        if fetched > 0 && terminal {
             let b = bar.get_or_insert_with(|| {
                 let b = indicatif::ProgressBar::new(total);
                 b.set_style(
@@ -368,11 +366,7 @@ async fn show_progress(progress: Arc<smlocal::cache::Progress>) {
             });
             b.set_length(total.max(done));
             b.set_position(done);
-            if done >= total {
-                b.finish();
-                return;
-            }
-        } else if last_line.elapsed() >= Duration::from_secs(5) || done >= total {
+        } else if fetched > 0 && (last_line.elapsed() >= Duration::from_secs(5) || finished) {
             let rate = fetched as f64 / started.elapsed().as_secs_f64().max(0.001);
             eprintln!(
                 "smlocal: downloaded {} of {} ({}/s; {} from the cache)",
@@ -382,9 +376,12 @@ async fn show_progress(progress: Arc<smlocal::cache::Progress>) {
                 human_bytes(cached)
             );
             last_line = std::time::Instant::now();
-            if done >= total {
-                return;
+        }
+        if finished {
+            if let Some(b) = bar {
+                b.finish();
             }
+            return;
         }
     }
 }

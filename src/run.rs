@@ -227,6 +227,7 @@ impl Running<'_> {
                     return Ok(self.outcome(record, false, started, None));
                 }
             };
+            self.options.progress.finished.store(true, std::sync::atomic::Ordering::Relaxed);
             self.attach(&mounts, &work, true).await?;
 
             // What was just restored is already at S3Uri: the syncer learns it before any

@@ -28,6 +28,8 @@ fn a_warm_rerun_downloads_nothing_and_a_changed_object_is_fetched_again() {
 
     let cold = sm.train(&probe_request("cache-cold", &bucket, &steps), &[]);
     assert_eq!(cold.code, 0, "{cold:?}");
+    // Not a terminal: progress comes as plain lines.
+    assert!(cold.stderr.contains("smlocal: downloaded 40.0 MiB of 40.0 MiB"), "{cold:?}");
     let after_cold = bucket.object_gets();
     assert!(after_cold >= 5, "2 small objects and at least 3 ranges of the big one, got {after_cold} GETs");
     assert_eq!(file_entry(&seen("cache-cold"), "seen/big.bin"), big);
