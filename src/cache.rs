@@ -95,6 +95,7 @@ impl Cache {
         let tmp = self.root.join("tmp");
         std::fs::create_dir_all(&objects).map_err(io(&objects))?;
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        remove_abandoned(&tmp);
         let paths: Vec<PathBuf> = wanted.iter().map(|w| self.path_of(&w.uri, &w.info)).collect();
         progress.total.fetch_add(wanted.iter().map(|w| w.info.size).sum(), Ordering::Relaxed);
 
@@ -239,6 +240,19 @@ impl Cache {
     }
 }
 
+/// Deletes partial downloads whose process is gone (a run stopped mid-download): they never
+/// become entries, and would otherwise only take space.
+fn remove_abandoned(tmp: &Path) {
+    for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner =
+            name.strip_suffix(".partial").and_then(|n| n.rsplit('.').next()).and_then(|p| p.parse::<u32>().ok());
+        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Marks an entry as just used (least-recently-used eviction reads the modification time).
 fn touch(path: &Path) {
     if let Ok(f) = std::fs::File::options().write(true).open(path) {
@@ -264,6 +278,17 @@ mod tests {
         assert_ne!(a, cache.path_of("s3://b/other", &info(3, Some("abc"), 1)));
         let m = cache.path_of("s3://b/k", &info(3, None, 1));
         assert_ne!(m, cache.path_of("s3://b/k", &info(3, None, 2)), "without an ETag, the modification time decides");
+    }
+
+    #[test]
+    fn partial_downloads_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(format!("abc.{}.partial", u32::MAX - 1));
+        let mine = dir.path().join(format!("def.{}.partial", std::process::id()));
+        std::fs::write(&dead, "x").unwrap();
+        std::fs::write(&mine, "x").unwrap();
+        remove_abandoned(dir.path());
+        assert!(!dead.exists() && mine.exists());
     }
 
     #[test]

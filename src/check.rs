@@ -311,12 +311,15 @@ impl<'a> Lab<'a> {
 
     async fn remove_leftovers(&self) {
         let home = self.store.root().display().to_string();
-        if let Ok(found) = self.docker.labelled(&home).await {
+        if let Ok(found) = self.docker.labelled(Some(&home)).await {
             for (id, _) in &found.containers {
                 let _ = self.docker.remove_container(id).await;
             }
             for (net, _) in &found.networks {
                 let _ = self.docker.remove_network(net).await;
+            }
+            for (volume, _) in &found.volumes {
+                let _ = self.docker.remove_volume(volume).await;
             }
         }
     }

@@ -619,21 +619,30 @@ fn cache(action: Option<CacheAction>) -> Result<ExitCode> {
 async fn cleanup() -> Result<ExitCode> {
     let store = Store::from_env();
     let docker = Docker::connect().await?;
-    let found = docker.labelled(&store.root().display().to_string()).await?;
-    let live = |job: &str| store.load(job).is_ok_and(|r| store.is_running(&r));
+    let home = store.root().display().to_string();
+    let found = docker.labelled(None).await?;
+    // This state directory's jobs that no process runs any more, and anything whose state
+    // directory is gone (a `smlocal check` scratch folder, a deleted SMLOCAL_HOME).
+    let leftover = |owner: &smlocal::docker::Owner| {
+        if owner.home == home {
+            !store.load(&owner.job).is_ok_and(|r| store.is_running(&r))
+        } else {
+            !owner.home.is_empty() && !std::path::Path::new(&owner.home).exists()
+        }
+    };
     let (mut containers, mut networks) = (0, 0);
-    for (id, job) in found.containers.iter().filter(|(_, job)| !live(job)) {
+    for (id, owner) in found.containers.iter().filter(|(_, o)| leftover(o)) {
         docker.remove_container(id).await?;
-        tracing::debug!("removed container {id} of {job}");
+        tracing::debug!("removed container {id} of {}", owner.job);
         containers += 1;
     }
-    for (net, job) in found.networks.iter().filter(|(_, job)| !live(job)) {
-        docker.remove_network(net).await?;
-        tracing::debug!("removed network {net} of {job}");
-        networks += 1;
-    }
-    for (volume, _) in found.volumes.iter().filter(|(_, job)| !live(job)) {
+    for (volume, _) in found.volumes.iter().filter(|(_, o)| leftover(o)) {
         docker.remove_volume(volume).await?;
+    }
+    for (net, owner) in found.networks.iter().filter(|(_, o)| leftover(o)) {
+        docker.remove_network(net).await?;
+        tracing::debug!("removed network {net} of {}", owner.job);
+        networks += 1;
     }
     let mut orphaned = 0;
     for mut r in store.list()? {

@@ -124,8 +124,12 @@ impl Docker {
         self.client.inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>).await.is_ok()
     }
 
+    /// Removes a network; one that is already gone is not an error.
     pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
-        self.client.remove_network(name).await.map_err(op(format!("remove network '{name}'")))
+        match self.client.remove_network(name).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(op(format!("remove network '{name}'"))(e)),
+        }
     }
 
     pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
@@ -218,13 +222,21 @@ impl Docker {
         }
     }
 
-    /// Containers (IDs) and networks (names) of the jobs of state directory `home`, each with
-    /// the job it belongs to.
-    pub async fn labelled(&self, home: &str) -> Result<Labelled, DockerError> {
-        let filters =
-            HashMap::from([("label".to_string(), vec![JOB_LABEL.to_string(), format!("{HOME_LABEL}={home}")])]);
-        let owner =
-            |labels: Option<HashMap<String, String>>| labels.and_then(|mut l| l.remove(JOB_LABEL)).unwrap_or_default();
+    /// Containers (IDs), networks and volumes (names) of smlocal's jobs: those of state
+    /// directory `home`, or of every state directory when `None`.
+    pub async fn labelled(&self, home: Option<&str>) -> Result<Labelled, DockerError> {
+        let mut wanted = vec![JOB_LABEL.to_string()];
+        if let Some(home) = home {
+            wanted.push(format!("{HOME_LABEL}={home}"));
+        }
+        let filters = HashMap::from([("label".to_string(), wanted)]);
+        let owner = |labels: Option<HashMap<String, String>>| {
+            let mut labels = labels.unwrap_or_default();
+            Owner {
+                job: labels.remove(JOB_LABEL).unwrap_or_default(),
+                home: labels.remove(HOME_LABEL).unwrap_or_default(),
+            }
+        };
         let containers = self
             .client
             .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
@@ -354,12 +366,19 @@ impl Docker {
     }
 }
 
-/// Docker objects found by label: `(id or name, job)`.
+/// Docker objects found by label: `(id or name, owner)`.
 #[derive(Debug, Default)]
 pub struct Labelled {
-    pub containers: Vec<(String, String)>,
-    pub networks: Vec<(String, String)>,
-    pub volumes: Vec<(String, String)>,
+    pub containers: Vec<(String, Owner)>,
+    pub networks: Vec<(String, Owner)>,
+    pub volumes: Vec<(String, Owner)>,
+}
+
+/// The job and state directory a Docker object belongs to.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Owner {
+    pub job: String,
+    pub home: String,
 }
 
 fn short(id: &str) -> &str {

@@ -51,6 +51,7 @@ fn the_sample_algorithm_trains_from_s3_and_its_model_lands_where_sagemaker_puts_
     let list = sm.command().arg("list").output().unwrap();
     assert!(String::from_utf8_lossy(&list.stdout).contains("sample-job"));
     assert_eq!(leftovers("sample-job"), (String::new(), String::new()));
+    assert_eq!(leftover_volumes("sample-job"), "", "the overlay volumes must be removed too");
 }
 
 #[test]

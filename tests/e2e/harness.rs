@@ -332,6 +332,14 @@ pub fn leftovers(job: &str) -> (String, String) {
     )
 }
 
+/// Volumes (the overlay channel mounts) still labelled for a job.
+pub fn leftover_volumes(job: &str) -> String {
+    let label = format!("label=smlocal.job={job}");
+    let volumes =
+        Command::new("docker").args(["volume", "ls", "-q", "--filter", &label]).output().expect("docker volume ls");
+    String::from_utf8_lossy(&volumes.stdout).trim().to_string()
+}
+
 /// Removes what a `--keep` run left.
 pub fn remove_leftovers(job: &str) {
     let (containers, networks) = leftovers(job);
@@ -340,6 +348,9 @@ pub fn remove_leftovers(job: &str) {
     }
     for id in networks.split_whitespace() {
         let _ = Command::new("docker").args(["network", "rm", id]).output();
+    }
+    for name in leftover_volumes(job).split_whitespace() {
+        let _ = Command::new("docker").args(["volume", "rm", name]).output();
     }
 }
 

@@ -197,5 +197,6 @@ fn ctrl_c_stops_the_container_gracefully_records_stopped_and_leaves_nothing_behi
     let output = tar_entries(&bucket.get("output/sigint-job/output/output.tar.gz").unwrap());
     assert_eq!(file_entry(&output, "sigterm"), b"terminated\n");
     assert_eq!(leftovers("sigint-job"), (String::new(), String::new()));
+    assert_eq!(leftover_volumes("sigint-job"), "", "the overlay volumes must be removed too");
     assert!(!sm.job_dir("sigint-job").join("work").exists(), "work files were left behind");
 }

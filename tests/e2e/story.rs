@@ -312,7 +312,25 @@ fn cleanup_removes_what_a_killed_run_left_and_marks_it_failed() {
     let run = Run::from(sm.command().arg("cleanup").output().unwrap());
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(leftovers("orphan-job"), (String::new(), String::new()));
+    assert_eq!(leftover_volumes("orphan-job"), "", "the overlay volumes must be removed too");
     let record = sm.describe("orphan-job");
     assert_eq!(record["TrainingJobStatus"], "Failed");
     assert!(record["FailureReason"].as_str().unwrap().contains("ended before the job did"));
+}
+
+#[test]
+fn cleanup_also_removes_what_a_deleted_state_directory_left() {
+    let gone = Smlocal::new();
+    let bucket = s3().bucket(&format!("cleanup-gone-{}", unique()));
+    bucket.put("train/a.csv", b"1\n");
+    let mut req = probe_request("gone-job", &bucket, &["echo", "x"]);
+    req["ResourceConfig"] = json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
+    assert_eq!(gone.train(&req, &["--keep"]).code, 0);
+    assert_ne!(leftovers("gone-job"), (String::new(), String::new()));
+    drop(gone);
+    let other = Smlocal::new();
+    let run = Run::from(other.command().arg("cleanup").output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(leftovers("gone-job"), (String::new(), String::new()));
+    assert_eq!(leftover_volumes("gone-job"), "");
 }
