@@ -31,12 +31,7 @@ fn the_sample_algorithm_trains_from_s3_and_its_model_lands_where_sagemaker_puts_
     assert_eq!(record["ModelArtifacts"]["S3ModelArtifacts"], bucket.uri("output/sample-job/output/model.tar.gz"));
     assert_eq!(record["HyperParameters"]["epochs"], "150");
     assert_eq!(record["TrainingJobArn"], "arn:aws:sagemaker:us-west-2:123456789012:training-job/sample-job");
-    let statuses: Vec<&str> = record["SecondaryStatusTransitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["Status"].as_str().unwrap())
-        .collect();
+    let statuses = statuses(&record);
     assert_eq!(statuses, ["Starting", "Downloading", "Training", "Uploading", "Completed"]);
     assert!(
         record["SecondaryStatusTransitions"]
@@ -123,9 +118,7 @@ fn config_files_environment_and_arguments_follow_the_contract() {
 
 #[test]
 fn credentials_reach_the_container_only_when_asked() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("creds-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("creds");
     let run = sm.train(&probe_request("creds-job", &bucket, &["env"]), &["--pass-aws-credentials"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains(&format!("algo-1 | AWS_ACCESS_KEY_ID={ACCESS_KEY}")), "{run:?}");
@@ -134,9 +127,7 @@ fn credentials_reach_the_container_only_when_asked() {
 
 #[test]
 fn the_image_entrypoint_gets_train_and_container_arguments_replace_it() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("args-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("args");
     let plain = request("args-train", PROBE_IMAGE, &bucket);
     let run = sm.train(&plain, &[]);
     assert_eq!(run.code, 0, "{run:?}");
@@ -149,9 +140,7 @@ fn the_image_entrypoint_gets_train_and_container_arguments_replace_it() {
 
 #[test]
 fn containers_are_capped_by_the_instance_type_and_isolation_cuts_the_network() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("caps-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("caps");
     let mut req = probe_request("caps-job", &bucket, &["echo", "ok"]);
     req["ResourceConfig"]["InstanceType"] = json!("ml.t3.medium");
     req["EnableNetworkIsolation"] = json!(true);

@@ -168,9 +168,7 @@ fn the_sample_trains_data_parallel_over_the_network_by_host_name() {
 
 #[test]
 fn the_first_failing_host_stops_the_others_and_is_named() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("hostfail-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("hostfail");
     let steps = [
         "on-term",
         "0",
@@ -207,9 +205,7 @@ fn the_first_failing_host_stops_the_others_and_is_named() {
 
 #[test]
 fn max_runtime_stops_every_host_sigkilling_the_one_that_ignores_sigterm() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("cluster-runtime-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("cluster-runtime");
     // algo-1 handles SIGTERM; algo-2 ignores it, so only SIGKILL after the grace ends it.
     let steps = ["only", "algo-1", "on-term", "0", "all", "echo", "up", "sleep", "60"];
     let mut req = probe_request("cluster-runtime-job", &bucket, &steps);
@@ -236,9 +232,7 @@ fn max_runtime_stops_every_host_sigkilling_the_one_that_ignores_sigterm() {
 
 #[test]
 fn smlocal_stop_from_another_process_goes_through_stopping_to_stopped() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("stopcmd-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("stopcmd");
     // Ignores SIGTERM, so the job stays in Stopping for the whole grace period.
     let mut req = probe_request("stopcmd-job", &bucket, &["echo", "ready", "sleep", "60"]);
     cluster(&mut req, 2);
@@ -276,9 +270,7 @@ fn smlocal_stop_from_another_process_goes_through_stopping_to_stopped() {
 
 #[test]
 fn ctrl_c_on_a_cluster_stops_every_host_and_leaves_nothing_behind() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("cluster-sigint-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("cluster-sigint");
     let mut req = probe_request("cluster-sigint-job", &bucket, &["on-term", "0", "echo", "ready", "sleep", "60"]);
     cluster(&mut req, 3);
     let file = sm.home.path().join("cluster-sigint.json");
@@ -305,9 +297,7 @@ fn ctrl_c_on_a_cluster_stops_every_host_and_leaves_nothing_behind() {
 
 #[test]
 fn network_isolation_lets_peers_talk_and_every_network_is_internal() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("isolated-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("isolated");
     let steps = [
         "resolve",
         "algo-1",
@@ -357,9 +347,7 @@ fn network_isolation_lets_peers_talk_and_every_network_is_internal() {
 
 #[test]
 fn a_cluster_too_big_for_this_machine_is_refused_unless_oversubscribed() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("oversub-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("oversub");
     let mut req = probe_request("oversub-job", &bucket, &["echo", "ran"]);
     req["ResourceConfig"] = json!({"InstanceType": "ml.m5.12xlarge", "InstanceCount": 2, "VolumeSizeInGB": 1});
     let refused = sm.train(&req, &[]);

@@ -383,3 +383,19 @@ pub fn sample_request(name: &str, bucket: &Bucket, epochs: u32) -> Value {
     req["InputDataConfig"].as_array_mut().expect("channels").push(validation);
     req
 }
+
+/// A fresh state directory and a bucket holding `train/a.csv`, the input most tests need.
+pub fn with_data(prefix: &str) -> (Smlocal, Bucket) {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("{prefix}-{}", unique()));
+    bucket.put("train/a.csv", b"1\n");
+    (sm, bucket)
+}
+
+/// The secondary statuses a record went through, in order.
+pub fn statuses(record: &Value) -> Vec<&str> {
+    record["SecondaryStatusTransitions"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["Status"].as_str()).collect())
+        .unwrap_or_default()
+}

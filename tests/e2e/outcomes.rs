@@ -28,9 +28,7 @@ fn bad_hyperparameters_fail_the_sample_with_its_failure_file_and_artifacts_are_s
 
 #[test]
 fn a_non_zero_exit_without_failure_file_names_the_exit_code() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("exit-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("exit");
     let run = sm.train(&probe_request("exit-job", &bucket, &["stderr", "something broke", "exit", "3"]), &[]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("algo-1 | something broke"), "stderr lines are streamed too: {run:?}");
@@ -40,9 +38,7 @@ fn a_non_zero_exit_without_failure_file_names_the_exit_code() {
 
 #[test]
 fn the_failure_reason_keeps_the_first_1024_characters() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("long-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("long");
     // Entrypoint strings are at most 256 characters, so the probe appends 8 × 200.
     let chunk = "e".repeat(200);
     let mut steps = Vec::new();
@@ -57,9 +53,7 @@ fn the_failure_reason_keeps_the_first_1024_characters() {
 
 #[test]
 fn symlinks_in_the_model_folder_are_archived_as_links_never_followed() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("links-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("links");
     let steps = [
         "write",
         "/opt/ml/model/weights.bin",
@@ -92,9 +86,7 @@ fn symlinks_in_the_model_folder_are_archived_as_links_never_followed() {
 
 #[test]
 fn an_out_of_memory_kill_is_reported_with_the_limit() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("oom-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("oom");
     // Reserve all but 200 MiB of this machine so the container's cap is 200 MiB.
     let total = memory_total();
     let reserve = total - (200 << 20);
@@ -110,9 +102,7 @@ fn an_out_of_memory_kill_is_reported_with_the_limit() {
 
 #[test]
 fn a_failed_upload_keeps_the_artifacts_and_says_where() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("upload-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("upload");
     let mut req = probe_request("upload-job", &bucket, &["write", "/opt/ml/model/precious.bin", "weights"]);
     // Nothing can create folders under /proc, not even root: the upload really fails.
     req["OutputDataConfig"]["S3OutputPath"] = json!("file:///proc/smlocal-test-output");
@@ -129,9 +119,7 @@ fn a_failed_upload_keeps_the_artifacts_and_says_where() {
 
 #[test]
 fn max_runtime_stops_the_job_with_sigterm_then_sigkill_and_collects_artifacts() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("runtime-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("runtime");
     // This container ignores SIGTERM (PID 1 without a handler), so only SIGKILL ends it.
     let mut req = probe_request("runtime-job", &bucket, &["write", "/opt/ml/model/partial", "p", "sleep", "60"]);
     req["StoppingCondition"]["MaxRuntimeInSeconds"] = json!(2);
@@ -153,9 +141,7 @@ fn max_runtime_stops_the_job_with_sigterm_then_sigkill_and_collects_artifacts() 
 
 #[test]
 fn ctrl_c_stops_the_container_gracefully_records_stopped_and_leaves_nothing_behind() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("sigint-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("sigint");
     let req = probe_request(
         "sigint-job",
         &bucket,
@@ -187,12 +173,7 @@ fn ctrl_c_stops_the_container_gracefully_records_stopped_and_leaves_nothing_behi
     assert!(rest.iter().any(|l| l == "algo-1 | probe: SIGTERM"), "the container never saw SIGTERM: {rest:?}");
     let record = sm.describe("sigint-job");
     assert_eq!(record["TrainingJobStatus"], "Stopped");
-    let statuses: Vec<&str> = record["SecondaryStatusTransitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["Status"].as_str().unwrap())
-        .collect();
+    let statuses = statuses(&record);
     assert_eq!(statuses, ["Starting", "Downloading", "Training", "Stopping", "Uploading", "Stopped"]);
     let output = tar_entries(&bucket.get("output/sigint-job/output/output.tar.gz").unwrap());
     assert_eq!(file_entry(&output, "sigterm"), b"terminated\n");

@@ -71,9 +71,7 @@ with tarfile.open(sys.argv[1], "r:gz") as t:
 
 #[test]
 fn compression_type_none_uploads_the_model_files_one_by_one() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("nocompress-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("nocompress");
     let steps = [
         "write",
         "/opt/ml/model/weights.bin",

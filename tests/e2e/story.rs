@@ -15,9 +15,7 @@ fn spawn_train(sm: &Smlocal, req: &Value, extra: &[&str]) -> std::process::Child
 
 #[test]
 fn checkpoints_are_restored_before_start_and_synced_during_and_after_training() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("ckpt-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("ckpt");
     bucket.put("ckpt/keep.bin", b"from an earlier run");
     bucket.put("ckpt/old/stale.bin", b"to be deleted");
     let steps = [
@@ -69,9 +67,7 @@ fn checkpoints_are_restored_before_start_and_synced_during_and_after_training() 
 
 #[test]
 fn file_checkpoints_at_a_custom_local_path_are_shared_by_every_host() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("ckpt-local-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("ckpt-local");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("seed.txt"), "seed").unwrap();
     let steps = ["cat", "/ckpt/seed.txt", "echo", "", "write", "/ckpt/{host}.txt", "{host}"];
@@ -89,9 +85,7 @@ fn file_checkpoints_at_a_custom_local_path_are_shared_by_every_host() {
 
 #[test]
 fn a_replayed_spot_interruption_resumes_from_the_checkpoint() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("spot-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("spot");
     // A resume check like a real algorithm's: finish if a checkpoint says so, else start over.
     let steps = [
         "on-term",
@@ -139,12 +133,7 @@ fn a_replayed_spot_interruption_resumes_from_the_checkpoint() {
     let record = sm.describe("spot-job");
     assert_eq!(record["TrainingJobStatus"], "Completed");
     assert_eq!(record["SmlocalAttempts"], 2);
-    let statuses: Vec<&str> = record["SecondaryStatusTransitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["Status"].as_str().unwrap())
-        .collect();
+    let statuses = statuses(&record);
     assert_eq!(
         statuses,
         [
@@ -214,9 +203,7 @@ fn metric_definitions_give_final_values_a_table_and_a_plot() {
 
 #[test]
 fn logs_follow_a_job_that_another_process_runs_and_filter_by_host() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("follow-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("follow");
     let steps = ["echo", "early line", "sleep", "2", "echo", "late line from {host}"];
     let mut req = probe_request("follow-job", &bucket, &steps);
     req["ResourceConfig"] = json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
@@ -247,9 +234,7 @@ fn logs_follow_a_job_that_another_process_runs_and_filter_by_host() {
 
 #[test]
 fn list_filters_like_list_training_jobs() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("filters-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("filters");
     assert_eq!(sm.train(&probe_request("alpha-ok", &bucket, &["echo", "x"]), &[]).code, 0);
     let between = record_time(&sm, "alpha-ok") + 0.001;
     std::thread::sleep(Duration::from_millis(50));
@@ -277,9 +262,7 @@ fn record_time(sm: &Smlocal, name: &str) -> f64 {
 
 #[test]
 fn rm_deletes_the_record_but_not_the_uploaded_artifacts() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("rm-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("rm");
     assert_eq!(sm.train(&probe_request("rm-job", &bucket, &["write", "/opt/ml/model/m", "1"]), &[]).code, 0);
     let rm = Run::from(sm.command().args(["rm", "rm-job"]).output().unwrap());
     assert_eq!(rm.code, 0, "{rm:?}");
@@ -290,9 +273,7 @@ fn rm_deletes_the_record_but_not_the_uploaded_artifacts() {
 
 #[test]
 fn cleanup_removes_what_a_killed_run_left_and_marks_it_failed() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("cleanup-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("cleanup");
     let mut req = probe_request("orphan-job", &bucket, &["echo", "ready", "sleep", "120"]);
     req["ResourceConfig"] = json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
     let mut child = spawn_train(&sm, &req, &[]);

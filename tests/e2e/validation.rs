@@ -24,9 +24,7 @@ fn malformed_json_names_the_file_and_the_position() {
 
 #[test]
 fn the_request_can_come_from_stdin() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("stdin-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("stdin");
     let req = probe_request("stdin-job", &bucket, &["echo", "from-stdin"]);
     let mut child = sm
         .command()
@@ -81,9 +79,7 @@ fn invalid_names_unknown_fields_and_instance_types_are_refused_in_aws_words() {
 
 #[test]
 fn a_missing_image_is_named_and_nothing_is_recorded() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("noimage-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("noimage");
     let req = request("noimage-job", "smlocal/does-not-exist:1.0", &bucket);
     refused(&sm.train(&req, &[]), &["image 'smlocal/does-not-exist:1.0' is not on this machine"]);
     assert!(!sm.job_dir("noimage-job").exists());
@@ -91,9 +87,7 @@ fn a_missing_image_is_named_and_nothing_is_recorded() {
 
 #[test]
 fn a_duplicate_name_is_resource_in_use_and_unique_name_gets_a_fresh_one() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("dup-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("dup");
     let req = probe_request("dup-job", &bucket, &["echo", "hi"]);
     assert_eq!(sm.train(&req, &[]).code, 0);
     refused(
