@@ -196,20 +196,14 @@ pub async fn read(uri: &str) -> Result<Vec<u8>, StorageError> {
 
 /// Copies one object to `dest` (parents must exist). Returns the bytes written.
 pub async fn download(uri: &str, dest: &Path) -> Result<u64, StorageError> {
-    let io = |action| move |source| StorageError::Io { action, path: dest.to_path_buf(), source };
     match Location::parse(uri)? {
-        Location::S3 { bucket, key } => {
-            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| store_error(uri, e))?;
-            let mut file = tokio::fs::File::create(dest).await.map_err(io("cannot create"))?;
-            let mut stream = got.into_stream();
-            let mut written = 0u64;
-            while let Some(chunk) = stream.try_next().await.map_err(|e| store_error(uri, e))? {
-                file.write_all(&chunk).await.map_err(io("cannot write"))?;
-                written += chunk.len() as u64;
-            }
-            file.flush().await.map_err(io("cannot write"))?;
-            Ok(written)
+        Location::S3 { .. } => {
+            let file = std::fs::File::create(dest).map_err(|source| StorageError::Io {
+                action: "cannot create",
+                path: dest.to_path_buf(),
+                source,
+            })?;
+            download_part(uri, None, None, &file, 0).await
         }
         // A plain copy lets the kernel use copy_file_range (and reflinks where the file
         // system has them); the source is only ever read.
@@ -227,31 +221,45 @@ pub async fn upload(src: &Path, uri: &str) -> Result<(), StorageError> {
         let path = path.to_path_buf();
         move |source| StorageError::Io { action, path, source }
     };
-    match Location::parse(uri)? {
-        Location::S3 { bucket, key } => {
-            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let mut writer = object_store::buffered::BufWriter::new(store, StorePath::from(key.as_str()));
-            let mut file = tokio::fs::File::open(src).await.map_err(io("cannot open", src))?;
-            if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
-                let _ = writer.abort().await;
-                return Err(StorageError::Io { action: "cannot upload", path: src.to_path_buf(), source: e });
+    if let Location::Local { path } = Location::parse(uri)? {
+        // A copy (reflinked where possible) rather than a stream through this process.
+        let dest = PathBuf::from(path);
+        let tmp = partial_beside(&dest).await?;
+        tokio::fs::copy(src, &tmp).await.map_err(io("cannot write", &tmp))?;
+        return tokio::fs::rename(&tmp, &dest).await.map_err(io("cannot rename into", &dest));
+    }
+    let mut file = tokio::fs::File::open(src).await.map_err(io("cannot open", src))?;
+    let mut upload = Upload::start(uri).await?;
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = match tokio::io::AsyncReadExt::read(&mut file, &mut buffer).await {
+            Ok(n) => n,
+            Err(e) => {
+                upload.abort().await;
+                return Err(io("cannot read", src)(e));
             }
-            writer.shutdown().await.map_err(|e| StorageError::Io {
-                action: "cannot finish uploading",
-                path: src.to_path_buf(),
-                source: e,
-            })
+        };
+        if n == 0 {
+            return upload.finish().await;
         }
-        Location::Local { path } => {
-            let dest = PathBuf::from(path);
-            let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-            tokio::fs::create_dir_all(&parent).await.map_err(io("cannot create", &parent))?;
-            let tmp = parent
-                .join(format!(".{}.smlocal-partial", dest.file_name().and_then(|n| n.to_str()).unwrap_or("upload")));
-            tokio::fs::copy(src, &tmp).await.map_err(io("cannot write", &tmp))?;
-            tokio::fs::rename(&tmp, &dest).await.map_err(io("cannot rename into", &dest))
+        if let Err(e) = upload.write(&buffer[..n]).await {
+            upload.abort().await;
+            return Err(e);
         }
     }
+}
+
+/// Where a `file://` destination is written before it is renamed into place (its folder is
+/// made if needed).
+async fn partial_beside(dest: &Path) -> Result<PathBuf, StorageError> {
+    let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+    tokio::fs::create_dir_all(&parent).await.map_err(|source| StorageError::Io {
+        action: "cannot create",
+        path: parent.clone(),
+        source,
+    })?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("upload");
+    Ok(parent.join(format!(".{name}.smlocal-partial")))
 }
 
 /// An object's size and version, without its bytes.
@@ -338,12 +346,12 @@ impl Upload {
             }
             Location::Local { path } => {
                 let dest = PathBuf::from(path);
-                let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-                let io = |source| StorageError::Io { action: "cannot create", path: parent.clone(), source };
-                tokio::fs::create_dir_all(&parent).await.map_err(io)?;
-                let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("upload");
-                let tmp = parent.join(format!(".{name}.smlocal-partial"));
-                let file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+                let tmp = partial_beside(&dest).await?;
+                let file = tokio::fs::File::create(&tmp).await.map_err(|source| StorageError::Io {
+                    action: "cannot create",
+                    path: tmp.clone(),
+                    source,
+                })?;
                 UploadSink::Local { file, tmp, dest }
             }
         };
