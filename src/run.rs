@@ -36,6 +36,8 @@ pub enum RunError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Stage(#[from] StageError),
     #[error(
         "{0} already exists: another job wrote its results there, and smlocal never overwrites them. Use a new TrainingJobName or another S3OutputPath"
     )]
@@ -370,8 +372,7 @@ impl Running<'_> {
                     }
                 }
             }
-            m.copy_into(work)
-                .map_err(|e| RunError::Io { path: m.lower.clone(), source: std::io::Error::other(e.to_string()) })?;
+            m.copy_into(work)?;
         }
         Ok(())
     }
