@@ -50,6 +50,18 @@ pub struct CheckResult {
     pub seconds: f64,
 }
 
+impl CheckResult {
+    fn new(name: &'static str, verdict: Verdict, evidence: impl Into<String>, fix: impl Into<String>) -> Self {
+        CheckResult { name, verdict, evidence: evidence.into(), fix: fix.into(), seconds: 0.0 }
+    }
+
+    /// The time the check's own runs took.
+    fn since(mut self, started: Instant) -> Self {
+        self.seconds = started.elapsed().as_secs_f64();
+        self
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("unknown check '{name}'; the checks are: {}", check_names())]
@@ -117,13 +129,9 @@ pub async fn check(image: &str, docker: &Docker, options: &CheckOptions) -> Resu
 
     let mut results = Vec::new();
     for name in selected {
-        let started = Instant::now();
-        let not_evaluated = || CheckResult {
-            name,
-            verdict: Verdict::Warn,
-            evidence: "not evaluated: the image does not complete a plain run (see the 'train' check)".into(),
-            fix: "fix 'train' first".into(),
-            seconds: 0.0,
+        let not_evaluated = || {
+            let why = "not evaluated: the image does not complete a plain run (see the 'train' check)";
+            CheckResult::new(name, Verdict::Warn, why, "fix 'train' first")
         };
         let result = match name {
             "train" => baseline.as_ref().map(judge_train),
@@ -139,12 +147,7 @@ pub async fn check(image: &str, docker: &Docker, options: &CheckOptions) -> Resu
             "pid1" => Some(judge_pid1(&image_info, lab.entrypoint())),
             _ => None,
         };
-        if let Some(mut r) = result {
-            if r.seconds == 0.0 {
-                r.seconds = started.elapsed().as_secs_f64();
-            }
-            results.push(r);
-        }
+        results.extend(result);
     }
     Ok(results)
 }
@@ -330,13 +333,8 @@ impl<'a> Lab<'a> {
     async fn sigterm(&self, baseline_training: f64) -> CheckResult {
         let started = Instant::now();
         let grace = self.options.stop_grace;
-        let result = |verdict, evidence: String, fix: &str| CheckResult {
-            name: "sigterm",
-            verdict,
-            evidence,
-            fix: fix.into(),
-            seconds: started.elapsed().as_secs_f64(),
-        };
+        let result =
+            |verdict, evidence: String, fix: &str| CheckResult::new("sigterm", verdict, evidence, fix).since(started);
         if baseline_training < MIN_TRAINING_FOR_SIGTERM {
             return result(
                 Verdict::Warn,
@@ -399,13 +397,8 @@ impl<'a> Lab<'a> {
                 }
             }
         });
-        let result = |verdict, evidence: String, fix: &str| CheckResult {
-            name: "failure",
-            verdict,
-            evidence,
-            fix: fix.into(),
-            seconds: started.elapsed().as_secs_f64(),
-        };
+        let result =
+            |verdict, evidence: String, fix: &str| CheckResult::new("failure", verdict, evidence, fix).since(started);
         let job = match job {
             Ok(job) => job,
             Err(e) => return result(Verdict::Fail, e, "make the request valid"),
@@ -453,7 +446,7 @@ impl<'a> Lab<'a> {
             ),
             Err(e) => (Verdict::Fail, e.clone(), "see the error"),
         };
-        CheckResult { name: "isolation", verdict, evidence, fix: fix.into(), seconds: started.elapsed().as_secs_f64() }
+        CheckResult::new("isolation", verdict, evidence, fix).since(started)
     }
 
     async fn two_hosts(&self) -> CheckResult {
@@ -495,7 +488,7 @@ impl<'a> Lab<'a> {
             ),
             Err(e) => (Verdict::Fail, e.clone(), "see the error"),
         };
-        CheckResult { name: "two-hosts", verdict, evidence, fix: fix.into(), seconds: started.elapsed().as_secs_f64() }
+        CheckResult::new("two-hosts", verdict, evidence, fix).since(started)
     }
 }
 
@@ -537,7 +530,7 @@ fn judge_train(b: &Baseline) -> CheckResult {
         ),
         Err(e) => (Verdict::Fail, e.clone(), "see the error".into()),
     };
-    CheckResult { name: "train", verdict, evidence, fix, seconds: b.seconds }
+    CheckResult { seconds: b.seconds, ..CheckResult::new("train", verdict, evidence, fix) }
 }
 
 fn judge_model(b: &Baseline) -> CheckResult {
@@ -545,7 +538,7 @@ fn judge_model(b: &Baseline) -> CheckResult {
         0 => (Verdict::Fail, "model.tar.gz is empty".to_string(), "save the trained model under /opt/ml/model"),
         n => (Verdict::Pass, format!("{n} file(s), e.g. {}", b.model_files[0]), ""),
     };
-    CheckResult { name: "model", verdict, evidence, fix: fix.into(), seconds: 0.0 }
+    CheckResult::new("model", verdict, evidence, fix)
 }
 
 /// Paths a training container may write; everything else is lost on SageMaker or a sign of
@@ -563,7 +556,7 @@ fn judge_filesystem(b: &Baseline) -> CheckResult {
             "write results to /opt/ml/model or /opt/ml/output/data and scratch files to /tmp",
         )
     };
-    CheckResult { name: "filesystem", verdict, evidence, fix: fix.into(), seconds: 0.0 }
+    CheckResult::new("filesystem", verdict, evidence, fix)
 }
 
 /// The changed paths outside [`ALLOWED`], each as `A /path` (added), `C` or `D`. A changed
@@ -610,7 +603,7 @@ fn judge_memory(b: &Baseline) -> CheckResult {
             }
         }
     };
-    CheckResult { name: "memory", verdict, evidence, fix: fix.into(), seconds: 0.0 }
+    CheckResult::new("memory", verdict, evidence, fix)
 }
 
 fn judge_pid1(image: &crate::docker::ImageInfo, request_entrypoint: Option<Vec<String>>) -> CheckResult {
@@ -633,7 +626,7 @@ fn judge_pid1(image: &crate::docker::ImageInfo, request_entrypoint: Option<Vec<S
     } else {
         (Verdict::Pass, format!("ENTRYPOINT {shown}; image {size}"), "")
     };
-    CheckResult { name: "pid1", verdict, evidence, fix: fix.into(), seconds: 0.0 }
+    CheckResult::new("pid1", verdict, evidence, fix)
 }
 
 /// The files (not folders) in a model tarball.
