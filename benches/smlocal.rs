@@ -10,16 +10,16 @@
 //! (what CI does to keep the benchmark working); `-- a c` runs only those.
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Instant;
 
-const KEY: &str = "bench-key";
-const SECRET: &str = "bench-secret";
+/// The tests' S3 server and image builds, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../tests/e2e/harness.rs"]
+mod harness;
 
 struct Size {
     objects: usize,
@@ -37,16 +37,16 @@ fn main() {
         Size { objects: 1000, object_bytes: 1 << 20, model_files: 100, model_bytes: 1 << 30, repeats: 5 }
     };
     let root = tempfile::Builder::new().prefix("smlocal-bench-").tempdir().expect("tempdir");
-    let endpoint = start_s3(root.path().join("s3"));
+    let endpoint = harness::s3().endpoint.clone();
     // Set before any other thread exists: smlocal reads S3 settings from the standard variables.
     unsafe {
         std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
-        std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
-        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_ACCESS_KEY_ID", harness::ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", harness::SECRET_KEY);
+        std::env::set_var("AWS_REGION", harness::REGION);
         std::env::set_var("AWS_ALLOW_HTTP", "true");
     }
-    build_images();
+    harness::images();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 
     // `-- a c` runs only those benchmarks.
@@ -77,51 +77,6 @@ fn time(f: impl FnOnce()) -> f64 {
     let t = Instant::now();
     f();
     t.elapsed().as_secs_f64()
-}
-
-fn build_images() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-images.sh");
-    let ok = Command::new("bash").arg(script).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "building the sample images failed; is Docker running?");
-}
-
-fn start_s3(dir: PathBuf) -> String {
-    std::fs::create_dir_all(&dir).expect("s3 root");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let fs = s3s_fs::FileSystem::new(&dir).expect("s3s-fs");
-            let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-            builder.set_auth(s3s::auth::SimpleAuth::from_single(KEY, SECRET));
-            let service = builder.build();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send");
-            let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
-                let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-        });
-    });
-    format!("http://{}", rx.recv().expect("the S3 server did not start"))
-}
-
-fn client(endpoint: &str, bucket: &str) -> Arc<dyn ObjectStore> {
-    Arc::new(
-        AmazonS3Builder::new()
-            .with_endpoint(endpoint)
-            .with_allow_http(true)
-            .with_bucket_name(bucket)
-            .with_access_key_id(KEY)
-            .with_secret_access_key(SECRET)
-            .with_region("us-east-1")
-            .build()
-            .expect("client"),
-    )
 }
 
 /// a. A trivial job from command to exit, against a bare container start.
@@ -207,10 +162,8 @@ fn docker_run() -> Command {
 
 /// b. Staging from S3: cold (empty cache) and warm, against a plain parallel download.
 async fn staging(root: &Path, size: &Size) {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").expect("endpoint");
     let bucket = "bench-data";
-    std::fs::create_dir_all(root.join("s3").join(bucket)).expect("bucket");
-    let store = client(&endpoint, bucket);
+    let store = harness::s3().bucket(bucket).store();
     let payload = pseudo_random(size.object_bytes, 7);
     futures::stream::iter(0..size.objects)
         .map(|i| {

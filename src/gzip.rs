@@ -178,6 +178,18 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// Bytes no compressor can shrink (xorshift).
+    fn noise(len: usize, mut x: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     fn roundtrip(data: &[u8]) -> (Vec<u8>, usize) {
         let mut gz = ParallelGzip::new(Vec::new(), Compression::default());
         for chunk in data.chunks(100_003) {
@@ -202,15 +214,7 @@ mod tests {
 
     #[test]
     fn random_blocks_are_stored_not_inflated() {
-        let mut x = 0x2545F4914F6CDD1Du64;
-        let random: Vec<u8> = (0..3_000_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = noise(3_000_000, 0x2545F4914F6CDD1D);
         let (back, size) = roundtrip(&random);
         assert_eq!(back, random);
         assert!(size < random.len() + random.len() / 500, "stored blocks add almost nothing: {size}");
@@ -218,15 +222,7 @@ mod tests {
 
     #[test]
     fn a_block_mixing_random_and_text_compresses_its_text() {
-        let mut x = 0x9E3779B97F4A7C15u64;
-        let mut data: Vec<u8> = (0..600_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut data = noise(600_000, 0x9E3779B97F4A7C15);
         data.extend((0..40_000).flat_map(|i| format!("row {} {}\n", i % 50, i % 3).into_bytes()));
         let text_len = data.len() - 600_000;
         let (back, size) = roundtrip(&data);

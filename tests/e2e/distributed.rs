@@ -4,7 +4,7 @@
 use crate::harness::*;
 use serde_json::{Value, json};
 use smlocal::stage::{StagedObject, shard};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn cluster(req: &mut Value, count: u32) {
@@ -236,18 +236,7 @@ fn smlocal_stop_from_another_process_goes_through_stopping_to_stopped() {
     // Ignores SIGTERM, so the job stays in Stopping for the whole grace period.
     let mut req = probe_request("stopcmd-job", &bucket, &["echo", "ready", "sleep", "60"]);
     cluster(&mut req, 2);
-    let file = sm.home.path().join("stopcmd.json");
-    std::fs::write(&file, serde_json::to_vec(&req).unwrap()).unwrap();
-    let mut child = sm
-        .command()
-        .arg("train")
-        .arg(&file)
-        .args(["--stop-grace", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let (mut child, mut lines) = sm.spawn_train(&req, &["--stop-grace", "3"]);
     assert!(lines.by_ref().map_while(Result::ok).any(|l| l.ends_with("| ready")));
 
     let stop = Run::from(sm.command().args(["stop", "stopcmd-job"]).output().unwrap());
@@ -273,10 +262,7 @@ fn ctrl_c_on_a_cluster_stops_every_host_and_leaves_nothing_behind() {
     let (sm, bucket) = with_data("cluster-sigint");
     let mut req = probe_request("cluster-sigint-job", &bucket, &["on-term", "0", "echo", "ready", "sleep", "60"]);
     cluster(&mut req, 3);
-    let file = sm.home.path().join("cluster-sigint.json");
-    std::fs::write(&file, serde_json::to_vec(&req).unwrap()).unwrap();
-    let mut child = sm.command().arg("train").arg(&file).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let (mut child, mut lines) = sm.spawn_train(&req, &[]);
     let mut ready = 0;
     for line in lines.by_ref().map_while(Result::ok) {
         ready += usize::from(line.ends_with("| ready"));

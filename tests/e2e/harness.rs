@@ -149,6 +149,12 @@ impl Bucket {
         format!("s3://{}/{key}", self.name)
     }
 
+    /// The client the helpers use, for callers that need object_store itself (the benchmark).
+    #[allow(dead_code)]
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     /// How many object GETs this bucket has served so far.
     pub fn object_gets(&self) -> u64 {
         object_gets().lock().map(|g| g.get(&self.name).copied().unwrap_or(0)).unwrap_or(0)
@@ -216,6 +222,23 @@ impl Smlocal {
         Run::from(output)
     }
 
+    /// Starts `smlocal train` in the background; returns the process and its stdout's lines.
+    pub fn spawn_train(&self, request: &Value, extra: &[&str]) -> (std::process::Child, OutputLines) {
+        let file = self.home.path().join(format!("request-{}.json", unique()));
+        std::fs::write(&file, serde_json::to_vec(request).expect("json")).expect("write request");
+        let mut child = self
+            .command()
+            .arg("train")
+            .arg(&file)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run smlocal");
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("stdout")));
+        (child, lines)
+    }
+
     pub fn describe(&self, name: &str) -> Value {
         let out = self.command().args(["describe", name]).output().expect("run smlocal describe");
         assert!(out.status.success(), "describe failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -226,6 +249,9 @@ impl Smlocal {
         self.home.path().join("jobs").join(name)
     }
 }
+
+/// A background run's stdout, line by line.
+pub type OutputLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
 
 pub struct Run {
     pub code: i32,

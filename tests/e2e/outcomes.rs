@@ -147,19 +147,7 @@ fn ctrl_c_stops_the_container_gracefully_records_stopped_and_leaves_nothing_behi
         &bucket,
         &["on-term", "0", "write", "/opt/ml/model/before", "b", "echo", "ready", "sleep", "60"],
     );
-    let file = sm.home.path().join("sigint.json");
-    std::fs::write(&file, serde_json::to_vec(&req).unwrap()).unwrap();
-    let mut child = sm
-        .command()
-        .arg("train")
-        .arg(&file)
-        .args(["--stop-grace", "10"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let (mut child, mut lines) = sm.spawn_train(&req, &["--stop-grace", "10"]);
     let ready = lines.by_ref().map_while(Result::ok).any(|l| l == "algo-1 | ready");
     assert!(ready, "the container never printed ready");
     let sent = Instant::now();

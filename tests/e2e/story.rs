@@ -2,16 +2,9 @@
 //! interruption, metrics and their plot, logs followed live, list filters, rm and cleanup.
 
 use crate::harness::*;
-use serde_json::{Value, json};
-use std::io::BufRead;
+use serde_json::json;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn spawn_train(sm: &Smlocal, req: &Value, extra: &[&str]) -> std::process::Child {
-    let file = sm.home.path().join(format!("spawned-{}.json", unique()));
-    std::fs::write(&file, serde_json::to_vec(req).unwrap()).unwrap();
-    sm.command().arg("train").arg(&file).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-}
 
 #[test]
 fn checkpoints_are_restored_before_start_and_synced_during_and_after_training() {
@@ -38,8 +31,7 @@ fn checkpoints_are_restored_before_start_and_synced_during_and_after_training() 
     ];
     let mut req = probe_request("ckpt-job", &bucket, &steps);
     req["CheckpointConfig"] = json!({"S3Uri": bucket.uri("ckpt")});
-    let mut child = spawn_train(&sm, &req, &["--checkpoint-interval", "1"]);
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = sm.spawn_train(&req, &["--checkpoint-interval", "1"]);
     let mut seen = Vec::new();
     for line in lines.by_ref().map_while(Result::ok) {
         seen.push(line.clone());
@@ -207,8 +199,7 @@ fn logs_follow_a_job_that_another_process_runs_and_filter_by_host() {
     let steps = ["echo", "early line", "sleep", "2", "echo", "late line from {host}"];
     let mut req = probe_request("follow-job", &bucket, &steps);
     req["ResourceConfig"] = json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
-    let mut child = spawn_train(&sm, &req, &[]);
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = sm.spawn_train(&req, &[]);
     assert!(lines.by_ref().map_while(Result::ok).any(|l| l.contains("early line")));
     // The job is running; follow it from another process.
     let follower = sm.command().args(["logs", "follow-job", "--follow"]).stdout(Stdio::piped()).spawn().unwrap();
@@ -276,8 +267,7 @@ fn cleanup_removes_what_a_killed_run_left_and_marks_it_failed() {
     let (sm, bucket) = with_data("cleanup");
     let mut req = probe_request("orphan-job", &bucket, &["echo", "ready", "sleep", "120"]);
     req["ResourceConfig"] = json!({"InstanceType": "ml.t3.medium", "InstanceCount": 2, "VolumeSizeInGB": 1});
-    let mut child = spawn_train(&sm, &req, &[]);
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = sm.spawn_train(&req, &[]);
     assert!(lines.by_ref().map_while(Result::ok).any(|l| l.ends_with("| ready")));
     // SIGKILL: smlocal gets no chance to clean up.
     child.kill().unwrap();
