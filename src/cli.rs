@@ -72,6 +72,10 @@ enum Command {
     /// Check an algorithm image against the training contract with a set of short jobs;
     /// exits 0 when no check failed.
     Check(CheckArgs),
+    /// Answer the SageMaker training API (and the CloudWatch Logs calls that read job logs) on
+    /// http://127.0.0.1:PORT, running the jobs it creates in the background, so boto3, the AWS
+    /// CLI and the SageMaker Python SDK work unchanged against this machine.
+    Serve(ServeArgs),
     /// Stop a running job, as StopTrainingJob does: SIGTERM to every host, SIGKILL after the
     /// grace, artifacts collected, status Stopped.
     Stop {
@@ -111,6 +115,34 @@ struct TrainArgs {
     /// Seconds between checkpoint syncs to CheckpointConfig.S3Uri while training.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     checkpoint_interval: u64,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The port to listen on (0: any free port; the URL is printed first).
+    #[arg(long, default_value_t = 8808)]
+    port: u16,
+    /// The address to listen on. Requests are not authenticated (signatures are accepted
+    /// unchecked), so anything but the loopback exposes job creation to the network.
+    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1")]
+    listen: std::net::IpAddr,
+    /// Jobs that run at once; later ones wait in order with SecondaryStatus Pending.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    max_parallel: usize,
+    /// Seconds between SIGTERM and SIGKILL when a job is stopped.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    stop_grace: u64,
+    /// Host memory no container may use (default: the larger of 1 GiB and 10% of memory).
+    #[arg(long, value_name = "SIZE", env = "SMLOCAL_MEMORY_RESERVE")]
+    memory_reserve: Option<String>,
+    /// Scale memory caps down to fit this machine instead of refusing a job.
+    #[arg(long)]
+    oversubscribe: bool,
+    /// Give every job's containers this server's AWS credentials and an S3 endpoint they can
+    /// reach (AWS_ENDPOINT_URL_S3 and S3_ENDPOINT_URL), which script mode needs to fetch
+    /// `sagemaker_submit_directory`. Off by default: on SageMaker they come from the role.
+    #[arg(long)]
+    pass_aws_credentials: bool,
 }
 
 #[derive(Subcommand)]
@@ -207,6 +239,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Check(args) => check(args).await,
         Command::Cache { action } => cache(action),
         Command::Stop { name } => stop(&name),
+        Command::Serve(args) => serve(args).await,
     };
     match result {
         Ok(code) => code,
@@ -435,6 +468,47 @@ async fn stop_on_signals(shutdown: CancellationToken, grace: Duration) {
     shutdown.cancel();
 }
 
+async fn serve(args: ServeArgs) -> Result<ExitCode> {
+    use smlocal::runner::{Runner, RunnerConfig};
+    if args.max_parallel == 0 {
+        bail!("--max-parallel must be at least 1");
+    }
+    let config = RunnerConfig {
+        settings: settings(args.memory_reserve.as_deref(), args.oversubscribe)?,
+        max_parallel: args.max_parallel,
+        stop_grace: Duration::from_secs(args.stop_grace),
+        pass_credentials: args.pass_aws_credentials,
+    };
+    let store = Store::from_env();
+    let docker = Docker::connect().await?;
+    // Jobs a previous server was running when it died: Failed with the reason, containers gone.
+    let cleaned = smlocal::cleanup::clean_up(&store, &docker).await?;
+    for name in &cleaned.orphaned_jobs {
+        eprintln!("smlocal: {name} was running when its smlocal process ended; marked Failed");
+    }
+    let address = std::net::SocketAddr::new(args.listen, args.port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}; is another server there? pick one with --port"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    if !args.listen.is_loopback() {
+        eprintln!("smlocal: warning: listening on {address}: anyone who can reach it can create jobs on this machine");
+    }
+    println!("smlocal: serving the SageMaker training API on {url}");
+    std::io::stdout().flush()?;
+    eprintln!(
+        "smlocal: jobs and logs are in {}; point clients here with\n  export AWS_ENDPOINT_URL_SAGEMAKER={url} AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={url}",
+        store.root().display()
+    );
+    let runner = Arc::new(Runner::new(store, docker, config));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signals(shutdown.clone(), Duration::from_secs(args.stop_grace)));
+    smlocal::api::serve(listener, runner.clone(), shutdown).await;
+    runner.shut_down().await;
+    eprintln!("smlocal: server stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn stop(name: &str) -> Result<ExitCode> {
     Store::from_env().request_stop(name)?;
     eprintln!("smlocal: stopping {name}; `smlocal describe {name}` shows Stopping, then Stopped");
@@ -453,16 +527,16 @@ fn list(args: ListArgs) -> Result<ExitCode> {
     {
         bail!("--status-equals '{status}' is not a status; use InProgress, Completed, Failed, Stopping or Stopped");
     }
-    let records = Store::from_env().list()?;
-    let needle = args.name_contains.as_deref().map(str::to_lowercase);
+    let query = smlocal::listing::ListQuery {
+        status_equals: args.status_equals,
+        name_contains: args.name_contains,
+        creation_time_after: args.creation_time_after,
+        creation_time_before: args.creation_time_before,
+        max_results: args.max_results,
+        ..Default::default()
+    };
+    let matching = smlocal::listing::page(Store::from_env().list()?, &query, usize::MAX)?.records;
     let mut out = std::io::stdout().lock();
-    let matching = records
-        .into_iter()
-        .filter(|r| args.status_equals.as_deref().is_none_or(|s| format!("{:?}", r.training_job_status) == s))
-        .filter(|r| needle.as_deref().is_none_or(|n| r.training_job_name.to_lowercase().contains(n)))
-        .filter(|r| args.creation_time_after.is_none_or(|t| r.creation_time > t))
-        .filter(|r| args.creation_time_before.is_none_or(|t| r.creation_time < t))
-        .take(args.max_results.unwrap_or(usize::MAX));
     for r in matching {
         let created = time::OffsetDateTime::from_unix_timestamp(r.creation_time as i64)
             .ok()
@@ -619,46 +693,12 @@ fn cache(action: Option<CacheAction>) -> Result<ExitCode> {
 async fn cleanup() -> Result<ExitCode> {
     let store = Store::from_env();
     let docker = Docker::connect().await?;
-    let home = store.root().display().to_string();
-    let found = docker.labelled(None).await?;
-    // This state directory's jobs that no process runs any more, and anything whose state
-    // directory is gone (a `smlocal check` scratch folder, a deleted SMLOCAL_HOME).
-    let leftover = |owner: &smlocal::docker::Owner| {
-        if owner.home == home {
-            !store.load(&owner.job).is_ok_and(|r| store.is_running(&r))
-        } else {
-            !owner.home.is_empty() && !std::path::Path::new(&owner.home).exists()
-        }
-    };
-    let (mut containers, mut networks) = (0, 0);
-    for (id, owner) in found.containers.iter().filter(|(_, o)| leftover(o)) {
-        docker.remove_container(id).await?;
-        tracing::debug!("removed container {id} of {}", owner.job);
-        containers += 1;
-    }
-    for (volume, _) in found.volumes.iter().filter(|(_, o)| leftover(o)) {
-        docker.remove_volume(volume).await?;
-    }
-    for (net, owner) in found.networks.iter().filter(|(_, o)| leftover(o)) {
-        docker.remove_network(net).await?;
-        tracing::debug!("removed network {net} of {}", owner.job);
-        networks += 1;
-    }
-    let mut orphaned = 0;
-    for mut r in store.list()? {
-        if !r.training_job_status.is_terminal() && !store.is_running(&r) {
-            r.finish(
-                Status::Failed,
-                "Failed",
-                "Training job failed",
-                Some("InternalServerError: the smlocal process running this job ended before the job did".into()),
-            );
-            store.save(&r)?;
-            orphaned += 1;
-        }
-    }
+    let cleaned = smlocal::cleanup::clean_up(&store, &docker).await?;
     eprintln!(
-        "smlocal: removed {containers} container(s) and {networks} network(s); marked {orphaned} orphaned job(s) Failed"
+        "smlocal: removed {} container(s) and {} network(s); marked {} orphaned job(s) Failed",
+        cleaned.containers,
+        cleaned.networks,
+        cleaned.orphaned_jobs.len()
     );
     Ok(ExitCode::SUCCESS)
 }

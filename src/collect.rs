@@ -121,11 +121,10 @@ async fn files(sources: &[(String, PathBuf)], prefix: &str) -> Result<Packed, St
             Kind::Dir => {}
         }
     }
+    // Collected first so the stream is `Send` (see `stage::with_info`).
+    let uploads: Vec<_> = uploads.iter().map(|(src, uri)| storage::upload(src, uri)).collect();
     let results: Vec<Result<(), StorageError>> =
-        futures::stream::iter(uploads.iter().map(|(src, uri)| storage::upload(src, uri)))
-            .buffer_unordered(crate::cache::PARALLEL_REQUESTS)
-            .collect()
-            .await;
+        futures::stream::iter(uploads).buffer_unordered(crate::cache::PARALLEL_REQUESTS).collect().await;
     results.into_iter().collect::<Result<Vec<()>, _>>().map_err(|e| e.to_string())?;
     Ok(packed)
 }

@@ -124,6 +124,17 @@ impl Docker {
         self.client.inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>).await.is_ok()
     }
 
+    /// The address this machine has on `network` (its gateway), which the network's
+    /// containers can reach.
+    pub async fn gateway(&self, network: &str) -> Option<std::net::IpAddr> {
+        let inspected = self
+            .client
+            .inspect_network(network, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+            .ok()?;
+        inspected.ipam?.config?.into_iter().find_map(|c| c.gateway?.parse().ok())
+    }
+
     /// Removes a network; one that is already gone is not an error.
     pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
         match self.client.remove_network(name).await {

@@ -37,20 +37,25 @@
 //! The library installs no signal handlers: [`run::run`] takes a shutdown token, and the
 //! binary (`src/main.rs`, `src/cli.rs`) turns Ctrl-C into it.
 
+pub mod api;
 pub mod artifacts;
 pub mod cache;
 pub mod check;
 pub mod checkpoints;
+pub mod cleanup;
 pub mod collect;
 pub mod docker;
 pub mod gzip;
 pub mod job;
+pub mod listing;
 pub mod logs;
 pub mod metrics;
 pub mod plot;
 pub mod record;
+pub mod relay;
 pub mod resources;
 pub mod run;
+pub mod runner;
 pub mod spec;
 pub mod stage;
 pub mod storage;

@@ -13,6 +13,7 @@ use crate::logs::{self, LogSink};
 use crate::metrics::{self, Recorder};
 use crate::record::MetricData;
 use crate::record::{Record, Status};
+use crate::relay::Relay;
 use crate::resources::human_bytes;
 use crate::stage::ChannelMount;
 use crate::stage::{self, StageError};
@@ -142,6 +143,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<JobOutcome, RunError> {
     let started = Instant::now();
+    let record = admit(job, store, docker).await?;
+    run_admitted(job, record, store, docker, options, shutdown, started).await
+}
+
+/// What CreateTrainingJob does before it answers: the image must be here and the output
+/// must not be taken; then the name is reserved, the first record written and this process
+/// named as the job's runner. Returns the record for [`run_admitted`].
+pub async fn admit(job: &Job, store: &Store, docker: &Docker) -> Result<Record, RunError> {
     docker.ensure_image(&job.image).await?;
     if store.job_dir(&job.name).exists() {
         return Err(StoreError::ResourceInUse { arn: job.arn.clone() }.into());
@@ -150,26 +159,47 @@ pub async fn run(
     if storage::exists(&model_uri).await? {
         return Err(RunError::OutputExists(model_uri));
     }
-    let mut record = Record::new(&job.name, &job.arn, &model_uri, &job.request.raw);
-    let dir = store.create(&record)?;
+    let record = Record::new(&job.name, &job.arn, &model_uri, &job.request.raw);
+    store.create(&record)?;
     store.claim(&job.name)?;
-    let dir = std::fs::canonicalize(&dir).map_err(|source| RunError::Io { path: dir.clone(), source })?;
-    let mut run = Running {
-        job,
-        store,
-        docker,
-        options,
-        dir,
-        containers: Vec::new(),
-        network: None,
-        volumes: Vec::new(),
-        sigkilled: Vec::new(),
+    Ok(record)
+}
+
+/// Runs a job [`admit`] accepted, to its end. `started` is when the caller began (for
+/// [`JobOutcome::elapsed`]).
+pub async fn run_admitted(
+    job: &Job,
+    mut record: Record,
+    store: &Store,
+    docker: &Docker,
+    options: &RunOptions,
+    shutdown: CancellationToken,
+    started: Instant,
+) -> Result<JobOutcome, RunError> {
+    let dir = store.job_dir(&job.name);
+    let result = match std::fs::canonicalize(&dir) {
+        Ok(dir) => {
+            let mut run = Running {
+                job,
+                store,
+                docker,
+                options,
+                dir,
+                containers: Vec::new(),
+                network: None,
+                volumes: Vec::new(),
+                sigkilled: Vec::new(),
+                relay: None,
+            };
+            let stop_requested = CancellationToken::new();
+            let watcher = tokio::spawn(watch_for_stop(store.clone(), job.name.clone(), stop_requested.clone()));
+            let result = run.drive(&mut record, &shutdown, &stop_requested, started).await;
+            watcher.abort();
+            run.clean_up(&result).await;
+            result
+        }
+        Err(source) => Err(RunError::Io { path: dir, source }),
     };
-    let stop_requested = CancellationToken::new();
-    let watcher = tokio::spawn(watch_for_stop(store.clone(), job.name.clone(), stop_requested.clone()));
-    let result = run.drive(&mut record, &shutdown, &stop_requested, started).await;
-    watcher.abort();
-    run.clean_up(&result).await;
     if let Err(e) = &result {
         // The record must not stay InProgress when smlocal itself failed.
         if !record.training_job_status.is_terminal() {
@@ -191,6 +221,8 @@ struct Running<'a> {
     /// Overlay volumes: (host, volume, where it is mounted).
     volumes: Vec<(String, String, String)>,
     sigkilled: Vec<String>,
+    /// Forwards the containers' S3 traffic to an endpoint on this machine's loopback.
+    relay: Option<Relay>,
 }
 
 impl Running<'_> {
@@ -402,8 +434,9 @@ impl Running<'_> {
                 name
             }
         };
+        let s3_endpoint = self.container_s3_endpoint(&network).await;
         let specs: Vec<ContainerSpec> =
-            job.hosts.iter().map(|h| self.container_spec(h, work, &network, &suffix)).collect();
+            job.hosts.iter().map(|h| self.container_spec(h, work, &network, &suffix, s3_endpoint.as_deref())).collect();
         // Created concurrently; every one that was created is kept for clean-up, even when
         // another failed.
         let created = futures::future::join_all(specs.iter().map(|spec| self.docker.create_container(spec))).await;
@@ -558,7 +591,48 @@ impl Running<'_> {
         ])
     }
 
-    fn container_spec(&self, host: &HostPlan, work: &Path, network: &str, suffix: &str) -> ContainerSpec {
+    /// The S3 endpoint containers get with the credentials (`--pass-aws-credentials`): this
+    /// process's own, or a relay to it when it is on the loopback. None means AWS itself.
+    async fn container_s3_endpoint(&mut self, network: &str) -> Option<String> {
+        if !self.options.pass_credentials {
+            return None;
+        }
+        let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok()?;
+        if crate::relay::loopback_target(&endpoint).is_none() {
+            return Some(endpoint);
+        }
+        if let Some(relay) = &self.relay {
+            return Some(relay.url.clone());
+        }
+        if self.job.network_isolation {
+            return None;
+        }
+        let Some(gateway) = self.docker.gateway(network).await else {
+            tracing::warn!("the network {network} has no gateway address: containers cannot reach {endpoint}");
+            return None;
+        };
+        match Relay::start(gateway, &endpoint).await {
+            Ok(relay) => {
+                tracing::info!("containers reach {endpoint} as {}", relay.url);
+                let url = relay.url.clone();
+                self.relay = Some(relay);
+                Some(url)
+            }
+            Err(e) => {
+                tracing::warn!("cannot relay {endpoint} to the containers on {gateway}: {e}");
+                None
+            }
+        }
+    }
+
+    fn container_spec(
+        &self,
+        host: &HostPlan,
+        work: &Path,
+        network: &str,
+        suffix: &str,
+        s3_endpoint: Option<&str>,
+    ) -> ContainerSpec {
         let job = self.job;
         let mut env = vec![
             format!("TRAINING_JOB_NAME={}", job.name),
@@ -570,6 +644,11 @@ impl Running<'_> {
                 if let Ok(value) = std::env::var(key) {
                     env.push(format!("{key}={value}"));
                 }
+            }
+            // Both names: newer AWS SDKs read the first, older scripts and tools the second.
+            if let Some(url) = s3_endpoint {
+                env.push(format!("AWS_ENDPOINT_URL_S3={url}"));
+                env.push(format!("S3_ENDPOINT_URL={url}"));
             }
         }
         env.extend(job.environment.iter().map(|(k, v)| format!("{k}={v}")));
@@ -716,11 +795,16 @@ fn final_metrics(recorder: &Mutex<Recorder>) -> Vec<MetricData> {
 
 /// Turns a `smlocal stop` from another process (a marker in the job's folder) into a stop.
 async fn watch_for_stop(store: Store, name: String, stop: CancellationToken) {
+    stop_requested(&store, &name).await;
+    stop.cancel();
+}
+
+/// Returns once `smlocal stop` or StopTrainingJob has asked for the job to stop.
+pub async fn stop_requested(store: &Store, name: &str) {
     let mut tick = tokio::time::interval(STOP_POLL);
     loop {
         tick.tick().await;
-        if store.stop_requested(&name) {
-            stop.cancel();
+        if store.stop_requested(name) {
             return;
         }
     }

@@ -159,16 +159,21 @@ pub async fn stage(job: &Job, work: &Path, cache: &Cache, progress: &Progress) -
 
 /// Sizes and versions for every object, looking up those a manifest named.
 async fn with_info(objects: &[StagedObject]) -> Result<Vec<Wanted>, StorageError> {
-    let looked_up: Vec<Result<Wanted, StorageError>> = futures::stream::iter(objects.iter().map(|o| async move {
-        let info = match &o.info {
-            Some(info) => info.clone(),
-            None => storage::head(&o.uri).await?,
-        };
-        Ok(Wanted { uri: o.uri.clone(), info })
-    }))
-    .buffered(crate::cache::PARALLEL_REQUESTS)
-    .collect()
-    .await;
+    // Collected before streaming: a stream over the mapping closure itself cannot be proven
+    // `Send`, which `smlocal serve`'s background jobs need (a compiler limitation with
+    // closures over borrowed items).
+    let lookups: Vec<_> = objects
+        .iter()
+        .map(|o| async move {
+            let info = match &o.info {
+                Some(info) => info.clone(),
+                None => storage::head(&o.uri).await?,
+            };
+            Ok(Wanted { uri: o.uri.clone(), info })
+        })
+        .collect();
+    let looked_up: Vec<Result<Wanted, StorageError>> =
+        futures::stream::iter(lookups).buffered(crate::cache::PARALLEL_REQUESTS).collect().await;
     let mut wanted: Vec<Wanted> = looked_up.into_iter().collect::<Result<_, _>>()?;
     wanted.dedup_by(|a, b| a.uri == b.uri);
     Ok(wanted)
@@ -362,15 +367,19 @@ async fn fetch_all(
             mkdir(parent)?;
         }
     }
-    let mut downloads = futures::stream::iter(objects.iter().map(|o| {
-        let dest = folder.join(&o.relative);
-        async move {
-            let n = storage::download(&o.uri, &dest).await?;
-            progress.fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            Ok::<u64, StorageError>(n)
-        }
-    }))
-    .buffer_unordered(crate::cache::PARALLEL_REQUESTS);
+    // Collected first, as in `with_info`, so the stream is `Send`.
+    let downloads: Vec<_> = objects
+        .iter()
+        .map(|o| {
+            let dest = folder.join(&o.relative);
+            async move {
+                let n = storage::download(&o.uri, &dest).await?;
+                progress.fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                Ok::<u64, StorageError>(n)
+            }
+        })
+        .collect();
+    let mut downloads = futures::stream::iter(downloads).buffer_unordered(crate::cache::PARALLEL_REQUESTS);
     let mut total = 0;
     while let Some(result) = downloads.next().await {
         total += result.map_err(|source| StageError::Storage { channel: channel.name.clone(), source })?;

@@ -1,0 +1,305 @@
+//! The two CloudWatch Logs calls that read a training job's logs, as SageMaker publishes them:
+//! group `/aws/sagemaker/TrainingJobs`, one stream per host named `<job>/<host>-<epoch>`
+//! (the job's creation time in seconds). Events are the host's log lines with the
+//! millisecond each was printed. Tokens are line positions in the host's log, so they stay
+//! valid while the log grows: `f/N` reads forward from line N, `b/N` backward before it.
+
+use super::{ApiError, ApiResult};
+use crate::logs::{self, Event};
+use crate::record::Record;
+use crate::store::{Store, StoreError};
+use serde_json::{Value, json};
+
+pub const LOG_GROUP: &str = "/aws/sagemaker/TrainingJobs";
+
+/// DescribeLogStreams' largest page, and the count up to which it never pages.
+const MAX_STREAMS: usize = 50;
+/// GetLogEvents' largest (and default) page.
+const MAX_EVENTS: usize = 10_000;
+
+fn not_found(what: &str) -> ApiError {
+    ApiError::new("ResourceNotFoundException", format!("The specified log {what} does not exist."))
+}
+
+fn string<'a>(body: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::new("InvalidParameterException", format!("{field} must be a string"))),
+    }
+}
+
+fn number(body: &Value, field: &str) -> Result<Option<i64>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .or_else(|| v.as_f64().map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| ApiError::new("InvalidParameterException", format!("{field} must be a number"))),
+    }
+}
+
+fn check_group(body: &Value) -> Result<(), ApiError> {
+    let group = string(body, "logGroupName")?.or(string(body, "logGroupIdentifier")?);
+    match group {
+        Some(LOG_GROUP) => Ok(()),
+        Some(_) => Err(not_found("group")),
+        None => Err(ApiError::new("InvalidParameterException", "logGroupName is required")),
+    }
+}
+
+/// One stream: its name, host and events.
+struct Stream {
+    name: String,
+    job: String,
+    host: String,
+}
+
+fn stream_name(record: &Record, host: &str) -> String {
+    format!("{}/{host}-{}", record.training_job_name, record.creation_time as i64)
+}
+
+fn streams_of(store: &Store, record: &Record) -> Vec<Stream> {
+    logs::hosts(&store.job_dir(&record.training_job_name).join("logs"))
+        .into_iter()
+        .map(|host| Stream { name: stream_name(record, &host), job: record.training_job_name.clone(), host })
+        .collect()
+}
+
+pub fn describe_log_streams(store: &Store, body: Value) -> ApiResult {
+    check_group(&body)?;
+    let prefix = string(&body, "logStreamNamePrefix")?.unwrap_or_default();
+    let descending = body.get("descending").and_then(Value::as_bool).unwrap_or(false);
+    let limit = number(&body, "limit")?.map_or(MAX_STREAMS, |l| l.clamp(1, MAX_STREAMS as i64) as usize);
+    let after = string(&body, "nextToken")?;
+    // `<job>/...` names one job: no need to read every record.
+    let records: Vec<Record> = match prefix.split_once('/') {
+        Some((job, _)) => store.load(job).into_iter().collect(),
+        None => store.list().map_err(|e| ApiError::validation(e.to_string()))?,
+    };
+    let mut streams: Vec<(Stream, Vec<Event>)> = records
+        .iter()
+        .flat_map(|r| streams_of(store, r))
+        .filter(|s| s.name.starts_with(prefix))
+        .map(|s| {
+            let events = logs::events(&store.job_dir(&s.job).join("logs"), &s.host).unwrap_or_default();
+            (s, events)
+        })
+        .collect();
+    let last_event = |e: &[Event]| e.last().map_or(0, |e| e.timestamp);
+    match string(&body, "orderBy")? {
+        Some("LastEventTime") => streams.sort_by_key(|(s, e)| (last_event(e), s.name.clone())),
+        _ => streams.sort_by(|a, b| a.0.name.cmp(&b.0.name)),
+    }
+    if descending {
+        streams.reverse();
+    }
+    if let Some(after) = after {
+        match streams.iter().position(|(s, _)| s.name == after) {
+            Some(i) => drop(streams.drain(..=i)),
+            None => return Err(ApiError::new("InvalidParameterException", format!("invalid nextToken: {after}"))),
+        }
+    }
+    // Up to 50 streams come in one page whatever the limit: the SageMaker SDK asks again
+    // without the token while a token comes back, so a token for few streams never ends.
+    let page = if streams.len() <= MAX_STREAMS { streams.len() } else { limit };
+    let more = streams.len() > page;
+    streams.truncate(page);
+    let listed: Vec<Value> = streams
+        .iter()
+        .map(|(s, events)| {
+            let created = events.first().map_or(0, |e| e.timestamp);
+            let mut v = json!({
+                "logStreamName": s.name,
+                "creationTime": created,
+                "arn": format!("arn:aws:logs:::log-group:{LOG_GROUP}:log-stream:{}", s.name),
+                "storedBytes": 0,
+            });
+            if let (Some(first), Some(last)) = (events.first(), events.last()) {
+                v["firstEventTimestamp"] = json!(first.timestamp);
+                v["lastEventTimestamp"] = json!(last.timestamp);
+                v["lastIngestionTime"] = json!(last.timestamp);
+            }
+            v
+        })
+        .collect();
+    let mut out = json!({ "logStreams": listed });
+    if more && let Some((last, _)) = streams.last() {
+        out["nextToken"] = json!(last.name);
+    }
+    Ok(out)
+}
+
+/// The job and host a stream name points at, if the job exists and has that host's log.
+fn find_stream(store: &Store, name: &str) -> Result<Stream, ApiError> {
+    let (job, rest) = name.split_once('/').ok_or_else(|| not_found("stream"))?;
+    let record = match store.load(job) {
+        Ok(r) => r,
+        Err(StoreError::NotFound(_)) => return Err(not_found("stream")),
+        Err(e) => return Err(ApiError::validation(e.to_string())),
+    };
+    streams_of(store, &record)
+        .into_iter()
+        .find(|s| s.name == name && rest.starts_with(&s.host))
+        .ok_or_else(|| not_found("stream"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cursor {
+    Forward(usize),
+    Backward(usize),
+}
+
+fn parse_cursor(token: &str) -> Result<Cursor, ApiError> {
+    let invalid = || ApiError::new("InvalidParameterException", format!("The specified nextToken is invalid: {token}"));
+    let (direction, n) = token.split_once('/').ok_or_else(invalid)?;
+    let n: usize = n.parse().map_err(|_| invalid())?;
+    match direction {
+        "f" => Ok(Cursor::Forward(n)),
+        "b" => Ok(Cursor::Backward(n)),
+        _ => Err(invalid()),
+    }
+}
+
+pub fn get_log_events(store: &Store, body: Value) -> ApiResult {
+    check_group(&body)?;
+    let name = string(&body, "logStreamName")?
+        .ok_or_else(|| ApiError::new("InvalidParameterException", "logStreamName is required"))?;
+    let stream = find_stream(store, name)?;
+    let events = logs::events(&store.job_dir(&stream.job).join("logs"), &stream.host)
+        .map_err(|e| ApiError::validation(format!("cannot read the log of {name}: {e}")))?;
+    let start = number(&body, "startTime")?;
+    let end = number(&body, "endTime")?;
+    let limit = number(&body, "limit")?.map_or(MAX_EVENTS, |l| l.clamp(1, MAX_EVENTS as i64) as usize);
+    let from_head = body.get("startFromHead").and_then(Value::as_bool).unwrap_or(false);
+    let cursor = match string(&body, "nextToken")? {
+        Some(token) => parse_cursor(token)?,
+        None if from_head => Cursor::Forward(0),
+        None => Cursor::Backward(events.len()),
+    };
+    // startTime is inclusive, endTime exclusive, as CloudWatch has them.
+    let wanted = |e: &Event| start.is_none_or(|s| e.timestamp >= s) && end.is_none_or(|t| e.timestamp < t);
+    let (first, after) = match cursor {
+        Cursor::Forward(from) => {
+            let from = from.min(events.len());
+            let mut last = from;
+            let mut taken = 0;
+            for (i, e) in events.iter().enumerate().skip(from) {
+                if taken == limit {
+                    break;
+                }
+                last = i + 1;
+                taken += usize::from(wanted(e));
+            }
+            (from, last)
+        }
+        Cursor::Backward(before) => {
+            let before = before.min(events.len());
+            let mut first = before;
+            let mut taken = 0;
+            for (i, e) in events.iter().enumerate().take(before).rev() {
+                if taken == limit {
+                    break;
+                }
+                first = i;
+                taken += usize::from(wanted(e));
+            }
+            (first, before)
+        }
+    };
+    let page: Vec<Value> = events[first..after]
+        .iter()
+        .filter(|e| wanted(e))
+        .map(|e| json!({"timestamp": e.timestamp, "message": e.message, "ingestionTime": e.timestamp}))
+        .collect();
+    Ok(json!({
+        "events": page,
+        "nextForwardToken": format!("f/{after}"),
+        "nextBackwardToken": format!("b/{first}"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn store_with_log(lines: usize) -> (tempfile::TempDir, Store, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut record = Record::new("job", "arn", "s3://b/m", &serde_json::Map::new());
+        record.creation_time = 1_700_000_000.5;
+        store.create(&record).unwrap();
+        let logs = store.job_dir("job").join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let mut log = std::fs::File::create(logs.join("algo-1.log")).unwrap();
+        let mut times = std::fs::File::create(logs.join("algo-1.times")).unwrap();
+        for i in 0..lines {
+            writeln!(log, "line {i}").unwrap();
+            // Two lines per millisecond, as fast loggers print.
+            writeln!(times, "{}", 1000 + i / 2).unwrap();
+        }
+        std::fs::write(logs.join("algo-2.log"), "").unwrap();
+        (dir, store, "job/algo-1-1700000000".into())
+    }
+
+    fn messages(v: &Value) -> Vec<String> {
+        v["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn forward_pages_end_with_an_empty_page_and_a_stable_token() {
+        let (_dir, store, stream) = store_with_log(5);
+        let mut body = json!({"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": true, "limit": 2});
+        let mut seen = Vec::new();
+        loop {
+            let page = get_log_events(&store, body.clone()).unwrap();
+            let got = messages(&page);
+            if got.is_empty() {
+                assert_eq!(page["nextForwardToken"], body["nextToken"]);
+                break;
+            }
+            seen.extend(got);
+            body["nextToken"] = page["nextForwardToken"].clone();
+        }
+        assert_eq!(seen, ["line 0", "line 1", "line 2", "line 3", "line 4"]);
+        // Lines written later come after the same token.
+        let logs = store.job_dir("job").join("logs");
+        std::fs::OpenOptions::new().append(true).open(logs.join("algo-1.times")).unwrap().write_all(b"2000\n").unwrap();
+        std::fs::OpenOptions::new().append(true).open(logs.join("algo-1.log")).unwrap().write_all(b"late\n").unwrap();
+        assert_eq!(messages(&get_log_events(&store, body).unwrap()), ["late"]);
+    }
+
+    #[test]
+    fn start_time_is_inclusive_and_the_default_reads_the_tail() {
+        let (_dir, store, stream) = store_with_log(6);
+        let body =
+            json!({"logGroupName": LOG_GROUP, "logStreamName": stream, "startTime": 1001, "startFromHead": true});
+        assert_eq!(messages(&get_log_events(&store, body).unwrap()), ["line 2", "line 3", "line 4", "line 5"]);
+        let body = json!({"logGroupName": LOG_GROUP, "logStreamName": stream, "limit": 2});
+        let tail = get_log_events(&store, body).unwrap();
+        assert_eq!(messages(&tail), ["line 4", "line 5"]);
+        let body = json!({"logGroupName": LOG_GROUP, "logStreamName": stream, "limit": 2, "nextToken": tail["nextBackwardToken"]});
+        assert_eq!(messages(&get_log_events(&store, body).unwrap()), ["line 2", "line 3"]);
+    }
+
+    #[test]
+    fn streams_are_one_per_host_without_a_token_and_unknown_names_are_not_found() {
+        let (_dir, store, stream) = store_with_log(1);
+        let body =
+            json!({"logGroupName": LOG_GROUP, "logStreamNamePrefix": "job/", "orderBy": "LogStreamName", "limit": 1});
+        let listed = describe_log_streams(&store, body).unwrap();
+        let names: Vec<&str> =
+            listed["logStreams"].as_array().unwrap().iter().map(|s| s["logStreamName"].as_str().unwrap()).collect();
+        assert_eq!(names, [stream.as_str(), "job/algo-2-1700000000"]);
+        assert!(listed.get("nextToken").is_none());
+        let err = get_log_events(&store, json!({"logGroupName": LOG_GROUP, "logStreamName": "job/algo-3-1700000000"}))
+            .unwrap_err();
+        assert_eq!(err.kind, "ResourceNotFoundException");
+        let err = describe_log_streams(&store, json!({"logGroupName": "/aws/other"})).unwrap_err();
+        assert_eq!(err.kind, "ResourceNotFoundException");
+        let none = describe_log_streams(&store, json!({"logGroupName": LOG_GROUP, "logStreamNamePrefix": "nope/"}));
+        assert_eq!(none.unwrap()["logStreams"], json!([]));
+    }
+}

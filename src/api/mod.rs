@@ -1,0 +1,162 @@
+//! `smlocal serve`: the SageMaker training API and the CloudWatch Logs calls the SDK makes,
+//! on this machine, so boto3, the AWS CLI and the SageMaker Python SDK work unchanged against
+//! `http://127.0.0.1:PORT`. AWS JSON 1.1: `POST /`, the operation in `X-Amz-Target`, errors
+//! as HTTP 400 with `__type` and `message`. Signatures are accepted without being checked:
+//! the server listens on the loopback only unless told otherwise.
+
+mod cloudwatch;
+mod training;
+
+use crate::runner::Runner;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Request bodies larger than this are refused (a CreateTrainingJob request is a few KiB).
+const MAX_BODY: usize = 1 << 20;
+
+/// An error as AWS JSON services send it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, kind, message: message.into() }
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        ApiError::new("ValidationException", message)
+    }
+}
+
+/// Strips the `ValidationException: ` our errors carry for the command line: on the wire
+/// the type is its own field.
+fn without_kind(message: String, kind: &str) -> String {
+    message.strip_prefix(&format!("{kind}: ")).map(str::to_string).unwrap_or(message)
+}
+
+pub type ApiResult = Result<Value, ApiError>;
+
+/// Serves the API on `listener` until `shutdown`; each connection is served to its end.
+pub async fn serve(listener: TcpListener, runner: Arc<Runner>, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("cannot accept a connection: {e}");
+                continue;
+            }
+        };
+        let runner = runner.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let runner = runner.clone();
+                async move { Ok::<_, Infallible>(handle(&runner, request).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(runner: &Runner, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let result = match target {
+        Some(target) => match read_body(request).await {
+            Ok(body) => {
+                let result = dispatch(runner, &target, body).await;
+                if let Err(e) = &result {
+                    tracing::info!("{target}: {} {}", e.kind, e.message);
+                } else {
+                    tracing::debug!("{target}: ok");
+                }
+                result
+            }
+            Err(e) => Err(e),
+        },
+        None if request.method() == hyper::Method::GET => {
+            // A plain GET (a browser, a health check) gets a pointer, not an AWS error.
+            Ok(json!({"service": "smlocal", "api": "SageMaker training (AWS JSON 1.1, POST / with X-Amz-Target)"}))
+        }
+        None => Err(ApiError::new(
+            "MissingAction",
+            "The request has no X-Amz-Target header; send AWS JSON 1.1 requests such as X-Amz-Target: SageMaker.DescribeTrainingJob",
+        )),
+    };
+    respond(result)
+}
+
+async fn read_body(request: Request<Incoming>) -> Result<Value, ApiError> {
+    let body = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::new("SerializationException", format!("cannot read the request body: {e}")))?
+        .to_bytes();
+    // AWS clients send `{}` for an operation without parameters, but an empty body is as clear.
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(_) => Err(ApiError::new("SerializationException", "The request body must be a JSON object")),
+        Err(e) => Err(ApiError::new(
+            "SerializationException",
+            format!("The request body is not valid JSON ({e}); send application/x-amz-json-1.1"),
+        )),
+    }
+}
+
+async fn dispatch(runner: &Runner, target: &str, body: Value) -> ApiResult {
+    match target {
+        "SageMaker.CreateTrainingJob" => training::create(runner, body).await,
+        "SageMaker.DescribeTrainingJob" => training::describe(runner, body),
+        "SageMaker.ListTrainingJobs" => training::list(runner, body),
+        "SageMaker.StopTrainingJob" => training::stop(runner, body),
+        "Logs_20140328.DescribeLogStreams" => cloudwatch::describe_log_streams(runner.store(), body),
+        "Logs_20140328.GetLogEvents" => cloudwatch::get_log_events(runner.store(), body),
+        other => Err(ApiError::new(
+            "UnknownOperationException",
+            format!(
+                "smlocal serve does not implement {other}; it answers SageMaker.CreateTrainingJob, DescribeTrainingJob, ListTrainingJobs, StopTrainingJob and Logs_20140328.DescribeLogStreams, GetLogEvents"
+            ),
+        )),
+    }
+}
+
+fn respond(result: ApiResult) -> Response<Full<Bytes>> {
+    let (status, body) = match result {
+        Ok(value) => (StatusCode::OK, value),
+        Err(e) => (e.status, json!({"__type": e.kind, "message": e.message})),
+    };
+    let request_id = format!("{:032x}", rand_u128());
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amzn-requestid", request_id)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// A request ID: unique enough to tell requests apart in logs.
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    (u128::from(h.finish()) << 64) | u128::from(std::collections::hash_map::RandomState::new().build_hasher().finish())
+}
