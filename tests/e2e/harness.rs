@@ -425,3 +425,114 @@ pub fn statuses(record: &Value) -> Vec<&str> {
         .map(|t| t.iter().filter_map(|t| t["Status"].as_str()).collect())
         .unwrap_or_default()
 }
+
+/// A running `smlocal serve` on a free port of 127.0.0.1, killed when dropped.
+pub struct Server {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl Smlocal {
+    /// Starts `smlocal serve --port 0` (plus `extra`) and waits for the URL it prints.
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        let mut child = self
+            .command()
+            .args(["serve", "--port", "0", "--stop-grace", "5"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run smlocal serve");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("stdout")));
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let url = first.rsplit(' ').next().unwrap_or_default().to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "smlocal serve printed '{first}' instead of its URL");
+        Server { url, child }
+    }
+}
+
+impl Server {
+    /// Ends the server as a crash would: no chance to stop its jobs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Ends the server as Ctrl-C does, and waits for it to exit.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        self.child.wait().expect("wait for smlocal serve")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Python with boto3 and the SageMaker Python SDK v2: `$SMLOCAL_SDK_PYTHON`, else a
+/// virtual environment made once under `target/sdk-venv` with pip from PyPI. Fails loudly
+/// when it cannot be made: these tests never skip.
+pub fn sdk_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            if let Some(python) = std::env::var_os("SMLOCAL_SDK_PYTHON") {
+                return PathBuf::from(python);
+            }
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv");
+            let python = venv.join("bin/python");
+            std::fs::create_dir_all(venv.parent().expect("target")).expect("create target/");
+            // The benchmark may be making the same environment: one at a time.
+            let lock = std::fs::File::create(venv.with_extension("lock")).expect("create the venv lock");
+            lock.lock().expect("lock the venv");
+            let ready = venv.join(".smlocal-ready");
+            if !ready.exists() {
+                let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
+                assert!(made.is_ok_and(|s| s.success()), "python3 -m venv {} failed", venv.display());
+                let installed = Command::new(&python)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "boto3",
+                        "sagemaker>=2,<3",
+                    ])
+                    .status();
+                assert!(installed.is_ok_and(|s| s.success()), "pip install boto3 'sagemaker>=2,<3' failed");
+                std::fs::write(&ready, b"").expect("mark the venv ready");
+            }
+            python
+        })
+        .clone()
+}
+
+/// Runs `tests/e2e/python/SCRIPT` with the SDK's Python, configured only through the
+/// environment variables a user would set: the server for SageMaker and CloudWatch Logs,
+/// the test S3 server for S3, the SDK's telemetry off (nothing may leave this machine).
+pub fn python(sm: &Smlocal, server: &Server, script: &str, args: &[&str]) -> Run {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/python");
+    let output = Command::new(sdk_python())
+        .arg(scripts.join(script))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // A home of its own: no ~/.aws or SageMaker config of the user's leaks in.
+        .env("HOME", sm.home.path())
+        .env("AWS_ENDPOINT_URL_SAGEMAKER", &server.url)
+        .env("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", &server.url)
+        .env("AWS_ENDPOINT_URL_S3", &s3().endpoint)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_DEFAULT_REGION", REGION)
+        .env("SAGEMAKER_USER_CONFIG_OVERRIDE", scripts.join("sagemaker-config.yaml"))
+        .env("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python");
+    Run::from(output)
+}

@@ -9,6 +9,7 @@ mod distributed;
 mod harness;
 mod outcomes;
 mod packaging;
+mod serve;
 mod staging;
 mod story;
 mod validation;

@@ -1,0 +1,96 @@
+"""Plain boto3 calls against `smlocal serve`, one per invocation, each printing JSON.
+
+    boto3_calls.py create REQUEST.json        -> {"arn", "status", "secondary"} right after create
+    boto3_calls.py create-many REQUEST.json N -> the outcome of N creates sent at once
+    boto3_calls.py wait NAME                  -> the botocore waiter, then the description
+    boto3_calls.py logs NAME                  -> every stream's events, 7 per page until an empty one
+    boto3_calls.py list NAME_CONTAINS SIZE    -> the names the paginator walks, SIZE per page
+    boto3_calls.py stop NAME                  -> {} or the error
+    boto3_calls.py describe NAME              -> the description or the error
+
+Endpoints come from AWS_ENDPOINT_URL_SAGEMAKER and AWS_ENDPOINT_URL_CLOUDWATCH_LOGS only.
+"""
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+from botocore.exceptions import ClientError
+
+sm = boto3.client("sagemaker")
+logs = boto3.client("logs")
+GROUP = "/aws/sagemaker/TrainingJobs"
+
+
+def error(e):
+    return {"error": e.response["Error"]["Code"], "message": e.response["Error"]["Message"],
+            "http": e.response["ResponseMetadata"]["HTTPStatusCode"]}
+
+
+def call(fn, **kwargs):
+    try:
+        response = fn(**kwargs)
+        response.pop("ResponseMetadata", None)
+        return response
+    except ClientError as e:
+        return error(e)
+
+
+def create(request):
+    created = call(sm.create_training_job, **request)
+    if "error" in created:
+        return created
+    described = sm.describe_training_job(TrainingJobName=request["TrainingJobName"])
+    return {"arn": created["TrainingJobArn"], "status": described["TrainingJobStatus"],
+            "secondary": described["SecondaryStatus"]}
+
+
+def main(command, *args):
+    if command == "create":
+        return create(json.load(open(args[0])))
+    if command == "create-many":
+        template = json.load(open(args[0]))
+        requests = [dict(template, TrainingJobName=f"{template['TrainingJobName']}-{i}") for i in range(int(args[1]))]
+        # The same name twice as well: exactly one of those two may win.
+        requests.append(dict(template, TrainingJobName=f"{template['TrainingJobName']}-0"))
+        with ThreadPoolExecutor(len(requests)) as pool:
+            return list(pool.map(create, requests))
+    if command == "wait":
+        sm.get_waiter("training_job_completed_or_stopped").wait(
+            TrainingJobName=args[0], WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+        return json.loads(json.dumps(sm.describe_training_job(TrainingJobName=args[0]), default=str))
+    if command == "logs":
+        streams = logs.describe_log_streams(logGroupName=GROUP, logStreamNamePrefix=args[0] + "/",
+                                            orderBy="LogStreamName")
+        out = {"nextToken": "nextToken" in streams, "streams": {}}
+        for s in streams["logStreams"]:
+            name, token, events, pages = s["logStreamName"], None, [], 0
+            while True:
+                extra = {"nextToken": token} if token else {}
+                page = logs.get_log_events(logGroupName=GROUP, logStreamName=name, startFromHead=True,
+                                           limit=7, **extra)
+                pages += 1
+                if not page["events"]:
+                    break
+                events += [e["message"] for e in page["events"]]
+                token = page["nextForwardToken"]
+            out["streams"][name] = {"events": events, "pages": pages}
+        return out
+    if command == "list":
+        paginator = sm.get_paginator("list_training_jobs")
+        pages = paginator.paginate(NameContains=args[0], SortBy="Name", SortOrder="Ascending",
+                                   PaginationConfig={"PageSize": int(args[1])})
+        sizes, names = [], []
+        for page in pages:
+            sizes.append(len(page["TrainingJobSummaries"]))
+            names += [s["TrainingJobName"] for s in page["TrainingJobSummaries"]]
+        return {"names": names, "pages": sizes}
+    if command == "stop":
+        return call(sm.stop_training_job, TrainingJobName=args[0])
+    if command == "describe":
+        return json.loads(json.dumps(call(sm.describe_training_job, TrainingJobName=args[0]), default=str))
+    raise SystemExit(f"unknown command {command}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(*sys.argv[1:])))

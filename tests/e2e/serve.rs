@@ -1,0 +1,257 @@
+//! `smlocal serve` driven by real clients: boto3 and the SageMaker Python SDK (v2) from a
+//! virtual environment, and raw HTTP for what a well-behaved client never sends.
+
+use crate::harness::*;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn calls(sm: &Smlocal, server: &Server, args: &[&str]) -> Value {
+    let run = python(sm, server, "boto3_calls.py", args);
+    assert_eq!(run.code, 0, "boto3_calls.py {args:?}: {run:?}");
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run:?}"))
+}
+
+fn request_file(sm: &Smlocal, request: &Value) -> String {
+    let path = sm.home.path().join(format!("request-{}.json", unique()));
+    std::fs::write(&path, request.to_string()).expect("write request");
+    path.display().to_string()
+}
+
+/// Polls the shared store (through the CLI) until `done` holds for the job's record.
+fn wait_for(sm: &Smlocal, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = sm.command().args(["describe", name]).output().expect("smlocal describe");
+        if out.status.success() {
+            let record: Value = serde_json::from_slice(&out.stdout).expect("json");
+            if done(&record) {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "{name} never became {what}: {record:#}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn training(sm: &Smlocal, name: &str) -> Value {
+    wait_for(sm, name, "Training", |r| r["SecondaryStatus"] == "Training")
+}
+
+#[test]
+fn boto3_creates_waits_lists_and_reads_logs_through_the_shared_store() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("boto-{}", unique()));
+    bucket.put("train/a.csv", b"1\n");
+    let server = sm.serve(&[]);
+    let name = format!("boto-{}", unique());
+    let request = sample_request(&name, &bucket, 20);
+
+    let created = calls(&sm, &server, &["create", &request_file(&sm, &request)]);
+    assert!(created["arn"].as_str().unwrap().ends_with(&format!(":training-job/{name}")), "{created}");
+    assert_eq!(created["status"], "InProgress", "Create returns before the job ends: {created}");
+    // The CLI reads the same store: the job is there at once.
+    assert_eq!(sm.describe(&name)["TrainingJobArn"], created["arn"]);
+
+    let described = calls(&sm, &server, &["wait", &name]);
+    assert_eq!(described["TrainingJobStatus"], "Completed", "{described:#}");
+    let model = bucket.uri(&format!("output/{name}/output/model.tar.gz"));
+    assert_eq!(described["ModelArtifacts"]["S3ModelArtifacts"], model);
+    assert!(bucket.get(&format!("output/{name}/output/model.tar.gz")).is_some(), "no {model}");
+    assert_eq!(described["HyperParameters"]["epochs"], "20", "Describe echoes the request");
+    assert_eq!(described["ResourceConfig"]["InstanceCount"], 1);
+    assert_eq!(
+        statuses(&described),
+        ["Starting", "Downloading", "Training", "Uploading", "Completed"],
+        "{described:#}"
+    );
+
+    let logs = calls(&sm, &server, &["logs", &name]);
+    assert_eq!(logs["nextToken"], false, "no token for one stream: {logs}");
+    let streams = logs["streams"].as_object().unwrap();
+    assert_eq!(streams.len(), 1, "{logs}");
+    let (stream, read) = streams.iter().next().unwrap();
+    assert!(stream.starts_with(&format!("{name}/algo-1-")), "{stream}");
+    let events: Vec<&str> = read["events"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    let cli = sm.command().args(["logs", &name]).output().expect("smlocal logs");
+    let cli_lines: Vec<String> =
+        String::from_utf8_lossy(&cli.stdout).lines().map(|l| l.trim_start_matches("algo-1 | ").to_string()).collect();
+    assert_eq!(events, cli_lines, "the API and the CLI show the same lines");
+    assert!(events.iter().any(|e| e.starts_with("epoch=20 ")), "{events:?}");
+    assert!(read["pages"].as_u64().unwrap() > 2, "7 events per page: {read}");
+
+    // Jobs the CLI ran are listed by the API, page by page.
+    for i in 0..3 {
+        let run = sm.train(&probe_request(&format!("{name}-cli-{i}"), &bucket, &["train"]), &[]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let listed = calls(&sm, &server, &["list", &name, "2"]);
+    let expected: Vec<String> =
+        std::iter::once(name.clone()).chain((0..3).map(|i| format!("{name}-cli-{i}"))).collect();
+    assert_eq!(listed["names"], json!(expected), "{listed}");
+    assert_eq!(listed["pages"], json!([2, 2]), "{listed}");
+
+    let unknown = calls(&sm, &server, &["describe", "no-such-job"]);
+    assert_eq!(
+        unknown,
+        json!({"error": "ValidationException", "message": "Requested resource not found.", "http": 400})
+    );
+    let stop = calls(&sm, &server, &["stop", &name]);
+    assert_eq!(stop["error"], "ValidationException", "{stop}");
+}
+
+#[test]
+fn the_sagemaker_sdk_estimator_fits_through_the_server() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("sdk-{}", unique()));
+    sample_request("unused", &bucket, 1); // uploads the sample data under data/
+    let server = sm.serve(&[]);
+    let run = python(
+        &sm,
+        &server,
+        "sdk_fit.py",
+        &[SAMPLE_IMAGE, &bucket.uri("data").trim_end_matches('/').to_string(), &bucket.uri("sdk-output")],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let printed = format!("{}{}", run.stdout, run.stderr);
+    for line in ["Starting - ", "Downloading - Downloading input data", "Completed - Training job completed"] {
+        assert!(printed.contains(line), "the SDK did not print '{line}': {run:?}");
+    }
+    assert!(run.stdout.contains("epoch=30 train_mse="), "the SDK printed the job's logs: {run:?}");
+    let value = |key: &str| {
+        run.stdout.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no {key}: {run:?}")).to_string()
+    };
+    let job = value("job_name=");
+    let model = value("model_data=");
+    assert_eq!(model, bucket.uri(&format!("sdk-output/{job}/output/model.tar.gz")));
+    let tarball = bucket.get(&format!("sdk-output/{job}/output/model.tar.gz")).expect("the model the SDK points at");
+    assert!(tar_entries(&tarball).iter().any(|(path, _)| path == "model.json"));
+    let record = sm.describe(&job);
+    assert_eq!(record["TrainingJobStatus"], "Completed");
+    assert!(record["FinalMetricDataList"].as_array().is_some_and(|m| !m.is_empty()), "{record:#}");
+    eprintln!("Estimator.fit through smlocal serve: {}s", value("fit_seconds="));
+}
+
+#[test]
+fn concurrent_creates_queue_and_stops_reach_queued_and_running_jobs() {
+    let (sm, bucket) = with_data("queue");
+    let server = sm.serve(&["--max-parallel", "1"]);
+    let name = format!("queue-{}", unique());
+    let request = probe_request(&name, &bucket, &["on-term", "0", "sleep", "120"]);
+    let created = calls(&sm, &server, &["create-many", &request_file(&sm, &request), "3"]);
+    let results = created.as_array().unwrap();
+    let refused: Vec<&Value> = results.iter().filter(|r| r.get("error").is_some()).collect();
+    assert_eq!(refused.len(), 1, "one of the two creates of {name}-0 must lose: {created:#}");
+    assert_eq!(refused[0]["error"], "ResourceInUse", "{created:#}");
+    let names: Vec<String> = (0..3).map(|i| format!("{name}-{i}")).collect();
+
+    // One slot: one job trains, the others wait, Pending.
+    let running = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            names.iter().find(|n| sm.describe(n)["SecondaryStatus"] == "Training").cloned()
+        })
+        .expect("a job started training");
+    let queued: Vec<&String> = names.iter().filter(|n| **n != running).collect();
+    for q in &queued {
+        let record = sm.describe(q);
+        assert_eq!(record["SecondaryStatus"], "Pending", "{record:#}");
+        assert_eq!(record["TrainingJobStatus"], "InProgress");
+    }
+
+    // Stops through the API and through the CLI reach queued jobs without running them.
+    assert_eq!(calls(&sm, &server, &["stop", queued[0]]), json!({}));
+    let out = sm.command().args(["stop", queued[1]]).output().expect("smlocal stop");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for q in &queued {
+        let record = wait_for(&sm, q, "Stopped", |r| r["TrainingJobStatus"] == "Stopped");
+        assert_eq!(statuses(&record), ["Starting", "Pending", "Stopped"], "{record:#}");
+    }
+    assert_eq!(sm.describe(&running)["SecondaryStatus"], "Training");
+    assert_eq!(calls(&sm, &server, &["stop", &running]), json!({}));
+    let record = calls(&sm, &server, &["wait", &running]);
+    assert_eq!(record["TrainingJobStatus"], "Stopped", "{record:#}");
+    for n in &names {
+        assert_eq!(leftovers(n), (String::new(), String::new()), "{n} left Docker objects");
+    }
+}
+
+#[test]
+fn a_server_killed_mid_job_is_cleaned_up_by_the_next_one() {
+    let (sm, bucket) = with_data("restart");
+    let mut first = sm.serve(&[]);
+    let name = format!("restart-{}", unique());
+    let created =
+        calls(&sm, &first, &["create", &request_file(&sm, &probe_request(&name, &bucket, &["sleep", "120"]))]);
+    assert!(created.get("arn").is_some(), "{created}");
+    training(&sm, &name);
+    first.kill();
+    assert!(!leftovers(&name).0.is_empty(), "the container outlives a killed server");
+
+    let mut second = sm.serve(&[]);
+    let record = calls(&sm, &second, &["describe", &name]);
+    assert_eq!(record["TrainingJobStatus"], "Failed", "{record:#}");
+    assert!(record["FailureReason"].as_str().unwrap().contains("ended before the job did"), "{record:#}");
+    assert_eq!(leftovers(&name), (String::new(), String::new()), "the new server removed the containers");
+
+    // The new server runs jobs, and Ctrl-C stops them before it exits.
+    let next = format!("{name}-next");
+    let request = probe_request(&next, &bucket, &["on-term", "0", "sleep", "120"]);
+    assert!(calls(&sm, &second, &["create", &request_file(&sm, &request)]).get("arn").is_some());
+    training(&sm, &next);
+    assert!(second.interrupt().success());
+    assert_eq!(sm.describe(&next)["TrainingJobStatus"], "Stopped");
+    assert_eq!(leftovers(&next), (String::new(), String::new()));
+}
+
+/// One HTTP/1.1 exchange: the status code and the body as JSON.
+fn post(server: &Server, target: Option<&str>, body: &str) -> (u16, Value) {
+    let address = server.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    let target = target.map(|t| format!("X-Amz-Target: {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-amz-json-1.1\r\n{target}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let json = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+#[test]
+fn bad_requests_get_aws_errors_that_say_what_is_wrong() {
+    let (sm, bucket) = with_data("badreq");
+    let server = sm.serve(&[]);
+    let (status, body) = post(&server, Some("SageMaker.DescribeTrainingJob"), "{\"TrainingJobName\": ");
+    assert_eq!((status, body["__type"].as_str()), (400, Some("SerializationException")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("not valid JSON"), "{body}");
+    let (status, body) = post(&server, None, "{}");
+    assert_eq!((status, body["__type"].as_str()), (400, Some("MissingAction")), "{body}");
+    let (status, body) = post(&server, Some("SageMaker.CreateEndpoint"), "{}");
+    assert_eq!((status, body["__type"].as_str()), (400, Some("UnknownOperationException")), "{body}");
+
+    // What botocore would refuse before sending, the server refuses too, in AWS's words.
+    let mut request = probe_request(&format!("badreq-{}", unique()), &bucket, &["train"]);
+    request.as_object_mut().unwrap().remove("RoleArn");
+    let (status, body) = post(&server, Some("SageMaker.CreateTrainingJob"), &request.to_string());
+    assert_eq!((status, body["__type"].as_str()), (400, Some("ValidationException")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("RoleArn"), "{body}");
+    request["RoleArn"] = json!("arn:aws:iam::123456789012:role/R");
+    request["ResourceConfig"]["InstanceCount"] = json!(0);
+    let (_, body) = post(&server, Some("SageMaker.CreateTrainingJob"), &request.to_string());
+    assert!(body["message"].as_str().unwrap().starts_with("1 validation error detected"), "{body}");
+    request["ResourceConfig"]["InstanceCount"] = json!(1);
+    request["AlgorithmSpecification"]["TrainingImage"] = json!("smlocal/not-built:latest");
+    let (_, body) = post(&server, Some("SageMaker.CreateTrainingJob"), &request.to_string());
+    assert!(body["message"].as_str().unwrap().contains("smlocal/not-built:latest"), "{body}");
+    let (status, body) = post(
+        &server,
+        Some("Logs_20140328.GetLogEvents"),
+        &json!({"logGroupName": "/aws/sagemaker/TrainingJobs", "logStreamName": "nope/algo-1-1"}).to_string(),
+    );
+    assert_eq!((status, body["__type"].as_str()), (400, Some("ResourceNotFoundException")), "{body}");
+}
