@@ -110,7 +110,7 @@ fn the_sagemaker_sdk_estimator_fits_through_the_server() {
         &sm,
         &server,
         "sdk_fit.py",
-        &[SAMPLE_IMAGE, &bucket.uri("data").trim_end_matches('/').to_string(), &bucket.uri("sdk-output")],
+        &[SAMPLE_IMAGE, &bucket.uri("data"), &bucket.uri("sdk-output")],
     );
     assert_eq!(run.code, 0, "{run:?}");
     let printed = format!("{}{}", run.stdout, run.stderr);
