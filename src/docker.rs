@@ -37,6 +37,15 @@ pub enum DockerError {
     },
 }
 
+/// The first host address of an IPv4 subnet (`172.17.0.0/16` → `172.17.0.1`).
+fn first_host(subnet: &str) -> Option<std::net::Ipv4Addr> {
+    let (address, bits) = subnet.split_once('/')?;
+    let address: std::net::Ipv4Addr = address.parse().ok()?;
+    let bits: u32 = bits.parse().ok().filter(|b| *b < 31)?;
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    Some(std::net::Ipv4Addr::from((u32::from(address) & mask) + 1))
+}
+
 fn op(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
     let action = action.into();
     move |source| DockerError::Operation { action, source }
@@ -132,7 +141,13 @@ impl Docker {
             .inspect_network(network, None::<bollard::query_parameters::InspectNetworkOptions>)
             .await
             .ok()?;
-        inspected.ipam?.config?.into_iter().find_map(|c| c.gateway?.parse().ok())
+        let configs = inspected.ipam?.config?;
+        // The default bridge often reports only its subnet; Docker gives the gateway the
+        // subnet's first address.
+        configs
+            .iter()
+            .find_map(|c| c.gateway.as_deref()?.parse().ok())
+            .or_else(|| configs.iter().find_map(|c| first_host(c.subnet.as_deref()?).map(std::net::IpAddr::V4)))
     }
 
     /// Removes a network; one that is already gone is not an error.
@@ -394,4 +409,17 @@ pub struct Owner {
 
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subnet_s_first_host_is_its_gateway() {
+        assert_eq!(first_host("172.17.0.0/16"), Some("172.17.0.1".parse().unwrap()));
+        assert_eq!(first_host("10.1.2.128/25"), Some("10.1.2.129".parse().unwrap()));
+        assert_eq!(first_host("fd00::/64"), None);
+        assert_eq!(first_host("10.0.0.1/32"), None);
+    }
 }

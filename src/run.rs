@@ -638,6 +638,9 @@ impl Running<'_> {
             format!("TRAINING_JOB_NAME={}", job.name),
             format!("TRAINING_JOB_ARN={}", job.arn),
             format!("AWS_REGION={}", job.region),
+            // No AWS SDK in a container may find this machine's own credentials through an
+            // EC2 instance's metadata service: credentials arrive only when passed.
+            "AWS_EC2_METADATA_DISABLED=true".to_string(),
         ];
         if self.options.pass_credentials {
             for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {

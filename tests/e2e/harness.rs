@@ -17,6 +17,7 @@ pub const REGION: &str = "us-west-2";
 pub const SAMPLE_IMAGE: &str = "smlocal/linear-regression:latest";
 pub const PROBE_IMAGE: &str = "smlocal/probe:latest";
 pub const PROBE: &str = "/usr/local/bin/probe";
+pub const SCRIPT_IMAGE: &str = "smlocal/script-mode:latest";
 
 /// Builds the sample and probe images once per test process, failing loudly when Docker is
 /// not there.
@@ -34,6 +35,17 @@ pub fn images() {
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-images.sh");
         let status = Command::new("bash").arg(&script).status().expect("run build-images.sh");
+        assert!(status.success(), "{} failed", script.display());
+    });
+}
+
+/// Builds the script-mode image (Python and boto3, made by mmdebstrap) once per process.
+pub fn script_image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        images();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-script-image.sh");
+        let status = Command::new("bash").arg(&script).status().expect("run build-script-image.sh");
         assert!(status.success(), "{} failed", script.display());
     });
 }

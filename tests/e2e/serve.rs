@@ -106,12 +106,7 @@ fn the_sagemaker_sdk_estimator_fits_through_the_server() {
     let bucket = s3().bucket(&format!("sdk-{}", unique()));
     sample_request("unused", &bucket, 1); // uploads the sample data under data/
     let server = sm.serve(&[]);
-    let run = python(
-        &sm,
-        &server,
-        "sdk_fit.py",
-        &[SAMPLE_IMAGE, &bucket.uri("data"), &bucket.uri("sdk-output")],
-    );
+    let run = python(&sm, &server, "sdk_fit.py", &[SAMPLE_IMAGE, &bucket.uri("data"), &bucket.uri("sdk-output")]);
     assert_eq!(run.code, 0, "{run:?}");
     let printed = format!("{}{}", run.stdout, run.stderr);
     for line in ["Starting - ", "Downloading - Downloading input data", "Completed - Training job completed"] {
@@ -202,6 +197,42 @@ fn a_server_killed_mid_job_is_cleaned_up_by_the_next_one() {
     assert!(second.interrupt().success());
     assert_eq!(sm.describe(&next)["TrainingJobStatus"], "Stopped");
     assert_eq!(leftovers(&next), (String::new(), String::new()));
+}
+
+#[test]
+fn script_mode_fetches_the_submit_directory_only_when_credentials_are_passed() {
+    script_image();
+    let (sm, bucket) = with_data("script");
+    bucket.put("train/a.csv", b"1\n2\n3\n");
+    let data = bucket.uri("");
+    let data = data.trim_end_matches('/');
+    let server = sm.serve(&["--pass-aws-credentials"]);
+    let run = python(&sm, &server, "sdk_script_mode.py", &[SCRIPT_IMAGE, data, &bucket.uri("out")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("script mode: 3 rows, scaled total=12.0"), "{run:?}");
+    let job = run.stdout.lines().find_map(|l| l.strip_prefix("job_name=")).expect("job name").to_string();
+    // The test S3 server is on 127.0.0.1; the container reached it through the relay.
+    let record = sm.describe(&job);
+    let submitted = record["HyperParameters"]["sagemaker_submit_directory"].as_str().unwrap();
+    assert_eq!(submitted, format!("\"{}\"", bucket.uri(&format!("{job}/source/sourcedir.tar.gz"))));
+    // The SDK prints its last status without a newline, so the log line may follow it.
+    let fetched = run.stdout.lines().find_map(|l| l.split_once("fetching s3://")).expect("the fetch line").1;
+    assert!(!fetched.contains("127.0.0.1") && fetched.contains("from http://"), "{fetched}");
+    let tarball = bucket.get(&format!("out/{job}/output/model.tar.gz")).expect("model.tar.gz");
+    let model: Value = serde_json::from_slice(&file_entry(&tar_entries(&tarball), "model.json")).unwrap();
+    assert_eq!(model, json!({"total": 12.0, "helper": "shipped with source_dir"}));
+    drop(server);
+
+    // Without the opt-in no credentials reach the container, and the fetch fails saying so.
+    let server = sm.serve(&[]);
+    let run = python(&sm, &server, "sdk_script_mode.py", &[SCRIPT_IMAGE, data, &bucket.uri("out")]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let job = run.stderr.lines().find_map(|l| l.split_once("Creating training-job with name: ")).expect("job").1;
+    let reason = sm.describe(job.trim())["FailureReason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.starts_with("ClientError: cannot fetch") && reason.contains("Unable to locate credentials"),
+        "{reason}"
+    );
 }
 
 /// One HTTP/1.1 exchange: the status code and the body as JSON.
