@@ -101,7 +101,8 @@ struct TrainArgs {
     #[arg(long, value_name = "SIZE", env = "SMLOCAL_MEMORY_RESERVE")]
     memory_reserve: Option<String>,
     /// Give the containers this shell's AWS credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-    /// AWS_SESSION_TOKEN). Off by default: on SageMaker they come from the job's role.
+    /// AWS_SESSION_TOKEN) and an S3 endpoint they can reach (AWS_ENDPOINT_URL_S3, S3_ENDPOINT_URL).
+    /// Off by default: on SageMaker they come from the job's role.
     #[arg(long)]
     pass_aws_credentials: bool,
     /// Run a cluster whose memory does not fit this machine by scaling every container's

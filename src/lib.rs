@@ -31,6 +31,13 @@
 //! - [`cache`]: the content cache of S3 inputs, with parallel ranged downloads.
 //! - [`record`]: the `DescribeTrainingJob`-shaped record and its status transitions.
 //! - [`store`]: the state directory: job records (written atomically), logs, work files.
+//! - [`cleanup`]: leftovers of runs whose smlocal process died: Docker objects removed,
+//!   records marked `Failed`.
+//! - [`listing`]: ListTrainingJobs' filters, sort orders and page tokens over the store.
+//! - [`relay`]: a loopback S3 endpoint made reachable from containers (script mode).
+//!
+//! - [`api`]: `smlocal serve`: the SageMaker training API and the CloudWatch Logs reads over
+//!   HTTP (AWS JSON 1.1), on [`runner`], which admits jobs and runs them in the background.
 //!
 //! - [`check`]: `smlocal check IMAGE`: the contract checks, built on [`run`].
 //!
