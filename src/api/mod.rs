@@ -144,19 +144,18 @@ fn respond(result: ApiResult) -> Response<Full<Bytes>> {
         Ok(value) => (StatusCode::OK, value),
         Err(e) => (e.status, json!({"__type": e.kind, "message": e.message})),
     };
-    let request_id = format!("{:032x}", rand_u128());
     Response::builder()
         .status(status)
         .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amzn-requestid", request_id)
+        .header("x-amzn-requestid", request_id())
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-/// A request ID: unique enough to tell requests apart in logs.
-fn rand_u128() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    (u128::from(h.finish()) << 64) | u128::from(std::collections::hash_map::RandomState::new().build_hasher().finish())
+/// A request ID for `x-amzn-RequestId`: the start time and a count, unique per server.
+fn request_id() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{nanos:024x}{n:08x}")
 }
