@@ -4,7 +4,9 @@
 //!   b. staging N objects from a local S3-compatible server, cold and warm, against a plain
 //!      parallel download of the same objects by the same client library (object_store);
 //!   c. packaging a model folder (half random, half text) into model.tar.gz, against
-//!      `tar -c | pigz -6` writing the same tree to disk.
+//!      `tar -c | pigz -6` writing the same tree to disk;
+//!   d. the sample job from the SageMaker SDK's `Estimator.fit()` through `smlocal serve`,
+//!      against the same job under `smlocal train` (only with `SMLOCAL_SDK_PYTHON`).
 //!
 //! `cargo bench --bench smlocal` runs the full sizes (1 GiB); `-- --tiny` runs small ones
 //! (what CI does to keep the benchmark working); `-- a c` runs only those.
@@ -50,7 +52,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 
     // `-- a c` runs only those benchmarks.
-    let picked: Vec<String> = std::env::args().skip(1).filter(|a| ["a", "b", "c"].contains(&a.as_str())).collect();
+    let picked: Vec<String> = std::env::args().skip(1).filter(|a| ["a", "b", "c", "d"].contains(&a.as_str())).collect();
     let run = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
     println!("{:<44} {:>12} {:>12} {:>8}", "benchmark", "smlocal", "floor", "ratio");
     if run("a") {
@@ -62,6 +64,37 @@ fn main() {
     if run("c") {
         rt.block_on(packaging(root.path(), &size));
     }
+    if run("d") {
+        sdk_fit(&size);
+    }
+}
+
+/// d. What an SDK user waits for: `fit(wait=True, logs=True)` from call to return, through
+/// the API, against the whole `smlocal train` process for the same algorithm and data.
+fn sdk_fit(size: &Size) {
+    if std::env::var_os("SMLOCAL_SDK_PYTHON").is_none() {
+        println!("d. SDK fit through smlocal serve: skipped (scripts/sdk-venv.sh, then SMLOCAL_SDK_PYTHON=...)");
+        return;
+    }
+    let sm = harness::Smlocal::new();
+    let bucket = harness::s3().bucket(&format!("bench-fit-{}", harness::unique()));
+    let mut request = harness::sample_request("bench-fit", &bucket, 30);
+    request["AlgorithmSpecification"]["MetricDefinitions"] =
+        serde_json::json!([{"Name": "validation:mse", "Regex": "validation_mse=([0-9.]+)"}]);
+    let server = sm.serve(&[]);
+    let fits: Vec<f64> = (0..size.repeats.min(3))
+        .map(|_| {
+            let args = [harness::SAMPLE_IMAGE, &bucket.uri("data"), &bucket.uri("fit-output")];
+            let run = harness::python(&sm, &server, "sdk_fit.py", &args);
+            assert_eq!(run.code, 0, "{run:?}");
+            let seconds = run.stdout.lines().find_map(|l| l.strip_prefix("fit_seconds="));
+            seconds.and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no fit_seconds: {run:?}"))
+        })
+        .collect();
+    let trains: Vec<f64> =
+        (0..size.repeats.min(3)).map(|_| time(|| assert_eq!(sm.train(&request, &["--unique-name"]).code, 0))).collect();
+    row("d. SDK fit() via serve (s) vs smlocal train", median(fits), median(trains), " s");
+    println!("{:<44} the SDK sleeps 5 s before it first describes the job", "");
 }
 
 fn row(name: &str, ours: f64, floor: f64, unit: &str) {
