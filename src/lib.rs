@@ -21,6 +21,8 @@
 //!   collect, upload, and keep the record current. A failed algorithm is an outcome.
 //! - [`logs`]: container output to per-host log files, the terminal and the metric
 //!   recorder; reading logs back, live.
+//! - [`log_events`]: a host's log with each line's time, read by time or position
+//!   (CloudWatch's view of it).
 //! - [`metrics`]: `MetricDefinitions` applied to every log line; the series and final values.
 //! - [`plot`]: the metrics as an SVG chart.
 //! - [`checkpoints`]: `CheckpointConfig`: restore before start, sync while training.
@@ -55,6 +57,7 @@ pub mod docker;
 pub mod gzip;
 pub mod job;
 pub mod listing;
+pub mod log_events;
 pub mod logs;
 pub mod metrics;
 pub mod plot;

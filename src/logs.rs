@@ -1,16 +1,15 @@
 //! A job's logs: each container's output, line by line, to its host's log file, the
 //! terminal (or any sink) and the metric recorder; and reading them back, live or not.
-//!
-//! Beside each `<host>.log` (plain lines, for people and `tail`) a `<host>.times` file holds
-//! the millisecond each line was printed, one per line in the same order, so the API can
-//! serve the lines as CloudWatch events with their own timestamps.
+//! Each line is written with its time ([`crate::log_events`]), so the API can serve it as a
+//! CloudWatch event.
 
 use crate::docker::Docker;
+use crate::log_events;
 use crate::metrics::Recorder;
 use crate::record::now;
 use futures::StreamExt;
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,27 +27,24 @@ pub async fn follow(
     recorder: Arc<Mutex<Recorder>>,
 ) {
     // Appended: a restarted job (spot replay) keeps the first attempt's lines.
-    let append = |path: &Path| match std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        Ok(f) => Some(f),
+    let mut file = match log_events::Writer::open(&path) {
+        Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!("cannot write {}: {e}", path.display());
             None
         }
     };
-    let mut times = append(&path.with_extension("times"));
-    let mut file = append(&path);
     // Docker frames are writes, not lines: keep a partial line per stream until it ends.
     let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
     let mut emit = |line: &[u8]| {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
         let at = now();
-        // The time goes first: a reader that sees the line can always find its time.
-        if let Some(f) = times.as_mut() {
-            let _ = writeln!(f, "{}", (at * 1000.0) as i64);
-        }
-        if let Some(f) = file.as_mut() {
-            let _ = writeln!(f, "{text}");
+        if let Some(f) = file.as_mut()
+            && let Err(e) = f.write((at * 1000.0) as i64, text)
+        {
+            tracing::warn!("cannot write {}: {e}", path.display());
+            file = None;
         }
         if let Ok(mut r) = recorder.lock() {
             r.observe(&host, text, at);
@@ -131,46 +127,13 @@ pub async fn read(
     }
 }
 
-/// One log line as CloudWatch Logs serves it: when it was printed (ms since the epoch).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub timestamp: i64,
-    pub message: String,
-}
-
-/// Every complete line of `host`'s log with its time. Lines from before times were kept
-/// take the time of the next line that has one, or the file's modification time.
-pub fn events(logs_dir: &Path, host: &str) -> std::io::Result<Vec<Event>> {
-    let text = std::fs::read(logs_dir.join(format!("{host}.log")))?;
-    let modified = std::fs::metadata(logs_dir.join(format!("{host}.log")))
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let times: Vec<i64> = std::fs::read_to_string(logs_dir.join(format!("{host}.times")))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    Ok(text[..complete]
-        .split(|b| *b == b'\n')
-        .take(text[..complete].iter().filter(|b| **b == b'\n').count())
-        .enumerate()
-        .map(|(i, line)| Event {
-            timestamp: times.get(i).copied().unwrap_or(modified),
-            message: String::from_utf8_lossy(line).into_owned(),
-        })
-        .collect())
-}
-
 /// How often `read --follow` looks for new lines.
 const POLL: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[tokio::test]
     async fn reading_follows_new_lines_until_the_job_ends() {
@@ -202,18 +165,5 @@ mod tests {
         let mut only = Vec::new();
         read(&logs, Some("algo-2"), false, || true, |_, l| only.push(l.to_string())).await;
         assert_eq!(only, ["other host"]);
-    }
-
-    #[test]
-    fn events_pair_each_complete_line_with_its_time() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("algo-1.log"), "first\nsecond\npartial").unwrap();
-        std::fs::write(dir.path().join("algo-1.times"), "1000\n2000\n3000\n").unwrap();
-        let events = events(dir.path(), "algo-1").unwrap();
-        assert_eq!(
-            events,
-            [Event { timestamp: 1000, message: "first".into() }, Event { timestamp: 2000, message: "second".into() }]
-        );
-        assert!(super::events(dir.path(), "algo-2").is_err());
     }
 }

@@ -95,6 +95,11 @@ impl Store {
     }
 
     pub fn load(&self, name: &str) -> Result<Record, StoreError> {
+        // Names come from API clients too: only what a TrainingJobName may hold, so no name
+        // can reach outside `jobs/`.
+        if !is_job_name(name) {
+            return Err(StoreError::NotFound(name.into()));
+        }
         let path = self.job_dir(name).join("record.json");
         let text = match std::fs::read(&path) {
             Ok(t) => t,
@@ -175,6 +180,14 @@ impl Store {
     }
 }
 
+/// A TrainingJobName as the API defines it: `^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`.
+fn is_job_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
     move |source| StoreError::Io { action, path, source }
@@ -215,6 +228,10 @@ mod tests {
         assert_eq!(names, ["second", "first"]);
         assert_eq!(store.load("first").unwrap().training_job_status, Status::Completed);
         assert!(matches!(store.load("nope"), Err(StoreError::NotFound(_))));
+        // A name from a client can never point outside the jobs folder.
+        std::fs::write(dir.path().join("record.json"), b"{}").unwrap();
+        assert!(matches!(store.load("../"), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.load("jobs/../.."), Err(StoreError::NotFound(_))));
         let leftovers: Vec<_> =
             std::fs::read_dir(store.job_dir("first")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(leftovers, ["record.json"]);

@@ -1,11 +1,13 @@
 //! The two CloudWatch Logs calls that read a training job's logs, as SageMaker publishes them:
 //! group `/aws/sagemaker/TrainingJobs`, one stream per host named `<job>/<host>-<epoch>`
 //! (the job's creation time in seconds). Events are the host's log lines with the
-//! millisecond each was printed. Tokens are line positions in the host's log, so they stay
-//! valid while the log grows: `f/N` reads forward from line N, `b/N` backward before it.
+//! millisecond each was printed ([`crate::log_events`]). Tokens are line positions in the
+//! host's log, so they stay valid while the log grows: `f/N` reads forward from line N, `b/N`
+//! backward before it; a page costs one read however long the log is.
 
 use super::{ApiError, ApiResult};
-use crate::logs::{self, Event};
+use crate::log_events::Reader;
+use crate::logs;
 use crate::record::Record;
 use crate::store::{Store, StoreError};
 use serde_json::{Value, json};
@@ -49,11 +51,10 @@ fn check_group(body: &Value) -> Result<(), ApiError> {
     }
 }
 
-/// One stream: its name, host and events.
+/// One stream: its name and the host log it reads.
 struct Stream {
     name: String,
-    job: String,
-    host: String,
+    log: std::path::PathBuf,
 }
 
 fn stream_name(record: &Record, host: &str) -> String {
@@ -61,10 +62,26 @@ fn stream_name(record: &Record, host: &str) -> String {
 }
 
 fn streams_of(store: &Store, record: &Record) -> Vec<Stream> {
-    logs::hosts(&store.job_dir(&record.training_job_name).join("logs"))
+    let dir = store.job_dir(&record.training_job_name).join("logs");
+    logs::hosts(&dir)
         .into_iter()
-        .map(|host| Stream { name: stream_name(record, &host), job: record.training_job_name.clone(), host })
+        .map(|host| Stream { name: stream_name(record, &host), log: dir.join(format!("{host}.log")) })
         .collect()
+}
+
+/// The first and last event times of a stream, if it has events.
+fn span(stream: &Stream) -> Option<(i64, i64)> {
+    let reader = Reader::open(&stream.log).ok()?;
+    let last = reader.len().checked_sub(1)?;
+    Some((reader.timestamp(0).ok()?, reader.timestamp(last).ok()?))
+}
+
+fn unreadable(stream: &str, e: std::io::Error) -> ApiError {
+    ApiError {
+        status: hyper::StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "ServiceUnavailableException",
+        message: format!("cannot read the log of {stream}: {e}"),
+    }
 }
 
 pub fn describe_log_streams(store: &Store, body: Value) -> ApiResult {
@@ -78,18 +95,17 @@ pub fn describe_log_streams(store: &Store, body: Value) -> ApiResult {
         Some((job, _)) => store.load(job).into_iter().collect(),
         None => store.list().map_err(|e| ApiError::validation(e.to_string()))?,
     };
-    let mut streams: Vec<(Stream, Vec<Event>)> = records
+    let mut streams: Vec<(Stream, Option<(i64, i64)>)> = records
         .iter()
         .flat_map(|r| streams_of(store, r))
         .filter(|s| s.name.starts_with(prefix))
         .map(|s| {
-            let events = logs::events(&store.job_dir(&s.job).join("logs"), &s.host).unwrap_or_default();
-            (s, events)
+            let span = span(&s);
+            (s, span)
         })
         .collect();
-    let last_event = |e: &[Event]| e.last().map_or(0, |e| e.timestamp);
     match string(&body, "orderBy")? {
-        Some("LastEventTime") => streams.sort_by_key(|(s, e)| (last_event(e), s.name.clone())),
+        Some("LastEventTime") => streams.sort_by_key(|(s, span)| (span.map_or(0, |(_, last)| last), s.name.clone())),
         _ => streams.sort_by(|a, b| a.0.name.cmp(&b.0.name)),
     }
     if descending {
@@ -108,18 +124,17 @@ pub fn describe_log_streams(store: &Store, body: Value) -> ApiResult {
     streams.truncate(page);
     let listed: Vec<Value> = streams
         .iter()
-        .map(|(s, events)| {
-            let created = events.first().map_or(0, |e| e.timestamp);
+        .map(|(s, span)| {
             let mut v = json!({
                 "logStreamName": s.name,
-                "creationTime": created,
+                "creationTime": span.map_or(0, |(first, _)| first),
                 "arn": format!("arn:aws:logs:::log-group:{LOG_GROUP}:log-stream:{}", s.name),
                 "storedBytes": 0,
             });
-            if let (Some(first), Some(last)) = (events.first(), events.last()) {
-                v["firstEventTimestamp"] = json!(first.timestamp);
-                v["lastEventTimestamp"] = json!(last.timestamp);
-                v["lastIngestionTime"] = json!(last.timestamp);
+            if let Some((first, last)) = span {
+                v["firstEventTimestamp"] = json!(first);
+                v["lastEventTimestamp"] = json!(last);
+                v["lastIngestionTime"] = json!(last);
             }
             v
         })
@@ -139,22 +154,20 @@ fn find_stream(store: &Store, name: &str) -> Result<Stream, ApiError> {
         Err(StoreError::NotFound(_)) => return Err(not_found("stream")),
         Err(e) => return Err(ApiError::validation(e.to_string())),
     };
-    streams_of(store, &record)
-        .into_iter()
-        .find(|s| s.name == name && rest.starts_with(&s.host))
-        .ok_or_else(|| not_found("stream"))
+    let _ = rest;
+    streams_of(store, &record).into_iter().find(|s| s.name == name).ok_or_else(|| not_found("stream"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Cursor {
-    Forward(usize),
-    Backward(usize),
+    Forward(u64),
+    Backward(u64),
 }
 
 fn parse_cursor(token: &str) -> Result<Cursor, ApiError> {
     let invalid = || ApiError::new("InvalidParameterException", format!("The specified nextToken is invalid: {token}"));
     let (direction, n) = token.split_once('/').ok_or_else(invalid)?;
-    let n: usize = n.parse().map_err(|_| invalid())?;
+    let n: u64 = n.parse().map_err(|_| invalid())?;
     match direction {
         "f" => Ok(Cursor::Forward(n)),
         "b" => Ok(Cursor::Backward(n)),
@@ -167,55 +180,44 @@ pub fn get_log_events(store: &Store, body: Value) -> ApiResult {
     let name = string(&body, "logStreamName")?
         .ok_or_else(|| ApiError::new("InvalidParameterException", "logStreamName is required"))?;
     let stream = find_stream(store, name)?;
-    let events = logs::events(&store.job_dir(&stream.job).join("logs"), &stream.host)
-        .map_err(|e| ApiError::validation(format!("cannot read the log of {name}: {e}")))?;
+    let reader = Reader::open(&stream.log).map_err(|e| unreadable(name, e))?;
     let start = number(&body, "startTime")?;
     let end = number(&body, "endTime")?;
-    let limit = number(&body, "limit")?.map_or(MAX_EVENTS, |l| l.clamp(1, MAX_EVENTS as i64) as usize);
+    let limit = number(&body, "limit")?.map_or(MAX_EVENTS, |l| l.clamp(1, MAX_EVENTS as i64) as usize) as u64;
     let from_head = body.get("startFromHead").and_then(Value::as_bool).unwrap_or(false);
     let cursor = match string(&body, "nextToken")? {
         Some(token) => parse_cursor(token)?,
         None if from_head => Cursor::Forward(0),
-        None => Cursor::Backward(events.len()),
+        None => Cursor::Backward(reader.len()),
     };
-    // startTime is inclusive, endTime exclusive, as CloudWatch has them.
-    let wanted = |e: &Event| start.is_none_or(|s| e.timestamp >= s) && end.is_none_or(|t| e.timestamp < t);
-    let (first, after) = match cursor {
+    // Times only grow within a log, so startTime (inclusive) and endTime (exclusive) are a
+    // range of lines.
+    let read = |e: std::io::Error| unreadable(name, e);
+    let low = start.map_or(Ok(0), |t| reader.first_at_or_after(t)).map_err(read)?;
+    let high = end.map_or(Ok(reader.len()), |t| reader.first_at_or_after(t)).map_err(read)?;
+    let (first, after, forward) = match cursor {
         Cursor::Forward(from) => {
-            let from = from.min(events.len());
-            let mut last = from;
-            let mut taken = 0;
-            for (i, e) in events.iter().enumerate().skip(from) {
-                if taken == limit {
-                    break;
-                }
-                last = i + 1;
-                taken += usize::from(wanted(e));
-            }
-            (from, last)
+            let from = from.min(reader.len());
+            let first = from.max(low);
+            let after = first.saturating_add(limit).min(high);
+            // Nothing new: the same token again, so the next call sees lines written meanwhile.
+            if first >= after { (from, from, from) } else { (first, after, after) }
         }
         Cursor::Backward(before) => {
-            let before = before.min(events.len());
-            let mut first = before;
-            let mut taken = 0;
-            for (i, e) in events.iter().enumerate().take(before).rev() {
-                if taken == limit {
-                    break;
-                }
-                first = i;
-                taken += usize::from(wanted(e));
-            }
-            (first, before)
+            let after = before.min(reader.len()).min(high);
+            let first = after.saturating_sub(limit).max(low);
+            if first >= after { (after, after, after) } else { (first, after, after) }
         }
     };
-    let page: Vec<Value> = events[first..after]
-        .iter()
-        .filter(|e| wanted(e))
+    let page: Vec<Value> = reader
+        .events(first, after)
+        .map_err(read)?
+        .into_iter()
         .map(|e| json!({"timestamp": e.timestamp, "message": e.message, "ingestionTime": e.timestamp}))
         .collect();
     Ok(json!({
         "events": page,
-        "nextForwardToken": format!("f/{after}"),
+        "nextForwardToken": format!("f/{forward}"),
         "nextBackwardToken": format!("b/{first}"),
     }))
 }
@@ -223,7 +225,7 @@ pub fn get_log_events(store: &Store, body: Value) -> ApiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use crate::log_events::Writer;
 
     fn store_with_log(lines: usize) -> (tempfile::TempDir, Store, String) {
         let dir = tempfile::tempdir().unwrap();
@@ -233,14 +235,12 @@ mod tests {
         store.create(&record).unwrap();
         let logs = store.job_dir("job").join("logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let mut log = std::fs::File::create(logs.join("algo-1.log")).unwrap();
-        let mut times = std::fs::File::create(logs.join("algo-1.times")).unwrap();
+        let mut log = Writer::open(&logs.join("algo-1.log")).unwrap();
         for i in 0..lines {
-            writeln!(log, "line {i}").unwrap();
             // Two lines per millisecond, as fast loggers print.
-            writeln!(times, "{}", 1000 + i / 2).unwrap();
+            log.write(1000 + i as i64 / 2, &format!("line {i}")).unwrap();
         }
-        std::fs::write(logs.join("algo-2.log"), "").unwrap();
+        Writer::open(&logs.join("algo-2.log")).unwrap();
         (dir, store, "job/algo-1-1700000000".into())
     }
 
@@ -265,9 +265,7 @@ mod tests {
         }
         assert_eq!(seen, ["line 0", "line 1", "line 2", "line 3", "line 4"]);
         // Lines written later come after the same token.
-        let logs = store.job_dir("job").join("logs");
-        std::fs::OpenOptions::new().append(true).open(logs.join("algo-1.times")).unwrap().write_all(b"2000\n").unwrap();
-        std::fs::OpenOptions::new().append(true).open(logs.join("algo-1.log")).unwrap().write_all(b"late\n").unwrap();
+        Writer::open(&store.job_dir("job").join("logs/algo-1.log")).unwrap().write(2000, "late").unwrap();
         assert_eq!(messages(&get_log_events(&store, body).unwrap()), ["late"]);
     }
 

@@ -123,6 +123,21 @@ fn credentials_reach_the_container_only_when_asked() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains(&format!("algo-1 | AWS_ACCESS_KEY_ID={ACCESS_KEY}")), "{run:?}");
     assert!(run.stdout.contains(&format!("algo-1 | AWS_SECRET_ACCESS_KEY={SECRET_KEY}")), "{run:?}");
+    // The test S3 server listens on 127.0.0.1, which is the container itself in there: the
+    // container gets a relay on its network's gateway instead, under both names.
+    let endpoint =
+        |name: &str| run.stdout.lines().find_map(|l| l.strip_prefix(&format!("algo-1 | {name}="))).map(str::to_string);
+    let relayed = endpoint("AWS_ENDPOINT_URL_S3").expect("AWS_ENDPOINT_URL_S3");
+    assert!(relayed.starts_with("http://") && !relayed.contains("127.0.0.1"), "{relayed}");
+    assert_eq!(endpoint("S3_ENDPOINT_URL"), Some(relayed));
+
+    let run = sm.train(&probe_request("no-creds-job", &bucket, &["env"]), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "S3_ENDPOINT_URL"] {
+        assert!(!run.stdout.contains(&format!("| {name}=")), "{name} reached the container: {run:?}");
+    }
+    // Nor can an AWS SDK in there fall back on this machine's instance role.
+    assert!(run.stdout.contains("algo-1 | AWS_EC2_METADATA_DISABLED=true"), "{run:?}");
 }
 
 #[test]

@@ -223,6 +223,18 @@ fn script_mode_fetches_the_submit_directory_only_when_credentials_are_passed() {
     assert_eq!(model, json!({"total": 12.0, "helper": "shipped with source_dir"}));
     drop(server);
 
+    // Several hosts get a network of their own, and the relay sits on its gateway; the same
+    // code, run by `smlocal train`, on two hosts.
+    let mut two = request(&format!("script-two-{}", unique()), SCRIPT_IMAGE, &bucket);
+    two["ResourceConfig"]["InstanceCount"] = json!(2);
+    two["HyperParameters"] =
+        json!({"sagemaker_submit_directory": submitted, "sagemaker_program": "\"train.py\"", "scale": "3"});
+    let run = sm.train(&two, &["--pass-aws-credentials"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    for host in ["algo-1", "algo-2"] {
+        assert!(run.stdout.contains(&format!("{host} | script mode: 3 rows, scaled total=18.0")), "{run:?}");
+    }
+
     // Without the opt-in no credentials reach the container, and the fetch fails saying so.
     let server = sm.serve(&[]);
     let run = python(&sm, &server, "sdk_script_mode.py", &[SCRIPT_IMAGE, data, &bucket.uri("out")]);
