@@ -1,7 +1,9 @@
 //! Jobs in the background, as the AWS API runs them: [`Runner::create`] checks and admits a
-//! request and returns at once; the job then waits for one of `max_parallel` slots, runs, and
-//! keeps its record current in the shared store (so `smlocal describe/list/logs/stop` see
-//! it). A stop request or a shutdown reaches queued jobs as well as running ones.
+//! request and returns at once; the job then waits for one of `max_parallel` slots and for
+//! its containers' memory caps to fit beside the running jobs' (so jobs together never eat
+//! the machine's reserve), runs, and keeps its record current in the shared store (so
+//! `smlocal describe/list/logs/stop` see it). A stop request or a shutdown reaches queued jobs
+//! as well as running ones.
 
 use crate::docker::Docker;
 use crate::job::{self, JobError, Settings};
@@ -31,7 +33,8 @@ pub enum CreateError {
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub settings: Settings,
-    /// Jobs that may run at once; the rest wait, `Pending`.
+    /// Jobs that may run at once; the rest wait, `Pending` (as do jobs whose memory does not
+    /// fit beside the running ones).
     pub max_parallel: usize,
     pub stop_grace: Duration,
     /// Give containers this process's AWS credentials and S3 endpoint.
@@ -42,14 +45,20 @@ pub struct Runner {
     store: Store,
     docker: Docker,
     config: RunnerConfig,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Runner {
     pub fn new(store: Store, docker: Docker, config: RunnerConfig) -> Self {
-        let slots = Arc::new(Semaphore::new(config.max_parallel.max(1)));
+        let usable = config.settings.host.memory_bytes.saturating_sub(config.settings.reserve) / MIB;
+        let slots = Arc::new(Slots {
+            jobs: Arc::new(Semaphore::new(config.max_parallel.max(1))),
+            memory: Arc::new(Semaphore::new(usable as usize)),
+            max_parallel: config.max_parallel.max(1),
+            usable_mib: usable,
+        });
         Runner { store, docker, config, slots, shutdown: CancellationToken::new(), tasks: TaskTracker::new() }
     }
 
@@ -74,11 +83,11 @@ impl Runner {
             pass_credentials: self.config.pass_credentials,
             ..RunOptions::new(Arc::new(|_, _| {}))
         };
-        let max_parallel = self.config.max_parallel;
         let arn = job.arn.clone();
+        let memory_mib: u64 = job.hosts.iter().map(|h| h.limits.memory_bytes.div_ceil(MIB)).sum();
         self.tasks.spawn(async move {
             let started = Instant::now();
-            let Some((record, _slot)) = wait_for_slot(record, &store, slots, &shutdown, max_parallel).await else {
+            let Some((record, _slot)) = wait_for_slot(record, &store, &slots, memory_mib, &shutdown).await else {
                 return;
             };
             match run::run_admitted(&job, record, &store, &docker, &options, shutdown, started).await {
@@ -103,25 +112,72 @@ impl Runner {
     }
 }
 
-/// While every slot is taken the job is `Pending`; a stop or shutdown meanwhile ends it as
-/// `Stopped`. Returns the record to run with and the slot (freed when dropped), or None when
-/// the job ended waiting. Slots go to waiting jobs in the order they were created.
+const MIB: u64 = 1 << 20;
+
+/// What a job needs to start: one of `max_parallel` places, and its memory caps (MiB) out of
+/// what the machine has beyond its reserve.
+struct Slots {
+    jobs: Arc<Semaphore>,
+    memory: Arc<Semaphore>,
+    max_parallel: usize,
+    usable_mib: u64,
+}
+
+/// A started job's place; dropping it frees both.
+struct Slot {
+    _job: OwnedSemaphorePermit,
+    _memory: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    /// A job's memory, capped at all there is (planning already made it fit the machine).
+    fn permits(&self, mib: u64) -> u32 {
+        mib.min(self.usable_mib).try_into().unwrap_or(u32::MAX)
+    }
+
+    /// A slot now, or why not.
+    fn try_take(&self, mib: u64) -> Result<Slot, String> {
+        let job = self.jobs.clone().try_acquire_owned().map_err(|_| {
+            format!("Waiting for one of the {} running jobs to end (--max-parallel)", self.max_parallel)
+        })?;
+        let memory = self.memory.clone().try_acquire_many_owned(self.permits(mib)).map_err(|_| {
+            format!(
+                "Waiting for memory: this job's containers need {mib} MiB and running jobs hold {} of the {} MiB this machine gives containers",
+                self.usable_mib.saturating_sub(self.memory.available_permits() as u64),
+                self.usable_mib
+            )
+        })?;
+        Ok(Slot { _job: job, _memory: memory })
+    }
+
+    /// A slot, once one is free; jobs get them in the order they asked.
+    async fn take(&self, mib: u64) -> Option<Slot> {
+        let job = self.jobs.clone().acquire_owned().await.ok()?;
+        let memory = self.memory.clone().acquire_many_owned(self.permits(mib)).await.ok()?;
+        Some(Slot { _job: job, _memory: memory })
+    }
+}
+
+/// While no slot is free the job is `Pending`, saying what it waits for; a stop or shutdown
+/// meanwhile ends it as `Stopped`. Returns the record to run with and the slot (freed when
+/// dropped), or None when the job ended waiting.
 async fn wait_for_slot(
     mut record: Record,
     store: &Store,
-    slots: Arc<Semaphore>,
+    slots: &Slots,
+    memory_mib: u64,
     shutdown: &CancellationToken,
-    max_parallel: usize,
-) -> Option<(Record, OwnedSemaphorePermit)> {
-    if let Ok(slot) = slots.clone().try_acquire_owned() {
-        return Some((record, slot));
-    }
-    record.transition("Pending", format!("Waiting for one of the {max_parallel} running jobs to end (--max-parallel)"));
+) -> Option<(Record, Slot)> {
+    let why = match slots.try_take(memory_mib) {
+        Ok(slot) => return Some((record, slot)),
+        Err(why) => why,
+    };
+    record.transition("Pending", why);
     if let Err(e) = store.save(&record) {
         tracing::warn!("{e}");
     }
     tokio::select! {
-        slot = slots.acquire_owned() => slot.ok().map(|slot| (record, slot)),
+        slot = slots.take(memory_mib) => slot.map(|slot| (record, slot)),
         () = run::stop_requested(store, &record.training_job_name) => {
             stopped(record, store)
         }
@@ -129,10 +185,45 @@ async fn wait_for_slot(
     }
 }
 
-fn stopped(mut record: Record, store: &Store) -> Option<(Record, OwnedSemaphorePermit)> {
+fn stopped(mut record: Record, store: &Store) -> Option<(Record, Slot)> {
     record.finish(Status::Stopped, "Stopped", "Training job stopped before training began", None);
     if let Err(e) = store.save(&record) {
         tracing::warn!("{e}");
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(max_parallel: usize, usable_mib: u64) -> Slots {
+        Slots {
+            jobs: Arc::new(Semaphore::new(max_parallel)),
+            memory: Arc::new(Semaphore::new(usable_mib as usize)),
+            max_parallel,
+            usable_mib,
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_wait_for_a_place_and_for_memory() {
+        let slots = slots(2, 10);
+        let big = slots.try_take(8).expect("room for the first job");
+        let why = slots.try_take(8).err().expect("no memory left for a second 8 MiB job");
+        assert!(why.starts_with("Waiting for memory") && why.contains("hold 8 of the 10 MiB"), "{why}");
+        let small = slots.try_take(2).expect("a small job fits beside it");
+        let why = slots.try_take(1).err().expect("both places taken");
+        assert!(why.contains("--max-parallel"), "{why}");
+        drop(small);
+        // A job larger than the machine (only with --oversubscribe) waits for all of it.
+        let waiting = tokio::spawn(async move {
+            let slot = slots.take(50).await;
+            slot.is_some()
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "it waits while the first job holds memory");
+        drop(big);
+        assert!(waiting.await.unwrap());
+    }
 }
