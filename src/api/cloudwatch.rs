@@ -148,13 +148,12 @@ pub fn describe_log_streams(store: &Store, body: Value) -> ApiResult {
 
 /// The job and host a stream name points at, if the job exists and has that host's log.
 fn find_stream(store: &Store, name: &str) -> Result<Stream, ApiError> {
-    let (job, rest) = name.split_once('/').ok_or_else(|| not_found("stream"))?;
+    let (job, _) = name.split_once('/').ok_or_else(|| not_found("stream"))?;
     let record = match store.load(job) {
         Ok(r) => r,
         Err(StoreError::NotFound(_)) => return Err(not_found("stream")),
         Err(e) => return Err(ApiError::validation(e.to_string())),
     };
-    let _ = rest;
     streams_of(store, &record).into_iter().find(|s| s.name == name).ok_or_else(|| not_found("stream"))
 }
 

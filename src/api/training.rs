@@ -28,9 +28,13 @@ fn store_error(e: StoreError) -> ApiError {
     match e {
         // AWS's own words for an unknown job.
         StoreError::NotFound(_) => ApiError::validation("Requested resource not found."),
-        StoreError::ResourceInUse { .. } => {
-            ApiError::new("ResourceInUse", without_kind(e.to_string(), "ResourceInUse"))
-        }
+        // AWS's words, without the command line's --unique-name hint.
+        StoreError::ResourceInUse { arn } => ApiError::new(
+            "ResourceInUse",
+            format!(
+                "Training job names must be unique within an AWS account and region, and a training job with this name already exists ({arn})"
+            ),
+        ),
         StoreError::AlreadyEnded { .. } => ApiError::validation(without_kind(e.to_string(), "ValidationException")),
         other => ApiError {
             status: hyper::StatusCode::INTERNAL_SERVER_ERROR,
