@@ -4,7 +4,7 @@
     python sdk_local_mode.py staging IMAGE S3_URI OUTPUT_DIR
 
 Prints the seconds the whole job took (the caller times the whole process as well).
-Needs `sagemaker>=2,<3` and docker-compose; S3 goes through the standard AWS_* variables.
+Needs the SageMaker SDK v2 (tests/e2e/python/requirements.txt) and docker-compose; S3 goes through the standard AWS_* variables.
 """
 import sys
 import time

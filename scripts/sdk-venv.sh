@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv-sdk
-.venv-sdk/bin/pip install --quiet 'sagemaker>=2,<3'
+.venv-sdk/bin/pip install --quiet -r tests/e2e/python/requirements.txt
 echo "SMLOCAL_SDK_PYTHON=$(pwd)/.venv-sdk/bin/python"

@@ -484,7 +484,8 @@ impl Drop for Server {
 }
 
 /// A Python with boto3 and the SageMaker Python SDK v2: `$SMLOCAL_SDK_PYTHON`, else a
-/// virtual environment made once under `target/sdk-venv` with pip from PyPI. Fails loudly
+/// virtual environment made once under `target/sdk-venv` with pip from PyPI, at the versions
+/// `tests/e2e/python/requirements.txt` pins. Fails loudly
 /// when it cannot be made: these tests never skip.
 pub fn sdk_python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
@@ -499,23 +500,19 @@ pub fn sdk_python() -> PathBuf {
             // The benchmark may be making the same environment: one at a time.
             let lock = std::fs::File::create(venv.with_extension("lock")).expect("create the venv lock");
             lock.lock().expect("lock the venv");
+            // Made again when the pinned versions change.
+            let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/python/requirements.txt");
+            let wanted = std::fs::read_to_string(&requirements).expect("read requirements.txt");
             let ready = venv.join(".smlocal-ready");
-            if !ready.exists() {
-                let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
+            if std::fs::read_to_string(&ready).ok().as_deref() != Some(wanted.as_str()) {
+                let made = Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv).status();
                 assert!(made.is_ok_and(|s| s.success()), "python3 -m venv {} failed", venv.display());
                 let installed = Command::new(&python)
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--quiet",
-                        "--disable-pip-version-check",
-                        "boto3",
-                        "sagemaker>=2,<3",
-                    ])
+                    .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+                    .arg(&requirements)
                     .status();
-                assert!(installed.is_ok_and(|s| s.success()), "pip install boto3 'sagemaker>=2,<3' failed");
-                std::fs::write(&ready, b"").expect("mark the venv ready");
+                assert!(installed.is_ok_and(|s| s.success()), "pip install -r {} failed", requirements.display());
+                std::fs::write(&ready, wanted).expect("mark the venv ready");
             }
             python
         })
