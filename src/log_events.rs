@@ -74,36 +74,45 @@ fn read_record(index: &File, i: u64) -> std::io::Result<(i64, u64)> {
     Ok((ms, offset))
 }
 
-/// A host's log opened for reading: its complete lines, by number.
+/// A host's log opened for reading: its complete lines, by number, as they were when opened.
 pub struct Reader {
     log: File,
-    index: Option<File>,
-    /// Logs written before indexes existed: every line at the log's modification time.
-    unindexed: Vec<(i64, u64)>,
+    records: Records,
+    /// Records at opening; lines at the end may still lack their text.
+    count: u64,
     lines: u64,
     log_len: u64,
+}
+
+/// Where the line records come from.
+enum Records {
+    Index(File),
+    /// Logs written before indexes existed: every line at the log's modification time.
+    Scanned(Vec<(i64, u64)>),
 }
 
 impl Reader {
     pub fn open(path: &Path) -> std::io::Result<Reader> {
         let log = File::open(path)?;
+        // The log's length first: records written after it point past it and are left out.
         let log_len = log.metadata()?.len();
-        let (index, unindexed) = match File::open(index_path(path)) {
-            Ok(index) => (Some(index), Vec::new()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, scan(&log, log_len)?),
+        let (records, count) = match File::open(index_path(path)) {
+            Ok(index) => {
+                let count = index.metadata()?.len() / RECORD;
+                (Records::Index(index), count)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let scanned = scan(&log, log_len)?;
+                let count = scanned.len() as u64;
+                (Records::Scanned(scanned), count)
+            }
             Err(e) => return Err(e),
         };
-        let mut reader = Reader { log, index, unindexed, lines: 0, log_len };
-        let records = match &reader.index {
-            Some(index) => index.metadata()?.len() / RECORD,
-            None => reader.unindexed.len() as u64,
-        };
+        let mut reader = Reader { log, records, count, lines: count, log_len };
         // A line whose record is written but whose text is not (yet) complete is not a line.
-        let mut lines = records;
-        while lines > 0 && !reader.complete(lines - 1)? {
-            lines -= 1;
+        while reader.lines > 0 && !reader.complete(reader.lines - 1)? {
+            reader.lines -= 1;
         }
-        reader.lines = lines;
         Ok(reader)
     }
 
@@ -117,19 +126,16 @@ impl Reader {
     }
 
     fn record(&self, i: u64) -> std::io::Result<(i64, u64)> {
-        match &self.index {
-            Some(index) => read_record(index, i),
-            None => Ok(self.unindexed.get(i as usize).copied().unwrap_or_default()),
+        match &self.records {
+            Records::Index(index) => read_record(index, i),
+            Records::Scanned(records) => Ok(records.get(i as usize).copied().unwrap_or_default()),
         }
     }
 
     fn complete(&self, i: u64) -> std::io::Result<bool> {
         let (_, start) = self.record(i)?;
-        if start >= self.log_len {
-            return Ok(false);
-        }
         let end = self.end_of(i)?;
-        if end <= start {
+        if start >= self.log_len || end <= start {
             return Ok(false);
         }
         let mut last = [0u8; 1];
@@ -139,11 +145,7 @@ impl Reader {
 
     /// Where line `i` ends (after its newline).
     fn end_of(&self, i: u64) -> std::io::Result<u64> {
-        let records = match &self.index {
-            Some(index) => index.metadata()?.len() / RECORD,
-            None => self.unindexed.len() as u64,
-        };
-        if i + 1 < records { Ok(self.record(i + 1)?.1.min(self.log_len)) } else { Ok(self.log_len) }
+        if i + 1 < self.count { Ok(self.record(i + 1)?.1.min(self.log_len)) } else { Ok(self.log_len) }
     }
 
     pub fn timestamp(&self, i: u64) -> std::io::Result<i64> {

@@ -9,7 +9,6 @@ use crate::metrics::Recorder;
 use crate::record::now;
 use futures::StreamExt;
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,28 +95,22 @@ pub async fn read(
     done: impl Fn() -> bool,
     mut out: impl FnMut(&str, &str),
 ) {
-    let mut offsets: BTreeMap<String, u64> = BTreeMap::new();
-    let mut partial: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    // Lines already printed, per host.
+    let mut printed: BTreeMap<String, u64> = BTreeMap::new();
     loop {
         // Read `done` first: lines written before the job ended are read in this pass.
         let ended = done();
         for host in hosts(logs_dir).into_iter().filter(|h| only.is_none_or(|o| o == h)) {
-            let offset = offsets.entry(host.clone()).or_insert(0);
-            let Ok(mut file) = std::fs::File::open(logs_dir.join(format!("{host}.log"))) else {
+            let Ok(reader) = log_events::Reader::open(&logs_dir.join(format!("{host}.log"))) else {
                 continue;
             };
-            if file.seek(SeekFrom::Start(*offset)).is_err() {
-                continue;
-            }
-            let mut bytes = Vec::new();
-            if let Ok(n) = file.read_to_end(&mut bytes) {
-                *offset += n as u64;
-            }
-            let buf = partial.entry(host.clone()).or_default();
-            buf.extend_from_slice(&bytes);
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                out(&host, &String::from_utf8_lossy(&line[..line.len() - 1]));
+            let from = printed.entry(host.clone()).or_insert(0);
+            match reader.events(*from, reader.len()) {
+                Ok(events) => {
+                    events.iter().for_each(|e| out(&host, &e.message));
+                    *from = reader.len();
+                }
+                Err(e) => tracing::warn!("cannot read the log of {host}: {e}"),
             }
         }
         if !follow || ended {
