@@ -597,7 +597,7 @@ impl Running<'_> {
         if !self.options.pass_credentials {
             return None;
         }
-        let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok()?;
+        let endpoint = storage::endpoint()?;
         if crate::relay::loopback_target(&endpoint).is_none() {
             return Some(endpoint);
         }

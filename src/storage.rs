@@ -35,10 +35,16 @@ pub enum StorageError {
     },
 }
 
+/// The S3 endpoint this process uses (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`), or
+/// None for AWS itself.
+pub fn endpoint() -> Option<String> {
+    std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok()
+}
+
 fn endpoint_hint() -> String {
-    match std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")) {
-        Ok(e) => format!(" (endpoint {e} from AWS_ENDPOINT_URL)"),
-        Err(_) => " (no AWS_ENDPOINT_URL set: using AWS itself)".to_string(),
+    match endpoint() {
+        Some(e) => format!(" (endpoint {e} from AWS_ENDPOINT_URL)"),
+        None => " (no AWS_ENDPOINT_URL set: using AWS itself)".to_string(),
     }
 }
 
