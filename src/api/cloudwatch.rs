@@ -5,7 +5,7 @@
 //! host's log, so they stay valid while the log grows: `f/N` reads forward from line N, `b/N`
 //! backward before it; a page costs one read however long the log is.
 
-use super::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, store_error};
 use crate::log_events::Reader;
 use crate::logs;
 use crate::record::Record;
@@ -77,11 +77,7 @@ fn span(stream: &Stream) -> Option<(i64, i64)> {
 }
 
 fn unreadable(stream: &str, e: std::io::Error) -> ApiError {
-    ApiError {
-        status: hyper::StatusCode::INTERNAL_SERVER_ERROR,
-        kind: "ServiceUnavailableException",
-        message: format!("cannot read the log of {stream}: {e}"),
-    }
+    ApiError::internal(format!("cannot read the log of {stream}: {e}"))
 }
 
 pub fn describe_log_streams(store: &Store, body: Value) -> ApiResult {
@@ -93,7 +89,7 @@ pub fn describe_log_streams(store: &Store, body: Value) -> ApiResult {
     // `<job>/...` names one job: no need to read every record.
     let records: Vec<Record> = match prefix.split_once('/') {
         Some((job, _)) => store.load(job).into_iter().collect(),
-        None => store.list().map_err(|e| ApiError::validation(e.to_string()))?,
+        None => store.list().map_err(store_error)?,
     };
     let mut streams: Vec<(Stream, Option<(i64, i64)>)> = records
         .iter()
@@ -146,13 +142,13 @@ pub fn describe_log_streams(store: &Store, body: Value) -> ApiResult {
     Ok(out)
 }
 
-/// The job and host a stream name points at, if the job exists and has that host's log.
+/// The stream of that name, if its job exists and has that host's log.
 fn find_stream(store: &Store, name: &str) -> Result<Stream, ApiError> {
     let (job, _) = name.split_once('/').ok_or_else(|| not_found("stream"))?;
     let record = match store.load(job) {
         Ok(r) => r,
         Err(StoreError::NotFound(_)) => return Err(not_found("stream")),
-        Err(e) => return Err(ApiError::validation(e.to_string())),
+        Err(e) => return Err(store_error(e)),
     };
     streams_of(store, &record).into_iter().find(|s| s.name == name).ok_or_else(|| not_found("stream"))
 }

@@ -8,6 +8,8 @@ mod cloudwatch;
 mod training;
 
 use crate::runner::Runner;
+use crate::spec::SpecError;
+use crate::store::StoreError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -36,6 +38,38 @@ impl ApiError {
 
     pub fn validation(message: impl Into<String>) -> Self {
         ApiError::new("ValidationException", message)
+    }
+
+    /// smlocal's own trouble (a job folder it cannot read), not the request's.
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "InternalFailure", message: message.into() }
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> Self {
+        match e {
+            // botocore's client-side findings, which the service words as one message.
+            SpecError::Parameters(p) => ApiError::validation(p.join("; ")),
+            other => ApiError::validation(without_kind(other.to_string(), "ValidationException")),
+        }
+    }
+}
+
+/// The store's errors as the API words them.
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        // AWS's own words for an unknown job.
+        StoreError::NotFound(_) => ApiError::validation("Requested resource not found."),
+        // AWS's words, without the command line's --unique-name hint.
+        StoreError::ResourceInUse { arn } => ApiError::new(
+            "ResourceInUse",
+            format!(
+                "Training job names must be unique within an AWS account and region, and a training job with this name already exists ({arn})"
+            ),
+        ),
+        StoreError::AlreadyEnded { .. } => ApiError::validation(without_kind(e.to_string(), "ValidationException")),
+        other => ApiError::internal(other.to_string()),
     }
 }
 
@@ -78,18 +112,17 @@ pub async fn serve(listener: TcpListener, runner: Arc<Runner>, shutdown: Cancell
 async fn handle(runner: &Runner, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
     let result = match target {
-        Some(target) => match read_body(request).await {
-            Ok(body) => {
-                let result = dispatch(runner, &target, body).await;
-                if let Err(e) = &result {
-                    tracing::info!("{target}: {} {}", e.kind, e.message);
-                } else {
-                    tracing::debug!("{target}: ok");
-                }
-                result
+        Some(target) => {
+            let result = match read_body(request).await {
+                Ok(body) => dispatch(runner, &target, body).await,
+                Err(e) => Err(e),
+            };
+            match &result {
+                Err(e) => tracing::info!("{target}: {} {}", e.kind, e.message),
+                Ok(_) => tracing::debug!("{target}: ok"),
             }
-            Err(e) => Err(e),
-        },
+            result
+        }
         None if request.method() == hyper::Method::GET => {
             // A plain GET (a browser, a health check) gets a pointer, not an AWS error.
             Ok(json!({"service": "smlocal", "api": "SageMaker training (AWS JSON 1.1, POST / with X-Amz-Target)"}))

@@ -147,6 +147,20 @@ pub struct StoppingCondition {
     pub max_runtime_in_seconds: Option<u64>,
 }
 
+/// Checks `value` as the named input shape of botocore's model (e.g.
+/// `DescribeTrainingJobRequest`): botocore's parameter errors first, then the service's
+/// constraint errors, as a real client meets them.
+pub fn check(shape: &str, value: &Value) -> Result<(), SpecError> {
+    let findings = validate::check(shape, value);
+    if !findings.parameters.is_empty() {
+        return Err(SpecError::Parameters(findings.parameters));
+    }
+    if !findings.constraints.is_empty() {
+        return Err(SpecError::Constraints(findings.constraints));
+    }
+    Ok(())
+}
+
 /// Parses and checks a request text. Parameter errors (botocore's) are reported before
 /// constraint errors (the service's), as a real client would meet them.
 pub fn parse(text: &str) -> Result<Request, SpecError> {
@@ -155,13 +169,7 @@ pub fn parse(text: &str) -> Result<Request, SpecError> {
 }
 
 pub fn from_value(value: Value) -> Result<Request, SpecError> {
-    let findings = validate::check("CreateTrainingJobRequest", &value);
-    if !findings.parameters.is_empty() {
-        return Err(SpecError::Parameters(findings.parameters));
-    }
-    if !findings.constraints.is_empty() {
-        return Err(SpecError::Constraints(findings.constraints));
-    }
+    check("CreateTrainingJobRequest", &value)?;
     let raw = match &value {
         Value::Object(map) => map.clone(),
         _ => Map::new(),
