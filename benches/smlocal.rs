@@ -197,7 +197,7 @@ fn docker_run() -> Command {
 async fn staging(root: &Path, size: &Size) {
     let bucket = "bench-data";
     let store = harness::s3().bucket(bucket).store();
-    let payload = pseudo_random(size.object_bytes, 7);
+    let payload = harness::pseudo_random(size.object_bytes, 7);
     futures::stream::iter(0..size.objects)
         .map(|i| {
             let (store, mut bytes) = (store.clone(), payload.clone());
@@ -305,7 +305,7 @@ async fn packaging(root: &Path, size: &Size) {
     let per_file = size.model_bytes / size.model_files;
     for i in 0..size.model_files {
         let bytes = if i % 2 == 0 {
-            pseudo_random(per_file, i as u64 + 1)
+            harness::pseudo_random(per_file, i as u64 + 1)
         } else {
             let mut text = String::with_capacity(per_file);
             let mut n = i;
@@ -372,17 +372,4 @@ async fn packaging(root: &Path, size: &Size) {
         "{:<44} {:>10.3} s   (plain tar to disk {plain_tar:.3} s)",
         "   model.tar.gz streamed to the S3 server", to_s3
     );
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }

@@ -319,6 +319,20 @@ pub fn probe_request(name: &str, bucket: &Bucket, steps: &[&str]) -> Value {
     r
 }
 
+/// Bytes no compressor can shrink (xorshift), the same for the same seed.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// The entries of a gzip tarball: path → (is symlink, link target or file bytes).
 pub fn tar_entries(bytes: &[u8]) -> Vec<(String, Entry)> {
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bytes));

@@ -6,18 +6,6 @@ use crate::harness::*;
 use serde_json::json;
 use std::process::Command;
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn a_large_model_archive_reads_with_gnu_tar_and_python_tarfile() {
     let sm = Smlocal::new();
