@@ -8,6 +8,7 @@
 use crate::docker::Docker;
 use crate::job::{self, JobError, Settings};
 use crate::record::{Record, Status};
+use crate::resources;
 use crate::run::{self, RunError, RunOptions};
 use crate::spec::{self, SpecError};
 use crate::store::Store;
@@ -52,7 +53,7 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(store: Store, docker: Docker, config: RunnerConfig) -> Self {
-        let usable = config.settings.host.memory_bytes.saturating_sub(config.settings.reserve) / MIB;
+        let usable = resources::usable_memory(&config.settings.host, config.settings.reserve) / MIB;
         let slots = Arc::new(Slots {
             jobs: Arc::new(Semaphore::new(config.max_parallel.max(1))),
             memory: Arc::new(Semaphore::new(usable as usize)),
