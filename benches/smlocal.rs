@@ -338,11 +338,11 @@ async fn packaging(root: &Path, size: &Size) {
     let ours_out = root.join("ours/model.tar.gz");
     let sources = vec![("algo-1".to_string(), model.clone())];
     let t = Instant::now();
-    smlocal::collect::stream(sources.clone(), &format!("file://{}", ours_out.display())).await.expect("pack");
+    smlocal::artifacts::stream(sources.clone(), &format!("file://{}", ours_out.display())).await.expect("pack");
     let ours = t.elapsed().as_secs_f64();
     let ours_size = std::fs::metadata(&ours_out).map(|m| m.len()).unwrap_or(0) as f64;
     let t = Instant::now();
-    smlocal::collect::stream(sources, "s3://bench-data/out/model.tar.gz").await.expect("pack to S3");
+    smlocal::artifacts::stream(sources, "s3://bench-data/out/model.tar.gz").await.expect("pack to S3");
     let to_s3 = t.elapsed().as_secs_f64();
     let mib = size.model_bytes as f64 / (1 << 20) as f64;
     if has_pigz {

@@ -3,15 +3,15 @@
 //! records their runner never finished are marked `Failed` with the reason, never lost.
 
 use crate::docker::{Docker, DockerError, Owner};
-use crate::record::Status;
-use crate::store::{Store, StoreError};
+use crate::state::record::Status;
+use crate::state::{StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    StateDir(#[from] StateError),
 }
 
 /// What [`clean_up`] removed and which jobs it marked `Failed`.
@@ -30,7 +30,7 @@ pub const ORPHANED: &str = "InternalServerError: the smlocal process running thi
 /// and of state directories that no longer exist (a `smlocal check` scratch folder, a
 /// deleted SMLOCAL_HOME); never another live state directory's. Then marks every job whose
 /// runner died `Failed`.
-pub async fn clean_up(store: &Store, docker: &Docker) -> Result<Cleaned, CleanupError> {
+pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, CleanupError> {
     let home = store.root().display().to_string();
     let found = docker.labelled(None).await?;
     let leftover = |owner: &Owner| {

@@ -6,11 +6,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use smlocal::docker::Docker;
 use smlocal::job::{self, Settings};
-use smlocal::record::Status;
 use smlocal::resources::{self, Host, human_bytes};
 use smlocal::run::{self, RunOptions};
 use smlocal::spec;
-use smlocal::store::Store;
+use smlocal::state::StateDir;
+use smlocal::state::record::Status;
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -289,7 +289,7 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     }
 
     let docker = Docker::connect().await?;
-    let store = Store::from_env();
+    let store = StateDir::from_env();
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(args.stop_grace);
     tokio::spawn(stop_on_signals(shutdown.clone(), grace));
@@ -470,17 +470,17 @@ async fn stop_on_signals(shutdown: CancellationToken, grace: Duration) {
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
-    use smlocal::runner::{Runner, RunnerConfig};
+    use smlocal::serve::queue::{Queue, QueueConfig};
     if args.max_parallel == 0 {
         bail!("--max-parallel must be at least 1");
     }
-    let config = RunnerConfig {
+    let config = QueueConfig {
         settings: settings(args.memory_reserve.as_deref(), args.oversubscribe)?,
         max_parallel: args.max_parallel,
         stop_grace: Duration::from_secs(args.stop_grace),
         pass_credentials: args.pass_aws_credentials,
     };
-    let store = Store::from_env();
+    let store = StateDir::from_env();
     let docker = Docker::connect().await?;
     // Jobs a previous server was running when it died: Failed with the reason, containers gone.
     let cleaned = smlocal::cleanup::clean_up(&store, &docker).await?;
@@ -501,23 +501,23 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         "smlocal: jobs and logs are in {}; point clients here with\n  export AWS_ENDPOINT_URL_SAGEMAKER={url} AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={url}",
         store.root().display()
     );
-    let runner = Arc::new(Runner::new(store, docker, config));
+    let queue = Arc::new(Queue::new(store, docker, config));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone(), Duration::from_secs(args.stop_grace)));
-    smlocal::api::serve(listener, runner.clone(), shutdown).await;
-    runner.shut_down().await;
+    smlocal::serve::serve(listener, queue.clone(), shutdown).await;
+    queue.shut_down().await;
     eprintln!("smlocal: server stopped");
     Ok(ExitCode::SUCCESS)
 }
 
 fn stop(name: &str) -> Result<ExitCode> {
-    Store::from_env().request_stop(name)?;
+    StateDir::from_env().request_stop(name)?;
     eprintln!("smlocal: stopping {name}; `smlocal describe {name}` shows Stopping, then Stopped");
     Ok(ExitCode::SUCCESS)
 }
 
 fn describe(name: &str) -> Result<ExitCode> {
-    let record = Store::from_env().load(name)?;
+    let record = StateDir::from_env().load(name)?;
     println!("{}", serde_json::to_string_pretty(&record)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -528,7 +528,7 @@ fn list(args: ListArgs) -> Result<ExitCode> {
     {
         bail!("--status-equals '{status}' is not a status; use InProgress, Completed, Failed, Stopping or Stopped");
     }
-    let query = smlocal::listing::ListQuery {
+    let query = smlocal::state::listing::ListQuery {
         status_equals: args.status_equals,
         name_contains: args.name_contains,
         creation_time_after: args.creation_time_after,
@@ -536,7 +536,7 @@ fn list(args: ListArgs) -> Result<ExitCode> {
         max_results: args.max_results,
         ..Default::default()
     };
-    let matching = smlocal::listing::page(Store::from_env().list()?, &query, usize::MAX)?.records;
+    let matching = smlocal::state::listing::page(StateDir::from_env().list()?, &query, usize::MAX)?.records;
     let mut out = std::io::stdout().lock();
     for r in matching {
         let created = time::OffsetDateTime::from_unix_timestamp(r.creation_time as i64)
@@ -558,7 +558,7 @@ fn list(args: ListArgs) -> Result<ExitCode> {
 }
 
 async fn logs(name: &str, follow: bool, host: Option<&str>) -> Result<ExitCode> {
-    let store = Store::from_env();
+    let store = StateDir::from_env();
     store.load(name)?;
     let logs_dir = store.job_dir(name).join("logs");
     if let Some(h) = host {
@@ -579,7 +579,7 @@ async fn logs(name: &str, follow: bool, host: Option<&str>) -> Result<ExitCode> 
 }
 
 fn metrics(name: &str) -> Result<ExitCode> {
-    let store = Store::from_env();
+    let store = StateDir::from_env();
     let record = store.load(name)?;
     let dir = store.job_dir(name);
     let points = smlocal::metrics::read(&smlocal::metrics::series_path(&dir));
@@ -607,7 +607,7 @@ fn metrics(name: &str) -> Result<ExitCode> {
 }
 
 fn rm(name: &str) -> Result<ExitCode> {
-    Store::from_env().remove(name)?;
+    StateDir::from_env().remove(name)?;
     eprintln!("smlocal: removed {name} (its uploaded artifacts are untouched)");
     Ok(ExitCode::SUCCESS)
 }
@@ -662,7 +662,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
 }
 
 fn cache(action: Option<CacheAction>) -> Result<ExitCode> {
-    let cache = smlocal::cache::Cache::new(Store::from_env().root());
+    let cache = smlocal::cache::Cache::new(StateDir::from_env().root());
     match action {
         None => {
             let usage = cache.usage();
@@ -692,7 +692,7 @@ fn cache(action: Option<CacheAction>) -> Result<ExitCode> {
 }
 
 async fn cleanup() -> Result<ExitCode> {
-    let store = Store::from_env();
+    let store = StateDir::from_env();
     let docker = Docker::connect().await?;
     let cleaned = smlocal::cleanup::clean_up(&store, &docker).await?;
     eprintln!(

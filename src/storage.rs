@@ -17,7 +17,7 @@ pub enum StorageError {
     #[error("'{uri}' is not a usable location: {reason}")]
     BadUri { uri: String, reason: String },
     #[error("cannot reach S3 for '{uri}': {source}{}", endpoint_hint())]
-    Store {
+    StateDir {
         uri: String,
         #[source]
         source: object_store::Error,
@@ -123,7 +123,7 @@ fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
 fn store_error(uri: &str, source: object_store::Error) -> StorageError {
     match source {
         object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.into() },
-        source => StorageError::Store { uri: uri.into(), source },
+        source => StorageError::StateDir { uri: uri.into(), source },
     }
 }
 

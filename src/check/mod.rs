@@ -5,11 +5,11 @@
 use crate::docker::{Change, Docker};
 use crate::job::{self, Settings};
 use crate::logs::LogSink;
-use crate::record::Status;
 use crate::resources::human_bytes;
 use crate::run::{self, JobOutcome, RunOptions};
 use crate::spec;
-use crate::store::Store;
+use crate::state::StateDir;
+use crate::state::record::Status;
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,7 +153,7 @@ pub async fn check(image: &str, docker: &Docker, options: &CheckOptions) -> Resu
 }
 
 /// From the `Training` transition to the next one.
-fn training_seconds(record: &crate::record::Record) -> f64 {
+fn training_seconds(record: &crate::state::record::Record) -> f64 {
     record
         .secondary_status_transitions
         .iter()
@@ -186,7 +186,7 @@ struct Baseline {
 struct Lab<'a> {
     docker: &'a Docker,
     options: &'a CheckOptions,
-    store: Store,
+    store: StateDir,
     root: PathBuf,
     request: Value,
 }
@@ -222,7 +222,7 @@ impl<'a> Lab<'a> {
         request["AlgorithmSpecification"]["TrainingImage"] = json!(image);
         // The checks' artifacts stay in the scratch folder, never in the user's output path.
         request["OutputDataConfig"] = json!({"S3OutputPath": format!("file://{}/output", root.display())});
-        let lab = Lab { docker, options, store: Store::new(root.join("state")), root: root.to_path_buf(), request };
+        let lab = Lab { docker, options, store: StateDir::new(root.join("state")), root: root.to_path_buf(), request };
         lab.prepare("probe", |_| {}).map_err(CheckError::Request)?;
         Ok(lab)
     }

@@ -4,12 +4,14 @@
 //! as HTTP 400 with `__type` and `message`. Signatures are accepted without being checked:
 //! the server listens on the loopback only unless told otherwise.
 
+pub mod queue;
+
 mod cloudwatch;
 mod training;
 
-use crate::runner::Runner;
+use crate::serve::queue::Queue;
 use crate::spec::SpecError;
-use crate::store::StoreError;
+use crate::state::StateError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -57,18 +59,18 @@ impl From<SpecError> for ApiError {
 }
 
 /// The store's errors as the API words them.
-fn store_error(e: StoreError) -> ApiError {
+fn store_error(e: StateError) -> ApiError {
     match e {
         // AWS's own words for an unknown job.
-        StoreError::NotFound(_) => ApiError::validation("Requested resource not found."),
+        StateError::NotFound(_) => ApiError::validation("Requested resource not found."),
         // AWS's words, without the command line's --unique-name hint.
-        StoreError::ResourceInUse { arn } => ApiError::new(
+        StateError::ResourceInUse { arn } => ApiError::new(
             "ResourceInUse",
             format!(
                 "Training job names must be unique within an AWS account and region, and a training job with this name already exists ({arn})"
             ),
         ),
-        StoreError::AlreadyEnded { .. } => ApiError::validation(without_kind(e.to_string(), "ValidationException")),
+        StateError::AlreadyEnded { .. } => ApiError::validation(without_kind(e.to_string(), "ValidationException")),
         other => ApiError::internal(other.to_string()),
     }
 }
@@ -82,7 +84,7 @@ fn without_kind(message: String, kind: &str) -> String {
 pub type ApiResult = Result<Value, ApiError>;
 
 /// Serves the API on `listener` until `shutdown`; each connection is served to its end.
-pub async fn serve(listener: TcpListener, runner: Arc<Runner>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -95,11 +97,11 @@ pub async fn serve(listener: TcpListener, runner: Arc<Runner>, shutdown: Cancell
                 continue;
             }
         };
-        let runner = runner.clone();
+        let queue = queue.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let runner = runner.clone();
-                async move { Ok::<_, Infallible>(handle(&runner, request).await) }
+                let queue = queue.clone();
+                async move { Ok::<_, Infallible>(handle(&queue, request).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
@@ -109,12 +111,12 @@ pub async fn serve(listener: TcpListener, runner: Arc<Runner>, shutdown: Cancell
     }
 }
 
-async fn handle(runner: &Runner, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(queue: &Queue, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
     let result = match target {
         Some(target) => {
             let result = match read_body(request).await {
-                Ok(body) => dispatch(runner, &target, body).await,
+                Ok(body) => dispatch(queue, &target, body).await,
                 Err(e) => Err(e),
             };
             match &result {
@@ -155,14 +157,14 @@ async fn read_body(request: Request<Incoming>) -> Result<Value, ApiError> {
     }
 }
 
-async fn dispatch(runner: &Runner, target: &str, body: Value) -> ApiResult {
+async fn dispatch(queue: &Queue, target: &str, body: Value) -> ApiResult {
     match target {
-        "SageMaker.CreateTrainingJob" => training::create(runner, body).await,
-        "SageMaker.DescribeTrainingJob" => training::describe(runner, body),
-        "SageMaker.ListTrainingJobs" => training::list(runner, body),
-        "SageMaker.StopTrainingJob" => training::stop(runner, body),
-        "Logs_20140328.DescribeLogStreams" => cloudwatch::describe_log_streams(runner.store(), body),
-        "Logs_20140328.GetLogEvents" => cloudwatch::get_log_events(runner.store(), body),
+        "SageMaker.CreateTrainingJob" => training::create(queue, body).await,
+        "SageMaker.DescribeTrainingJob" => training::describe(queue, body),
+        "SageMaker.ListTrainingJobs" => training::list(queue, body),
+        "SageMaker.StopTrainingJob" => training::stop(queue, body),
+        "Logs_20140328.DescribeLogStreams" => cloudwatch::describe_log_streams(queue.store(), body),
+        "Logs_20140328.GetLogEvents" => cloudwatch::get_log_events(queue.store(), body),
         other => Err(ApiError::new(
             "UnknownOperationException",
             format!(

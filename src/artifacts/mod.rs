@@ -4,7 +4,10 @@
 //! whole in memory. If an upload fails, the archive is written to the job's folder instead, so
 //! nothing is lost, and the error says where.
 
-use crate::artifacts::{self, Kind, Packed};
+pub mod gzip;
+pub mod tar;
+
+use self::tar::{Kind, Packed};
 use crate::job::Job;
 use crate::storage::{self, StorageError, Upload};
 use std::io::Write;
@@ -65,9 +68,9 @@ pub async fn stream(sources: Vec<(String, PathBuf)>, uri: &str) -> Result<Packed
     let name = PathBuf::from(uri);
     let packing = tokio::task::spawn_blocking(move || {
         let writer = ChannelWriter { tx, buffer: Vec::with_capacity(CHUNK) };
-        let (packed, mut writer) = artifacts::write_merged(&sources, writer, &name)?;
-        writer.send().map_err(|source| artifacts::ArtifactError::Io { path: name.clone(), archive: name, source })?;
-        Ok::<Packed, artifacts::ArtifactError>(packed)
+        let (packed, mut writer) = tar::write_merged(&sources, writer, &name)?;
+        writer.send().map_err(|source| tar::ArtifactError::Io { path: name.clone(), archive: name, source })?;
+        Ok::<Packed, tar::ArtifactError>(packed)
     });
     let mut failed: Option<StorageError> = None;
     while let Some(chunk) = rx.recv().await {
@@ -103,7 +106,7 @@ pub async fn stream(sources: Vec<(String, PathBuf)>, uri: &str) -> Result<Packed
 /// in parallel. Object storage has no symbolic links: links are left out, each named.
 async fn files(sources: &[(String, PathBuf)], prefix: &str) -> Result<Packed, String> {
     use futures::StreamExt;
-    let (entries, conflicts) = artifacts::merge(sources).map_err(|e| e.to_string())?;
+    let (entries, conflicts) = tar::merge(sources).map_err(|e| e.to_string())?;
     let mut packed = Packed { conflicts, ..Packed::default() };
     let mut uploads = Vec::new();
     for e in entries {
@@ -133,7 +136,7 @@ async fn files(sources: &[(String, PathBuf)], prefix: &str) -> Result<Packed, St
 async fn keep(sources: Vec<(String, PathBuf)>, dir: &Path, archive: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let archive = archive.to_path_buf();
-    tokio::task::spawn_blocking(move || artifacts::pack_merged(&sources, &archive))
+    tokio::task::spawn_blocking(move || tar::pack_merged(&sources, &archive))
         .await
         .map_err(|e| e.to_string())?
         .map(|_| ())

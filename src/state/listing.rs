@@ -2,7 +2,7 @@
 //! API, for `smlocal list` and the API endpoint. A page token names the last job returned,
 //! so pages stay correct while jobs are created or change status between calls.
 
-use crate::record::Record;
+use crate::state::record::Record;
 use serde::Deserialize;
 use std::cmp::Ordering;
 
@@ -111,7 +111,7 @@ pub fn page(records: Vec<Record>, query: &ListQuery, default_max: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Status;
+    use crate::state::record::Status;
 
     fn records() -> Vec<Record> {
         (0..5)

@@ -1,15 +1,15 @@
 //! The two CloudWatch Logs calls that read a training job's logs, as SageMaker publishes them:
 //! group `/aws/sagemaker/TrainingJobs`, one stream per host named `<job>/<host>-<epoch>`
 //! (the job's creation time in seconds). Events are the host's log lines with the
-//! millisecond each was printed ([`crate::log_events`]). Tokens are line positions in the
+//! millisecond each was printed ([`crate::logs::index`]). Tokens are line positions in the
 //! host's log, so they stay valid while the log grows: `f/N` reads forward from line N, `b/N`
 //! backward before it; a page costs one read however long the log is.
 
 use super::{ApiError, ApiResult, store_error};
-use crate::log_events::Reader;
 use crate::logs;
-use crate::record::Record;
-use crate::store::{Store, StoreError};
+use crate::logs::index::Reader;
+use crate::state::record::Record;
+use crate::state::{StateDir, StateError};
 use serde_json::{Value, json};
 
 pub const LOG_GROUP: &str = "/aws/sagemaker/TrainingJobs";
@@ -61,7 +61,7 @@ fn stream_name(record: &Record, host: &str) -> String {
     format!("{}/{host}-{}", record.training_job_name, record.creation_time as i64)
 }
 
-fn streams_of(store: &Store, record: &Record) -> Vec<Stream> {
+fn streams_of(store: &StateDir, record: &Record) -> Vec<Stream> {
     let dir = store.job_dir(&record.training_job_name).join("logs");
     logs::hosts(&dir)
         .into_iter()
@@ -80,7 +80,7 @@ fn unreadable(stream: &str, e: std::io::Error) -> ApiError {
     ApiError::internal(format!("cannot read the log of {stream}: {e}"))
 }
 
-pub fn describe_log_streams(store: &Store, body: Value) -> ApiResult {
+pub fn describe_log_streams(store: &StateDir, body: Value) -> ApiResult {
     check_group(&body)?;
     let prefix = string(&body, "logStreamNamePrefix")?.unwrap_or_default();
     let descending = body.get("descending").and_then(Value::as_bool).unwrap_or(false);
@@ -143,11 +143,11 @@ pub fn describe_log_streams(store: &Store, body: Value) -> ApiResult {
 }
 
 /// The stream of that name, if its job exists and has that host's log.
-fn find_stream(store: &Store, name: &str) -> Result<Stream, ApiError> {
+fn find_stream(store: &StateDir, name: &str) -> Result<Stream, ApiError> {
     let (job, _) = name.split_once('/').ok_or_else(|| not_found("stream"))?;
     let record = match store.load(job) {
         Ok(r) => r,
-        Err(StoreError::NotFound(_)) => return Err(not_found("stream")),
+        Err(StateError::NotFound(_)) => return Err(not_found("stream")),
         Err(e) => return Err(store_error(e)),
     };
     streams_of(store, &record).into_iter().find(|s| s.name == name).ok_or_else(|| not_found("stream"))
@@ -170,7 +170,7 @@ fn parse_cursor(token: &str) -> Result<Cursor, ApiError> {
     }
 }
 
-pub fn get_log_events(store: &Store, body: Value) -> ApiResult {
+pub fn get_log_events(store: &StateDir, body: Value) -> ApiResult {
     check_group(&body)?;
     let name = string(&body, "logStreamName")?
         .ok_or_else(|| ApiError::new("InvalidParameterException", "logStreamName is required"))?;
@@ -220,11 +220,11 @@ pub fn get_log_events(store: &Store, body: Value) -> ApiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log_events::Writer;
+    use crate::logs::index::Writer;
 
-    fn store_with_log(lines: usize) -> (tempfile::TempDir, Store, String) {
+    fn store_with_log(lines: usize) -> (tempfile::TempDir, StateDir, String) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
+        let store = StateDir::new(dir.path());
         let mut record = Record::new("job", "arn", "s3://b/m", &serde_json::Map::new());
         record.creation_time = 1_700_000_000.5;
         store.create(&record).unwrap();

@@ -2,12 +2,15 @@
 //! record (written atomically: never half-written), its logs and, while it runs, its work
 //! files. Creating the folder is what reserves a job name, so two runs cannot share one.
 
-use crate::record::Record;
+pub mod listing;
+pub mod record;
+
+use crate::state::record::Record;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum StateError {
     #[error(
         "ResourceInUse: Training job names must be unique within an AWS account and region, and a training job with this name already exists ({arn}). Pick a new TrainingJobName, or run with --unique-name to append a timestamp as the SageMaker SDK does"
     )]
@@ -35,17 +38,17 @@ const STOP_MARKER: &str = "stop-requested";
 const RUNNER_PID: &str = "runner.pid";
 
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct StateDir {
     root: PathBuf,
 }
 
-impl Store {
+impl StateDir {
     /// A store at `root`; the path is made absolute so that every process names the same
     /// state directory the same way (it labels Docker objects).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root: PathBuf = root.into();
         let root = std::path::absolute(&root).unwrap_or(root);
-        Store { root }
+        StateDir { root }
     }
 
     /// `$SMLOCAL_HOME`, else `~/.smlocal`.
@@ -54,7 +57,7 @@ impl Store {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".smlocal")))
             .unwrap_or_else(|| PathBuf::from(".smlocal"));
-        Store::new(root)
+        StateDir::new(root)
     }
 
     pub fn root(&self) -> &Path {
@@ -66,14 +69,14 @@ impl Store {
     }
 
     /// Reserves `record`'s name and writes its first version.
-    pub fn create(&self, record: &Record) -> Result<PathBuf, StoreError> {
+    pub fn create(&self, record: &Record) -> Result<PathBuf, StateError> {
         let jobs = self.root.join("jobs");
         std::fs::create_dir_all(&jobs).map_err(io("create", &jobs))?;
         let dir = self.job_dir(&record.training_job_name);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::ResourceInUse { arn: record.training_job_arn.clone() });
+                return Err(StateError::ResourceInUse { arn: record.training_job_arn.clone() });
             }
             Err(e) => return Err(io("create", &dir)(e)),
         }
@@ -83,40 +86,40 @@ impl Store {
 
     /// Writes the record beside its final place and renames it over, so a reader sees the
     /// old record or the new one, never a mix.
-    pub fn save(&self, record: &Record) -> Result<(), StoreError> {
+    pub fn save(&self, record: &Record) -> Result<(), StateError> {
         let dir = self.job_dir(&record.training_job_name);
         let path = dir.join("record.json");
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("write", &path))?;
         let text = serde_json::to_vec_pretty(record)
-            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+            .map_err(|e| StateError::Corrupt { path: path.clone(), reason: e.to_string() })?;
         tmp.write_all(&text).and_then(|_| tmp.as_file().sync_all()).map_err(io("write", &path))?;
         tmp.persist(&path).map_err(|e| io("write", &path)(e.error))?;
         Ok(())
     }
 
-    pub fn load(&self, name: &str) -> Result<Record, StoreError> {
+    pub fn load(&self, name: &str) -> Result<Record, StateError> {
         // Names come from API clients too: only what a TrainingJobName may hold, so no name
         // can reach outside `jobs/`.
         if !is_job_name(name) {
-            return Err(StoreError::NotFound(name.into()));
+            return Err(StateError::NotFound(name.into()));
         }
         let path = self.job_dir(name).join("record.json");
         let text = match std::fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(name.into()));
+                return Err(StateError::NotFound(name.into()));
             }
             Err(e) => return Err(io("read", &path)(e)),
         };
-        serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt { path, reason: e.to_string() })
+        serde_json::from_slice(&text).map_err(|e| StateError::Corrupt { path, reason: e.to_string() })
     }
 
     /// Asks the process running `name` to stop it, as StopTrainingJob does. The runner looks
     /// for the marker; the record stays the runner's to write.
-    pub fn request_stop(&self, name: &str) -> Result<Record, StoreError> {
+    pub fn request_stop(&self, name: &str) -> Result<Record, StateError> {
         let record = self.load(name)?;
         if record.training_job_status.is_terminal() {
-            return Err(StoreError::AlreadyEnded {
+            return Err(StateError::AlreadyEnded {
                 name: name.into(),
                 status: format!("{:?}", record.training_job_status),
             });
@@ -128,7 +131,7 @@ impl Store {
 
     /// Records which process runs the job, so other commands can tell a live job from one
     /// whose runner died.
-    pub fn claim(&self, name: &str) -> Result<(), StoreError> {
+    pub fn claim(&self, name: &str) -> Result<(), StateError> {
         let path = self.job_dir(name).join(RUNNER_PID);
         std::fs::write(&path, std::process::id().to_string()).map_err(io("write", &path))
     }
@@ -146,10 +149,10 @@ impl Store {
     }
 
     /// Deletes a finished job's record, logs and local files (never its uploaded artifacts).
-    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+    pub fn remove(&self, name: &str) -> Result<(), StateError> {
         let record = self.load(name)?;
         if self.is_running(&record) {
-            return Err(StoreError::StillRunning(name.into()));
+            return Err(StateError::StillRunning(name.into()));
         }
         let dir = self.job_dir(name);
         std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
@@ -160,7 +163,7 @@ impl Store {
     }
 
     /// Every job, newest first.
-    pub fn list(&self) -> Result<Vec<Record>, StoreError> {
+    pub fn list(&self) -> Result<Vec<Record>, StateError> {
         let jobs = self.root.join("jobs");
         let entries = match std::fs::read_dir(&jobs) {
             Ok(e) => e,
@@ -188,15 +191,15 @@ fn is_job_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
     let path = path.to_path_buf();
-    move |source| StoreError::Io { action, path, source }
+    move |source| StateError::Io { action, path, source }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Status;
+    use crate::state::record::Status;
 
     fn record(name: &str) -> Record {
         Record::new(name, &format!("arn:{name}"), "s3://b/m", &serde_json::Map::new())
@@ -205,17 +208,17 @@ mod tests {
     #[test]
     fn names_are_reserved_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
+        let store = StateDir::new(dir.path());
         store.create(&record("a")).unwrap();
         let err = store.create(&record("a")).unwrap_err();
-        assert!(matches!(err, StoreError::ResourceInUse { .. }));
+        assert!(matches!(err, StateError::ResourceInUse { .. }));
         assert!(err.to_string().contains("--unique-name"));
     }
 
     #[test]
     fn saves_replace_the_record_and_list_is_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
+        let store = StateDir::new(dir.path());
         let mut first = record("first");
         first.creation_time = 1.0;
         store.create(&first).unwrap();
@@ -227,11 +230,11 @@ mod tests {
         let names: Vec<String> = store.list().unwrap().into_iter().map(|r| r.training_job_name).collect();
         assert_eq!(names, ["second", "first"]);
         assert_eq!(store.load("first").unwrap().training_job_status, Status::Completed);
-        assert!(matches!(store.load("nope"), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.load("nope"), Err(StateError::NotFound(_))));
         // A name from a client can never point outside the jobs folder.
         std::fs::write(dir.path().join("record.json"), b"{}").unwrap();
-        assert!(matches!(store.load("../"), Err(StoreError::NotFound(_))));
-        assert!(matches!(store.load("jobs/../.."), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.load("../"), Err(StateError::NotFound(_))));
+        assert!(matches!(store.load("jobs/../.."), Err(StateError::NotFound(_))));
         let leftovers: Vec<_> =
             std::fs::read_dir(store.job_dir("first")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(leftovers, ["record.json"]);

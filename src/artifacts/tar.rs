@@ -4,7 +4,7 @@
 //! hosts wrote the same path, the lowest-numbered host's version is kept and the conflict is
 //! reported when the contents differ.
 
-use crate::gzip::ParallelGzip;
+use crate::artifacts::gzip::ParallelGzip;
 use flate2::Compression;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

@@ -6,19 +6,19 @@
 
 use crate::cache::{Cache, Progress};
 use crate::checkpoints::{self, Syncer};
-use crate::collect;
+
 use crate::docker::{ContainerSpec, Docker, DockerError, Exit, HOME_LABEL, JOB_LABEL};
 use crate::job::{HostPlan, Job};
 use crate::logs::{self, LogSink};
 use crate::metrics::{self, Recorder};
-use crate::record::MetricData;
-use crate::record::{Record, Status};
 use crate::relay::Relay;
 use crate::resources::human_bytes;
 use crate::stage::ChannelMount;
 use crate::stage::{self, StageError};
+use crate::state::record::MetricData;
+use crate::state::record::{Record, Status};
+use crate::state::{StateDir, StateError};
 use crate::storage::{self, StorageError};
-use crate::store::{Store, StoreError};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ const FAILURE_REASON_CHARS: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    StateDir(#[from] StateError),
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
@@ -137,7 +137,7 @@ const STOP_POLL: Duration = Duration::from_millis(200);
 
 pub async fn run(
     job: &Job,
-    store: &Store,
+    store: &StateDir,
     docker: &Docker,
     options: &RunOptions,
     shutdown: CancellationToken,
@@ -150,10 +150,10 @@ pub async fn run(
 /// What CreateTrainingJob does before it answers: the image must be here and the output
 /// must not be taken; then the name is reserved, the first record written and this process
 /// named as the job's runner. Returns the record for [`run_admitted`].
-pub async fn admit(job: &Job, store: &Store, docker: &Docker) -> Result<Record, RunError> {
+pub async fn admit(job: &Job, store: &StateDir, docker: &Docker) -> Result<Record, RunError> {
     docker.ensure_image(&job.image).await?;
     if store.job_dir(&job.name).exists() {
-        return Err(StoreError::ResourceInUse { arn: job.arn.clone() }.into());
+        return Err(StateError::ResourceInUse { arn: job.arn.clone() }.into());
     }
     let model_uri = job.model_artifacts_uri();
     if storage::exists(&model_uri).await? {
@@ -170,7 +170,7 @@ pub async fn admit(job: &Job, store: &Store, docker: &Docker) -> Result<Record, 
 pub async fn run_admitted(
     job: &Job,
     mut record: Record,
-    store: &Store,
+    store: &StateDir,
     docker: &Docker,
     options: &RunOptions,
     shutdown: CancellationToken,
@@ -212,7 +212,7 @@ pub async fn run_admitted(
 
 struct Running<'a> {
     job: &'a Job,
-    store: &'a Store,
+    store: &'a StateDir,
     docker: &'a Docker,
     options: &'a RunOptions,
     dir: PathBuf,
@@ -329,7 +329,7 @@ impl Running<'_> {
         let roots: Vec<(String, PathBuf)> =
             job.hosts.iter().map(|h| (h.name.clone(), stage::host_root(&work, &h.name))).collect();
         record.final_metric_data_list = final_metrics(&recorder);
-        if let Err((kept, reason)) = collect::collect(job, &roots, &self.dir.join("artifacts")).await {
+        if let Err((kept, reason)) = crate::artifacts::collect(job, &roots, &self.dir.join("artifacts")).await {
             record.finish(Status::Failed, "Failed", "Training job failed", Some(reason));
             self.store.save(record)?;
             return Ok(self.outcome(record, interrupted, started, Some(kept)));
@@ -797,13 +797,13 @@ fn final_metrics(recorder: &Mutex<Recorder>) -> Vec<MetricData> {
 }
 
 /// Turns a `smlocal stop` from another process (a marker in the job's folder) into a stop.
-async fn watch_for_stop(store: Store, name: String, stop: CancellationToken) {
+async fn watch_for_stop(store: StateDir, name: String, stop: CancellationToken) {
     stop_requested(&store, &name).await;
     stop.cancel();
 }
 
 /// Returns once `smlocal stop` or StopTrainingJob has asked for the job to stop.
-pub async fn stop_requested(store: &Store, name: &str) {
+pub async fn stop_requested(store: &StateDir, name: &str) {
     let mut tick = tokio::time::interval(STOP_POLL);
     loop {
         tick.tick().await;

@@ -1,43 +1,43 @@
 //! The four SageMaker training-job operations, over the shared job store.
 
 use super::{ApiError, ApiResult, store_error, without_kind};
-use crate::listing::{self, ListQuery};
 use crate::run::RunError;
-use crate::runner::{CreateError, Runner};
+use crate::serve::queue::{CreateError, Queue};
 use crate::spec;
+use crate::state::listing::{self, ListQuery};
 use serde_json::{Value, json};
 
 fn name(body: &Value) -> &str {
     body.get("TrainingJobName").and_then(Value::as_str).unwrap_or_default()
 }
 
-pub async fn create(runner: &Runner, body: Value) -> ApiResult {
-    match runner.create(body).await {
+pub async fn create(queue: &Queue, body: Value) -> ApiResult {
+    match queue.create(body).await {
         Ok(arn) => Ok(json!({ "TrainingJobArn": arn })),
         Err(CreateError::Spec(e)) => Err(e.into()),
-        Err(CreateError::Run(RunError::Store(e))) => Err(store_error(e)),
+        Err(CreateError::Run(RunError::StateDir(e))) => Err(store_error(e)),
         // A missing image, an output that exists, an unreachable S3 endpoint: the request
         // cannot run here, and the message says what to change.
         Err(e) => Err(ApiError::validation(without_kind(e.to_string(), "ValidationException"))),
     }
 }
 
-pub fn describe(runner: &Runner, body: Value) -> ApiResult {
+pub fn describe(queue: &Queue, body: Value) -> ApiResult {
     spec::check("DescribeTrainingJobRequest", &body)?;
-    let record = runner.store().load(name(&body)).map_err(store_error)?;
+    let record = queue.store().load(name(&body)).map_err(store_error)?;
     serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-pub fn stop(runner: &Runner, body: Value) -> ApiResult {
+pub fn stop(queue: &Queue, body: Value) -> ApiResult {
     spec::check("StopTrainingJobRequest", &body)?;
-    runner.store().request_stop(name(&body)).map_err(store_error)?;
+    queue.store().request_stop(name(&body)).map_err(store_error)?;
     Ok(json!({}))
 }
 
-pub fn list(runner: &Runner, body: Value) -> ApiResult {
+pub fn list(queue: &Queue, body: Value) -> ApiResult {
     spec::check("ListTrainingJobsRequest", &body)?;
     let query: ListQuery = serde_json::from_value(body).map_err(|e| ApiError::validation(e.to_string()))?;
-    let records = runner.store().list().map_err(store_error)?;
+    let records = queue.store().list().map_err(store_error)?;
     // AWS's default page size.
     let page = listing::page(records, &query, 10).map_err(|e| ApiError::validation(e.to_string()))?;
     let summaries: Vec<Value> = page

@@ -1,12 +1,14 @@
 //! A job's logs: each container's output, line by line, to its host's log file, the
 //! terminal (or any sink) and the metric recorder; and reading them back, live or not.
-//! Each line is written with its time ([`crate::log_events`]), so the API can serve it as a
+//! Each line is written with its time ([`crate::logs::index`]), so the API can serve it as a
 //! CloudWatch event.
 
+pub mod index;
+
+use self::index as log_events;
 use crate::docker::Docker;
-use crate::log_events;
 use crate::metrics::Recorder;
-use crate::record::now;
+use crate::state::record::now;
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

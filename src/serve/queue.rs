@@ -1,4 +1,4 @@
-//! Jobs in the background, as the AWS API runs them: [`Runner::create`] checks and admits a
+//! Jobs in the background, as the AWS API runs them: [`Queue::create`] checks and admits a
 //! request and returns at once; the job then waits for one of `max_parallel` slots and for
 //! its containers' memory caps to fit beside the running jobs' (so jobs together never eat
 //! the machine's reserve), runs, and keeps its record current in the shared store (so
@@ -7,11 +7,11 @@
 
 use crate::docker::Docker;
 use crate::job::{self, JobError, Settings};
-use crate::record::{Record, Status};
 use crate::resources;
 use crate::run::{self, RunError, RunOptions};
 use crate::spec::{self, SpecError};
-use crate::store::Store;
+use crate::state::StateDir;
+use crate::state::record::{Record, Status};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ pub enum CreateError {
 
 /// How the runner runs every job.
 #[derive(Debug, Clone)]
-pub struct RunnerConfig {
+pub struct QueueConfig {
     pub settings: Settings,
     /// Jobs that may run at once; the rest wait, `Pending` (as do jobs whose memory does not
     /// fit beside the running ones).
@@ -42,17 +42,17 @@ pub struct RunnerConfig {
     pub pass_credentials: bool,
 }
 
-pub struct Runner {
-    store: Store,
+pub struct Queue {
+    store: StateDir,
     docker: Docker,
-    config: RunnerConfig,
+    config: QueueConfig,
     slots: Arc<Slots>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
-impl Runner {
-    pub fn new(store: Store, docker: Docker, config: RunnerConfig) -> Self {
+impl Queue {
+    pub fn new(store: StateDir, docker: Docker, config: QueueConfig) -> Self {
         let usable = resources::usable_memory(&config.settings.host, config.settings.reserve) / MIB;
         let slots = Arc::new(Slots {
             jobs: Arc::new(Semaphore::new(config.max_parallel.max(1))),
@@ -60,10 +60,10 @@ impl Runner {
             max_parallel: config.max_parallel.max(1),
             usable_mib: usable,
         });
-        Runner { store, docker, config, slots, shutdown: CancellationToken::new(), tasks: TaskTracker::new() }
+        Queue { store, docker, config, slots, shutdown: CancellationToken::new(), tasks: TaskTracker::new() }
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &StateDir {
         &self.store
     }
 
@@ -164,7 +164,7 @@ impl Slots {
 /// dropped), or None when the job ended waiting.
 async fn wait_for_slot(
     mut record: Record,
-    store: &Store,
+    store: &StateDir,
     slots: &Slots,
     memory_mib: u64,
     shutdown: &CancellationToken,
@@ -186,7 +186,7 @@ async fn wait_for_slot(
     }
 }
 
-fn stopped(mut record: Record, store: &Store) -> Option<(Record, Slot)> {
+fn stopped(mut record: Record, store: &StateDir) -> Option<(Record, Slot)> {
     record.finish(Status::Stopped, "Stopped", "Training job stopped before training began", None);
     if let Err(e) = store.save(&record) {
         tracing::warn!("{e}");
