@@ -235,12 +235,14 @@ async fn staging(root: &Path, size: &Size) {
     let home = root.join("staging-home");
     let job = plan_staging_job(&format!("s3://{bucket}/data/"));
     let cache = smlocal::cache::Cache::new(&home);
+    // One handle for both runs, as a job has: its S3 client and connections are shared.
+    let storage = smlocal::storage::Storage::from_env();
     let stage = |n: usize| {
-        let (job, cache, work) = (&job, &cache, home.join(format!("work-{n}")));
+        let (job, cache, storage, work) = (&job, &cache, &storage, home.join(format!("work-{n}")));
         async move {
             let progress = smlocal::cache::Progress::default();
             let t = Instant::now();
-            smlocal::stage::stage(job, &work, cache, &progress).await.expect("stage");
+            smlocal::stage::stage(job, &work, storage, cache, &progress).await.expect("stage");
             t.elapsed().as_secs_f64()
         }
     };
@@ -337,12 +339,15 @@ async fn packaging(root: &Path, size: &Size) {
     let plain_tar = shell(&format!("tar -cf {} -C {} .", root.join("plain.tar").display(), model.display()));
     let ours_out = root.join("ours/model.tar.gz");
     let sources = vec![("algo-1".to_string(), model.clone())];
+    let storage = smlocal::storage::Storage::from_env();
     let t = Instant::now();
-    smlocal::artifacts::stream(sources.clone(), &format!("file://{}", ours_out.display())).await.expect("pack");
+    smlocal::artifacts::stream(&storage, sources.clone(), &format!("file://{}", ours_out.display()))
+        .await
+        .expect("pack");
     let ours = t.elapsed().as_secs_f64();
     let ours_size = std::fs::metadata(&ours_out).map(|m| m.len()).unwrap_or(0) as f64;
     let t = Instant::now();
-    smlocal::artifacts::stream(sources, "s3://bench-data/out/model.tar.gz").await.expect("pack to S3");
+    smlocal::artifacts::stream(&storage, sources, "s3://bench-data/out/model.tar.gz").await.expect("pack to S3");
     let to_s3 = t.elapsed().as_secs_f64();
     let mib = size.model_bytes as f64 / (1 << 20) as f64;
     if has_pigz {

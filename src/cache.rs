@@ -4,9 +4,9 @@
 //! ranges, each written to a temporary file that enters the cache only once complete and of
 //! the right size. Least-recently-used entries are evicted past a size limit.
 
-use crate::storage::{self, ObjectInfo, StorageError};
+use crate::storage::{ObjectInfo, Storage, StorageError};
 use futures::StreamExt;
-use std::hash::{Hash, Hasher};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -16,6 +16,13 @@ pub const PARALLEL_REQUESTS: usize = 8;
 /// Objects at least this big are fetched in ranges, several at once.
 const RANGED_FROM: u64 = 32 << 20;
 const RANGE: u64 = 16 << 20;
+/// The entries' folder under the cache root. Entries are named by SHA-256, which no Rust
+/// release changes.
+const OBJECTS: &str = "sha256";
+/// Where smlocal before the SHA-256 keys kept its entries, named by `std`'s `DefaultHasher`,
+/// whose algorithm may change with any Rust release (turning every entry into a miss that
+/// stays as garbage). It is dropped once, with a note, and the cache fills again as jobs run.
+const UNSTABLE_OBJECTS: &str = "objects";
 /// The default size limit (`SMLOCAL_CACHE_MAX` overrides it).
 pub const DEFAULT_MAX_BYTES: u64 = 20 << 30;
 
@@ -58,7 +65,24 @@ impl Cache {
             .ok()
             .and_then(|v| crate::resources::parse_size(&v))
             .unwrap_or(DEFAULT_MAX_BYTES);
-        Cache { root: state_root.join("cache"), max_bytes }
+        let cache = Cache { root: state_root.join("cache"), max_bytes };
+        if let Some(dropped) = cache.drop_unstable_entries() {
+            tracing::info!(
+                "cache: dropped {} entries ({}) keyed by an earlier smlocal's unstable hash; they are fetched again when used",
+                dropped.entries,
+                crate::resources::human_bytes(dropped.bytes)
+            );
+        }
+        cache
+    }
+
+    /// Removes the entries of the unstable-hash layout, if there are any. Running jobs
+    /// hold hard links to what they use, so they lose nothing.
+    fn drop_unstable_entries(&self) -> Option<Usage> {
+        let old = self.root.join(UNSTABLE_OBJECTS);
+        let usage = usage_of(&old)?;
+        std::fs::remove_dir_all(&old).ok()?;
+        Some(usage)
     }
 
     pub fn root(&self) -> &Path {
@@ -75,23 +99,22 @@ impl Cache {
             Some(etag) => format!("e{}", etag.trim_matches('"')),
             None => format!("m{}", info.modified_ms),
         };
-        // Two differently salted 64-bit hashes: a collision would serve the wrong bytes.
-        let digest = |salt: &str| {
-            let mut h = std::hash::DefaultHasher::new();
-            (salt, uri, &version, info.size).hash(&mut h);
-            h.finish()
-        };
-        self.root.join("objects").join(format!("{:016x}{:016x}", digest("a"), digest("b")))
+        self.root.join(OBJECTS).join(entry_name(uri, &version, info.size))
     }
 
     /// Makes sure every object is in the cache and returns their paths, in order. Only the
     /// missing ones are fetched.
-    pub async fn fetch(&self, wanted: &[Wanted], progress: &Progress) -> Result<Vec<PathBuf>, StorageError> {
+    pub async fn fetch(
+        &self,
+        storage: &Storage,
+        wanted: &[Wanted],
+        progress: &Progress,
+    ) -> Result<Vec<PathBuf>, StorageError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StorageError::Io { action: "cannot write the cache at", path, source }
         };
-        let objects = self.root.join("objects");
+        let objects = self.root.join(OBJECTS);
         let tmp = self.root.join("tmp");
         std::fs::create_dir_all(&objects).map_err(io(&objects))?;
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
@@ -141,7 +164,7 @@ impl Cache {
                 let (w, file) = (misses[i].0, &files[i]);
                 async move {
                     let offset = range.as_ref().map(|r| r.start).unwrap_or(0);
-                    let n = storage::download_part(&w.uri, range, w.info.etag.as_deref(), file, offset).await;
+                    let n = storage.download_part(&w.uri, range, w.info.etag.as_deref(), file, offset).await;
                     if let Ok(n) = &n {
                         progress.fetched.fetch_add(*n, Ordering::Relaxed);
                     }
@@ -188,15 +211,7 @@ impl Cache {
     }
 
     fn entries(&self) -> Vec<(PathBuf, u64, SystemTime)> {
-        std::fs::read_dir(self.root.join("objects"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let meta = e.metadata().ok()?;
-                Some((e.path(), meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
-            })
-            .collect()
+        entries_of(&self.root.join(OBJECTS))
     }
 
     /// Removes least-recently-used entries until the cache holds at most `max_bytes`.
@@ -240,6 +255,39 @@ impl Cache {
     }
 }
 
+/// The entry of one object version: SHA-256 over the URI, the version and the size, each
+/// length-prefixed so no two different triples hash the same bytes.
+fn entry_name(uri: &str, version: &str, size: u64) -> String {
+    let mut hash = Sha256::new();
+    for part in [uri.as_bytes(), version.as_bytes()] {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    hash.update(size.to_le_bytes());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn entries_of(folder: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.path(), meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+        })
+        .collect()
+}
+
+/// What a folder of entries holds, or None when it does not exist.
+fn usage_of(folder: &Path) -> Option<Usage> {
+    if !folder.is_dir() {
+        return None;
+    }
+    let entries = entries_of(folder);
+    Some(Usage { entries: entries.len(), bytes: entries.iter().map(|e| e.1).sum() })
+}
+
 /// Deletes partial downloads whose process is gone (a run stopped mid-download): they never
 /// become entries, and would otherwise only take space.
 fn remove_abandoned(tmp: &Path) {
@@ -281,6 +329,35 @@ mod tests {
     }
 
     #[test]
+    fn entry_names_are_sha256_and_do_not_depend_on_the_toolchain() {
+        let cache = Cache { root: PathBuf::from("/c"), max_bytes: 1 };
+        // Computed outside Rust: sha256(le64(12) "s3://b/k.csv" le64(4) "eabc" le64(3)).
+        assert_eq!(
+            cache.path_of("s3://b/k.csv", &info(3, Some("\"abc\""), 1)),
+            PathBuf::from("/c/sha256/ed8930c8968ee4bb39706ac90e88f5839f23d230b16ad6d96c99c6faa7f21e90")
+        );
+    }
+
+    #[test]
+    fn the_unstable_hash_layout_is_dropped_once_with_its_size_and_then_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        let old = state.join("cache/objects");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("00112233445566778899aabbccddeeff"), vec![1u8; 10]).unwrap();
+        std::fs::write(old.join("ffeeddccbbaa99887766554433221100"), vec![2u8; 5]).unwrap();
+        let probe = Cache { root: state.join("cache"), max_bytes: 1 << 30 };
+        assert_eq!(probe.drop_unstable_entries(), Some(Usage { entries: 2, bytes: 15 }));
+        assert!(!old.exists(), "no entry of the old layout is ever served");
+        assert_eq!(probe.drop_unstable_entries(), None, "dropped once");
+        let cache = Cache::new(state);
+        assert_eq!(cache.usage(), Usage::default());
+        std::fs::create_dir_all(state.join("cache/sha256")).unwrap();
+        std::fs::write(cache.path_of("s3://b/k", &info(1, Some("e"), 1)), b"x").unwrap();
+        assert_eq!(Cache::new(state).usage(), Usage { entries: 1, bytes: 1 }, "new entries survive a restart");
+    }
+
+    #[test]
     fn partial_downloads_of_dead_processes_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let dead = dir.path().join(format!("abc.{}.partial", u32::MAX - 1));
@@ -295,7 +372,7 @@ mod tests {
     fn pruning_removes_the_least_recently_used_first() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache { root: dir.path().to_path_buf(), max_bytes: 1 << 30 };
-        let objects = dir.path().join("objects");
+        let objects = dir.path().join(OBJECTS);
         std::fs::create_dir_all(&objects).unwrap();
         let now = SystemTime::now();
         for (i, name) in ["old", "mid", "new"].iter().enumerate() {

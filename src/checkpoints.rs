@@ -4,7 +4,7 @@
 //! syncs to the one location, as on SageMaker.
 
 use crate::stage::safe_relative;
-use crate::storage::{self, Location, StorageError};
+use crate::storage::{Location, Storage, StorageError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -23,11 +23,11 @@ fn folder(uri: &str) -> String {
 
 /// Copies every checkpoint object into `dir`. A location with nothing there yet (a first run)
 /// restores nothing.
-pub async fn restore(uri: &str, dir: &Path) -> Result<usize, StorageError> {
+pub async fn restore(storage: &Storage, uri: &str, dir: &Path) -> Result<usize, StorageError> {
     let base = folder(uri);
     let location = Location::parse(&base)?;
     let prefix = location.key().to_string();
-    let objects = match storage::list(&base).await {
+    let objects = match storage.list(&base).await {
         Ok(objects) => objects,
         Err(StorageError::NotFound { .. }) => return Ok(0),
         Err(e) => return Err(e),
@@ -47,7 +47,7 @@ pub async fn restore(uri: &str, dir: &Path) -> Result<usize, StorageError> {
                 source,
             })?;
         }
-        storage::download(&location.uri_of(&object.key), &dest).await?;
+        storage.download(&location.uri_of(&object.key), &dest).await?;
         restored += 1;
     }
     Ok(restored)
@@ -55,6 +55,7 @@ pub async fn restore(uri: &str, dir: &Path) -> Result<usize, StorageError> {
 
 /// Keeps `S3Uri` in step with the hosts' checkpoint folders.
 pub struct Syncer {
+    storage: Storage,
     uri: String,
     dirs: Vec<PathBuf>,
     synced: BTreeMap<String, Stamp>,
@@ -68,45 +69,51 @@ pub struct SyncReport {
 
 impl Syncer {
     /// `dirs` are the hosts' folders, just restored: what they hold is already at `uri`.
-    pub fn new(uri: &str, dirs: Vec<PathBuf>) -> Self {
-        let mut syncer = Syncer { uri: folder(uri), dirs, synced: BTreeMap::new() };
-        syncer.synced = syncer.scan().into_iter().map(|(rel, (stamp, _))| (rel, stamp)).collect();
-        syncer
-    }
-
-    /// Every file in any host's folder, the most recently modified copy when several hosts
-    /// have the same path.
-    fn scan(&self) -> BTreeMap<String, (Stamp, PathBuf)> {
-        let mut found: BTreeMap<String, (Stamp, PathBuf)> = BTreeMap::new();
-        for dir in &self.dirs {
-            walk(dir, dir, &mut |rel, path, stamp| {
-                let newer = found.get(&rel).is_none_or(|(s, _)| stamp.modified > s.modified);
-                if newer {
-                    found.insert(rel, (stamp, path));
-                }
-            });
-        }
-        found
+    pub fn new(storage: &Storage, uri: &str, dirs: Vec<PathBuf>) -> Self {
+        let synced = scan(&dirs).into_iter().map(|(rel, (stamp, _))| (rel, stamp)).collect();
+        Syncer { storage: storage.clone(), uri: folder(uri), dirs, synced }
     }
 
     pub async fn sync(&mut self) -> Result<SyncReport, StorageError> {
-        let now = self.scan();
+        // The walk is blocking file I/O over every checkpoint file: off the async workers.
+        let dirs = self.dirs.clone();
+        // A walk that could not finish syncs nothing: an empty scan would delete every
+        // checkpoint at S3Uri.
+        let Ok(now) = tokio::task::spawn_blocking(move || scan(&dirs)).await else {
+            return Ok(SyncReport::default());
+        };
+
         let mut report = SyncReport::default();
         for (rel, (stamp, path)) in &now {
             if self.synced.get(rel) != Some(stamp) {
-                storage::upload(path, &format!("{}{rel}", self.uri)).await?;
+                self.storage.upload(path, &format!("{}{rel}", self.uri)).await?;
                 self.synced.insert(rel.clone(), *stamp);
                 report.uploaded += 1;
             }
         }
         let gone: Vec<String> = self.synced.keys().filter(|rel| !now.contains_key(*rel)).cloned().collect();
         for rel in gone {
-            storage::delete(&format!("{}{rel}", self.uri)).await?;
+            self.storage.delete(&format!("{}{rel}", self.uri)).await?;
             self.synced.remove(&rel);
             report.deleted += 1;
         }
         Ok(report)
     }
+}
+
+/// Every file in any host's folder, the most recently modified copy when several hosts
+/// have the same path.
+fn scan(dirs: &[PathBuf]) -> BTreeMap<String, (Stamp, PathBuf)> {
+    let mut found: BTreeMap<String, (Stamp, PathBuf)> = BTreeMap::new();
+    for dir in dirs {
+        walk(dir, dir, &mut |rel, path, stamp| {
+            let newer = found.get(&rel).is_none_or(|(s, _)| stamp.modified > s.modified);
+            if newer {
+                found.insert(rel, (stamp, path));
+            }
+        });
+    }
+    found
 }
 
 fn walk(root: &Path, dir: &Path, visit: &mut dyn FnMut(String, PathBuf, Stamp)) {
@@ -142,10 +149,11 @@ mod tests {
         std::fs::write(remote.path().join("ckpt/sub/state.json"), b"{}").unwrap();
 
         let host = tempfile::tempdir().unwrap();
-        assert_eq!(restore(&uri, host.path()).await.unwrap(), 2);
+        let storage = Storage::new(Default::default());
+        assert_eq!(restore(&storage, &uri, host.path()).await.unwrap(), 2);
         assert_eq!(std::fs::read(host.path().join("sub/state.json")).unwrap(), b"{}");
 
-        let mut syncer = Syncer::new(&uri, vec![host.path().to_path_buf()]);
+        let mut syncer = Syncer::new(&storage, &uri, vec![host.path().to_path_buf()]);
         assert_eq!(syncer.sync().await.unwrap(), SyncReport::default(), "nothing changed yet");
         std::fs::write(host.path().join("epoch-2.bin"), b"two").unwrap();
         std::fs::remove_file(host.path().join("epoch-1.bin")).unwrap();
@@ -157,6 +165,11 @@ mod tests {
     #[tokio::test]
     async fn a_first_run_restores_nothing() {
         let host = tempfile::tempdir().unwrap();
-        assert_eq!(restore("file:///no/such/smlocal/checkpoints", host.path()).await.unwrap(), 0);
+        assert_eq!(
+            restore(&Storage::new(Default::default()), "file:///no/such/smlocal/checkpoints", host.path())
+                .await
+                .unwrap(),
+            0
+        );
     }
 }

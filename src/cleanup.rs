@@ -3,7 +3,7 @@
 //! records their runner never finished are marked `Failed` with the reason, never lost.
 
 use crate::docker::{Docker, DockerError, Owner};
-use crate::state::record::Status;
+use crate::state::record::{Failure, FailureKind};
 use crate::state::{StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -11,7 +11,7 @@ pub enum CleanupError {
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
-    StateDir(#[from] StateError),
+    State(#[from] StateError),
 }
 
 /// What [`clean_up`] removed and which jobs it marked `Failed`.
@@ -57,7 +57,7 @@ pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, Clea
     }
     for mut r in store.list()? {
         if !r.training_job_status.is_terminal() && !store.is_running(&r) {
-            r.finish(Status::Failed, "Failed", "Training job failed", Some(ORPHANED.into()));
+            r.fail(&Failure::new(FailureKind::Internal, ORPHANED));
             store.save(&r)?;
             cleaned.orphaned_jobs.push(r.training_job_name);
         }

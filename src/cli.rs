@@ -5,12 +5,15 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use smlocal::docker::Docker;
+use smlocal::job::JobError;
 use smlocal::job::{self, Settings};
 use smlocal::resources::{self, Host, human_bytes};
-use smlocal::run::{self, RunOptions};
-use smlocal::spec;
-use smlocal::state::StateDir;
-use smlocal::state::record::Status;
+use smlocal::run::{self, RunError, RunOptions, Services};
+use smlocal::serve::queue::CreateError;
+use smlocal::spec::{self, AwsErrorKind, SpecError};
+use smlocal::state::record::{Secondary, Status};
+use smlocal::state::{StateDir, StateError};
+use smlocal::storage::Storage;
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -245,9 +248,62 @@ pub async fn main(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("smlocal: error: {e:#}");
+            eprintln!("smlocal: error: {}", present(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// An error with its causes, once, as the command line words it: the library's errors carry
+/// AWS's message and kind; here the kind becomes a prefix (as the AWS CLI prints it) and the
+/// command line's own hints are added. A transparent wrapper (`RunError::State`) displays as
+/// the error it wraps and is not a separate cause, so nothing is printed twice.
+fn present(e: &anyhow::Error) -> String {
+    let parts: Vec<String> = e
+        .chain()
+        .map(|cause| {
+            let text = cause.to_string();
+            let Some((kind, hint)) = classify(cause) else {
+                return text;
+            };
+            let kind = match kind {
+                AwsErrorKind::Internal => String::new(),
+                kind => format!("{}: ", kind.as_str()),
+            };
+            format!("{kind}{text}{hint}")
+        })
+        .collect();
+    parts.join(": ")
+}
+
+/// The AWS kind of one of smlocal's errors, and the command line's hint for it.
+fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<(AwsErrorKind, &'static str)> {
+    let state = |e: &StateError| {
+        let hint = match e {
+            StateError::ResourceInUse { .. } => {
+                ". Pick a new TrainingJobName, or run with --unique-name to append a timestamp as the SageMaker SDK does"
+            }
+            StateError::NotFound(_) => " (see `smlocal list`)",
+            _ => "",
+        };
+        (e.aws_kind(), hint)
+    };
+    let validation = |kind: AwsErrorKind| (kind == AwsErrorKind::Validation).then_some((kind, ""));
+    if let Some(e) = cause.downcast_ref::<StateError>() {
+        return Some(state(e));
+    }
+    if let Some(RunError::State(e)) = cause.downcast_ref::<RunError>() {
+        return Some(state(e));
+    }
+    if let Some(CreateError::Run(RunError::State(e))) = cause.downcast_ref::<CreateError>() {
+        return Some(state(e));
+    }
+    // Only the service's constraint findings read "N validation errors detected"; the rest
+    // (botocore's parameter errors, a missing image) are already worded for a reader.
+    match (cause.downcast_ref::<SpecError>(), cause.downcast_ref::<JobError>()) {
+        (Some(e @ SpecError::Constraints(_)), _) => validation(e.aws_kind()),
+        (_, Some(e @ JobError::Constraints(_))) => validation(e.aws_kind()),
+        _ => None,
     }
 }
 
@@ -261,7 +317,8 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     }
     let request = spec::from_value(value).with_context(|| format!("{}: invalid request", args.request))?;
 
-    let settings = settings(args.memory_reserve.as_deref(), args.oversubscribe)?;
+    let storage = Storage::from_env();
+    let settings = settings(args.memory_reserve.as_deref(), args.oversubscribe, &storage)?;
     let job = job::plan(request, &settings).with_context(|| format!("{}: invalid request", args.request))?;
     for notice in &job.notices {
         eprintln!("smlocal: note: {notice}");
@@ -288,8 +345,8 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
         );
     }
 
-    let docker = Docker::connect().await?;
-    let store = StateDir::from_env();
+    let services = Services { state: StateDir::from_env(), docker: Docker::connect().await?, storage };
+    let store = &services.state;
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(args.stop_grace);
     tokio::spawn(stop_on_signals(shutdown.clone(), grace));
@@ -309,23 +366,22 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     eprintln!("smlocal: starting training job {} ({})", job.name, job.image);
     let progress = options.progress.clone();
     let shown = tokio::spawn(show_progress(progress));
-    let outcome = run::run(&job, &store, &docker, &options, shutdown).await;
+    let outcome = run::run(&job, &services, &options, shutdown).await;
     shown.abort();
     let outcome = outcome?;
 
     let r = &outcome.record;
-    let status = match (r.training_job_status, r.secondary_status.as_str()) {
-        (Status::Stopped, "MaxRuntimeExceeded") => "Stopped (MaxRuntimeExceeded)".to_string(),
-        (s, _) => format!("{s:?}"),
+    let status = match (r.training_job_status, r.secondary_status) {
+        (Status::Stopped, Secondary::MaxRuntimeExceeded) => "Stopped (MaxRuntimeExceeded)".to_string(),
+        (s, _) => s.to_string(),
     };
     eprintln!("smlocal: {} {status} in {:.1}s", job.name, outcome.elapsed.as_secs_f64());
     if let Some(reason) = &r.failure_reason {
         eprintln!("smlocal: FailureReason: {reason}");
     }
-    let uploaded = r.secondary_status_transitions.iter().any(|t| t.status == "Uploading");
     match &outcome.kept_artifacts {
         Some(dir) => eprintln!("smlocal: the artifacts were not uploaded; they are in {}", dir.display()),
-        None if uploaded => {
+        None if outcome.uploaded => {
             eprintln!("smlocal: model: {}", r.model_artifacts.s3_model_artifacts);
             eprintln!("smlocal: output: {}", job.output_artifacts_uri());
         }
@@ -334,14 +390,10 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     if args.keep {
         eprintln!(
             "smlocal: --keep: the containers, network and {} were left for debugging; `smlocal cleanup` removes them",
-            store.job_dir(&job.name).join("work").display()
+            store.work_dir(&job.name).display()
         );
     }
-    eprintln!(
-        "smlocal: record: smlocal describe {}   logs: {}",
-        job.name,
-        store.job_dir(&job.name).join("logs").display()
-    );
+    eprintln!("smlocal: record: smlocal describe {}   logs: {}", job.name, store.logs_dir(&job.name).display());
     Ok(if outcome.interrupted {
         ExitCode::from(130)
     } else if r.training_job_status == Status::Completed {
@@ -352,7 +404,7 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
 }
 
 /// This machine, its memory reserve and the region, as jobs are planned.
-fn settings(memory_reserve: Option<&str>, oversubscribe: bool) -> Result<Settings> {
+fn settings(memory_reserve: Option<&str>, oversubscribe: bool, storage: &Storage) -> Result<Settings> {
     let host = Host::detect();
     let reserve = match memory_reserve {
         Some(text) => resources::parse_size(text)
@@ -366,9 +418,7 @@ fn settings(memory_reserve: Option<&str>, oversubscribe: bool) -> Result<Setting
             human_bytes(host.memory_bytes)
         );
     }
-    let region = std::env::var("AWS_REGION")
-        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-        .unwrap_or_else(|_| "us-east-1".into());
+    let region = storage.region().unwrap_or("us-east-1").to_string();
     Ok(Settings { host, reserve, region, oversubscribe })
 }
 
@@ -474,8 +524,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     if args.max_parallel == 0 {
         bail!("--max-parallel must be at least 1");
     }
+    let storage = Storage::from_env();
     let config = QueueConfig {
-        settings: settings(args.memory_reserve.as_deref(), args.oversubscribe)?,
+        settings: settings(args.memory_reserve.as_deref(), args.oversubscribe, &storage)?,
         max_parallel: args.max_parallel,
         stop_grace: Duration::from_secs(args.stop_grace),
         pass_credentials: args.pass_aws_credentials,
@@ -501,7 +552,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         "smlocal: jobs and logs are in {}; point clients here with\n  export AWS_ENDPOINT_URL_SAGEMAKER={url} AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={url}",
         store.root().display()
     );
-    let queue = Arc::new(Queue::new(store, docker, config));
+    let queue = Arc::new(Queue::new(Services { state: store, docker, storage }, config));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone(), Duration::from_secs(args.stop_grace)));
     smlocal::serve::serve(listener, queue.clone(), shutdown).await;
@@ -523,10 +574,8 @@ fn describe(name: &str) -> Result<ExitCode> {
 }
 
 fn list(args: ListArgs) -> Result<ExitCode> {
-    if let Some(status) = &args.status_equals
-        && !["InProgress", "Completed", "Failed", "Stopping", "Stopped"].contains(&status.as_str())
-    {
-        bail!("--status-equals '{status}' is not a status; use InProgress, Completed, Failed, Stopping or Stopped");
+    if let Some(status) = &args.status_equals {
+        status.parse::<Status>().context("--status-equals")?;
     }
     let query = smlocal::state::listing::ListQuery {
         status_equals: args.status_equals,
@@ -549,8 +598,8 @@ fn list(args: ListArgs) -> Result<ExitCode> {
             out,
             "{:<40} {:<11} {:<20} {:>8}  {created}",
             r.training_job_name,
-            format!("{:?}", r.training_job_status),
-            r.secondary_status,
+            r.training_job_status.to_string(),
+            r.secondary_status.to_string(),
             took
         )?;
     }
@@ -560,7 +609,7 @@ fn list(args: ListArgs) -> Result<ExitCode> {
 async fn logs(name: &str, follow: bool, host: Option<&str>) -> Result<ExitCode> {
     let store = StateDir::from_env();
     store.load(name)?;
-    let logs_dir = store.job_dir(name).join("logs");
+    let logs_dir = store.logs_dir(name);
     if let Some(h) = host {
         let known = smlocal::logs::hosts(&logs_dir);
         if !known.iter().any(|k| k == h) && !follow {
@@ -581,8 +630,7 @@ async fn logs(name: &str, follow: bool, host: Option<&str>) -> Result<ExitCode> 
 fn metrics(name: &str) -> Result<ExitCode> {
     let store = StateDir::from_env();
     let record = store.load(name)?;
-    let dir = store.job_dir(name);
-    let points = smlocal::metrics::read(&smlocal::metrics::series_path(&dir));
+    let points = smlocal::metrics::read(&store.metrics_path(name));
     let summaries = smlocal::metrics::summarize(&points);
     let mut out = std::io::stdout().lock();
     if summaries.is_empty() {
@@ -599,7 +647,7 @@ fn metrics(name: &str) -> Result<ExitCode> {
             writeln!(out, "{:<32} {:>14.6} {:>14.6} {:>14.6} {:>7}", s.metric, s.last, s.min, s.max, s.count)?;
         }
     }
-    let plot = dir.join("metrics.svg");
+    let plot = store.plot_path(name);
     std::fs::write(&plot, smlocal::plot::svg(name, &points))
         .with_context(|| format!("cannot write {}", plot.display()))?;
     writeln!(out, "plot: {}", plot.display())?;
@@ -621,6 +669,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
+    let storage = Storage::from_env();
     let invalid_hyperparameters = match &args.invalid_hyperparameters {
         Some(text) => Some(
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
@@ -633,13 +682,13 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         only: args.only.clone(),
         stop_grace: Duration::from_secs(args.stop_grace),
         invalid_hyperparameters,
-        settings: settings(args.memory_reserve.as_deref(), args.oversubscribe)?,
+        settings: settings(args.memory_reserve.as_deref(), args.oversubscribe, &storage)?,
         log: Arc::new(|_, _| {}),
     };
     let docker = Docker::connect().await?;
     let started = std::time::Instant::now();
     eprintln!("smlocal: checking {} against the SageMaker training contract", args.image);
-    let results = check::check(&args.image, &docker, &options).await?;
+    let results = check::check(&args.image, &docker, &storage, &options).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<11} {:<5} {:>6}  EVIDENCE / FIX", "CHECK", "RESULT", "SECS")?;
     for r in &results {

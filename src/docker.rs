@@ -72,7 +72,7 @@ pub struct ContainerSpec {
 }
 
 /// How a container ended.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
     pub code: i64,
     /// The kernel's OOM killer acted inside the container's cgroup.
@@ -89,6 +89,12 @@ pub struct Output {
 #[derive(Clone)]
 pub struct Docker {
     client: bollard::Docker,
+}
+
+impl std::fmt::Debug for Docker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Docker").finish_non_exhaustive()
+    }
 }
 
 impl Docker {

@@ -10,15 +10,36 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("ValidationException: {}", spec::validation_sentence(.0))]
+    #[error("{}", spec::validation_sentence(.0))]
     Constraints(Vec<String>),
     #[error("{0}")]
     Unsupported(String),
     #[error(transparent)]
     Resources(#[from] resources::ResourceError),
     /// The cluster does not fit this machine's memory beyond the reserve.
-    #[error("{0}")]
-    DoesNotFit(String),
+    #[error(
+        "ResourceConfig asks for {} of memory ({}), but this machine has {} for containers ({} minus a {} reserve). Use smaller or fewer instances, lower the reserve with --memory-reserve, or run with --oversubscribe to scale every container's memory cap down by the same factor (here to {}%)",
+        human_bytes(*.wanted), .groups.join(" + "), human_bytes(*.usable), human_bytes(*.machine), human_bytes(*.reserve), (.scale * 100.0) as u64
+    )]
+    DoesNotFit {
+        /// Bytes the cluster's instance types have in all.
+        wanted: u64,
+        /// `N × type at size`, per instance group.
+        groups: Vec<String>,
+        /// Bytes this machine gives containers.
+        usable: u64,
+        machine: u64,
+        reserve: u64,
+        /// The factor `--oversubscribe` would scale every cap by.
+        scale: f64,
+    },
+}
+
+impl JobError {
+    /// Every planning error is the request's to fix.
+    pub fn aws_kind(&self) -> spec::AwsErrorKind {
+        spec::AwsErrorKind::Validation
+    }
 }
 
 /// How smlocal was asked to run, beyond the request itself.
@@ -368,17 +389,16 @@ fn cluster(
     let wanted: u64 = sized.iter().map(|(_, _, n, i)| i.memory_bytes * *n as u64).sum();
     let scale = if wanted <= usable { 1.0 } else { usable as f64 / wanted as f64 };
     if scale < 1.0 && !settings.oversubscribe {
-        let detail: Vec<String> =
+        let groups: Vec<String> =
             sized.iter().map(|(_, t, n, i)| format!("{n} × {t} at {}", human_bytes(i.memory_bytes))).collect();
-        return Err(JobError::DoesNotFit(format!(
-            "ResourceConfig asks for {} of memory ({}), but this machine has {} for containers ({} minus a {} reserve). Use smaller or fewer instances, lower the reserve with --memory-reserve, or run with --oversubscribe to scale every container's memory cap down by the same factor (here to {}%)",
-            human_bytes(wanted),
-            detail.join(" + "),
-            human_bytes(usable),
-            human_bytes(settings.host.memory_bytes),
-            human_bytes(settings.reserve),
-            (scale * 100.0) as u64
-        )));
+        return Err(JobError::DoesNotFit {
+            wanted,
+            groups,
+            usable,
+            machine: settings.host.memory_bytes,
+            reserve: settings.reserve,
+            scale,
+        });
     }
     let mut plans = Vec::new();
     let mut hosts = Vec::new();
@@ -462,9 +482,10 @@ mod tests {
             }),
             &settings(),
         )
-        .unwrap_err()
-        .to_string();
-        assert!(err.starts_with("ValidationException: 2 validation errors detected"), "{err}");
+        .unwrap_err();
+        assert_eq!(err.aws_kind(), spec::AwsErrorKind::Validation);
+        let err = err.to_string();
+        assert!(err.starts_with("2 validation errors detected"), "{err}");
         assert!(err.contains("'inputDataConfig.2.member.channelName'"), "{err}");
         assert!(err.contains("metric 'loss'"), "{err}");
     }

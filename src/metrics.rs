@@ -7,7 +7,7 @@ use crate::spec::MetricDefinition;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One observation of a metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,11 +102,6 @@ pub fn summarize(points: &[Point]) -> Vec<Summary> {
     by.into_values().collect()
 }
 
-/// Where a job keeps its metric series.
-pub fn series_path(job_dir: &Path) -> PathBuf {
-    job_dir.join("metrics.jsonl")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,7 +117,7 @@ mod tests {
     #[test]
     fn the_first_group_is_the_value_and_the_last_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let path = series_path(dir.path());
+        let path = dir.path().join("metrics.jsonl");
         let mut r = Recorder::new(&defs(), &path);
         r.observe("algo-1", "epoch=1 train_mse=0.50", 10.0);
         r.observe("algo-2", "epoch=2 train_mse=0.25", 11.0);
@@ -141,7 +136,7 @@ mod tests {
     #[test]
     fn without_a_group_the_whole_match_must_be_a_number() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = Recorder::new(&defs()[2..], &series_path(dir.path()));
+        let mut r = Recorder::new(&defs()[2..], &dir.path().join("metrics.jsonl"));
         r.observe("algo-1", "progress 12.5%", 1.0);
         assert!(r.final_metrics().is_empty(), "'12.5%' is not a number");
     }

@@ -1,11 +1,12 @@
 //! Builds each host's `/opt/ml` on this machine before any container starts: the three
-//! config files (DESIGN §4) and every File-mode channel (DESIGN §5). Each host gets its own
-//! copy of its channels, so whatever the algorithm writes there never reaches the user's
-//! `file://` data or another host.
+//! config files (DESIGN §4) and every File-mode channel (DESIGN §5). Each host sees its own
+//! channels: S3 channels are overlays of the cache (the host's writes go to its own upper
+//! layer), `file://` channels are private copies, so whatever the algorithm writes there never
+//! reaches the user's data, the cache or another host.
 
 use crate::cache::{Cache, Progress, Wanted};
 use crate::job::{ChannelPlan, DataType, HostPlan, Job};
-use crate::storage::{self, Location, ObjectInfo, StorageError};
+use crate::storage::{Location, ObjectInfo, Storage, StorageError};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -46,16 +47,56 @@ pub struct StagedObject {
     pub info: Option<ObjectInfo>,
 }
 
-/// What staging did for one host.
-#[derive(Debug, Default, Clone)]
-pub struct HostStaging {
-    pub objects: usize,
-    pub bytes: u64,
-}
+/// One host's `/opt/ml` on this machine: the one owner of that tree's layout (DESIGN §4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTree(PathBuf);
 
-/// Where each host's `/opt/ml` lives on this machine.
-pub fn host_root(work: &Path, host: &str) -> PathBuf {
-    work.join(host)
+impl HostTree {
+    /// The tree of `host` in a job's work folder.
+    pub fn new(work: &Path, host: &str) -> Self {
+        HostTree(work.join(host))
+    }
+
+    /// What is mounted at `/opt/ml`.
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+
+    /// `input/config/<file>`: `hyperparameters.json`, `resourceconfig.json`, `inputdataconfig.json`.
+    pub fn config_file(&self, file: &str) -> PathBuf {
+        self.0.join("input/config").join(file)
+    }
+
+    /// `input/data/<channel>`.
+    pub fn channel(&self, channel: &str) -> PathBuf {
+        self.0.join("input/data").join(channel)
+    }
+
+    /// `model`: packed into `model.tar.gz`.
+    pub fn model(&self) -> PathBuf {
+        self.0.join("model")
+    }
+
+    /// `output/data`: packed into `output.tar.gz`.
+    pub fn output_data(&self) -> PathBuf {
+        self.0.join("output/data")
+    }
+
+    /// `output/failure`: the algorithm's reason for a non-zero exit.
+    pub fn failure_file(&self) -> PathBuf {
+        self.0.join("output/failure")
+    }
+
+    /// `checkpoints`: the default `CheckpointConfig.LocalPath` (bound elsewhere when the
+    /// request names another).
+    pub fn checkpoints(&self) -> PathBuf {
+        self.0.join("checkpoints")
+    }
+
+    /// The folders that exist before the container starts.
+    fn folders(&self) -> [PathBuf; 4] {
+        [self.0.join("input/config"), self.0.join("input/data"), self.model(), self.output_data()]
+    }
 }
 
 /// A channel served from the cache: the algorithm sees an overlay of `lower` (hard links
@@ -77,37 +118,35 @@ impl ChannelMount {
     /// The fallback where overlays are not available: a private copy in the host's
     /// `/opt/ml/input/data/<channel>`.
     pub fn copy_into(&self, work: &Path) -> Result<(), StageError> {
-        let dest = host_root(work, &self.host).join("input/data").join(&self.channel);
+        let dest = HostTree::new(work, &self.host).channel(&self.channel);
         copy_tree(&self.lower, &dest)
     }
 }
 
-/// What staging produced.
-#[derive(Debug, Default)]
-pub struct Staged {
-    pub hosts: BTreeMap<String, HostStaging>,
-    pub mounts: Vec<ChannelMount>,
-}
-
 /// Makes every host's tree and fills it: S3 channels through the cache (as overlay mounts),
 /// `file://` channels as private copies.
-pub async fn stage(job: &Job, work: &Path, cache: &Cache, progress: &Progress) -> Result<Staged, StageError> {
-    let mut staged = Staged::default();
+pub async fn stage(
+    job: &Job,
+    work: &Path,
+    storage: &Storage,
+    cache: &Cache,
+    progress: &Progress,
+) -> Result<Vec<ChannelMount>, StageError> {
+    let mut mounts = Vec::new();
     for host in &job.hosts {
-        let root = host_root(work, &host.name);
-        for dir in ["input/config", "input/data", "model", "output/data"] {
-            mkdir(&root.join(dir))?;
+        let tree = HostTree::new(work, &host.name);
+        for dir in tree.folders() {
+            mkdir(&dir)?;
         }
-        write_json(&root.join("input/config/hyperparameters.json"), &Value::Object(job.hyperparameters.clone()))?;
-        write_json(&root.join("input/config/resourceconfig.json"), &resource_config(job, host))?;
+        write_json(&tree.config_file("hyperparameters.json"), &Value::Object(job.hyperparameters.clone()))?;
+        write_json(&tree.config_file("resourceconfig.json"), &resource_config(job, host))?;
         let input_config: serde_json::Map<String, Value> =
             job.channels.iter().filter(|c| serves(c, host)).map(|c| (c.name.clone(), input_data_config(c))).collect();
-        write_json(&root.join("input/config/inputdataconfig.json"), &Value::Object(input_config))?;
-        staged.hosts.insert(host.name.clone(), HostStaging::default());
+        write_json(&tree.config_file("inputdataconfig.json"), &Value::Object(input_config))?;
     }
     for channel in &job.channels {
         let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };
-        let objects = resolve(channel).await?;
+        let objects = resolve(storage, channel).await?;
         let receivers: Vec<&HostPlan> = job.hosts.iter().filter(|h| serves(channel, h)).collect();
         let shares: Vec<Vec<StagedObject>> = if channel.sharded {
             shard(objects.clone(), receivers.len(), channel.shuffle_seed)
@@ -117,8 +156,8 @@ pub async fn stage(job: &Job, work: &Path, cache: &Cache, progress: &Progress) -
         let remote = matches!(Location::parse(&channel.uri), Ok(Location::S3 { .. }));
         if remote {
             // Every object once, whatever the number of hosts that see it.
-            let wanted = with_info(&objects).await.map_err(storage_err)?;
-            let cached = cache.fetch(&wanted, progress).await.map_err(storage_err)?;
+            let wanted = with_info(storage, &objects).await.map_err(storage_err)?;
+            let cached = cache.fetch(storage, &wanted, progress).await.map_err(storage_err)?;
             let by_uri: BTreeMap<&str, &PathBuf> = wanted.iter().map(|w| w.uri.as_str()).zip(&cached).collect();
             for (host, share) in receivers.iter().zip(&shares) {
                 let base = work.join(".channels").join(&host.name).join(&channel.name);
@@ -137,28 +176,21 @@ pub async fn stage(job: &Job, work: &Path, cache: &Cache, progress: &Progress) -
                     let from = by_uri.get(o.uri.as_str()).copied().cloned().unwrap_or_default();
                     link_or_copy(&from, &mount.lower.join(&o.relative))?;
                 }
-                let entry = staged.hosts.entry(host.name.clone()).or_default();
-                entry.objects += share.len();
-                entry.bytes +=
-                    wanted.iter().filter(|w| share.iter().any(|o| o.uri == w.uri)).map(|w| w.info.size).sum::<u64>();
-                staged.mounts.push(mount);
+                mounts.push(mount);
             }
         } else {
             for (host, share) in receivers.iter().zip(&shares) {
-                let dir = host_root(work, &host.name).join("input/data").join(&channel.name);
+                let dir = HostTree::new(work, &host.name).channel(&channel.name);
                 mkdir(&dir)?;
-                let bytes = fetch_all(channel, share, &dir, progress).await?;
-                let entry = staged.hosts.entry(host.name.clone()).or_default();
-                entry.objects += share.len();
-                entry.bytes += bytes;
+                fetch_all(storage, channel, share, &dir, progress).await?;
             }
         }
     }
-    Ok(staged)
+    Ok(mounts)
 }
 
 /// Sizes and versions for every object, looking up those a manifest named.
-async fn with_info(objects: &[StagedObject]) -> Result<Vec<Wanted>, StorageError> {
+async fn with_info(storage: &Storage, objects: &[StagedObject]) -> Result<Vec<Wanted>, StorageError> {
     // Collected before streaming: a stream over the mapping closure itself cannot be proven
     // `Send`, which `smlocal serve`'s background jobs need (a compiler limitation with
     // closures over borrowed items).
@@ -167,7 +199,7 @@ async fn with_info(objects: &[StagedObject]) -> Result<Vec<Wanted>, StorageError
         .map(|o| async move {
             let info = match &o.info {
                 Some(info) => info.clone(),
-                None => storage::head(&o.uri).await?,
+                None => storage.head(&o.uri).await?,
             };
             Ok(Wanted { uri: o.uri.clone(), info })
         })
@@ -271,14 +303,14 @@ pub fn input_data_config(channel: &ChannelPlan) -> Value {
 
 /// The channel's objects and where each lands, with every key checked before anything is
 /// written.
-pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageError> {
+pub async fn resolve(storage: &Storage, channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageError> {
     let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };
     let mut out = Vec::new();
     match channel.data_type {
         DataType::S3Prefix => {
             let location = Location::parse(&channel.uri).map_err(storage_err)?;
             let prefix = location.key().to_string();
-            for object in storage::list(&channel.uri).await.map_err(storage_err)? {
+            for object in storage.list(&channel.uri).await.map_err(storage_err)? {
                 let rest = &object.key[prefix.len()..];
                 // A key ending in '/' is a folder marker from the S3 console, not data.
                 if rest.ends_with('/') {
@@ -290,7 +322,7 @@ pub async fn resolve(channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageEr
             }
         }
         DataType::ManifestFile => {
-            let bytes = storage::read(&channel.uri).await.map_err(storage_err)?;
+            let bytes = storage.read(&channel.uri).await.map_err(storage_err)?;
             let (prefix, keys) = parse_manifest(&bytes).map_err(|reason| StageError::Manifest {
                 channel: channel.name.clone(),
                 uri: channel.uri.clone(),
@@ -357,6 +389,7 @@ pub fn safe_relative(rest: &str) -> Option<PathBuf> {
 }
 
 async fn fetch_all(
+    storage: &Storage,
     channel: &ChannelPlan,
     objects: &[StagedObject],
     folder: &Path,
@@ -373,7 +406,7 @@ async fn fetch_all(
         .map(|o| {
             let dest = folder.join(&o.relative);
             async move {
-                let n = storage::download(&o.uri, &dest).await?;
+                let n = storage.download(&o.uri, &dest).await?;
                 progress.fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 Ok::<u64, StorageError>(n)
             }
@@ -470,7 +503,7 @@ mod tests {
             shuffle_seed: None,
             groups: vec![],
         };
-        let err = resolve(&channel).await.unwrap_err().to_string();
+        let err = resolve(&Storage::new(Default::default()), &channel).await.unwrap_err().to_string();
         assert!(err.contains("'../../etc/passwd'") && err.contains("outside the channel folder"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +17,12 @@ use tokio::io::AsyncWriteExt;
 pub enum StorageError {
     #[error("'{uri}' is not a usable location: {reason}")]
     BadUri { uri: String, reason: String },
-    #[error("cannot reach S3 for '{uri}': {source}{}", endpoint_hint())]
-    StateDir {
+    #[error("cannot reach S3 for '{uri}': {source}{}", endpoint_hint(endpoint))]
+    S3 {
         uri: String,
+        endpoint: Option<String>,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("'{uri}' does not exist")]
     NotFound { uri: String },
@@ -35,16 +37,57 @@ pub enum StorageError {
     },
 }
 
-/// The S3 endpoint this process uses (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`), or
-/// None for AWS itself.
-pub fn endpoint() -> Option<String> {
-    std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok()
-}
-
-fn endpoint_hint() -> String {
-    match endpoint() {
+fn endpoint_hint(endpoint: &Option<String>) -> String {
+    match endpoint {
         Some(e) => format!(" (endpoint {e} from AWS_ENDPOINT_URL)"),
         None => " (no AWS_ENDPOINT_URL set: using AWS itself)".to_string(),
+    }
+}
+
+/// The S3 settings of this process, read once from the standard `AWS_*` variables.
+#[derive(Debug, Clone, Default)]
+pub struct S3Config {
+    /// `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`; None for AWS itself.
+    pub endpoint: Option<String>,
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+    pub region: Option<String>,
+    /// `AWS_ALLOW_HTTP`: plain HTTP to the endpoint (MinIO, a test server).
+    pub allow_http: bool,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, those that are set.
+    pub credentials: Vec<(&'static str, String)>,
+}
+
+impl S3Config {
+    pub fn from_env() -> Self {
+        let var = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        S3Config {
+            endpoint: var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")),
+            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            allow_http: var("AWS_ALLOW_HTTP").is_some_and(|v| v == "true" || v == "1"),
+            credentials: ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+                .into_iter()
+                .filter_map(|key| var(key).map(|value| (key, value)))
+                .collect(),
+        }
+    }
+}
+
+/// Object storage for every URI a job names. One S3 client per bucket is built on first use
+/// and shared by every clone of the handle, so connections (and TLS sessions) are reused
+/// across listings, objects, ranges and uploads; `file://` needs no client.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: S3Config,
+    buckets: std::sync::Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("endpoint", &self.inner.config.endpoint).finish_non_exhaustive()
     }
 }
 
@@ -104,153 +147,295 @@ pub struct ObjectInfo {
     pub modified_ms: i64,
 }
 
-fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-    // object_store retries for minutes by default; a user waiting at a terminal should hear
-    // about an unreachable endpoint in seconds.
-    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(20), ..Default::default() };
-    let options = ClientOptions::new().with_connect_timeout(Duration::from_secs(5));
-    let mut builder =
-        AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry).with_client_options(options);
-    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_ok() {
-        builder = builder.with_region(std::env::var("AWS_DEFAULT_REGION").unwrap_or_default());
+impl Storage {
+    /// Storage as this process's environment configures it.
+    pub fn from_env() -> Self {
+        Storage::new(S3Config::from_env())
     }
-    if std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1") {
-        builder = builder.with_allow_http(true);
-    }
-    Ok(Arc::new(builder.build()?))
-}
 
-fn store_error(uri: &str, source: object_store::Error) -> StorageError {
-    match source {
-        object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.into() },
-        source => StorageError::StateDir { uri: uri.into(), source },
+    pub fn new(config: S3Config) -> Self {
+        Storage { inner: Arc::new(Inner { config, buckets: Default::default() }) }
     }
-}
 
-/// Every object whose key starts with the location's key, as a string prefix (S3's rule:
-/// `data/tr` matches `data/train/a.csv` and `data/tr2.csv`).
-pub async fn list(uri: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-    let location = Location::parse(uri)?;
-    match &location {
-        Location::S3 { bucket, key } => {
-            let store = s3(bucket).map_err(|e| store_error(uri, e))?;
-            // object_store lists whole path segments, so list the enclosing "folder" and
-            // keep the keys that match the string prefix.
-            let folder = key.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("");
-            let prefix = (!folder.is_empty()).then(|| StorePath::from(folder));
-            let objects: Vec<_> = store.list(prefix.as_ref()).try_collect().await.map_err(|e| store_error(uri, e))?;
-            let mut found: Vec<ObjectInfo> = objects
-                .into_iter()
-                .filter(|o| o.location.as_ref().starts_with(key.as_str()))
-                .map(|o| ObjectInfo {
-                    key: o.location.to_string(),
+    /// The S3 endpoint in use, or None for AWS itself.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.inner.config.endpoint.as_deref()
+    }
+
+    pub fn region(&self) -> Option<&str> {
+        self.inner.config.region.as_deref()
+    }
+
+    /// This process's AWS credentials, for a container that was allowed them.
+    pub fn credentials(&self) -> Vec<(&'static str, String)> {
+        self.inner.config.credentials.clone()
+    }
+
+    /// The bucket's client, built on first use.
+    fn bucket(&self, bucket: &str, uri: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        let mut buckets = self.inner.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(store) = buckets.get(bucket) {
+            return Ok(store.clone());
+        }
+        let config = &self.inner.config;
+        // object_store retries for minutes by default; a user waiting at a terminal should
+        // hear about an unreachable endpoint in seconds.
+        let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(20), ..Default::default() };
+        // Enough idle connections kept for every request staging has in flight.
+        let options = ClientOptions::new().with_connect_timeout(Duration::from_secs(5)).with_pool_max_idle_per_host(64);
+        let mut builder =
+            AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry).with_client_options(options);
+        if let Some(region) = &config.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if config.allow_http {
+            builder = builder.with_allow_http(true);
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| self.error(uri, e))?);
+        buckets.insert(bucket.to_string(), store.clone());
+        Ok(store)
+    }
+
+    fn error(&self, uri: &str, source: object_store::Error) -> StorageError {
+        match source {
+            object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.into() },
+            source => StorageError::S3 {
+                uri: uri.into(),
+                endpoint: self.inner.config.endpoint.clone(),
+                source: Box::new(source),
+            },
+        }
+    }
+
+    /// Every object whose key starts with the location's key, as a string prefix (S3's rule:
+    /// `data/tr` matches `data/train/a.csv` and `data/tr2.csv`).
+    pub async fn list(&self, uri: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let location = Location::parse(uri)?;
+        match &location {
+            Location::S3 { bucket, key } => {
+                let store = self.bucket(bucket, uri)?;
+                // object_store lists whole path segments, so list the enclosing "folder" and
+                // keep the keys that match the string prefix.
+                let folder = key.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("");
+                let prefix = (!folder.is_empty()).then(|| StorePath::from(folder));
+                let objects: Vec<_> =
+                    store.list(prefix.as_ref()).try_collect().await.map_err(|e| self.error(uri, e))?;
+                let mut found: Vec<ObjectInfo> = objects
+                    .into_iter()
+                    .filter(|o| o.location.as_ref().starts_with(key.as_str()))
+                    .map(|o| ObjectInfo {
+                        key: o.location.to_string(),
+                        size: o.size,
+                        etag: o.e_tag,
+                        modified_ms: o.last_modified.timestamp_millis(),
+                    })
+                    .collect();
+                found.sort_by(|a, b| a.key.cmp(&b.key));
+                Ok(found)
+            }
+            Location::Local { path } => self.list_local(uri, path).await,
+        }
+    }
+
+    async fn list_local(&self, uri: &str, path: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let folder = match path.rsplit_once('/') {
+            Some(("", _)) | None => "/",
+            Some((dir, _)) => dir,
+        };
+        if !Path::new(folder).is_dir() {
+            return Err(StorageError::NotFound { uri: uri.into() });
+        }
+        let store = LocalFileSystem::new();
+        let prefix = StorePath::from_filesystem_path(folder)
+            .map_err(|e| StorageError::BadUri { uri: uri.into(), reason: e.to_string() })?;
+        let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.map_err(|e| self.error(uri, e))?;
+        let mut found = Vec::new();
+        for o in objects {
+            let file = store.path_to_filesystem(&o.location).map_err(|e| self.error(uri, e))?;
+            let file = file.to_string_lossy().into_owned();
+            if file.starts_with(path) {
+                found.push(ObjectInfo {
+                    key: file,
                     size: o.size,
                     etag: o.e_tag,
                     modified_ms: o.last_modified.timestamp_millis(),
+                });
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+
+    /// Reads a small object (a manifest) whole.
+    pub async fn read(&self, uri: &str) -> Result<Vec<u8>, StorageError> {
+        match Location::parse(uri)? {
+            Location::S3 { bucket, key } => {
+                let store = self.bucket(&bucket, uri)?;
+                let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| self.error(uri, e))?;
+                Ok(got.bytes().await.map_err(|e| self.error(uri, e))?.to_vec())
+            }
+            Location::Local { path } => tokio::fs::read(&path).await.map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+                _ => StorageError::Io { action: "cannot read", path: path.into(), source },
+            }),
+        }
+    }
+
+    /// Copies one object to `dest` (parents must exist). Returns the bytes written.
+    pub async fn download(&self, uri: &str, dest: &Path) -> Result<u64, StorageError> {
+        match Location::parse(uri)? {
+            Location::S3 { .. } => {
+                let file = std::fs::File::create(dest).map_err(|source| StorageError::Io {
+                    action: "cannot create",
+                    path: dest.to_path_buf(),
+                    source,
+                })?;
+                self.download_part(uri, None, None, &file, 0).await
+            }
+            // A plain copy lets the kernel use copy_file_range (and reflinks where the file
+            // system has them); the source is only ever read.
+            Location::Local { path } => tokio::fs::copy(&path, dest).await.map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+                _ => StorageError::Io { action: "cannot copy to", path: dest.to_path_buf(), source },
+            }),
+        }
+    }
+
+    /// Uploads a local file to `uri`, streaming (multipart past a few MiB, never the whole file in
+    /// memory). A `file://` destination appears atomically: written beside, then renamed.
+    pub async fn upload(&self, src: &Path, uri: &str) -> Result<(), StorageError> {
+        let io = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StorageError::Io { action, path, source }
+        };
+        if let Location::Local { path } = Location::parse(uri)? {
+            // A copy (reflinked where possible) rather than a stream through this process.
+            let dest = PathBuf::from(path);
+            let tmp = partial_beside(&dest).await?;
+            tokio::fs::copy(src, &tmp).await.map_err(io("cannot write", &tmp))?;
+            return tokio::fs::rename(&tmp, &dest).await.map_err(io("cannot rename into", &dest));
+        }
+        let mut file = tokio::fs::File::open(src).await.map_err(io("cannot open", src))?;
+        let mut upload = Upload::start(self, uri).await?;
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = match tokio::io::AsyncReadExt::read(&mut file, &mut buffer).await {
+                Ok(n) => n,
+                Err(e) => {
+                    upload.abort().await;
+                    return Err(io("cannot read", src)(e));
+                }
+            };
+            if n == 0 {
+                return upload.finish().await;
+            }
+            if let Err(e) = upload.write(&buffer[..n]).await {
+                upload.abort().await;
+                return Err(e);
+            }
+        }
+    }
+
+    /// An object's size and version, without its bytes.
+    pub async fn head(&self, uri: &str) -> Result<ObjectInfo, StorageError> {
+        match Location::parse(uri)? {
+            Location::S3 { bucket, key } => {
+                let store = self.bucket(&bucket, uri)?;
+                let meta = store.head(&StorePath::from(key.as_str())).await.map_err(|e| self.error(uri, e))?;
+                Ok(ObjectInfo {
+                    key,
+                    size: meta.size,
+                    etag: meta.e_tag,
+                    modified_ms: meta.last_modified.timestamp_millis(),
                 })
-                .collect();
-            found.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(found)
+            }
+            Location::Local { path } => {
+                let meta = tokio::fs::metadata(&path).await.map_err(|source| match source.kind() {
+                    std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+                    _ => StorageError::Io { action: "cannot read", path: path.clone().into(), source },
+                })?;
+                let modified_ms = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                Ok(ObjectInfo { key: path, size: meta.len(), etag: None, modified_ms })
+            }
         }
-        Location::Local { path } => list_local(uri, path).await,
     }
-}
 
-async fn list_local(uri: &str, path: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-    let folder = match path.rsplit_once('/') {
-        Some(("", _)) | None => "/",
-        Some((dir, _)) => dir,
-    };
-    if !Path::new(folder).is_dir() {
-        return Err(StorageError::NotFound { uri: uri.into() });
-    }
-    let store = LocalFileSystem::new();
-    let prefix = StorePath::from_filesystem_path(folder)
-        .map_err(|e| StorageError::BadUri { uri: uri.into(), reason: e.to_string() })?;
-    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.map_err(|e| store_error(uri, e))?;
-    let mut found = Vec::new();
-    for o in objects {
-        let file = store.path_to_filesystem(&o.location).map_err(|e| store_error(uri, e))?;
-        let file = file.to_string_lossy().into_owned();
-        if file.starts_with(path) {
-            found.push(ObjectInfo {
-                key: file,
-                size: o.size,
-                etag: o.e_tag,
-                modified_ms: o.last_modified.timestamp_millis(),
+    /// Fetches `range` of an S3 object (all of it when `None`) into `file` at `offset`,
+    /// streaming: memory stays bounded whatever the size. `etag` makes the server refuse a part
+    /// of an object that changed since it was listed.
+    pub async fn download_part(
+        &self,
+        uri: &str,
+        range: Option<std::ops::Range<u64>>,
+        etag: Option<&str>,
+        file: &std::fs::File,
+        offset: u64,
+    ) -> Result<u64, StorageError> {
+        use std::os::unix::fs::FileExt;
+        let Location::S3 { bucket, key } = Location::parse(uri)? else {
+            return Err(StorageError::BadUri {
+                uri: uri.into(),
+                reason: "ranged downloads are for s3:// objects".into(),
             });
-        }
-    }
-    found.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(found)
-}
-
-/// Reads a small object (a manifest) whole.
-pub async fn read(uri: &str) -> Result<Vec<u8>, StorageError> {
-    match Location::parse(uri)? {
-        Location::S3 { bucket, key } => {
-            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| store_error(uri, e))?;
-            Ok(got.bytes().await.map_err(|e| store_error(uri, e))?.to_vec())
-        }
-        Location::Local { path } => tokio::fs::read(&path).await.map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
-            _ => StorageError::Io { action: "cannot read", path: path.into(), source },
-        }),
-    }
-}
-
-/// Copies one object to `dest` (parents must exist). Returns the bytes written.
-pub async fn download(uri: &str, dest: &Path) -> Result<u64, StorageError> {
-    match Location::parse(uri)? {
-        Location::S3 { .. } => {
-            let file = std::fs::File::create(dest).map_err(|source| StorageError::Io {
-                action: "cannot create",
-                path: dest.to_path_buf(),
+        };
+        let store = self.bucket(&bucket, uri)?;
+        let options = object_store::GetOptions {
+            range: range.map(object_store::GetRange::Bounded),
+            if_match: etag.map(str::to_string),
+            ..Default::default()
+        };
+        let got = store.get_opts(&StorePath::from(key.as_str()), options).await.map_err(|e| self.error(uri, e))?;
+        let mut stream = got.into_stream();
+        let mut at = offset;
+        while let Some(chunk) = stream.try_next().await.map_err(|e| self.error(uri, e))? {
+            file.write_all_at(&chunk, at).map_err(|source| StorageError::Io {
+                action: "cannot write",
+                path: PathBuf::from(uri),
                 source,
             })?;
-            download_part(uri, None, None, &file, 0).await
+            at += chunk.len() as u64;
         }
-        // A plain copy lets the kernel use copy_file_range (and reflinks where the file
-        // system has them); the source is only ever read.
-        Location::Local { path } => tokio::fs::copy(&path, dest).await.map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
-            _ => StorageError::Io { action: "cannot copy to", path: dest.to_path_buf(), source },
-        }),
+        Ok(at - offset)
     }
-}
 
-/// Uploads a local file to `uri`, streaming (multipart past a few MiB, never the whole file in
-/// memory). A `file://` destination appears atomically: written beside, then renamed.
-pub async fn upload(src: &Path, uri: &str) -> Result<(), StorageError> {
-    let io = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StorageError::Io { action, path, source }
-    };
-    if let Location::Local { path } = Location::parse(uri)? {
-        // A copy (reflinked where possible) rather than a stream through this process.
-        let dest = PathBuf::from(path);
-        let tmp = partial_beside(&dest).await?;
-        tokio::fs::copy(src, &tmp).await.map_err(io("cannot write", &tmp))?;
-        return tokio::fs::rename(&tmp, &dest).await.map_err(io("cannot rename into", &dest));
-    }
-    let mut file = tokio::fs::File::open(src).await.map_err(io("cannot open", src))?;
-    let mut upload = Upload::start(uri).await?;
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = match tokio::io::AsyncReadExt::read(&mut file, &mut buffer).await {
-            Ok(n) => n,
-            Err(e) => {
-                upload.abort().await;
-                return Err(io("cannot read", src)(e));
+    /// Deletes one object; one that is already gone is not an error.
+    pub async fn delete(&self, uri: &str) -> Result<(), StorageError> {
+        match Location::parse(uri)? {
+            Location::S3 { bucket, key } => {
+                let store = self.bucket(&bucket, uri)?;
+                match store.delete(&StorePath::from(key.as_str())).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(self.error(uri, e)),
+                }
             }
-        };
-        if n == 0 {
-            return upload.finish().await;
+            Location::Local { path } => match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(StorageError::Io { action: "cannot delete", path: path.into(), source }),
+            },
         }
-        if let Err(e) = upload.write(&buffer[..n]).await {
-            upload.abort().await;
-            return Err(e);
+    }
+
+    /// Whether an object exists (used so a job never overwrites another job's results).
+    pub async fn exists(&self, uri: &str) -> Result<bool, StorageError> {
+        match Location::parse(uri)? {
+            Location::S3 { bucket, key } => {
+                let store = self.bucket(&bucket, uri)?;
+                match store.head(&StorePath::from(key.as_str())).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(self.error(uri, e)),
+                }
+            }
+            Location::Local { path } => Ok(Path::new(&path).exists()),
         }
     }
 }
@@ -268,69 +453,6 @@ async fn partial_beside(dest: &Path) -> Result<PathBuf, StorageError> {
     Ok(parent.join(format!(".{name}.smlocal-partial")))
 }
 
-/// An object's size and version, without its bytes.
-pub async fn head(uri: &str) -> Result<ObjectInfo, StorageError> {
-    match Location::parse(uri)? {
-        Location::S3 { bucket, key } => {
-            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            let meta = store.head(&StorePath::from(key.as_str())).await.map_err(|e| store_error(uri, e))?;
-            Ok(ObjectInfo {
-                key,
-                size: meta.size,
-                etag: meta.e_tag,
-                modified_ms: meta.last_modified.timestamp_millis(),
-            })
-        }
-        Location::Local { path } => {
-            let meta = tokio::fs::metadata(&path).await.map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
-                _ => StorageError::Io { action: "cannot read", path: path.clone().into(), source },
-            })?;
-            let modified_ms = meta
-                .modified()
-                .ok()
-                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            Ok(ObjectInfo { key: path, size: meta.len(), etag: None, modified_ms })
-        }
-    }
-}
-
-/// Fetches `range` of an S3 object (all of it when `None`) into `file` at `offset`,
-/// streaming: memory stays bounded whatever the size. `etag` makes the server refuse a part
-/// of an object that changed since it was listed.
-pub async fn download_part(
-    uri: &str,
-    range: Option<std::ops::Range<u64>>,
-    etag: Option<&str>,
-    file: &std::fs::File,
-    offset: u64,
-) -> Result<u64, StorageError> {
-    use std::os::unix::fs::FileExt;
-    let Location::S3 { bucket, key } = Location::parse(uri)? else {
-        return Err(StorageError::BadUri { uri: uri.into(), reason: "ranged downloads are for s3:// objects".into() });
-    };
-    let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-    let options = object_store::GetOptions {
-        range: range.map(object_store::GetRange::Bounded),
-        if_match: etag.map(str::to_string),
-        ..Default::default()
-    };
-    let got = store.get_opts(&StorePath::from(key.as_str()), options).await.map_err(|e| store_error(uri, e))?;
-    let mut stream = got.into_stream();
-    let mut at = offset;
-    while let Some(chunk) = stream.try_next().await.map_err(|e| store_error(uri, e))? {
-        file.write_all_at(&chunk, at).map_err(|source| StorageError::Io {
-            action: "cannot write",
-            path: PathBuf::from(uri),
-            source,
-        })?;
-        at += chunk.len() as u64;
-    }
-    Ok(at - offset)
-}
-
 /// A streaming upload: bytes go out as they are written (multipart on S3 past a few MiB);
 /// a `file://` destination appears only when finished, written beside and renamed.
 pub struct Upload {
@@ -344,10 +466,10 @@ enum UploadSink {
 }
 
 impl Upload {
-    pub async fn start(uri: &str) -> Result<Upload, StorageError> {
+    pub async fn start(storage: &Storage, uri: &str) -> Result<Upload, StorageError> {
         let sink = match Location::parse(uri)? {
             Location::S3 { bucket, key } => {
-                let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
+                let store = storage.bucket(&bucket, uri)?;
                 UploadSink::S3(object_store::buffered::BufWriter::new(store, StorePath::from(key.as_str())))
             }
             Location::Local { path } => {
@@ -400,39 +522,6 @@ impl Upload {
     }
 }
 
-/// Deletes one object; one that is already gone is not an error.
-pub async fn delete(uri: &str) -> Result<(), StorageError> {
-    match Location::parse(uri)? {
-        Location::S3 { bucket, key } => {
-            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            match store.delete(&StorePath::from(key.as_str())).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(store_error(uri, e)),
-            }
-        }
-        Location::Local { path } => match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StorageError::Io { action: "cannot delete", path: path.into(), source }),
-        },
-    }
-}
-
-/// Whether an object exists (used so a job never overwrites another job's results).
-pub async fn exists(uri: &str) -> Result<bool, StorageError> {
-    match Location::parse(uri)? {
-        Location::S3 { bucket, key } => {
-            let store = s3(&bucket).map_err(|e| store_error(uri, e))?;
-            match store.head(&StorePath::from(key.as_str())).await {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(store_error(uri, e)),
-            }
-        }
-        Location::Local { path } => Ok(Path::new(&path).exists()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,15 +547,16 @@ mod tests {
             std::fs::write(p, f).unwrap();
         }
         let root = dir.path().display();
+        let storage = Storage::new(S3Config::default());
         let keys = |objs: Vec<ObjectInfo>| objs.into_iter().map(|o| o.key).collect::<Vec<_>>();
-        let all = keys(list(&format!("file://{root}/train")).await.unwrap());
+        let all = keys(storage.list(&format!("file://{root}/train")).await.unwrap());
         assert_eq!(
             all,
             [format!("{root}/train/a.csv"), format!("{root}/train/sub/b.csv"), format!("{root}/train2/c.csv")]
         );
-        let slash = keys(list(&format!("file://{root}/train/")).await.unwrap());
+        let slash = keys(storage.list(&format!("file://{root}/train/")).await.unwrap());
         assert_eq!(slash.len(), 2);
-        assert!(matches!(list("file:///no/such/dir/").await, Err(StorageError::NotFound { .. })));
+        assert!(matches!(storage.list("file:///no/such/dir/").await, Err(StorageError::NotFound { .. })));
     }
 
     #[tokio::test]
@@ -475,8 +565,9 @@ mod tests {
         let src = dir.path().join("src.bin");
         std::fs::write(&src, b"payload").unwrap();
         let dest = dir.path().join("out/job/output/model.tar.gz");
-        upload(&src, &format!("file://{}", dest.display())).await.unwrap();
+        let storage = Storage::new(S3Config::default());
+        storage.upload(&src, &format!("file://{}", dest.display())).await.unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"payload");
-        assert!(exists(&format!("file://{}", dest.display())).await.unwrap());
+        assert!(storage.exists(&format!("file://{}", dest.display())).await.unwrap());
     }
 }

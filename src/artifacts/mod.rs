@@ -7,45 +7,75 @@
 pub mod gzip;
 pub mod tar;
 
-use self::tar::{Kind, Packed};
+use self::tar::{ArtifactError, Kind, Packed};
 use crate::job::Job;
-use crate::storage::{self, StorageError, Upload};
+use crate::stage::HostTree;
+use crate::storage::{Storage, StorageError, Upload};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Chunks handed from the packing thread to the uploader.
 const CHUNK: usize = 1 << 20;
 
-/// Packs and uploads both archives. `Err` carries where the archives were kept and the
+/// Why one archive did not reach its destination.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Pack(#[from] ArtifactError),
+    #[error("cannot read the hosts' folders: {0}")]
+    Walk(#[source] std::io::Error),
+    #[error("packing stopped: {0}")]
+    Stopped(String),
+}
+
+/// An upload that failed, and where its archives are now. The message is the job's
 /// `FailureReason`.
-pub async fn collect(job: &Job, roots: &[(String, PathBuf)], keep_dir: &Path) -> Result<(), (PathBuf, String)> {
+#[derive(Debug, thiserror::Error)]
+#[error("ClientError: uploading {uri} failed: {source}; {}", match .keep_error {
+    None => format!("the artifacts are kept in {}", .kept.display()),
+    Some(k) => format!("writing {} failed too ({k}); the files are still in the job's work folder", .archive.display()),
+})]
+pub struct CollectError {
+    pub uri: String,
+    #[source]
+    pub source: ArchiveError,
+    /// The folder the archives were written to instead.
+    pub kept: PathBuf,
+    /// The archive that could not be uploaded, in `kept`.
+    pub archive: PathBuf,
+    /// Why keeping it failed too, if it did.
+    pub keep_error: Option<ArchiveError>,
+}
+
+/// Packs and uploads both archives of the hosts' trees. When an upload fails, the archive
+/// is written to `keep_dir` instead and the error says where.
+pub async fn collect(
+    storage: &Storage,
+    job: &Job,
+    trees: &[(String, HostTree)],
+    keep_dir: &Path,
+) -> Result<(), CollectError> {
+    let model: fn(&HostTree) -> PathBuf = HostTree::model;
+    let output: fn(&HostTree) -> PathBuf = HostTree::output_data;
     let archives = [
-        ("model", "model", "model.tar.gz", job.model_artifacts_uri()),
-        ("output", "output/data", "output.tar.gz", job.output_artifacts_uri()),
+        ("model", model, "model.tar.gz", job.model_artifacts_uri()),
+        ("output", output, "output.tar.gz", job.output_artifacts_uri()),
     ];
     for (what, folder, file, uri) in archives {
-        let sources: Vec<(String, PathBuf)> =
-            roots.iter().map(|(host, root)| (host.clone(), root.join(folder))).collect();
+        let sources: Vec<(String, PathBuf)> = trees.iter().map(|(host, tree)| (host.clone(), folder(tree))).collect();
         let sent = if what == "model" && !job.compress {
-            files(&sources, &uri).await
+            files(storage, &sources, &uri).await
         } else {
-            stream(sources.clone(), &uri).await
+            stream(storage, sources.clone(), &uri).await
         };
         let packed = match sent {
             Ok(packed) => packed,
-            Err(e) => {
-                let kept = keep_dir.join(file);
-                let reason = match keep(sources, keep_dir, &kept).await {
-                    Ok(()) => format!(
-                        "ClientError: uploading {uri} failed: {e}; the artifacts are kept in {}",
-                        keep_dir.display()
-                    ),
-                    Err(k) => format!(
-                        "ClientError: uploading {uri} failed: {e}; writing {} failed too ({k}); the files are still in the job's work folder",
-                        kept.display()
-                    ),
-                };
-                return Err((keep_dir.to_path_buf(), reason));
+            Err(source) => {
+                let archive = keep_dir.join(file);
+                let keep_error = keep(sources, keep_dir, &archive).await.err();
+                return Err(CollectError { uri, source, kept: keep_dir.to_path_buf(), archive, keep_error });
             }
         };
         for c in &packed.conflicts {
@@ -62,15 +92,15 @@ pub async fn collect(job: &Job, roots: &[(String, PathBuf)], keep_dir: &Path) ->
 }
 
 /// One archive, packed on a blocking thread while this task uploads what it produces.
-pub async fn stream(sources: Vec<(String, PathBuf)>, uri: &str) -> Result<Packed, String> {
-    let mut upload = Upload::start(uri).await.map_err(|e| e.to_string())?;
+pub async fn stream(storage: &Storage, sources: Vec<(String, PathBuf)>, uri: &str) -> Result<Packed, ArchiveError> {
+    let mut upload = Upload::start(storage, uri).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let name = PathBuf::from(uri);
     let packing = tokio::task::spawn_blocking(move || {
         let writer = ChannelWriter { tx, buffer: Vec::with_capacity(CHUNK) };
         let (packed, mut writer) = tar::write_merged(&sources, writer, &name)?;
         writer.send().map_err(|source| tar::ArtifactError::Io { path: name.clone(), archive: name, source })?;
-        Ok::<Packed, tar::ArtifactError>(packed)
+        Ok::<Packed, ArtifactError>(packed)
     });
     let mut failed: Option<StorageError> = None;
     while let Some(chunk) = rx.recv().await {
@@ -81,19 +111,19 @@ pub async fn stream(sources: Vec<(String, PathBuf)>, uri: &str) -> Result<Packed
     }
     // Closing the channel stops the packer early when the upload failed.
     drop(rx);
-    let packed = packing.await.map_err(|e| format!("packing stopped: {e}"));
+    let packed = packing.await.map_err(|e| ArchiveError::Stopped(e.to_string()));
     match (packed, failed) {
         (Ok(Ok(packed)), None) => {
-            upload.finish().await.map_err(|e| e.to_string())?;
+            upload.finish().await?;
             Ok(packed)
         }
         (_, Some(e)) => {
             upload.abort().await;
-            Err(e.to_string())
+            Err(e.into())
         }
         (Ok(Err(e)), None) => {
             upload.abort().await;
-            Err(e.to_string())
+            Err(e.into())
         }
         (Err(e), None) => {
             upload.abort().await;
@@ -104,9 +134,14 @@ pub async fn stream(sources: Vec<(String, PathBuf)>, uri: &str) -> Result<Packed
 
 /// `CompressionType: NONE`: every file of the merged tree is uploaded on its own under `prefix`,
 /// in parallel. Object storage has no symbolic links: links are left out, each named.
-async fn files(sources: &[(String, PathBuf)], prefix: &str) -> Result<Packed, String> {
+async fn files(storage: &Storage, sources: &[(String, PathBuf)], prefix: &str) -> Result<Packed, ArchiveError> {
     use futures::StreamExt;
-    let (entries, conflicts) = tar::merge(sources).map_err(|e| e.to_string())?;
+    // The walk reads every file of the hosts' folders: off the async workers.
+    let walked = sources.to_vec();
+    let (entries, conflicts) = tokio::task::spawn_blocking(move || tar::merge(&walked))
+        .await
+        .map_err(|e| ArchiveError::Stopped(e.to_string()))?
+        .map_err(ArchiveError::Walk)?;
     let mut packed = Packed { conflicts, ..Packed::default() };
     let mut uploads = Vec::new();
     for e in entries {
@@ -125,22 +160,21 @@ async fn files(sources: &[(String, PathBuf)], prefix: &str) -> Result<Packed, St
         }
     }
     // Collected first so the stream is `Send` (see `stage::with_info`).
-    let uploads: Vec<_> = uploads.iter().map(|(src, uri)| storage::upload(src, uri)).collect();
+    let uploads: Vec<_> = uploads.iter().map(|(src, uri)| storage.upload(src, uri)).collect();
     let results: Vec<Result<(), StorageError>> =
         futures::stream::iter(uploads).buffer_unordered(crate::cache::PARALLEL_REQUESTS).collect().await;
-    results.into_iter().collect::<Result<Vec<()>, _>>().map_err(|e| e.to_string())?;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(packed)
 }
 
 /// The second pass, only when an upload failed: the archive on local disk.
-async fn keep(sources: Vec<(String, PathBuf)>, dir: &Path, archive: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+async fn keep(sources: Vec<(String, PathBuf)>, dir: &Path, archive: &Path) -> Result<(), ArchiveError> {
+    std::fs::create_dir_all(dir).map_err(ArchiveError::Walk)?;
     let archive = archive.to_path_buf();
     tokio::task::spawn_blocking(move || tar::pack_merged(&sources, &archive))
         .await
-        .map_err(|e| e.to_string())?
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| ArchiveError::Stopped(e.to_string()))??;
+    Ok(())
 }
 
 /// Hands bytes to the async uploader in chunks, waiting when it is behind.

@@ -6,10 +6,11 @@ use crate::docker::{Change, Docker};
 use crate::job::{self, Settings};
 use crate::logs::LogSink;
 use crate::resources::human_bytes;
-use crate::run::{self, JobOutcome, RunOptions};
+use crate::run::{self, JobOutcome, RunOptions, Services};
 use crate::spec;
 use crate::state::StateDir;
-use crate::state::record::Status;
+use crate::state::record::{FailureKind, Record, Secondary, Status};
+use crate::storage::Storage;
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,7 +92,12 @@ pub struct CheckOptions {
 }
 
 /// Runs the selected checks against `image`, in the order of [`CHECKS`].
-pub async fn check(image: &str, docker: &Docker, options: &CheckOptions) -> Result<Vec<CheckResult>, CheckError> {
+pub async fn check(
+    image: &str,
+    docker: &Docker,
+    storage: &Storage,
+    options: &CheckOptions,
+) -> Result<Vec<CheckResult>, CheckError> {
     let selected: Vec<&'static str> = match &options.only {
         Some(only) => {
             for name in only {
@@ -108,7 +114,7 @@ pub async fn check(image: &str, docker: &Docker, options: &CheckOptions) -> Resu
         .prefix("smlocal-check-")
         .tempdir()
         .map_err(|source| CheckError::Io { path: std::env::temp_dir(), source })?;
-    let lab = Lab::new(image, docker, options, scratch.path())?;
+    let lab = Lab::new(image, docker, storage, options, scratch.path())?;
 
     let wants = |names: &[&str]| names.iter().any(|n| selected.contains(n));
     let baseline = if wants(&["train", "model", "filesystem", "memory", "sigterm", "isolation", "two-hosts"]) {
@@ -153,13 +159,8 @@ pub async fn check(image: &str, docker: &Docker, options: &CheckOptions) -> Resu
 }
 
 /// From the `Training` transition to the next one.
-fn training_seconds(record: &crate::state::record::Record) -> f64 {
-    record
-        .secondary_status_transitions
-        .iter()
-        .find(|t| t.status == "Training")
-        .and_then(|t| t.end_time.map(|end| end - t.start_time))
-        .unwrap_or(0.0)
+fn training_seconds(record: &Record) -> f64 {
+    record.span_of(Secondary::Training).and_then(|(start, end)| end.map(|end| end - start)).unwrap_or(0.0)
 }
 
 fn completed(o: &JobOutcome) -> bool {
@@ -186,13 +187,19 @@ struct Baseline {
 struct Lab<'a> {
     docker: &'a Docker,
     options: &'a CheckOptions,
-    store: StateDir,
-    root: PathBuf,
+    /// A private state directory, with this process's Docker Engine and storage.
+    services: Services,
     request: Value,
 }
 
 impl<'a> Lab<'a> {
-    fn new(image: &'a str, docker: &'a Docker, options: &'a CheckOptions, root: &Path) -> Result<Self, CheckError> {
+    fn new(
+        image: &'a str,
+        docker: &'a Docker,
+        storage: &Storage,
+        options: &'a CheckOptions,
+        root: &Path,
+    ) -> Result<Self, CheckError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CheckError::Io { path, source }
@@ -222,7 +229,9 @@ impl<'a> Lab<'a> {
         request["AlgorithmSpecification"]["TrainingImage"] = json!(image);
         // The checks' artifacts stay in the scratch folder, never in the user's output path.
         request["OutputDataConfig"] = json!({"S3OutputPath": format!("file://{}/output", root.display())});
-        let lab = Lab { docker, options, store: StateDir::new(root.join("state")), root: root.to_path_buf(), request };
+        let services =
+            Services { state: StateDir::new(root.join("state")), docker: docker.clone(), storage: storage.clone() };
+        let lab = Lab { docker, options, services, request };
         lab.prepare("probe", |_| {}).map_err(CheckError::Request)?;
         Ok(lab)
     }
@@ -252,7 +261,7 @@ impl<'a> Lab<'a> {
         options: RunOptions,
         shutdown: CancellationToken,
     ) -> Result<JobOutcome, String> {
-        run::run(job, &self.store, self.docker, &options, shutdown).await.map_err(|e| e.to_string())
+        run::run(job, &self.services, &options, shutdown).await.map_err(|e| e.to_string())
     }
 
     fn run_options(&self) -> RunOptions {
@@ -260,10 +269,10 @@ impl<'a> Lab<'a> {
     }
 
     fn log_tail(&self, job: &str) -> String {
-        let dir = self.store.job_dir(job).join("logs");
+        let state = &self.services.state;
         let mut lines = Vec::new();
-        for host in crate::logs::hosts(&dir) {
-            let text = std::fs::read_to_string(dir.join(format!("{host}.log"))).unwrap_or_default();
+        for host in crate::logs::hosts(&state.logs_dir(job)) {
+            let text = std::fs::read_to_string(state.log_path(job, &host)).unwrap_or_default();
             lines.extend(text.lines().map(|l| format!("{host} | {l}")));
         }
         let start = lines.len().saturating_sub(3);
@@ -298,7 +307,8 @@ impl<'a> Lab<'a> {
             None => Vec::new(),
         };
         self.remove_leftovers().await;
-        let model = self.root.join("output/check-train/output/model.tar.gz");
+        // The request's output is a file:// folder of the lab's (see `Lab::new`).
+        let model = PathBuf::from(job.model_artifacts_uri().trim_start_matches("file://"));
         let training_seconds = outcome.as_ref().map(|o| training_seconds(&o.record)).unwrap_or(0.0);
         Baseline {
             outcome,
@@ -313,7 +323,7 @@ impl<'a> Lab<'a> {
     }
 
     async fn remove_leftovers(&self) {
-        let home = self.store.root().display().to_string();
+        let home = self.services.state.root().display().to_string();
         if let Ok(found) = self.docker.labelled(Some(&home)).await {
             for (id, _) in &found.containers {
                 let _ = self.docker.remove_container(id).await;
@@ -363,15 +373,15 @@ impl<'a> Lab<'a> {
             Ok(o) => o,
             Err(e) => return result(Verdict::Fail, e, "see the error"),
         };
-        let stopping = outcome.record.secondary_status_transitions.iter().find(|t| t.status == "Stopping");
+        let stopping = outcome.record.span_of(Secondary::Stopping);
         match stopping {
             None => result(
                 Verdict::Warn,
                 format!("the run ended in {:.2} s, before SIGTERM was sent", outcome.elapsed.as_secs_f64()),
                 "give --request hyperparameters that train for a few seconds to test SIGTERM handling",
             ),
-            Some(t) => {
-                let took = t.end_time.unwrap_or(t.start_time) - t.start_time;
+            Some((start, end)) => {
+                let took = end.unwrap_or(start) - start;
                 if outcome.sigkilled.is_empty() {
                     result(Verdict::Pass, format!("exited {took:.2} s after SIGTERM (grace {} s)", grace.as_secs()), "")
                 } else {
@@ -415,7 +425,7 @@ impl<'a> Lab<'a> {
                 format!("run {how} exited 0"),
                 "check inputs and hyperparameters; on bad input write the reason to /opt/ml/output/failure and exit non-zero",
             ),
-            Status::Failed if reason.starts_with("AlgorithmError: the training container on") => result(
+            Status::Failed if outcome.failure.as_ref().is_some_and(|f| f.kind == FailureKind::AlgorithmExit) => result(
                 Verdict::Fail,
                 format!("run {how} failed but wrote no /opt/ml/output/failure ({reason})"),
                 "write a one-line reason to /opt/ml/output/failure before exiting non-zero: it becomes FailureReason",
@@ -577,8 +587,9 @@ fn judge_memory(b: &Baseline) -> CheckResult {
         .outcome
         .as_ref()
         .ok()
-        .and_then(|o| o.record.failure_reason.clone())
-        .filter(|r| r.starts_with("OutOfMemoryError"));
+        .and_then(|o| o.failure.as_ref())
+        .filter(|f| f.kind == FailureKind::OutOfMemory)
+        .map(|f| f.reason.clone());
     let cap = b.memory_cap;
     let (verdict, evidence, fix) = match (oom, b.peak_memory) {
         (Some(reason), _) => (Verdict::Fail, reason, "use less memory or a larger instance type"),

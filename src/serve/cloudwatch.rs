@@ -5,7 +5,7 @@
 //! host's log, so they stay valid while the log grows: `f/N` reads forward from line N, `b/N`
 //! backward before it; a page costs one read however long the log is.
 
-use super::{ApiError, ApiResult, store_error};
+use super::{ApiError, ApiResult};
 use crate::logs;
 use crate::logs::index::Reader;
 use crate::state::record::Record;
@@ -89,7 +89,7 @@ pub fn describe_log_streams(store: &StateDir, body: Value) -> ApiResult {
     // `<job>/...` names one job: no need to read every record.
     let records: Vec<Record> = match prefix.split_once('/') {
         Some((job, _)) => store.load(job).into_iter().collect(),
-        None => store.list().map_err(store_error)?,
+        None => store.list()?,
     };
     let mut streams: Vec<(Stream, Option<(i64, i64)>)> = records
         .iter()
@@ -148,7 +148,7 @@ fn find_stream(store: &StateDir, name: &str) -> Result<Stream, ApiError> {
     let record = match store.load(job) {
         Ok(r) => r,
         Err(StateError::NotFound(_)) => return Err(not_found("stream")),
-        Err(e) => return Err(store_error(e)),
+        Err(e) => return Err(e.into()),
     };
     streams_of(store, &record).into_iter().find(|s| s.name == name).ok_or_else(|| not_found("stream"))
 }

@@ -10,7 +10,7 @@ mod cloudwatch;
 mod training;
 
 use crate::serve::queue::Queue;
-use crate::spec::SpecError;
+use crate::spec::{AwsErrorKind, SpecError};
 use crate::state::StateError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -46,6 +46,14 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "InternalFailure", message: message.into() }
     }
+
+    /// An error of `kind` with its message, as every smlocal error carries them.
+    pub fn of(kind: AwsErrorKind, message: impl Into<String>) -> Self {
+        match kind {
+            AwsErrorKind::Internal => ApiError::internal(message),
+            kind => ApiError::new(kind.as_str(), message),
+        }
+    }
 }
 
 impl From<SpecError> for ApiError {
@@ -53,32 +61,19 @@ impl From<SpecError> for ApiError {
         match e {
             // botocore's client-side findings, which the service words as one message.
             SpecError::Parameters(p) => ApiError::validation(p.join("; ")),
-            other => ApiError::validation(without_kind(other.to_string(), "ValidationException")),
+            other => ApiError::of(other.aws_kind(), other.to_string()),
         }
     }
 }
 
-/// The store's errors as the API words them.
-fn store_error(e: StateError) -> ApiError {
-    match e {
-        // AWS's own words for an unknown job.
-        StateError::NotFound(_) => ApiError::validation("Requested resource not found."),
-        // AWS's words, without the command line's --unique-name hint.
-        StateError::ResourceInUse { arn } => ApiError::new(
-            "ResourceInUse",
-            format!(
-                "Training job names must be unique within an AWS account and region, and a training job with this name already exists ({arn})"
-            ),
-        ),
-        StateError::AlreadyEnded { .. } => ApiError::validation(without_kind(e.to_string(), "ValidationException")),
-        other => ApiError::internal(other.to_string()),
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        match e {
+            // AWS's own words for an unknown job.
+            StateError::NotFound(_) => ApiError::validation("Requested resource not found."),
+            other => ApiError::of(other.aws_kind(), other.to_string()),
+        }
     }
-}
-
-/// Strips the `ValidationException: ` our errors carry for the command line: on the wire
-/// the type is its own field.
-fn without_kind(message: String, kind: &str) -> String {
-    message.strip_prefix(&format!("{kind}: ")).map(str::to_string).unwrap_or(message)
 }
 
 pub type ApiResult = Result<Value, ApiError>;

@@ -5,19 +5,19 @@
 //! `smlocal describe/list/logs/stop` see it). A stop request or a shutdown reaches queued jobs
 //! as well as running ones.
 
-use crate::docker::Docker;
 use crate::job::{self, JobError, Settings};
 use crate::resources;
-use crate::run::{self, RunError, RunOptions};
-use crate::spec::{self, SpecError};
+use crate::run::{self, RunError, RunOptions, Services};
+use crate::spec::{self, AwsErrorKind, SpecError};
 use crate::state::StateDir;
-use crate::state::record::{Record, Status};
+use crate::state::record::{Record, Secondary, StopReason};
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Why a request was not admitted; nothing was recorded.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,16 @@ pub enum CreateError {
     Job(#[from] JobError),
     #[error(transparent)]
     Run(#[from] RunError),
+}
+
+impl CreateError {
+    pub fn aws_kind(&self) -> AwsErrorKind {
+        match self {
+            CreateError::Spec(e) => e.aws_kind(),
+            CreateError::Job(e) => e.aws_kind(),
+            CreateError::Run(e) => e.aws_kind(),
+        }
+    }
 }
 
 /// How the runner runs every job.
@@ -43,8 +53,7 @@ pub struct QueueConfig {
 }
 
 pub struct Queue {
-    store: StateDir,
-    docker: Docker,
+    services: Services,
     config: QueueConfig,
     slots: Arc<Slots>,
     shutdown: CancellationToken,
@@ -52,7 +61,7 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn new(store: StateDir, docker: Docker, config: QueueConfig) -> Self {
+    pub fn new(services: Services, config: QueueConfig) -> Self {
         let usable = resources::usable_memory(&config.settings.host, config.settings.reserve) / MIB;
         let slots = Arc::new(Slots {
             jobs: Arc::new(Semaphore::new(config.max_parallel.max(1))),
@@ -60,11 +69,11 @@ impl Queue {
             max_parallel: config.max_parallel.max(1),
             usable_mib: usable,
         });
-        Queue { store, docker, config, slots, shutdown: CancellationToken::new(), tasks: TaskTracker::new() }
+        Queue { services, config, slots, shutdown: CancellationToken::new(), tasks: TaskTracker::new() }
     }
 
     pub fn store(&self) -> &StateDir {
-        &self.store
+        &self.services.state
     }
 
     /// Validates and plans `request` (CreateTrainingJob JSON), reserves its name and starts it
@@ -72,13 +81,13 @@ impl Queue {
     pub async fn create(&self, request: Value) -> Result<String, CreateError> {
         let request = spec::from_value(request)?;
         let job = job::plan(request, &self.config.settings)?;
+        let span = tracing::info_span!("job", name = %job.name);
         for notice in &job.notices {
-            tracing::info!("{}: {notice}", job.name);
+            span.in_scope(|| tracing::info!("{notice}"));
         }
-        let record = run::admit(&job, &self.store, &self.docker).await?;
-        tracing::info!("{}: created ({})", job.name, job.image);
-        let (store, docker, slots, shutdown) =
-            (self.store.clone(), self.docker.clone(), self.slots.clone(), self.shutdown.clone());
+        let record = run::admit(&job, &self.services).await?;
+        span.in_scope(|| tracing::info!("created ({})", job.image));
+        let (services, slots, shutdown) = (self.services.clone(), self.slots.clone(), self.shutdown.clone());
         let options = RunOptions {
             stop_grace: self.config.stop_grace,
             pass_credentials: self.config.pass_credentials,
@@ -86,21 +95,25 @@ impl Queue {
         };
         let arn = job.arn.clone();
         let memory_mib: u64 = job.hosts.iter().map(|h| h.limits.memory_bytes.div_ceil(MIB)).sum();
-        self.tasks.spawn(async move {
-            let started = Instant::now();
-            let Some((record, _slot)) = wait_for_slot(record, &store, &slots, memory_mib, &shutdown).await else {
-                return;
-            };
-            match run::run_admitted(&job, record, &store, &docker, &options, shutdown, started).await {
-                Ok(outcome) => tracing::info!(
-                    "{}: {:?} in {:.1}s",
-                    job.name,
-                    outcome.record.training_job_status,
-                    outcome.elapsed.as_secs_f64()
-                ),
-                Err(e) => tracing::error!("{}: {e}", job.name),
+        self.tasks.spawn(
+            async move {
+                let state = &services.state;
+                let Some((record, _slot)) = wait_for_slot(record, state, &slots, memory_mib, &shutdown).await else {
+                    return;
+                };
+                match run::run_admitted(&job, record, &services, &options, shutdown).await {
+                    Ok(outcome) => {
+                        tracing::info!(
+                            "{} in {:.1}s",
+                            outcome.record.training_job_status,
+                            outcome.elapsed.as_secs_f64()
+                        )
+                    }
+                    Err(e) => tracing::error!("{e}"),
+                }
             }
-        });
+            .instrument(span),
+        );
         Ok(arn)
     }
 
@@ -173,7 +186,7 @@ async fn wait_for_slot(
         Ok(slot) => return Some((record, slot)),
         Err(why) => why,
     };
-    record.transition("Pending", why);
+    record.enter(Secondary::Pending, why);
     if let Err(e) = store.save(&record) {
         tracing::warn!("{e}");
     }
@@ -187,7 +200,7 @@ async fn wait_for_slot(
 }
 
 fn stopped(mut record: Record, store: &StateDir) -> Option<(Record, Slot)> {
-    record.finish(Status::Stopped, "Stopped", "Training job stopped before training began", None);
+    record.stop(StopReason::BeforeTraining);
     if let Err(e) = store.save(&record) {
         tracing::warn!("{e}");
     }

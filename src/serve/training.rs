@@ -1,6 +1,6 @@
 //! The four SageMaker training-job operations, over the shared job store.
 
-use super::{ApiError, ApiResult, store_error, without_kind};
+use super::{ApiError, ApiResult};
 use crate::run::RunError;
 use crate::serve::queue::{CreateError, Queue};
 use crate::spec;
@@ -15,29 +15,29 @@ pub async fn create(queue: &Queue, body: Value) -> ApiResult {
     match queue.create(body).await {
         Ok(arn) => Ok(json!({ "TrainingJobArn": arn })),
         Err(CreateError::Spec(e)) => Err(e.into()),
-        Err(CreateError::Run(RunError::StateDir(e))) => Err(store_error(e)),
+        Err(CreateError::Run(RunError::State(e))) => Err(e.into()),
         // A missing image, an output that exists, an unreachable S3 endpoint: the request
         // cannot run here, and the message says what to change.
-        Err(e) => Err(ApiError::validation(without_kind(e.to_string(), "ValidationException"))),
+        Err(e) => Err(ApiError::of(e.aws_kind(), e.to_string())),
     }
 }
 
 pub fn describe(queue: &Queue, body: Value) -> ApiResult {
     spec::check("DescribeTrainingJobRequest", &body)?;
-    let record = queue.store().load(name(&body)).map_err(store_error)?;
+    let record = queue.store().load(name(&body))?;
     serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 pub fn stop(queue: &Queue, body: Value) -> ApiResult {
     spec::check("StopTrainingJobRequest", &body)?;
-    queue.store().request_stop(name(&body)).map_err(store_error)?;
+    queue.store().request_stop(name(&body))?;
     Ok(json!({}))
 }
 
 pub fn list(queue: &Queue, body: Value) -> ApiResult {
     spec::check("ListTrainingJobsRequest", &body)?;
     let query: ListQuery = serde_json::from_value(body).map_err(|e| ApiError::validation(e.to_string()))?;
-    let records = queue.store().list().map_err(store_error)?;
+    let records = queue.store().list()?;
     // AWS's default page size.
     let page = listing::page(records, &query, 10).map_err(|e| ApiError::validation(e.to_string()))?;
     let summaries: Vec<Value> = page

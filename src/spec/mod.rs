@@ -8,6 +8,33 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// The `__type` of an AWS error: how a client tells one failure from another. Errors carry
+/// their kind as data; the API puts it on the wire and the command line prefixes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    /// The request is wrong, or names something that does not exist (SageMaker says
+    /// `ValidationException` for an unknown training job too).
+    Validation,
+    /// The name is taken.
+    ResourceInUse,
+    /// A resource the request names is not there (CloudWatch Logs' word for it).
+    ResourceNotFound,
+    /// smlocal's own trouble, not the request's.
+    Internal,
+}
+
+impl AwsErrorKind {
+    /// As AWS spells it in `__type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AwsErrorKind::Validation => "ValidationException",
+            AwsErrorKind::ResourceInUse => "ResourceInUse",
+            AwsErrorKind::ResourceNotFound => "ResourceNotFoundException",
+            AwsErrorKind::Internal => "InternalFailure",
+        }
+    }
+}
+
 /// Why a request text is not a valid `CreateTrainingJob` request.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -15,8 +42,14 @@ pub enum SpecError {
     Json(#[from] serde_json::Error),
     #[error("Parameter validation failed:\n{}", .0.join("\n"))]
     Parameters(Vec<String>),
-    #[error("ValidationException: {}", validation_sentence(.0))]
+    #[error("{}", validation_sentence(.0))]
     Constraints(Vec<String>),
+}
+
+impl SpecError {
+    pub fn aws_kind(&self) -> AwsErrorKind {
+        AwsErrorKind::Validation
+    }
 }
 
 /// AWS's wording: `1 validation error detected: ...` / `2 validation errors detected: a; b`.
@@ -204,6 +237,7 @@ mod tests {
     #[test]
     fn several_constraint_errors_are_counted() {
         let err = SpecError::Constraints(vec!["a".into(), "b".into()]);
-        assert_eq!(err.to_string(), "ValidationException: 2 validation errors detected: a; b");
+        assert_eq!(err.to_string(), "2 validation errors detected: a; b");
+        assert_eq!(err.aws_kind().as_str(), "ValidationException");
     }
 }

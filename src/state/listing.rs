@@ -44,7 +44,7 @@ enum Key {
 fn key(record: &Record, sort_by: &str) -> Key {
     match sort_by {
         "Name" => Key::Text(record.training_job_name.clone()),
-        "Status" => Key::Text(format!("{:?}", record.training_job_status)),
+        "Status" => Key::Text(record.training_job_status.to_string()),
         _ => Key::Number(record.creation_time),
     }
 }
@@ -88,7 +88,7 @@ pub fn page(records: Vec<Record>, query: &ListQuery, default_max: usize) -> Resu
     let needle = query.name_contains.as_deref().map(str::to_lowercase);
     let mut matching: Vec<((Key, String), Record)> = records
         .into_iter()
-        .filter(|r| query.status_equals.as_deref().is_none_or(|s| format!("{:?}", r.training_job_status) == s))
+        .filter(|r| query.status_equals.as_deref().is_none_or(|s| r.training_job_status.as_str() == s))
         .filter(|r| needle.as_deref().is_none_or(|n| r.training_job_name.to_lowercase().contains(n)))
         .filter(|r| query.creation_time_after.is_none_or(|t| r.creation_time > t))
         .filter(|r| query.creation_time_before.is_none_or(|t| r.creation_time < t))
@@ -111,7 +111,6 @@ pub fn page(records: Vec<Record>, query: &ListQuery, default_max: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::record::Status;
 
     fn records() -> Vec<Record> {
         (0..5)
@@ -120,7 +119,7 @@ mod tests {
                 r.creation_time = 100.0 + f64::from(i % 3);
                 r.last_modified_time = 200.0 + f64::from(i);
                 if i % 2 == 0 {
-                    r.finish(Status::Completed, "Completed", "done", None);
+                    r.complete();
                 }
                 r
             })

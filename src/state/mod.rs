@@ -5,20 +5,21 @@
 pub mod listing;
 pub mod record;
 
-use crate::state::record::Record;
+use crate::spec::AwsErrorKind;
+use crate::state::record::{Record, Status};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
-        "ResourceInUse: Training job names must be unique within an AWS account and region, and a training job with this name already exists ({arn}). Pick a new TrainingJobName, or run with --unique-name to append a timestamp as the SageMaker SDK does"
+        "Training job names must be unique within an AWS account and region, and a training job with this name already exists ({arn})"
     )]
     ResourceInUse { arn: String },
-    #[error("ValidationException: Requested resource not found: no training job named '{0}' (see `smlocal list`)")]
+    #[error("Requested resource not found: no training job named '{0}'")]
     NotFound(String),
-    #[error("ValidationException: The training job {name} is already {status}; there is nothing to stop")]
-    AlreadyEnded { name: String, status: String },
+    #[error("The training job {name} is already {status}; there is nothing to stop")]
+    AlreadyEnded { name: String, status: Status },
     #[error("the training job {0} is still running; stop it first (smlocal stop {0})")]
     StillRunning(String),
     #[error("the job record '{}' is unreadable: {reason}", path.display())]
@@ -30,6 +31,19 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl StateError {
+    pub fn aws_kind(&self) -> AwsErrorKind {
+        match self {
+            StateError::ResourceInUse { .. } => AwsErrorKind::ResourceInUse,
+            // SageMaker answers an unknown or finished job with ValidationException.
+            StateError::NotFound(_) | StateError::AlreadyEnded { .. } | StateError::StillRunning(_) => {
+                AwsErrorKind::Validation
+            }
+            StateError::Corrupt { .. } | StateError::Io { .. } => AwsErrorKind::Internal,
+        }
+    }
 }
 
 /// The file in a job's folder that asks its runner to stop.
@@ -64,8 +78,46 @@ impl StateDir {
         &self.root
     }
 
+    /// `jobs/<name>`: everything of one job (only here and below are its paths joined).
     pub fn job_dir(&self, name: &str) -> PathBuf {
         self.root.join("jobs").join(name)
+    }
+
+    /// `jobs/<name>/logs`: one `<host>.log` per host.
+    pub fn logs_dir(&self, name: &str) -> PathBuf {
+        self.job_dir(name).join("logs")
+    }
+
+    /// `jobs/<name>/logs/<host>.log`.
+    pub fn log_path(&self, name: &str, host: &str) -> PathBuf {
+        self.logs_dir(name).join(format!("{host}.log"))
+    }
+
+    /// `jobs/<name>/work`: the hosts' `/opt/ml` trees and channel layers while the job runs.
+    pub fn work_dir(&self, name: &str) -> PathBuf {
+        self.job_dir(name).join("work")
+    }
+
+    /// [`StateDir::work_dir`] with every symbolic link of the state directory's path resolved:
+    /// what the containers' binds and the channels' overlay layers name. It fails when the
+    /// job's folder does not exist.
+    pub fn resolved_work_dir(&self, name: &str) -> std::io::Result<PathBuf> {
+        Ok(std::fs::canonicalize(self.job_dir(name))?.join("work"))
+    }
+
+    /// `jobs/<name>/artifacts`: where archives are kept when their upload failed.
+    pub fn artifacts_dir(&self, name: &str) -> PathBuf {
+        self.job_dir(name).join("artifacts")
+    }
+
+    /// `jobs/<name>/metrics.jsonl`: every metric point, in order.
+    pub fn metrics_path(&self, name: &str) -> PathBuf {
+        self.job_dir(name).join("metrics.jsonl")
+    }
+
+    /// `jobs/<name>/metrics.svg`: the plot `smlocal metrics` draws.
+    pub fn plot_path(&self, name: &str) -> PathBuf {
+        self.job_dir(name).join("metrics.svg")
     }
 
     /// Reserves `record`'s name and writes its first version.
@@ -119,10 +171,7 @@ impl StateDir {
     pub fn request_stop(&self, name: &str) -> Result<Record, StateError> {
         let record = self.load(name)?;
         if record.training_job_status.is_terminal() {
-            return Err(StateError::AlreadyEnded {
-                name: name.into(),
-                status: format!("{:?}", record.training_job_status),
-            });
+            return Err(StateError::AlreadyEnded { name: name.into(), status: record.training_job_status });
         }
         let marker = self.job_dir(name).join(STOP_MARKER);
         std::fs::write(&marker, b"").map_err(io("write", &marker))?;
@@ -199,7 +248,6 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> State
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::record::Status;
 
     fn record(name: &str) -> Record {
         Record::new(name, &format!("arn:{name}"), "s3://b/m", &serde_json::Map::new())
@@ -212,7 +260,8 @@ mod tests {
         store.create(&record("a")).unwrap();
         let err = store.create(&record("a")).unwrap_err();
         assert!(matches!(err, StateError::ResourceInUse { .. }));
-        assert!(err.to_string().contains("--unique-name"));
+        assert_eq!(err.aws_kind(), AwsErrorKind::ResourceInUse);
+        assert!(err.to_string().ends_with("already exists (arn:a)"), "AWS's words, no hint: {err}");
     }
 
     #[test]
@@ -225,7 +274,7 @@ mod tests {
         let mut second = record("second");
         second.creation_time = 2.0;
         store.create(&second).unwrap();
-        first.finish(Status::Completed, "Completed", "done", None);
+        first.complete();
         store.save(&first).unwrap();
         let names: Vec<String> = store.list().unwrap().into_iter().map(|r| r.training_job_name).collect();
         assert_eq!(names, ["second", "first"]);

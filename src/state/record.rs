@@ -21,15 +21,116 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order AWS documents them (`--status-equals`, `StatusEquals`).
+    pub const ALL: [Status; 5] =
+        [Status::InProgress, Status::Completed, Status::Failed, Status::Stopping, Status::Stopped];
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Completed | Status::Failed | Status::Stopped)
     }
+
+    /// AWS's name for it, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::InProgress => "InProgress",
+            Status::Completed => "Completed",
+            Status::Failed => "Failed",
+            Status::Stopping => "Stopping",
+            Status::Stopped => "Stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a [`Status`]; the message lists the valid ones.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not a training job status; use InProgress, Completed, Failed, Stopping or Stopped")]
+pub struct UnknownStatus(pub String);
+
+impl std::str::FromStr for Status {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| UnknownStatus(s.into()))
+    }
+}
+
+/// `SecondaryStatus` and each transition's `Status`: AWS's finer-grained steps of a job, of
+/// which smlocal passes through these. Serialised as AWS's strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Secondary {
+    Starting,
+    /// Waiting for a place to run (`smlocal serve --max-parallel`, or memory).
+    Pending,
+    Downloading,
+    Training,
+    /// A replayed spot interruption (`--interrupt-after`).
+    Interrupted,
+    Restarting,
+    Uploading,
+    Stopping,
+    Stopped,
+    MaxRuntimeExceeded,
+    Completed,
+    Failed,
+}
+
+impl std::fmt::Display for Secondary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The variants are AWS's names.
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Why a job ended `Failed`: the kind says who is to blame, so callers never read it out of
+/// the message. `reason` is `FailureReason` as the record shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The algorithm exited non-zero and said why in `/opt/ml/output/failure`.
+    AlgorithmReported,
+    /// The algorithm exited non-zero without writing `/opt/ml/output/failure`.
+    AlgorithmExit,
+    /// The kernel killed a container at its memory cap.
+    OutOfMemory,
+    /// The user's data or configuration: an input that cannot be staged, an output that
+    /// cannot be written.
+    ClientError,
+    /// smlocal itself could not do its part (or its process died).
+    Internal,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
+        Failure { kind, reason: reason.into() }
+    }
+}
+
+/// How a job came to end `Stopped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// StopTrainingJob, `smlocal stop` or Ctrl-C, while training.
+    Requested,
+    /// `MaxRuntimeInSeconds`, with its value.
+    MaxRuntime(u64),
+    /// A stop that came before any container started.
+    BeforeTraining,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct Transition {
-    pub status: String,
+    pub status: Secondary,
     pub start_time: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_time: Option<f64>,
@@ -61,7 +162,7 @@ pub struct Record {
     pub training_job_name: String,
     pub training_job_arn: String,
     pub training_job_status: Status,
-    pub secondary_status: String,
+    pub secondary_status: Secondary,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     pub model_artifacts: ModelArtifacts,
@@ -97,7 +198,7 @@ impl Record {
             training_job_name: name.into(),
             training_job_arn: arn.into(),
             training_job_status: Status::InProgress,
-            secondary_status: "Starting".into(),
+            secondary_status: Secondary::Starting,
             failure_reason: None,
             model_artifacts: ModelArtifacts { s3_model_artifacts: model_uri.into() },
             creation_time: t,
@@ -109,7 +210,7 @@ impl Record {
             billable_time_in_seconds: None,
             attempts: 1,
             secondary_status_transitions: vec![Transition {
-                status: "Starting".into(),
+                status: Secondary::Starting,
                 start_time: t,
                 end_time: None,
                 status_message: "Preparing the instances for training".into(),
@@ -119,28 +220,68 @@ impl Record {
     }
 
     /// Moves to a new secondary status, closing the previous one.
-    pub fn transition(&mut self, secondary: &str, message: impl Into<String>) {
+    pub fn enter(&mut self, secondary: Secondary, message: impl Into<String>) {
         let t = now();
         if let Some(last) = self.secondary_status_transitions.last_mut() {
             last.end_time.get_or_insert(t);
         }
         self.secondary_status_transitions.push(Transition {
-            status: secondary.into(),
+            status: secondary,
             start_time: t,
             end_time: None,
             status_message: message.into(),
         });
-        self.secondary_status = secondary.into();
+        self.secondary_status = secondary;
         self.last_modified_time = t;
         // The first start counts: a restarted job has trained since then.
-        if secondary == "Training" && self.training_start_time.is_none() {
+        if secondary == Secondary::Training && self.training_start_time.is_none() {
             self.training_start_time = Some(t);
         }
     }
 
+    /// `Stopping`, with what asked for it; the containers get SIGTERM next.
+    pub fn stopping(&mut self, message: impl Into<String>) {
+        self.training_job_status = Status::Stopping;
+        self.enter(Secondary::Stopping, message);
+    }
+
+    /// Whether the job has been through `secondary` (e.g. whether it reached `Uploading`).
+    pub fn passed(&self, secondary: Secondary) -> bool {
+        self.secondary_status_transitions.iter().any(|t| t.status == secondary)
+    }
+
+    /// When the job entered `secondary` and left it again (the left time is None while it is
+    /// still there).
+    pub fn span_of(&self, secondary: Secondary) -> Option<(f64, Option<f64>)> {
+        self.secondary_status_transitions.iter().find(|t| t.status == secondary).map(|t| (t.start_time, t.end_time))
+    }
+
+    pub fn complete(&mut self) {
+        self.finish(Status::Completed, Secondary::Completed, "Training job completed", None);
+    }
+
+    pub fn fail(&mut self, failure: &Failure) {
+        self.finish(Status::Failed, Secondary::Failed, "Training job failed", Some(failure.reason.clone()));
+    }
+
+    pub fn stop(&mut self, why: StopReason) {
+        match why {
+            StopReason::Requested => self.finish(Status::Stopped, Secondary::Stopped, "Training job stopped", None),
+            StopReason::MaxRuntime(seconds) => self.finish(
+                Status::Stopped,
+                Secondary::MaxRuntimeExceeded,
+                format!("Training job stopped: MaxRuntimeInSeconds ({seconds}) was exceeded"),
+                None,
+            ),
+            StopReason::BeforeTraining => {
+                self.finish(Status::Stopped, Secondary::Stopped, "Training job stopped before training began", None)
+            }
+        }
+    }
+
     /// Ends the job: the final transition is opened and closed at once, as AWS shows it.
-    pub fn finish(&mut self, status: Status, secondary: &str, message: impl Into<String>, failure: Option<String>) {
-        self.transition(secondary, message);
+    fn finish(&mut self, status: Status, secondary: Secondary, message: impl Into<String>, failure: Option<String>) {
+        self.enter(secondary, message);
         let t = self.last_modified_time;
         if let Some(last) = self.secondary_status_transitions.last_mut() {
             last.end_time = Some(t);
@@ -165,19 +306,43 @@ mod tests {
     fn transitions_close_in_order_and_the_request_is_echoed() {
         let request = json!({"TrainingJobName": "j", "HyperParameters": {"a": "1"}, "RoleArn": "r"});
         let mut r = Record::new("j", "arn", "s3://b/o/j/output/model.tar.gz", request.as_object().unwrap());
-        r.transition("Downloading", "Downloading input data");
-        r.transition("Training", "Training in progress");
-        r.finish(Status::Failed, "Failed", "Training job failed", Some("AlgorithmError: boom".into()));
+        r.enter(Secondary::Downloading, "Downloading input data");
+        r.enter(Secondary::Training, "Training in progress");
+        r.fail(&Failure::new(FailureKind::AlgorithmReported, "AlgorithmError: boom"));
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["TrainingJobStatus"], "Failed");
         assert_eq!(v["FailureReason"], "AlgorithmError: boom");
         assert_eq!(v["HyperParameters"]["a"], "1");
         assert_eq!(v["ModelArtifacts"]["S3ModelArtifacts"], "s3://b/o/j/output/model.tar.gz");
-        let statuses: Vec<&str> = r.secondary_status_transitions.iter().map(|t| t.status.as_str()).collect();
+        let statuses: Vec<&str> =
+            v["SecondaryStatusTransitions"].as_array().unwrap().iter().map(|t| t["Status"].as_str().unwrap()).collect();
         assert_eq!(statuses, ["Starting", "Downloading", "Training", "Failed"]);
+        assert_eq!(v["SecondaryStatus"], "Failed");
         assert!(r.secondary_status_transitions.iter().all(|t| t.end_time.is_some()));
         let back: Record = serde_json::from_value(v).unwrap();
         assert_eq!(back.request["RoleArn"], "r");
         assert!(!back.request.contains_key("TrainingJobStatus"));
+        assert_eq!(back.secondary_status, Secondary::Failed);
+    }
+
+    #[test]
+    fn a_max_runtime_stop_reads_as_aws_words_it() {
+        let mut r = Record::new("j", "arn", "s3://b/m", &Map::new());
+        r.stop(StopReason::MaxRuntime(30));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (v["TrainingJobStatus"].as_str(), v["SecondaryStatus"].as_str()),
+            (Some("Stopped"), Some("MaxRuntimeExceeded"))
+        );
+        assert!(v["SecondaryStatusTransitions"][1]["StatusMessage"].as_str().unwrap().contains("(30)"));
+    }
+
+    #[test]
+    fn statuses_parse_from_and_print_as_aws_names() {
+        for status in Status::ALL {
+            assert_eq!(status.to_string().parse::<Status>().unwrap(), status);
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        assert!("Running".parse::<Status>().unwrap_err().to_string().contains("InProgress, Completed"));
     }
 }

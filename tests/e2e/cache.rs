@@ -96,7 +96,8 @@ fn a_download_cut_short_never_enters_the_cache() {
     let reason = sm.describe("cache-cut")["FailureReason"].as_str().unwrap().to_string();
     assert!(reason.starts_with("ClientError: Data download failed") && reason.contains("cut-short.bin"), "{reason}");
     let cache = sm.home.path().join("cache");
-    let objects: Vec<_> = std::fs::read_dir(cache.join("objects")).map(|d| d.flatten().collect()).unwrap_or_default();
+    // The entries' folder (named for the SHA-256 keys) exists once a fetch began.
+    let objects: Vec<_> = std::fs::read_dir(cache.join("sha256")).expect("the cache's entries").flatten().collect();
     assert!(objects.is_empty(), "a partial download entered the cache: {objects:?}");
     let partial: Vec<_> = std::fs::read_dir(cache.join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(partial.is_empty(), "a partial download was left behind: {partial:?}");
