@@ -679,7 +679,10 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     };
     let options = CheckOptions {
         request,
-        only: args.only.clone(),
+        only: match &args.only {
+            Some(names) => Some(names.iter().map(|n| n.parse::<check::Check>()).collect::<Result<_, _>>()?),
+            None => None,
+        },
         stop_grace: Duration::from_secs(args.stop_grace),
         invalid_hyperparameters,
         settings: settings(args.memory_reserve.as_deref(), args.oversubscribe, &storage)?,
@@ -697,7 +700,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
             Verdict::Warn => "WARN",
             Verdict::Fail => "FAIL",
         };
-        writeln!(out, "{:<11} {:<6} {:>5.1}  {}", r.name, verdict, r.seconds, r.evidence)?;
+        writeln!(out, "{:<11} {:<6} {:>5.1}  {}", r.check.name(), verdict, r.seconds, r.evidence)?;
         if r.verdict != Verdict::Pass && !r.fix.is_empty() {
             writeln!(out, "{:<25}fix: {}", "", r.fix)?;
         }
