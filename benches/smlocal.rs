@@ -40,7 +40,9 @@ fn main() {
     };
     let root = tempfile::Builder::new().prefix("smlocal-bench-").tempdir().expect("tempdir");
     let endpoint = harness::s3().endpoint.clone();
-    // Set before any other thread exists: smlocal reads S3 settings from the standard variables.
+    // Set before any other thread exists: smlocal and the tools it is compared with read S3
+    // settings from the standard variables, in this process and in the ones it starts.
+    #[allow(unsafe_code)]
     unsafe {
         std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
         std::env::set_var("AWS_ACCESS_KEY_ID", harness::ACCESS_KEY);
@@ -234,15 +236,15 @@ async fn staging(root: &Path, size: &Size) {
 
     let home = root.join("staging-home");
     let job = plan_staging_job(&format!("s3://{bucket}/data/"));
-    let cache = smlocal::cache::Cache::new(&home);
+    let cache = smlocal::Cache::new(&home);
     // One handle for both runs, as a job has: its S3 client and connections are shared.
-    let storage = smlocal::storage::Storage::from_env();
+    let storage = smlocal::Storage::from_env();
     let stage = |n: usize| {
         let (job, cache, storage, work) = (&job, &cache, &storage, home.join(format!("work-{n}")));
         async move {
-            let progress = smlocal::cache::Progress::default();
+            let progress = smlocal::Progress::default();
             let t = Instant::now();
-            smlocal::stage::stage(job, &work, storage, cache, &progress).await.expect("stage");
+            smlocal::stage(job, &work, storage, cache, &progress).await.expect("stage");
             t.elapsed().as_secs_f64()
         }
     };
@@ -280,7 +282,7 @@ async fn staging(root: &Path, size: &Size) {
     }
 }
 
-fn plan_staging_job(uri: &str) -> smlocal::job::Job {
+fn plan_staging_job(uri: &str) -> smlocal::Job {
     let request = serde_json::json!({
         "TrainingJobName": "bench-staging",
         "RoleArn": "arn:aws:iam::123456789012:role/Bench",
@@ -289,15 +291,11 @@ fn plan_staging_job(uri: &str) -> smlocal::job::Job {
         "OutputDataConfig": {"S3OutputPath": "file:///tmp/unused"},
         "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1}
     });
-    let request = smlocal::spec::from_value(request).expect("request");
-    let host = smlocal::resources::Host::detect();
-    let settings = smlocal::job::Settings {
-        host,
-        reserve: host.default_reserve(),
-        region: "us-east-1".into(),
-        oversubscribe: true,
-    };
-    smlocal::job::plan(request, &settings).expect("plan")
+    let request = smlocal::from_value(request).expect("request");
+    let host = smlocal::Host::detect();
+    let settings =
+        smlocal::Settings { host, reserve: host.default_reserve(), region: "us-east-1".into(), oversubscribe: true };
+    smlocal::plan(request, &settings).expect("plan")
 }
 
 /// c. Packaging a model folder: from the folders to model.tar.gz at its destination.
@@ -339,15 +337,13 @@ async fn packaging(root: &Path, size: &Size) {
     let plain_tar = shell(&format!("tar -cf {} -C {} .", root.join("plain.tar").display(), model.display()));
     let ours_out = root.join("ours/model.tar.gz");
     let sources = vec![("algo-1".to_string(), model.clone())];
-    let storage = smlocal::storage::Storage::from_env();
+    let storage = smlocal::Storage::from_env();
     let t = Instant::now();
-    smlocal::artifacts::stream(&storage, sources.clone(), &format!("file://{}", ours_out.display()))
-        .await
-        .expect("pack");
+    smlocal::stream_archive(&storage, sources.clone(), &format!("file://{}", ours_out.display())).await.expect("pack");
     let ours = t.elapsed().as_secs_f64();
     let ours_size = std::fs::metadata(&ours_out).map(|m| m.len()).unwrap_or(0) as f64;
     let t = Instant::now();
-    smlocal::artifacts::stream(&storage, sources, "s3://bench-data/out/model.tar.gz").await.expect("pack to S3");
+    smlocal::stream_archive(&storage, sources, "s3://bench-data/out/model.tar.gz").await.expect("pack to S3");
     let to_s3 = t.elapsed().as_secs_f64();
     let mib = size.model_bytes as f64 / (1 << 20) as f64;
     if has_pigz {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 /// Requests in flight at once, objects and ranges together.
-pub const PARALLEL_REQUESTS: usize = 8;
+pub(crate) const PARALLEL_REQUESTS: usize = 8;
 /// Objects at least this big are fetched in ranges, several at once.
 const RANGED_FROM: u64 = 32 << 20;
 const RANGE: u64 = 16 << 20;
@@ -24,7 +24,7 @@ const OBJECTS: &str = "sha256";
 /// stays as garbage). It is dropped once, with a note, and the cache fills again as jobs run.
 const UNSTABLE_OBJECTS: &str = "objects";
 /// The default size limit (`SMLOCAL_CACHE_MAX` overrides it).
-pub const DEFAULT_MAX_BYTES: u64 = 20 << 30;
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 20 << 30;
 
 /// Counters a progress display reads while staging runs.
 #[derive(Debug, Default)]

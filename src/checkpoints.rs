@@ -23,7 +23,7 @@ fn folder(uri: &str) -> String {
 
 /// Copies every checkpoint object into `dir`. A location with nothing there yet (a first run)
 /// restores nothing.
-pub async fn restore(storage: &Storage, uri: &str, dir: &Path) -> Result<usize, StorageError> {
+pub(crate) async fn restore(storage: &Storage, uri: &str, dir: &Path) -> Result<usize, StorageError> {
     let base = folder(uri);
     let location = Location::parse(&base)?;
     let prefix = location.key().to_string();
@@ -54,7 +54,7 @@ pub async fn restore(storage: &Storage, uri: &str, dir: &Path) -> Result<usize, 
 }
 
 /// Keeps `S3Uri` in step with the hosts' checkpoint folders.
-pub struct Syncer {
+pub(crate) struct Syncer {
     storage: Storage,
     uri: String,
     dirs: Vec<PathBuf>,
@@ -62,19 +62,19 @@ pub struct Syncer {
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct SyncReport {
+pub(crate) struct SyncReport {
     pub uploaded: usize,
     pub deleted: usize,
 }
 
 impl Syncer {
     /// `dirs` are the hosts' folders, just restored: what they hold is already at `uri`.
-    pub fn new(storage: &Storage, uri: &str, dirs: Vec<PathBuf>) -> Self {
+    pub(crate) fn new(storage: &Storage, uri: &str, dirs: Vec<PathBuf>) -> Self {
         let synced = scan(&dirs).into_iter().map(|(rel, (stamp, _))| (rel, stamp)).collect();
         Syncer { storage: storage.clone(), uri: folder(uri), dirs, synced }
     }
 
-    pub async fn sync(&mut self) -> Result<SyncReport, StorageError> {
+    pub(crate) async fn sync(&mut self) -> Result<SyncReport, StorageError> {
         // The walk is blocking file I/O over every checkpoint file: off the async workers.
         let dirs = self.dirs.clone();
         // A walk that could not finish syncs nothing: an empty scan would delete every

@@ -24,7 +24,7 @@ pub struct Cleaned {
 }
 
 /// The `FailureReason` of a job whose runner died.
-pub const ORPHANED: &str = "InternalServerError: the smlocal process running this job (smlocal train or smlocal serve) ended before the job did; its containers were removed";
+pub(crate) const ORPHANED: &str = "InternalServerError: the smlocal process running this job (smlocal train or smlocal serve) ended before the job did; its containers were removed";
 
 /// Removes the Docker objects of this state directory's jobs that no live process runs,
 /// and of state directories that no longer exist (a `smlocal check` scratch folder, a

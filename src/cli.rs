@@ -4,16 +4,10 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use smlocal::docker::Docker;
-use smlocal::job::JobError;
-use smlocal::job::{self, Settings};
-use smlocal::resources::{self, Host, human_bytes};
-use smlocal::run::{self, RunError, RunOptions, Services};
-use smlocal::serve::queue::CreateError;
-use smlocal::spec::{self, AwsErrorKind, SpecError};
-use smlocal::state::record::{Secondary, Status};
-use smlocal::state::{StateDir, StateError};
-use smlocal::storage::Storage;
+use smlocal::{
+    AwsErrorKind, CreateError, Docker, Host, JobError, RunError, RunOptions, Secondary, Services, Settings, SpecError,
+    StateDir, StateError, Status, Storage, human_bytes,
+};
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,7 +20,7 @@ use tokio_util::sync::CancellationToken;
     version,
     about = "Run SageMaker training jobs on this machine, in Docker, exactly as SageMaker runs them"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -231,7 +225,7 @@ fn parse_time(text: &str) -> Result<f64, String> {
         .map_err(|_| format!("'{text}' is not a time; use RFC 3339 (2026-11-26T12:00:00Z) or epoch seconds"))
 }
 
-pub async fn main(cli: Cli) -> ExitCode {
+pub(crate) async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train(args).await,
         Command::Describe { name } => describe(&name),
@@ -310,16 +304,16 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<(AwsErrorKind, 
 async fn train(args: TrainArgs) -> Result<ExitCode> {
     let text = read_request(&args.request)?;
     let mut value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(spec::SpecError::from)
+        .map_err(SpecError::from)
         .with_context(|| format!("{}: invalid request", args.request))?;
     if args.unique_name {
         rename_uniquely(&mut value);
     }
-    let request = spec::from_value(value).with_context(|| format!("{}: invalid request", args.request))?;
+    let request = smlocal::from_value(value).with_context(|| format!("{}: invalid request", args.request))?;
 
     let storage = Storage::from_env();
     let settings = settings(args.memory_reserve.as_deref(), args.oversubscribe, &storage)?;
-    let job = job::plan(request, &settings).with_context(|| format!("{}: invalid request", args.request))?;
+    let job = smlocal::plan(request, &settings).with_context(|| format!("{}: invalid request", args.request))?;
     for notice in &job.notices {
         eprintln!("smlocal: note: {notice}");
     }
@@ -351,7 +345,7 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     let grace = Duration::from_secs(args.stop_grace);
     tokio::spawn(stop_on_signals(shutdown.clone(), grace));
     let color = std::io::stdout().is_terminal();
-    let log: smlocal::logs::LogSink = Arc::new(move |host, line| {
+    let log: smlocal::LogSink = Arc::new(move |host, line| {
         let mut out = std::io::stdout().lock();
         let _ = if color { writeln!(out, "\x1b[36m{host} |\x1b[0m {line}") } else { writeln!(out, "{host} | {line}") };
     });
@@ -366,7 +360,7 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     eprintln!("smlocal: starting training job {} ({})", job.name, job.image);
     let progress = options.progress.clone();
     let shown = tokio::spawn(show_progress(progress));
-    let outcome = run::run(&job, &services, &options, shutdown).await;
+    let outcome = smlocal::run(&job, &services, &options, shutdown).await;
     shown.abort();
     let outcome = outcome?;
 
@@ -407,7 +401,7 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
 fn settings(memory_reserve: Option<&str>, oversubscribe: bool, storage: &Storage) -> Result<Settings> {
     let host = Host::detect();
     let reserve = match memory_reserve {
-        Some(text) => resources::parse_size(text)
+        Some(text) => smlocal::parse_size(text)
             .with_context(|| format!("--memory-reserve '{text}' is not a size; use e.g. 2G, 512M or 1073741824"))?,
         None => host.default_reserve(),
     };
@@ -424,7 +418,7 @@ fn settings(memory_reserve: Option<&str>, oversubscribe: bool, storage: &Storage
 
 /// Staging progress: a bar with bytes and bytes/s on a terminal, a line every few seconds
 /// otherwise. Silent when nothing needs downloading.
-async fn show_progress(progress: Arc<smlocal::cache::Progress>) {
+async fn show_progress(progress: Arc<smlocal::Progress>) {
     use std::sync::atomic::Ordering;
     let terminal = std::io::stderr().is_terminal();
     let mut bar: Option<indicatif::ProgressBar> = None;
@@ -520,7 +514,7 @@ async fn stop_on_signals(shutdown: CancellationToken, grace: Duration) {
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
-    use smlocal::serve::queue::{Queue, QueueConfig};
+    use smlocal::{Queue, QueueConfig};
     if args.max_parallel == 0 {
         bail!("--max-parallel must be at least 1");
     }
@@ -534,7 +528,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let store = StateDir::from_env();
     let docker = Docker::connect().await?;
     // Jobs a previous server was running when it died: Failed with the reason, containers gone.
-    let cleaned = smlocal::cleanup::clean_up(&store, &docker).await?;
+    let cleaned = smlocal::clean_up(&store, &docker).await?;
     for name in &cleaned.orphaned_jobs {
         eprintln!("smlocal: {name} was running when its smlocal process ended; marked Failed");
     }
@@ -555,7 +549,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let queue = Arc::new(Queue::new(Services { state: store, docker, storage }, config));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone(), Duration::from_secs(args.stop_grace)));
-    smlocal::serve::serve(listener, queue.clone(), shutdown).await;
+    smlocal::serve(listener, queue.clone(), shutdown).await;
     queue.shut_down().await;
     eprintln!("smlocal: server stopped");
     Ok(ExitCode::SUCCESS)
@@ -577,7 +571,7 @@ fn list(args: ListArgs) -> Result<ExitCode> {
     if let Some(status) = &args.status_equals {
         status.parse::<Status>().context("--status-equals")?;
     }
-    let query = smlocal::state::listing::ListQuery {
+    let query = smlocal::ListQuery {
         status_equals: args.status_equals,
         name_contains: args.name_contains,
         creation_time_after: args.creation_time_after,
@@ -585,7 +579,7 @@ fn list(args: ListArgs) -> Result<ExitCode> {
         max_results: args.max_results,
         ..Default::default()
     };
-    let matching = smlocal::state::listing::page(StateDir::from_env().list()?, &query, usize::MAX)?.records;
+    let matching = smlocal::list_page(StateDir::from_env().list()?, &query, usize::MAX)?.records;
     let mut out = std::io::stdout().lock();
     for r in matching {
         let created = time::OffsetDateTime::from_unix_timestamp(r.creation_time as i64)
@@ -611,7 +605,7 @@ async fn logs(name: &str, follow: bool, host: Option<&str>) -> Result<ExitCode> 
     store.load(name)?;
     let logs_dir = store.logs_dir(name);
     if let Some(h) = host {
-        let known = smlocal::logs::hosts(&logs_dir);
+        let known = smlocal::log_hosts(&logs_dir);
         if !known.iter().any(|k| k == h) && !follow {
             bail!("job {name} has no logs for host '{h}'; its hosts are: {}", known.join(", "));
         }
@@ -619,7 +613,7 @@ async fn logs(name: &str, follow: bool, host: Option<&str>) -> Result<ExitCode> 
     let done =
         || store.load(name).map(|r| r.training_job_status.is_terminal() || !store.is_running(&r)).unwrap_or(true);
     let mut out = std::io::stdout().lock();
-    smlocal::logs::read(&logs_dir, host, follow, done, |h, line| {
+    smlocal::read_logs(&logs_dir, host, follow, done, |h, line| {
         let _ = writeln!(out, "{h} | {line}");
         let _ = out.flush();
     })
@@ -630,8 +624,8 @@ async fn logs(name: &str, follow: bool, host: Option<&str>) -> Result<ExitCode> 
 fn metrics(name: &str) -> Result<ExitCode> {
     let store = StateDir::from_env();
     let record = store.load(name)?;
-    let points = smlocal::metrics::read(&store.metrics_path(name));
-    let summaries = smlocal::metrics::summarize(&points);
+    let points = smlocal::read_metrics(&store.metrics_path(name));
+    let summaries = smlocal::summarize_metrics(&points);
     let mut out = std::io::stdout().lock();
     if summaries.is_empty() {
         let defined = record.request.get("AlgorithmSpecification").and_then(|a| a.get("MetricDefinitions")).is_some();
@@ -648,7 +642,7 @@ fn metrics(name: &str) -> Result<ExitCode> {
         }
     }
     let plot = store.plot_path(name);
-    std::fs::write(&plot, smlocal::plot::svg(name, &points))
+    std::fs::write(&plot, smlocal::plot_svg(name, &points))
         .with_context(|| format!("cannot write {}", plot.display()))?;
     writeln!(out, "plot: {}", plot.display())?;
     Ok(ExitCode::SUCCESS)
@@ -661,7 +655,7 @@ fn rm(name: &str) -> Result<ExitCode> {
 }
 
 async fn check(args: CheckArgs) -> Result<ExitCode> {
-    use smlocal::check::{self, CheckOptions, Verdict};
+    use smlocal::{Check, CheckOptions, Verdict};
     let request = match &args.request {
         Some(path) => Some(
             serde_json::from_str(&read_request(path)?)
@@ -680,7 +674,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     let options = CheckOptions {
         request,
         only: match &args.only {
-            Some(names) => Some(names.iter().map(|n| n.parse::<check::Check>()).collect::<Result<_, _>>()?),
+            Some(names) => Some(names.iter().map(|n| n.parse::<Check>()).collect::<Result<_, _>>()?),
             None => None,
         },
         stop_grace: Duration::from_secs(args.stop_grace),
@@ -691,7 +685,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     let docker = Docker::connect().await?;
     let started = std::time::Instant::now();
     eprintln!("smlocal: checking {} against the SageMaker training contract", args.image);
-    let results = check::check(&args.image, &docker, &storage, &options).await?;
+    let results = smlocal::check(&args.image, &docker, &storage, &options).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<11} {:<5} {:>6}  EVIDENCE / FIX", "CHECK", "RESULT", "SECS")?;
     for r in &results {
@@ -708,13 +702,13 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     let failed = results.iter().filter(|r| r.verdict == Verdict::Fail).count();
     writeln!(out, "{} checks, {failed} failed, in {:.1} s", results.len(), started.elapsed().as_secs_f64())?;
     if let Some(path) = &args.junit {
-        std::fs::write(path, check::junit(&args.image, &results)).with_context(|| format!("cannot write {path}"))?;
+        std::fs::write(path, smlocal::junit(&args.image, &results)).with_context(|| format!("cannot write {path}"))?;
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn cache(action: Option<CacheAction>) -> Result<ExitCode> {
-    let cache = smlocal::cache::Cache::new(StateDir::from_env().root());
+    let cache = smlocal::Cache::new(StateDir::from_env().root());
     match action {
         None => {
             let usage = cache.usage();
@@ -727,7 +721,7 @@ fn cache(action: Option<CacheAction>) -> Result<ExitCode> {
             );
         }
         Some(CacheAction::Prune { max_size }) => {
-            let max = resources::parse_size(&max_size)
+            let max = smlocal::parse_size(&max_size)
                 .with_context(|| format!("--max-size '{max_size}' is not a size; use e.g. 10G or 0"))?;
             let removed = cache.prune(max);
             let left = cache.usage();
@@ -746,7 +740,7 @@ fn cache(action: Option<CacheAction>) -> Result<ExitCode> {
 async fn cleanup() -> Result<ExitCode> {
     let store = StateDir::from_env();
     let docker = Docker::connect().await?;
-    let cleaned = smlocal::cleanup::clean_up(&store, &docker).await?;
+    let cleaned = smlocal::clean_up(&store, &docker).await?;
     eprintln!(
         "smlocal: removed {} container(s) and {} network(s); marked {} orphaned job(s) Failed",
         cleaned.containers,

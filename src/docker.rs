@@ -11,10 +11,10 @@ use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 
 /// The label every container and network of a job carries, so leftovers can be found.
-pub const JOB_LABEL: &str = "smlocal.job";
+pub(crate) const JOB_LABEL: &str = "smlocal.job";
 /// The state directory the job belongs to: `cleanup` with one `SMLOCAL_HOME` never touches
 /// another's jobs.
-pub const HOME_LABEL: &str = "smlocal.home";
+pub(crate) const HOME_LABEL: &str = "smlocal.home";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {

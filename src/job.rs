@@ -90,7 +90,7 @@ pub struct CheckpointPlan {
 }
 
 /// SageMaker's default `CheckpointConfig.LocalPath`.
-pub const DEFAULT_CHECKPOINT_PATH: &str = "/opt/ml/checkpoints";
+pub(crate) const DEFAULT_CHECKPOINT_PATH: &str = "/opt/ml/checkpoints";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataType {

@@ -50,24 +50,48 @@
 //!   them in the background.
 //! - [`check`]: `smlocal check IMAGE`: the contract checks, built on [`run`].
 //!
-//! The library installs no signal handlers: [`run::run`] takes a shutdown token, and the
+//! The library installs no signal handlers: [`run()`] takes a shutdown token, and the
 //! binary (`src/main.rs`, `src/cli.rs`) turns Ctrl-C into it.
 
-pub mod artifacts;
-pub mod cache;
-pub mod check;
-pub mod checkpoints;
-pub mod cleanup;
-pub mod docker;
-pub mod job;
-pub mod logs;
-pub mod metrics;
-pub mod plot;
-pub mod relay;
-pub mod resources;
-pub mod run;
-pub mod serve;
-pub mod spec;
-pub mod stage;
-pub mod state;
-pub mod storage;
+#![forbid(unsafe_code)]
+
+mod artifacts;
+mod cache;
+mod check;
+mod checkpoints;
+mod cleanup;
+mod docker;
+mod job;
+mod logs;
+mod metrics;
+mod plot;
+mod relay;
+mod resources;
+mod run;
+mod serve;
+mod spec;
+mod stage;
+mod state;
+mod storage;
+
+// The public surface: what the `smlocal` binary, the benchmark and the end-to-end tests use.
+// Everything else is `pub(crate)`, so the compiler reports what nothing uses.
+pub use crate::artifacts::stream as stream_archive;
+pub use crate::cache::{Cache, Progress};
+pub use crate::check::{Check, CheckError, CheckOptions, CheckResult, Verdict, check, junit};
+pub use crate::cleanup::{Cleaned, clean_up};
+pub use crate::docker::Docker;
+pub use crate::job::{Job, JobError, Settings, plan};
+pub use crate::logs::{LogSink, hosts as log_hosts, read as read_logs};
+pub use crate::metrics::{read as read_metrics, summarize as summarize_metrics};
+pub use crate::plot::svg as plot_svg;
+pub use crate::resources::{Host, human_bytes, parse_size};
+pub use crate::run::{JobOutcome, RunError, RunOptions, Services, run};
+pub use crate::serve::queue::{CreateError, Queue, QueueConfig};
+pub use crate::serve::serve;
+pub use crate::spec::{AwsErrorKind, SpecError, from_value};
+pub use crate::stage::{StagedObject, shard, stage};
+pub use crate::state::listing::{ListQuery, page as list_page};
+pub use crate::state::record::{Failure, FailureKind, Record, Secondary, Status};
+pub use crate::state::{StateDir, StateError};
+pub use crate::storage::Storage;

@@ -19,7 +19,7 @@ pub struct Point {
     pub value: f64,
 }
 
-pub struct Recorder {
+pub(crate) struct Recorder {
     definitions: Vec<(String, regex::Regex)>,
     file: Option<std::fs::File>,
     last: BTreeMap<String, Point>,
@@ -27,7 +27,7 @@ pub struct Recorder {
 
 impl Recorder {
     /// Compiles the definitions (already validated by [`crate::job`]); points go to `path`.
-    pub fn new(definitions: &[MetricDefinition], path: &Path) -> Self {
+    pub(crate) fn new(definitions: &[MetricDefinition], path: &Path) -> Self {
         let definitions: Vec<(String, regex::Regex)> =
             definitions.iter().filter_map(|d| regex::Regex::new(&d.regex).ok().map(|r| (d.name.clone(), r))).collect();
         let file = if definitions.is_empty() {
@@ -44,7 +44,7 @@ impl Recorder {
         Recorder { definitions, file, last: BTreeMap::new() }
     }
 
-    pub fn observe(&mut self, host: &str, line: &str, timestamp: f64) {
+    pub(crate) fn observe(&mut self, host: &str, line: &str, timestamp: f64) {
         for (name, re) in &self.definitions {
             let Some(caps) = re.captures(line) else {
                 continue;
@@ -64,7 +64,7 @@ impl Recorder {
     }
 
     /// `FinalMetricDataList`: the last value of each metric.
-    pub fn final_metrics(&self) -> Vec<Point> {
+    pub(crate) fn final_metrics(&self) -> Vec<Point> {
         self.last.values().cloned().collect()
     }
 }

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use url::Url;
 
 /// A running relay; dropping it closes the listener and every forwarded connection.
-pub struct Relay {
+pub(crate) struct Relay {
     /// The endpoint as containers must name it.
     pub url: String,
     task: tokio::task::JoinHandle<()>,
@@ -24,7 +24,7 @@ impl Drop for Relay {
 }
 
 /// Whether `endpoint` (a URL) names this machine's loopback, which containers cannot reach.
-pub fn loopback_target(endpoint: &str) -> Option<SocketAddr> {
+pub(crate) fn loopback_target(endpoint: &str) -> Option<SocketAddr> {
     let url = Url::parse(endpoint).ok()?;
     let port = url.port_or_known_default()?;
     let ip: IpAddr = match url.host()? {
@@ -38,7 +38,7 @@ pub fn loopback_target(endpoint: &str) -> Option<SocketAddr> {
 
 impl Relay {
     /// Listens on `listen` (any free port) and forwards to `endpoint`'s loopback address.
-    pub async fn start(listen: IpAddr, endpoint: &str) -> std::io::Result<Relay> {
+    pub(crate) async fn start(listen: IpAddr, endpoint: &str) -> std::io::Result<Relay> {
         let Some(target) = loopback_target(endpoint) else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,

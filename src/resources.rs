@@ -53,7 +53,7 @@ pub struct Limits {
 
 /// Looks up an instance type: the table first, then AWS's regular sizing for families whose
 /// sizing is regular. `local` means "this machine".
-pub fn instance(instance_type: &str, host: &Host) -> Result<InstanceSpec, ResourceError> {
+pub(crate) fn instance(instance_type: &str, host: &Host) -> Result<InstanceSpec, ResourceError> {
     if instance_type == "local" {
         return Ok(InstanceSpec {
             instance_type: instance_type.into(),
@@ -111,14 +111,14 @@ fn derive(instance_type: &str) -> Option<InstanceSpec> {
 }
 
 /// Memory the containers of a job may share: this machine's minus the reserve.
-pub fn usable_memory(host: &Host, reserve: u64) -> u64 {
+pub(crate) fn usable_memory(host: &Host, reserve: u64) -> u64 {
     host.memory_bytes.saturating_sub(reserve)
 }
 
 /// The cap for one container: its instance's memory times `scale` (1.0 unless the job is
 /// oversubscribed), and its vCPUs but never more than this machine has. Swap is not added
 /// (the caller sets swap = memory).
-pub fn limits(spec: &InstanceSpec, host: &Host, scale: f64) -> Limits {
+pub(crate) fn limits(spec: &InstanceSpec, host: &Host, scale: f64) -> Limits {
     let cpus = spec.vcpu.min(host.cpus).max(1);
     Limits {
         memory_bytes: (spec.memory_bytes as f64 * scale.min(1.0)) as u64,

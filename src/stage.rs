@@ -49,47 +49,47 @@ pub struct StagedObject {
 
 /// One host's `/opt/ml` on this machine: the one owner of that tree's layout (DESIGN §4).
 #[derive(Debug, Clone, PartialEq)]
-pub struct HostTree(PathBuf);
+pub(crate) struct HostTree(PathBuf);
 
 impl HostTree {
     /// The tree of `host` in a job's work folder.
-    pub fn new(work: &Path, host: &str) -> Self {
+    pub(crate) fn new(work: &Path, host: &str) -> Self {
         HostTree(work.join(host))
     }
 
     /// What is mounted at `/opt/ml`.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.0
     }
 
     /// `input/config/<file>`: `hyperparameters.json`, `resourceconfig.json`, `inputdataconfig.json`.
-    pub fn config_file(&self, file: &str) -> PathBuf {
+    pub(crate) fn config_file(&self, file: &str) -> PathBuf {
         self.0.join("input/config").join(file)
     }
 
     /// `input/data/<channel>`.
-    pub fn channel(&self, channel: &str) -> PathBuf {
+    pub(crate) fn channel(&self, channel: &str) -> PathBuf {
         self.0.join("input/data").join(channel)
     }
 
     /// `model`: packed into `model.tar.gz`.
-    pub fn model(&self) -> PathBuf {
+    pub(crate) fn model(&self) -> PathBuf {
         self.0.join("model")
     }
 
     /// `output/data`: packed into `output.tar.gz`.
-    pub fn output_data(&self) -> PathBuf {
+    pub(crate) fn output_data(&self) -> PathBuf {
         self.0.join("output/data")
     }
 
     /// `output/failure`: the algorithm's reason for a non-zero exit.
-    pub fn failure_file(&self) -> PathBuf {
+    pub(crate) fn failure_file(&self) -> PathBuf {
         self.0.join("output/failure")
     }
 
     /// `checkpoints`: the default `CheckpointConfig.LocalPath` (bound elsewhere when the
     /// request names another).
-    pub fn checkpoints(&self) -> PathBuf {
+    pub(crate) fn checkpoints(&self) -> PathBuf {
         self.0.join("checkpoints")
     }
 
@@ -271,7 +271,7 @@ fn serves(channel: &ChannelPlan, host: &HostPlan) -> bool {
 }
 
 /// `resourceconfig.json` exactly as SageMaker writes it for this host.
-pub fn resource_config(job: &Job, host: &HostPlan) -> Value {
+pub(crate) fn resource_config(job: &Job, host: &HostPlan) -> Value {
     let hosts: Vec<&str> = job.hosts.iter().map(|h| h.name.as_str()).collect();
     let groups: Vec<Value> = job
         .groups
@@ -289,7 +289,7 @@ pub fn resource_config(job: &Job, host: &HostPlan) -> Value {
 }
 
 /// One channel's entry in `inputdataconfig.json`; `ContentType` only when the request set it.
-pub fn input_data_config(channel: &ChannelPlan) -> Value {
+pub(crate) fn input_data_config(channel: &ChannelPlan) -> Value {
     let mut entry = serde_json::Map::new();
     if let Some(ct) = &channel.content_type {
         entry.insert("ContentType".into(), json!(ct));
@@ -303,7 +303,7 @@ pub fn input_data_config(channel: &ChannelPlan) -> Value {
 
 /// The channel's objects and where each lands, with every key checked before anything is
 /// written.
-pub async fn resolve(storage: &Storage, channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageError> {
+pub(crate) async fn resolve(storage: &Storage, channel: &ChannelPlan) -> Result<Vec<StagedObject>, StageError> {
     let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };
     let mut out = Vec::new();
     match channel.data_type {
@@ -372,7 +372,7 @@ fn parse_manifest(bytes: &[u8]) -> Result<(String, Vec<String>), String> {
 
 /// The path under the channel folder for a key (already stripped of its prefix), or `None`
 /// when the key could reach outside the folder.
-pub fn safe_relative(rest: &str) -> Option<PathBuf> {
+pub(crate) fn safe_relative(rest: &str) -> Option<PathBuf> {
     if rest.is_empty() || rest.contains('\0') {
         return None;
     }

@@ -93,13 +93,13 @@ impl std::fmt::Debug for Storage {
 
 /// A parsed `s3://bucket/key` or `file:///path` URI.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Location {
+pub(crate) enum Location {
     S3 { bucket: String, key: String },
     Local { path: String },
 }
 
 impl Location {
-    pub fn parse(uri: &str) -> Result<Self, StorageError> {
+    pub(crate) fn parse(uri: &str) -> Result<Self, StorageError> {
         let bad = |reason: &str| StorageError::BadUri { uri: uri.into(), reason: reason.into() };
         if let Some(rest) = uri.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
@@ -120,7 +120,7 @@ impl Location {
     }
 
     /// The URI of `key` (a full key or absolute path) in the same bucket or file system.
-    pub fn uri_of(&self, key: &str) -> String {
+    pub(crate) fn uri_of(&self, key: &str) -> String {
         match self {
             Location::S3 { bucket, .. } => format!("s3://{bucket}/{key}"),
             Location::Local { .. } => format!("file://{key}"),
@@ -128,7 +128,7 @@ impl Location {
     }
 
     /// The key or absolute path this location names.
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         match self {
             Location::S3 { key, .. } => key,
             Location::Local { path } => path,
@@ -455,7 +455,7 @@ async fn partial_beside(dest: &Path) -> Result<PathBuf, StorageError> {
 
 /// A streaming upload: bytes go out as they are written (multipart on S3 past a few MiB);
 /// a `file://` destination appears only when finished, written beside and renamed.
-pub struct Upload {
+pub(crate) struct Upload {
     uri: String,
     sink: UploadSink,
 }
@@ -466,7 +466,7 @@ enum UploadSink {
 }
 
 impl Upload {
-    pub async fn start(storage: &Storage, uri: &str) -> Result<Upload, StorageError> {
+    pub(crate) async fn start(storage: &Storage, uri: &str) -> Result<Upload, StorageError> {
         let sink = match Location::parse(uri)? {
             Location::S3 { bucket, key } => {
                 let store = storage.bucket(&bucket, uri)?;
@@ -486,7 +486,7 @@ impl Upload {
         Ok(Upload { uri: uri.into(), sink })
     }
 
-    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+    pub(crate) async fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         let result = match &mut self.sink {
             UploadSink::S3(w) => w.write_all(bytes).await,
             UploadSink::Local { file, .. } => file.write_all(bytes).await,
@@ -494,7 +494,7 @@ impl Upload {
         result.map_err(|source| StorageError::Io { action: "cannot upload to", path: PathBuf::from(&self.uri), source })
     }
 
-    pub async fn finish(self) -> Result<(), StorageError> {
+    pub(crate) async fn finish(self) -> Result<(), StorageError> {
         let uri = self.uri;
         let io = |action| {
             let path = PathBuf::from(&uri);
@@ -510,7 +510,7 @@ impl Upload {
     }
 
     /// Gives up: no partial object is left at the destination.
-    pub async fn abort(self) {
+    pub(crate) async fn abort(self) {
         match self.sink {
             UploadSink::S3(mut w) => {
                 let _ = w.abort().await;

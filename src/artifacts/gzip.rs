@@ -22,7 +22,7 @@ const WORTH_IT: f64 = 0.97;
 type Job = (u64, Vec<u8>);
 type Done = (u64, io::Result<Vec<u8>>);
 
-pub struct ParallelGzip<W: Write> {
+pub(crate) struct ParallelGzip<W: Write> {
     out: W,
     buffer: Vec<u8>,
     jobs: Option<Sender<Job>>,
@@ -35,7 +35,7 @@ pub struct ParallelGzip<W: Write> {
 }
 
 impl<W: Write> ParallelGzip<W> {
-    pub fn new(out: W, level: Compression) -> Self {
+    pub(crate) fn new(out: W, level: Compression) -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let (jobs, queue) = channel::<Job>();
         let (done, results) = channel::<Done>();
@@ -100,7 +100,7 @@ impl<W: Write> ParallelGzip<W> {
     }
 
     /// Compresses what is left, writes everything in order and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         if !self.buffer.is_empty() || self.next_in == 0 {
             self.dispatch()?;
         }

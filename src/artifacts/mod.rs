@@ -4,8 +4,8 @@
 //! whole in memory. If an upload fails, the archive is written to the job's folder instead, so
 //! nothing is lost, and the error says where.
 
-pub mod gzip;
-pub mod tar;
+pub(crate) mod gzip;
+pub(crate) mod tar;
 
 use self::tar::{ArtifactError, Kind, Packed};
 use crate::job::Job;
@@ -37,7 +37,7 @@ pub enum ArchiveError {
     None => format!("the artifacts are kept in {}", .kept.display()),
     Some(k) => format!("writing {} failed too ({k}); the files are still in the job's work folder", .archive.display()),
 })]
-pub struct CollectError {
+pub(crate) struct CollectError {
     pub uri: String,
     #[source]
     pub source: ArchiveError,
@@ -51,7 +51,7 @@ pub struct CollectError {
 
 /// Packs and uploads both archives of the hosts' trees. When an upload fails, the archive
 /// is written to `keep_dir` instead and the error says where.
-pub async fn collect(
+pub(crate) async fn collect(
     storage: &Storage,
     job: &Job,
     trees: &[(String, HostTree)],

@@ -38,13 +38,8 @@ pub struct Conflict {
     pub hosts: Vec<String>,
 }
 
-/// Writes `dir`'s contents to `archive` as a gzip-compressed tar.
-pub fn pack(dir: &Path, archive: &Path) -> Result<Packed, ArtifactError> {
-    pack_merged(&[(String::new(), dir.to_path_buf())], archive)
-}
-
 /// Writes the union of several hosts' folders to `archive`.
-pub fn pack_merged(sources: &[(String, PathBuf)], archive: &Path) -> Result<Packed, ArtifactError> {
+pub(crate) fn pack_merged(sources: &[(String, PathBuf)], archive: &Path) -> Result<Packed, ArtifactError> {
     let file = File::create(archive).map_err(|source| ArtifactError::Io {
         path: archive.into(),
         archive: archive.into(),
@@ -57,7 +52,7 @@ pub fn pack_merged(sources: &[(String, PathBuf)], archive: &Path) -> Result<Pack
 
 /// One path of the merged tree and the host copy that wins.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub relative: PathBuf,
     pub source: PathBuf,
     pub kind: Kind,
@@ -66,7 +61,7 @@ pub struct Entry {
 /// The union of several hosts' folders, in path order: for a path several hosts wrote, the
 /// lowest-numbered host's copy, and a conflict when the contents differ. A path kept as a
 /// file or link hides other hosts' entries beneath it.
-pub fn merge(sources: &[(String, PathBuf)]) -> std::io::Result<(Vec<Entry>, Vec<Conflict>)> {
+pub(crate) fn merge(sources: &[(String, PathBuf)]) -> std::io::Result<(Vec<Entry>, Vec<Conflict>)> {
     let mut tree: BTreeMap<PathBuf, Vec<(usize, PathBuf, Kind)>> = BTreeMap::new();
     for (index, (_, dir)) in sources.iter().enumerate() {
         if dir.is_dir() {
@@ -100,7 +95,7 @@ pub fn merge(sources: &[(String, PathBuf)]) -> std::io::Result<(Vec<Entry>, Vec<
 /// Streams the union of several hosts' folders as a gzip-compressed tar into `out`, in one
 /// pass over the files and with gzip on every core. `archive` names the destination in
 /// errors.
-pub fn write_merged<W: Write>(
+pub(crate) fn write_merged<W: Write>(
     sources: &[(String, PathBuf)],
     out: W,
     archive: &Path,
@@ -131,7 +126,7 @@ pub fn write_merged<W: Write>(
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Dir,
     File(u64),
     Link(PathBuf),
@@ -199,7 +194,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", model.join("outside")).unwrap();
         std::os::unix::fs::symlink("/etc", model.join("etc-dir")).unwrap();
         let archive = dir.path().join("model.tar.gz");
-        let packed = pack(&model, &archive).unwrap();
+        let packed = pack_merged(&[(String::new(), model.clone())], &archive).unwrap();
         assert_eq!(packed.bytes, 2);
         assert!(packed.conflicts.is_empty());
 
@@ -261,7 +256,7 @@ mod tests {
     fn an_empty_or_missing_folder_gives_a_valid_empty_archive() {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("empty.tar.gz");
-        assert_eq!(pack(&dir.path().join("missing"), &archive).unwrap(), Packed::default());
+        assert_eq!(pack_merged(&[(String::new(), dir.path().join("missing"))], &archive).unwrap(), Packed::default());
         let mut tar = tar::Archive::new(GzDecoder::new(File::open(&archive).unwrap()));
         assert_eq!(tar.entries().unwrap().count(), 0);
     }

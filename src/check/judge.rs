@@ -74,7 +74,7 @@ pub(super) fn filesystem(b: &Baseline) -> CheckResult {
 
 /// The changed paths outside [`ALLOWED`], each as `A /path` (added), `C` or `D`. A changed
 /// directory only counts when nothing inside it is listed (its own change is then the news).
-pub fn outside_allowed(changes: &[Change]) -> Vec<String> {
+pub(crate) fn outside_allowed(changes: &[Change]) -> Vec<String> {
     let allowed =
         |p: &str| ALLOWED.iter().any(|a| p == *a || p.starts_with(&format!("{a}/")) || a.starts_with(&format!("{p}/")));
     changes

@@ -7,7 +7,6 @@ mod judge;
 mod junit;
 mod lab;
 
-pub use self::judge::outside_allowed;
 pub use self::junit::junit;
 
 use self::lab::Lab;

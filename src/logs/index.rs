@@ -14,13 +14,13 @@ const RECORD: u64 = 16;
 
 /// One log line with the time it was printed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
+pub(crate) struct Event {
     pub timestamp: i64,
     pub message: String,
 }
 
 /// Appends lines to a host's log and their records to its index.
-pub struct Writer {
+pub(crate) struct Writer {
     log: File,
     index: File,
     offset: u64,
@@ -29,7 +29,7 @@ pub struct Writer {
 
 impl Writer {
     /// Opens (appending: a restarted job keeps the first attempt's lines) `path` and its index.
-    pub fn open(path: &Path) -> std::io::Result<Writer> {
+    pub(crate) fn open(path: &Path) -> std::io::Result<Writer> {
         let append = |p: PathBuf| std::fs::OpenOptions::new().create(true).read(true).append(true).open(p);
         let log = append(path.to_path_buf())?;
         let index = append(index_path(path))?;
@@ -44,7 +44,7 @@ impl Writer {
 
     /// Writes one line printed at `ms`; the record goes first, so a reader that sees the
     /// line always finds its time.
-    pub fn write(&mut self, ms: i64, line: &str) -> std::io::Result<()> {
+    pub(crate) fn write(&mut self, ms: i64, line: &str) -> std::io::Result<()> {
         // A clock stepping back must not break the order binary search relies on.
         let ms = ms.max(self.last);
         self.last = ms;
@@ -75,7 +75,7 @@ fn read_record(index: &File, i: u64) -> std::io::Result<(i64, u64)> {
 }
 
 /// A host's log opened for reading: its complete lines, by number, as they were when opened.
-pub struct Reader {
+pub(crate) struct Reader {
     log: File,
     records: Records,
     /// Records at opening; lines at the end may still lack their text.
@@ -92,7 +92,7 @@ enum Records {
 }
 
 impl Reader {
-    pub fn open(path: &Path) -> std::io::Result<Reader> {
+    pub(crate) fn open(path: &Path) -> std::io::Result<Reader> {
         let log = File::open(path)?;
         // The log's length first: records written after it point past it and are left out.
         let log_len = log.metadata()?.len();
@@ -117,12 +117,8 @@ impl Reader {
     }
 
     /// How many complete lines the log holds.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.lines
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lines == 0
     }
 
     fn record(&self, i: u64) -> std::io::Result<(i64, u64)> {
@@ -148,12 +144,12 @@ impl Reader {
         if i + 1 < self.count { Ok(self.record(i + 1)?.1.min(self.log_len)) } else { Ok(self.log_len) }
     }
 
-    pub fn timestamp(&self, i: u64) -> std::io::Result<i64> {
+    pub(crate) fn timestamp(&self, i: u64) -> std::io::Result<i64> {
         Ok(self.record(i)?.0)
     }
 
     /// The first line printed at or after `ms` (or `len()` if none).
-    pub fn first_at_or_after(&self, ms: i64) -> std::io::Result<u64> {
+    pub(crate) fn first_at_or_after(&self, ms: i64) -> std::io::Result<u64> {
         let (mut lo, mut hi) = (0, self.lines);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -167,7 +163,7 @@ impl Reader {
     }
 
     /// Lines `from..to` as events, in one read of the log.
-    pub fn events(&self, from: u64, to: u64) -> std::io::Result<Vec<Event>> {
+    pub(crate) fn events(&self, from: u64, to: u64) -> std::io::Result<Vec<Event>> {
         let to = to.min(self.lines);
         if from >= to {
             return Ok(Vec::new());

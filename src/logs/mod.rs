@@ -3,7 +3,7 @@
 //! Each line is written with its time ([`crate::logs::index`]), so the API can serve it as a
 //! CloudWatch event.
 
-pub mod index;
+pub(crate) mod index;
 
 use self::index as log_events;
 use crate::docker::Docker;
@@ -19,7 +19,7 @@ use std::time::Duration;
 pub type LogSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Streams a container's output line by line to its log file and the sink, until it exits.
-pub async fn follow(
+pub(crate) async fn follow(
     docker: Docker,
     id: String,
     host: String,

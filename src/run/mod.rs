@@ -94,7 +94,7 @@ pub struct RunOptions {
 }
 
 /// See [`RunOptions::on_start`].
-pub type StartHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
+pub(crate) type StartHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl RunOptions {
     /// What `smlocal train` uses unless told otherwise.
@@ -146,7 +146,7 @@ pub async fn run(
 /// What CreateTrainingJob does before it answers: the image must be here and the output
 /// must not be taken; then the name is reserved, the first record written and this process
 /// named as the job's runner. Returns the record for [`run_admitted`].
-pub async fn admit(job: &Job, services: &Services) -> Result<Record, RunError> {
+pub(crate) async fn admit(job: &Job, services: &Services) -> Result<Record, RunError> {
     let state = &services.state;
     services.docker.ensure_image(&job.image).await?;
     if state.job_dir(&job.name).exists() {
@@ -164,7 +164,7 @@ pub async fn admit(job: &Job, services: &Services) -> Result<Record, RunError> {
 
 /// Runs a job [`admit`] accepted, to its end, inside a span that tags every log line with
 /// the job's name.
-pub async fn run_admitted(
+pub(crate) async fn run_admitted(
     job: &Job,
     mut record: Record,
     services: &Services,
@@ -433,7 +433,7 @@ async fn watch_for_stop(state: StateDir, name: String, stop: CancellationToken) 
 }
 
 /// Returns once `smlocal stop` or StopTrainingJob has asked for the job to stop.
-pub async fn stop_requested(state: &StateDir, name: &str) {
+pub(crate) async fn stop_requested(state: &StateDir, name: &str) {
     let mut tick = tokio::time::interval(STOP_POLL);
     loop {
         tick.tick().await;

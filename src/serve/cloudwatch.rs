@@ -12,7 +12,7 @@ use crate::state::record::Record;
 use crate::state::{StateDir, StateError};
 use serde_json::{Value, json};
 
-pub const LOG_GROUP: &str = "/aws/sagemaker/TrainingJobs";
+pub(super) const LOG_GROUP: &str = "/aws/sagemaker/TrainingJobs";
 
 /// DescribeLogStreams' largest page, and the count up to which it never pages.
 const MAX_STREAMS: usize = 50;
@@ -80,7 +80,7 @@ fn unreadable(stream: &str, e: std::io::Error) -> ApiError {
     ApiError::internal(format!("cannot read the log of {stream}: {e}"))
 }
 
-pub fn describe_log_streams(store: &StateDir, body: Value) -> ApiResult {
+pub(super) fn describe_log_streams(store: &StateDir, body: Value) -> ApiResult {
     check_group(&body)?;
     let prefix = string(&body, "logStreamNamePrefix")?.unwrap_or_default();
     let descending = body.get("descending").and_then(Value::as_bool).unwrap_or(false);
@@ -170,7 +170,7 @@ fn parse_cursor(token: &str) -> Result<Cursor, ApiError> {
     }
 }
 
-pub fn get_log_events(store: &StateDir, body: Value) -> ApiResult {
+pub(super) fn get_log_events(store: &StateDir, body: Value) -> ApiResult {
     check_group(&body)?;
     let name = string(&body, "logStreamName")?
         .ok_or_else(|| ApiError::new("InvalidParameterException", "logStreamName is required"))?;

@@ -4,7 +4,7 @@
 //! as HTTP 400 with `__type` and `message`. Signatures are accepted without being checked:
 //! the server listens on the loopback only unless told otherwise.
 
-pub mod queue;
+pub(crate) mod queue;
 
 mod cloudwatch;
 mod training;
@@ -27,28 +27,28 @@ const MAX_BODY: usize = 1 << 20;
 
 /// An error as AWS JSON services send it.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: &'static str, message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::BAD_REQUEST, kind, message: message.into() }
     }
 
-    pub fn validation(message: impl Into<String>) -> Self {
+    pub(crate) fn validation(message: impl Into<String>) -> Self {
         ApiError::new("ValidationException", message)
     }
 
     /// smlocal's own trouble (a job folder it cannot read), not the request's.
-    pub fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "InternalFailure", message: message.into() }
     }
 
     /// An error of `kind` with its message, as every smlocal error carries them.
-    pub fn of(kind: AwsErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn of(kind: AwsErrorKind, message: impl Into<String>) -> Self {
         match kind {
             AwsErrorKind::Internal => ApiError::internal(message),
             kind => ApiError::new(kind.as_str(), message),
@@ -76,7 +76,7 @@ impl From<StateError> for ApiError {
     }
 }
 
-pub type ApiResult = Result<Value, ApiError>;
+pub(crate) type ApiResult = Result<Value, ApiError>;
 
 /// Serves the API on `listener` until `shutdown`; each connection is served to its end.
 pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: CancellationToken) {

@@ -11,7 +11,7 @@ fn name(body: &Value) -> &str {
     body.get("TrainingJobName").and_then(Value::as_str).unwrap_or_default()
 }
 
-pub async fn create(queue: &Queue, body: Value) -> ApiResult {
+pub(super) async fn create(queue: &Queue, body: Value) -> ApiResult {
     match queue.create(body).await {
         Ok(arn) => Ok(json!({ "TrainingJobArn": arn })),
         Err(CreateError::Spec(e)) => Err(e.into()),
@@ -22,19 +22,19 @@ pub async fn create(queue: &Queue, body: Value) -> ApiResult {
     }
 }
 
-pub fn describe(queue: &Queue, body: Value) -> ApiResult {
+pub(super) fn describe(queue: &Queue, body: Value) -> ApiResult {
     spec::check("DescribeTrainingJobRequest", &body)?;
     let record = queue.store().load(name(&body))?;
     serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-pub fn stop(queue: &Queue, body: Value) -> ApiResult {
+pub(super) fn stop(queue: &Queue, body: Value) -> ApiResult {
     spec::check("StopTrainingJobRequest", &body)?;
     queue.store().request_stop(name(&body))?;
     Ok(json!({}))
 }
 
-pub fn list(queue: &Queue, body: Value) -> ApiResult {
+pub(super) fn list(queue: &Queue, body: Value) -> ApiResult {
     spec::check("ListTrainingJobsRequest", &body)?;
     let query: ListQuery = serde_json::from_value(body).map_err(|e| ApiError::validation(e.to_string()))?;
     let records = queue.store().list()?;

@@ -2,7 +2,7 @@
 //! enums as on the wire. Parsing checks the request against botocore's service model
 //! ([`validate`]); turning it into something runnable is [`crate::job`]'s work.
 
-pub mod validate;
+pub(crate) mod validate;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -53,7 +53,7 @@ impl SpecError {
 }
 
 /// AWS's wording: `1 validation error detected: ...` / `2 validation errors detected: a; b`.
-pub fn validation_sentence(errors: &[String]) -> String {
+pub(crate) fn validation_sentence(errors: &[String]) -> String {
     let plural = if errors.len() == 1 { "error" } else { "errors" };
     format!("{} validation {plural} detected: {}", errors.len(), errors.join("; "))
 }
@@ -183,7 +183,7 @@ pub struct StoppingCondition {
 /// Checks `value` as the named input shape of botocore's model (e.g.
 /// `DescribeTrainingJobRequest`): botocore's parameter errors first, then the service's
 /// constraint errors, as a real client meets them.
-pub fn check(shape: &str, value: &Value) -> Result<(), SpecError> {
+pub(crate) fn check(shape: &str, value: &Value) -> Result<(), SpecError> {
     let findings = validate::check(shape, value);
     if !findings.parameters.is_empty() {
         return Err(SpecError::Parameters(findings.parameters));
@@ -194,13 +194,8 @@ pub fn check(shape: &str, value: &Value) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Parses and checks a request text. Parameter errors (botocore's) are reported before
+/// Checks a request and keeps it whole. Parameter errors (botocore's) are reported before
 /// constraint errors (the service's), as a real client would meet them.
-pub fn parse(text: &str) -> Result<Request, SpecError> {
-    let value: Value = serde_json::from_str(text)?;
-    from_value(value)
-}
-
 pub fn from_value(value: Value) -> Result<Request, SpecError> {
     check("CreateTrainingJobRequest", &value)?;
     let raw = match &value {
@@ -214,6 +209,11 @@ pub fn from_value(value: Value) -> Result<Request, SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str) -> Result<Request, SpecError> {
+        let value: Value = serde_json::from_str(text)?;
+        from_value(value)
+    }
 
     #[test]
     fn malformed_json_says_where() {

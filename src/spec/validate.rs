@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 /// What the model says is wrong with a request, in the two voices AWS uses.
 #[derive(Debug, Default)]
-pub struct Findings {
+pub(crate) struct Findings {
     /// botocore's client-side checks: unknown, missing or mistyped parameters.
     pub parameters: Vec<String>,
     /// The service's constraint checks, already in AWS's sentence form.
@@ -25,7 +25,7 @@ fn model() -> &'static Map<String, Value> {
 }
 
 /// Validates `value` as an instance of the named top-level shape (e.g. `CreateTrainingJobRequest`).
-pub fn check(shape: &str, value: &Value) -> Findings {
+pub(crate) fn check(shape: &str, value: &Value) -> Findings {
     let mut findings = Findings::default();
     walk(shape, value, &Where::root(), &mut findings);
     findings
@@ -253,7 +253,7 @@ fn short(value: &Value) -> String {
 
 /// The candidate nearest to `word` by edit distance (ignoring case), when it is near enough to
 /// be a plausible typo.
-pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let word = word.to_lowercase();
     candidates
         .iter()

@@ -2,8 +2,8 @@
 //! record (written atomically: never half-written), its logs and, while it runs, its work
 //! files. Creating the folder is what reserves a job name, so two runs cannot share one.
 
-pub mod listing;
-pub mod record;
+pub(crate) mod listing;
+pub(crate) mod record;
 
 use crate::spec::AwsErrorKind;
 use crate::state::record::{Record, Status};

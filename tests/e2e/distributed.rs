@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 use serde_json::{Value, json};
-use smlocal::stage::{StagedObject, shard};
+use smlocal::{StagedObject, shard};
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -11,17 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 
-pub const ACCESS_KEY: &str = "smlocal-test-key";
-pub const SECRET_KEY: &str = "smlocal-test-secret";
-pub const REGION: &str = "us-west-2";
-pub const SAMPLE_IMAGE: &str = "smlocal/linear-regression:latest";
-pub const PROBE_IMAGE: &str = "smlocal/probe:latest";
-pub const PROBE: &str = "/usr/local/bin/probe";
-pub const SCRIPT_IMAGE: &str = "smlocal/script-mode:latest";
+pub(crate) const ACCESS_KEY: &str = "smlocal-test-key";
+pub(crate) const SECRET_KEY: &str = "smlocal-test-secret";
+pub(crate) const REGION: &str = "us-west-2";
+pub(crate) const SAMPLE_IMAGE: &str = "smlocal/linear-regression:latest";
+pub(crate) const PROBE_IMAGE: &str = "smlocal/probe:latest";
+pub(crate) const PROBE: &str = "/usr/local/bin/probe";
+pub(crate) const SCRIPT_IMAGE: &str = "smlocal/script-mode:latest";
 
 /// Builds the sample and probe images once per test process, failing loudly when Docker is
 /// not there.
-pub fn images() {
+pub(crate) fn images() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let info = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
@@ -40,7 +40,7 @@ pub fn images() {
 }
 
 /// Builds the script-mode image (Python and boto3, made by mmdebstrap) once per process.
-pub fn script_image() {
+pub(crate) fn script_image() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         images();
@@ -51,12 +51,12 @@ pub fn script_image() {
 }
 
 /// The S3-compatible server shared by the tests of this process.
-pub struct S3Server {
+pub(crate) struct S3Server {
     pub endpoint: String,
     pub root: PathBuf,
 }
 
-pub fn s3() -> &'static S3Server {
+pub(crate) fn s3() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
         let root = tempfile::Builder::new().prefix("smlocal-s3-").tempdir().expect("tempdir").keep();
@@ -135,7 +135,7 @@ fn count_object_get<B>(req: &hyper::Request<B>) {
 
 impl S3Server {
     /// A new, empty bucket for one test.
-    pub fn bucket(&self, name: &str) -> Bucket {
+    pub(crate) fn bucket(&self, name: &str) -> Bucket {
         // s3s-fs keeps a bucket as a folder under its root.
         std::fs::create_dir_all(self.root.join(name)).expect("create bucket");
         let store = AmazonS3Builder::new()
@@ -151,33 +151,33 @@ impl S3Server {
     }
 }
 
-pub struct Bucket {
+pub(crate) struct Bucket {
     pub name: String,
     store: Arc<dyn ObjectStore>,
 }
 
 impl Bucket {
-    pub fn uri(&self, key: &str) -> String {
+    pub(crate) fn uri(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.name)
     }
 
     /// The client the helpers use, for callers that need object_store itself (the benchmark).
     #[allow(dead_code)]
-    pub fn store(&self) -> Arc<dyn ObjectStore> {
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()
     }
 
     /// How many object GETs this bucket has served so far.
-    pub fn object_gets(&self) -> u64 {
+    pub(crate) fn object_gets(&self) -> u64 {
         object_gets().lock().map(|g| g.get(&self.name).copied().unwrap_or(0)).unwrap_or(0)
     }
 
-    pub fn put(&self, key: &str, bytes: &[u8]) {
+    pub(crate) fn put(&self, key: &str, bytes: &[u8]) {
         let payload = PutPayload::from(bytes.to_vec());
         block_on(self.store.put(&StorePath::from(key), payload)).expect("put object");
     }
 
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Vec<u8>> {
         match block_on(self.store.get(&StorePath::from(key))) {
             Ok(got) => Some(block_on(got.bytes()).expect("read object").to_vec()),
             Err(object_store::Error::NotFound { .. }) => None,
@@ -198,17 +198,17 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// The `smlocal` binary with its own state directory and the test S3 server configured
 /// through the standard AWS variables only.
-pub struct Smlocal {
+pub(crate) struct Smlocal {
     pub home: tempfile::TempDir,
 }
 
 impl Smlocal {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         images();
         Smlocal { home: tempfile::Builder::new().prefix("smlocal-home-").tempdir().expect("tempdir") }
     }
 
-    pub fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let server = s3();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_smlocal"));
         cmd.env_clear()
@@ -227,7 +227,7 @@ impl Smlocal {
     }
 
     /// Runs `smlocal train` on a request and returns what it printed and its exit code.
-    pub fn train(&self, request: &Value, extra: &[&str]) -> Run {
+    pub(crate) fn train(&self, request: &Value, extra: &[&str]) -> Run {
         let file = self.home.path().join(format!("request-{}.json", unique()));
         std::fs::write(&file, serde_json::to_vec_pretty(request).expect("json")).expect("write request");
         let output = self.command().arg("train").arg(&file).args(extra).output().expect("run smlocal");
@@ -235,7 +235,7 @@ impl Smlocal {
     }
 
     /// Starts `smlocal train` in the background; returns the process and its stdout's lines.
-    pub fn spawn_train(&self, request: &Value, extra: &[&str]) -> (std::process::Child, OutputLines) {
+    pub(crate) fn spawn_train(&self, request: &Value, extra: &[&str]) -> (std::process::Child, OutputLines) {
         let file = self.home.path().join(format!("request-{}.json", unique()));
         std::fs::write(&file, serde_json::to_vec(request).expect("json")).expect("write request");
         let mut child = self
@@ -251,21 +251,21 @@ impl Smlocal {
         (child, lines)
     }
 
-    pub fn describe(&self, name: &str) -> Value {
+    pub(crate) fn describe(&self, name: &str) -> Value {
         let out = self.command().args(["describe", name]).output().expect("run smlocal describe");
         assert!(out.status.success(), "describe failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("describe prints JSON")
     }
 
-    pub fn job_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn job_dir(&self, name: &str) -> PathBuf {
         self.home.path().join("jobs").join(name)
     }
 }
 
 /// A background run's stdout, line by line.
-pub type OutputLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+pub(crate) type OutputLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
 
-pub struct Run {
+pub(crate) struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -288,14 +288,14 @@ impl std::fmt::Debug for Run {
 }
 
 /// A name no other test of any process uses.
-pub fn unique() -> String {
+pub(crate) fn unique() -> String {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     format!("{}-{n}", std::process::id())
 }
 
 /// A request in the shape boto3 sends, with one S3 channel and an S3 output path.
-pub fn request(name: &str, image: &str, bucket: &Bucket) -> Value {
+pub(crate) fn request(name: &str, image: &str, bucket: &Bucket) -> Value {
     json!({
         "TrainingJobName": name,
         "RoleArn": "arn:aws:iam::123456789012:role/SageMakerRole",
@@ -311,7 +311,7 @@ pub fn request(name: &str, image: &str, bucket: &Bucket) -> Value {
 }
 
 /// A request whose container is the probe running `steps`.
-pub fn probe_request(name: &str, bucket: &Bucket, steps: &[&str]) -> Value {
+pub(crate) fn probe_request(name: &str, bucket: &Bucket, steps: &[&str]) -> Value {
     let mut r = request(name, PROBE_IMAGE, bucket);
     let mut entry = vec![PROBE.to_string()];
     entry.extend(steps.iter().map(|s| s.to_string()));
@@ -320,7 +320,7 @@ pub fn probe_request(name: &str, bucket: &Bucket, steps: &[&str]) -> Value {
 }
 
 /// Bytes no compressor can shrink (xorshift), the same for the same seed.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
@@ -334,7 +334,7 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// The entries of a gzip tarball: path → (is symlink, link target or file bytes).
-pub fn tar_entries(bytes: &[u8]) -> Vec<(String, Entry)> {
+pub(crate) fn tar_entries(bytes: &[u8]) -> Vec<(String, Entry)> {
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bytes));
     let mut out = Vec::new();
     for entry in archive.entries().expect("a tar.gz") {
@@ -356,13 +356,13 @@ pub fn tar_entries(bytes: &[u8]) -> Vec<(String, Entry)> {
 }
 
 #[derive(Debug, PartialEq)]
-pub enum Entry {
+pub(crate) enum Entry {
     File(Vec<u8>),
     Dir,
     Link(String),
 }
 
-pub fn file_entry(entries: &[(String, Entry)], path: &str) -> Vec<u8> {
+pub(crate) fn file_entry(entries: &[(String, Entry)], path: &str) -> Vec<u8> {
     match entries.iter().find(|(p, _)| p == path) {
         Some((_, Entry::File(data))) => data.clone(),
         other => panic!(
@@ -373,7 +373,7 @@ pub fn file_entry(entries: &[(String, Entry)], path: &str) -> Vec<u8> {
 }
 
 /// Containers and networks still labelled for a job.
-pub fn leftovers(job: &str) -> (String, String) {
+pub(crate) fn leftovers(job: &str) -> (String, String) {
     let label = format!("label=smlocal.job={job}");
     let containers = Command::new("docker").args(["ps", "-aq", "--filter", &label]).output().expect("docker ps");
     let networks =
@@ -385,7 +385,7 @@ pub fn leftovers(job: &str) -> (String, String) {
 }
 
 /// Volumes (the overlay channel mounts) still labelled for a job.
-pub fn leftover_volumes(job: &str) -> String {
+pub(crate) fn leftover_volumes(job: &str) -> String {
     let label = format!("label=smlocal.job={job}");
     let volumes =
         Command::new("docker").args(["volume", "ls", "-q", "--filter", &label]).output().expect("docker volume ls");
@@ -393,7 +393,7 @@ pub fn leftover_volumes(job: &str) -> String {
 }
 
 /// Removes what a `--keep` run left.
-pub fn remove_leftovers(job: &str) {
+pub(crate) fn remove_leftovers(job: &str) {
     let (containers, networks) = leftovers(job);
     for id in containers.split_whitespace() {
         let _ = Command::new("docker").args(["rm", "-f", id]).output();
@@ -407,7 +407,7 @@ pub fn remove_leftovers(job: &str) {
 }
 
 /// This machine's memory, as the kernel reports it.
-pub fn memory_total() -> u64 {
+pub(crate) fn memory_total() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
     let kb: u64 = meminfo
         .lines()
@@ -420,7 +420,7 @@ pub fn memory_total() -> u64 {
 
 /// The sample algorithm's request with the bundled data uploaded: `train` and `validation`
 /// channels under `data/`, `epochs` epochs.
-pub fn sample_request(name: &str, bucket: &Bucket, epochs: u32) -> Value {
+pub(crate) fn sample_request(name: &str, bucket: &Bucket, epochs: u32) -> Value {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/linear");
     for channel in ["train", "validation"] {
         let data = std::fs::read(fixtures.join(channel).join("data.csv")).expect("fixture");
@@ -437,7 +437,7 @@ pub fn sample_request(name: &str, bucket: &Bucket, epochs: u32) -> Value {
 }
 
 /// A fresh state directory and a bucket holding `train/a.csv`, the input most tests need.
-pub fn with_data(prefix: &str) -> (Smlocal, Bucket) {
+pub(crate) fn with_data(prefix: &str) -> (Smlocal, Bucket) {
     let sm = Smlocal::new();
     let bucket = s3().bucket(&format!("{prefix}-{}", unique()));
     bucket.put("train/a.csv", b"1\n");
@@ -445,7 +445,7 @@ pub fn with_data(prefix: &str) -> (Smlocal, Bucket) {
 }
 
 /// The secondary statuses a record went through, in order.
-pub fn statuses(record: &Value) -> Vec<&str> {
+pub(crate) fn statuses(record: &Value) -> Vec<&str> {
     record["SecondaryStatusTransitions"]
         .as_array()
         .map(|t| t.iter().filter_map(|t| t["Status"].as_str()).collect())
@@ -453,14 +453,14 @@ pub fn statuses(record: &Value) -> Vec<&str> {
 }
 
 /// A running `smlocal serve` on a free port of 127.0.0.1, killed when dropped.
-pub struct Server {
+pub(crate) struct Server {
     pub url: String,
     child: std::process::Child,
 }
 
 impl Smlocal {
     /// Starts `smlocal serve --port 0` (plus `extra`) and waits for the URL it prints.
-    pub fn serve(&self, extra: &[&str]) -> Server {
+    pub(crate) fn serve(&self, extra: &[&str]) -> Server {
         let mut child = self
             .command()
             .args(["serve", "--port", "0", "--stop-grace", "5"])
@@ -479,13 +479,13 @@ impl Smlocal {
 
 impl Server {
     /// Ends the server as a crash would: no chance to stop its jobs.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Ends the server as Ctrl-C does, and waits for it to exit.
-    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn interrupt(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
         self.child.wait().expect("wait for smlocal serve")
     }
@@ -501,7 +501,7 @@ impl Drop for Server {
 /// virtual environment made once under `target/sdk-venv` with pip from PyPI, at the versions
 /// `tests/e2e/python/requirements.txt` pins. Fails loudly
 /// when it cannot be made: these tests never skip.
-pub fn sdk_python() -> PathBuf {
+pub(crate) fn sdk_python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
@@ -536,7 +536,7 @@ pub fn sdk_python() -> PathBuf {
 /// Runs `tests/e2e/python/SCRIPT` with the SDK's Python, configured only through the
 /// environment variables a user would set: the server for SageMaker and CloudWatch Logs,
 /// the test S3 server for S3, the SDK's telemetry off (nothing may leave this machine).
-pub fn python(sm: &Smlocal, server: &Server, script: &str, args: &[&str]) -> Run {
+pub(crate) fn python(sm: &Smlocal, server: &Server, script: &str, args: &[&str]) -> Run {
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/python");
     let output = Command::new(sdk_python())
         .arg(scripts.join(script))
