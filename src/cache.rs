@@ -103,55 +103,27 @@ impl Cache {
     }
 
     /// Makes sure every object is in the cache and returns their paths, in order. Only the
-    /// missing ones are fetched.
+    /// missing ones are fetched. The file-system work before and after the downloads (cache
+    /// lookups, temporary files, renames, eviction) runs on a blocking thread, off the async
+    /// workers that carry the downloads.
     pub async fn fetch(
         &self,
         storage: &Storage,
         wanted: &[Wanted],
         progress: &Progress,
     ) -> Result<Vec<PathBuf>, StorageError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StorageError::Io { action: "cannot write the cache at", path, source }
-        };
-        let objects = self.root.join(OBJECTS);
-        let tmp = self.root.join("tmp");
-        std::fs::create_dir_all(&objects).map_err(io(&objects))?;
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        remove_abandoned(&tmp);
-        let paths: Vec<PathBuf> = wanted.iter().map(|w| self.path_of(&w.uri, &w.info)).collect();
         progress.total.fetch_add(wanted.iter().map(|w| w.info.size).sum(), Ordering::Relaxed);
+        let (cache, list) = (self.clone(), wanted.to_vec());
+        let plan = blocking(&self.root, move || cache.plan(&list)).await?;
+        progress.cached.fetch_add(plan.cached_bytes, Ordering::Relaxed);
 
-        // Misses, each with its temporary file and its parts.
-        let mut misses = Vec::new();
-        for (w, path) in wanted.iter().zip(&paths) {
-            if std::fs::metadata(path).is_ok_and(|m| m.len() == w.info.size) {
-                touch(path);
-                progress.cached.fetch_add(w.info.size, Ordering::Relaxed);
-                continue;
-            }
-            if misses.iter().any(|(_, p, _): &(&Wanted, &PathBuf, PathBuf)| *p == path) {
-                continue;
-            }
-            let part = tmp.join(format!(
-                "{}.{}.partial",
-                path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
-                std::process::id()
-            ));
-            let file = std::fs::File::create(&part).map_err(io(&part))?;
-            file.set_len(w.info.size).map_err(io(&part))?;
-            misses.push((w, path, part));
-        }
-        let files: Vec<std::fs::File> = misses
-            .iter()
-            .map(|(_, _, part)| std::fs::OpenOptions::new().write(true).open(part).map_err(io(part)))
-            .collect::<Result<_, _>>()?;
         let mut parts = Vec::new();
-        for (i, (w, _, _)) in misses.iter().enumerate() {
-            if w.info.size >= RANGED_FROM {
+        for (i, miss) in plan.misses.iter().enumerate() {
+            let size = wanted[miss.wanted].info.size;
+            if size >= RANGED_FROM {
                 let mut start = 0;
-                while start < w.info.size {
-                    let end = (start + RANGE).min(w.info.size);
+                while start < size {
+                    let end = (start + RANGE).min(size);
                     parts.push((i, Some(start..end)));
                     start = end;
                 }
@@ -161,7 +133,7 @@ impl Cache {
         }
         let results: Vec<(usize, Result<u64, StorageError>)> =
             futures::stream::iter(parts.into_iter().map(|(i, range)| {
-                let (w, file) = (misses[i].0, &files[i]);
+                let (w, file) = (&wanted[plan.misses[i].wanted], &plan.misses[i].file);
                 async move {
                     let offset = range.as_ref().map(|r| r.start).unwrap_or(0);
                     let n = storage.download_part(&w.uri, range, w.info.etag.as_deref(), file, offset).await;
@@ -174,7 +146,7 @@ impl Cache {
             .buffer_unordered(PARALLEL_REQUESTS)
             .collect()
             .await;
-        let mut written = vec![Some(0u64); misses.len()];
+        let mut written = vec![Some(0u64); plan.misses.len()];
         let mut failed = None;
         for (i, result) in results {
             match result {
@@ -185,24 +157,70 @@ impl Cache {
                 }
             }
         }
-        for (((w, path, part), file), got) in misses.iter().zip(files).zip(written) {
-            drop(file);
-            // A half-written download never enters the cache: every byte must have arrived.
+        let (cache, list) = (self.clone(), wanted.to_vec());
+        blocking(&self.root, move || cache.commit(plan, &list, written, failed)).await
+    }
+
+    /// Which objects are here (marked as just used) and which are missing, each missing one
+    /// with its temporary file made at its full size.
+    fn plan(&self, wanted: &[Wanted]) -> Result<Plan, StorageError> {
+        let objects = self.root.join(OBJECTS);
+        let tmp = self.root.join("tmp");
+        std::fs::create_dir_all(&objects).map_err(cache_io(&objects))?;
+        std::fs::create_dir_all(&tmp).map_err(cache_io(&tmp))?;
+        remove_abandoned(&tmp);
+        let paths: Vec<PathBuf> = wanted.iter().map(|w| self.path_of(&w.uri, &w.info)).collect();
+        let mut plan = Plan { paths: paths.clone(), cached_bytes: 0, misses: Vec::new() };
+        let mut planned = std::collections::HashSet::new();
+        for (i, (w, path)) in wanted.iter().zip(paths).enumerate() {
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == w.info.size) {
+                touch(&path);
+                plan.cached_bytes += w.info.size;
+                continue;
+            }
+            if !planned.insert(path.clone()) {
+                continue;
+            }
+            let part = tmp.join(format!(
+                "{}.{}.partial",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
+                std::process::id()
+            ));
+            let file = std::fs::File::create(&part).map_err(cache_io(&part))?;
+            file.set_len(w.info.size).map_err(cache_io(&part))?;
+            plan.misses.push(Miss { wanted: i, path, part, file });
+        }
+        Ok(plan)
+    }
+
+    /// Moves every complete download into the cache and drops the rest: a half-written
+    /// download never enters it. Then evicts past the size limit, keeping this job's entries.
+    fn commit(
+        &self,
+        plan: Plan,
+        wanted: &[Wanted],
+        written: Vec<Option<u64>>,
+        mut failed: Option<StorageError>,
+    ) -> Result<Vec<PathBuf>, StorageError> {
+        for (miss, got) in plan.misses.into_iter().zip(written) {
+            let w = &wanted[miss.wanted];
+            drop(miss.file);
+            // Every byte must have arrived.
             let complete = got == Some(w.info.size);
             if let (false, Some(got), None) = (complete, got, &failed) {
                 failed = Some(StorageError::Incomplete { uri: w.uri.clone(), expected: w.info.size, got });
             }
             if complete {
-                std::fs::rename(part, path).map_err(io(path))?;
+                std::fs::rename(&miss.part, &miss.path).map_err(cache_io(&miss.path))?;
             } else {
-                let _ = std::fs::remove_file(part);
+                let _ = std::fs::remove_file(&miss.part);
             }
         }
         if let Some(e) = failed {
             return Err(e);
         }
-        self.evict(&paths);
-        Ok(paths)
+        self.evict(&plan.paths);
+        Ok(plan.paths)
     }
 
     pub fn usage(&self) -> Usage {
@@ -253,6 +271,39 @@ impl Cache {
             );
         }
     }
+}
+
+/// What [`Cache::fetch`] found before downloading.
+struct Plan {
+    /// Every wanted object's entry, in order.
+    paths: Vec<PathBuf>,
+    cached_bytes: u64,
+    misses: Vec<Miss>,
+}
+
+/// A missing object: its index among the wanted ones, its entry, and the temporary file
+/// (open for writing) it is downloaded into.
+struct Miss {
+    wanted: usize,
+    path: PathBuf,
+    part: PathBuf,
+    file: std::fs::File,
+}
+
+fn cache_io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { action: "cannot write the cache at", path, source }
+}
+
+/// Runs file-system work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    root: &Path,
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(StorageError::Io { action: "cannot update the cache at", path: root, source: std::io::Error::other(e) })
+    })
 }
 
 /// The entry of one object version: SHA-256 over the URI, the version and the size, each

@@ -5,6 +5,7 @@
 
 use crate::stage::safe_relative;
 use crate::storage::{Location, Storage, StorageError};
+use crate::tree::EntryKind;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -70,7 +71,8 @@ pub(crate) struct SyncReport {
 impl Syncer {
     /// `dirs` are the hosts' folders, just restored: what they hold is already at `uri`.
     pub(crate) fn new(storage: &Storage, uri: &str, dirs: Vec<PathBuf>) -> Self {
-        let synced = scan(&dirs).into_iter().map(|(rel, (stamp, _))| (rel, stamp)).collect();
+        // Unreadable now means nothing is known to be synced: the first sync uploads all.
+        let synced = scan(&dirs).unwrap_or_default().into_iter().map(|(rel, (stamp, _))| (rel, stamp)).collect();
         Syncer { storage: storage.clone(), uri: folder(uri), dirs, synced }
     }
 
@@ -79,8 +81,10 @@ impl Syncer {
         let dirs = self.dirs.clone();
         // A walk that could not finish syncs nothing: an empty scan would delete every
         // checkpoint at S3Uri.
-        let Ok(now) = tokio::task::spawn_blocking(move || scan(&dirs)).await else {
-            return Ok(SyncReport::default());
+        let now = match tokio::task::spawn_blocking(move || scan(&dirs)).await {
+            Ok(Ok(now)) => now,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(SyncReport::default()),
         };
 
         let mut report = SyncReport::default();
@@ -102,38 +106,36 @@ impl Syncer {
 }
 
 /// Every file in any host's folder, the most recently modified copy when several hosts
-/// have the same path.
-fn scan(dirs: &[PathBuf]) -> BTreeMap<String, (Stamp, PathBuf)> {
+/// have the same path. Links are not followed (a checkpoint folder may point anywhere on
+/// this machine) and not synced. A folder that cannot be read fails the scan: a partial one
+/// would delete what it missed from `S3Uri`.
+fn scan(dirs: &[PathBuf]) -> Result<BTreeMap<String, (Stamp, PathBuf)>, StorageError> {
     let mut found: BTreeMap<String, (Stamp, PathBuf)> = BTreeMap::new();
     for dir in dirs {
-        walk(dir, dir, &mut |rel, path, stamp| {
-            let newer = found.get(&rel).is_none_or(|(s, _)| stamp.modified > s.modified);
-            if newer {
-                found.insert(rel, (stamp, path));
+        let walked = crate::tree::walk(dir, &mut |e| {
+            let EntryKind::File { len, modified } = e.kind else {
+                return;
+            };
+            let stamp = Stamp { len, modified };
+            let rel = e.relative.to_string_lossy().into_owned();
+            if found.get(&rel).is_none_or(|(s, _)| stamp.modified > s.modified) {
+                found.insert(rel, (stamp, e.path));
             }
         });
-    }
-    found
-}
-
-fn walk(root: &Path, dir: &Path, visit: &mut dyn FnMut(String, PathBuf, Stamp)) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        // Links are not followed: a checkpoint folder may point anywhere on this machine.
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            walk(root, &path, visit);
-        } else if meta.is_file() {
-            let rel = path.strip_prefix(root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-            let stamp = Stamp { len: meta.len(), modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) };
-            visit(rel, path, stamp);
+        match walked {
+            Ok(()) => {}
+            // A host's folder that is not there yet holds nothing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {}
+            Err(source) => {
+                return Err(StorageError::Io {
+                    action: "cannot read the checkpoint folder",
+                    path: dir.clone(),
+                    source,
+                });
+            }
         }
     }
+    Ok(found)
 }
 
 #[cfg(test)]

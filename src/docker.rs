@@ -46,6 +46,11 @@ fn first_host(subnet: &str) -> Option<std::net::Ipv4Addr> {
     Some(std::net::Ipv4Addr::from((u32::from(address) & mask) + 1))
 }
 
+/// A 404: the object is not there (already removed, or never made).
+fn gone(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
 fn op(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
     let action = action.into();
     move |source| DockerError::Operation { action, source }
@@ -97,6 +102,22 @@ impl std::fmt::Debug for Docker {
     }
 }
 
+/// What an image runs and how big it is.
+#[derive(Debug, Clone, Default)]
+pub struct ImageInfo {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub size_bytes: u64,
+}
+
+/// A path the container added, changed or deleted outside its mounts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// `A` added, `C` changed, `D` deleted, as `docker diff` prints them.
+    pub kind: char,
+    pub path: String,
+}
+
 impl Docker {
     /// Connects through `DOCKER_HOST` or the local socket and agrees an API version with the
     /// engine (20.10 speaks 1.41; bollard's default is newer).
@@ -109,9 +130,7 @@ impl Docker {
     pub async fn ensure_image(&self, image: &str) -> Result<(), DockerError> {
         match self.client.inspect_image(image).await {
             Ok(_) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Err(DockerError::ImageMissing(image.into()))
-            }
+            Err(e) if gone(&e) => Err(DockerError::ImageMissing(image.into())),
             Err(e) => Err(op(format!("inspect image '{image}'"))(e)),
         }
     }
@@ -159,7 +178,8 @@ impl Docker {
     /// Removes a network; one that is already gone is not an error.
     pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
         match self.client.remove_network(name).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if gone(&e) => Ok(()),
             Err(e) => Err(op(format!("remove network '{name}'"))(e)),
         }
     }
@@ -249,7 +269,8 @@ impl Docker {
     pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
         let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match self.client.remove_container(id, Some(options)).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if gone(&e) => Ok(()),
             Err(e) => Err(op(format!("remove container {}", short(id)))(e)),
         }
     }
@@ -297,25 +318,7 @@ impl Docker {
             .collect();
         Ok(Labelled { containers, networks, volumes })
     }
-}
 
-/// What an image runs and how big it is.
-#[derive(Debug, Clone, Default)]
-pub struct ImageInfo {
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub size_bytes: u64,
-}
-
-/// A path the container added, changed or deleted outside its mounts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Change {
-    /// `A` added, `C` changed, `D` deleted, as `docker diff` prints them.
-    pub kind: char,
-    pub path: String,
-}
-
-impl Docker {
     /// A volume that mounts an overlay of `lower` with writes going to `upper` (both folders
     /// on this machine; `scratch` is overlay's work folder beside `upper`).
     pub async fn create_overlay_volume(
@@ -345,7 +348,8 @@ impl Docker {
 
     pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
         match self.client.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if gone(&e) => Ok(()),
             Err(e) => Err(op(format!("remove volume '{name}'"))(e)),
         }
     }
@@ -353,7 +357,7 @@ impl Docker {
     pub async fn image_info(&self, image: &str) -> Result<ImageInfo, DockerError> {
         let inspected = match self.client.inspect_image(image).await {
             Ok(i) => i,
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+            Err(e) if gone(&e) => {
                 return Err(DockerError::ImageMissing(image.into()));
             }
             Err(e) => return Err(op(format!("inspect image '{image}'"))(e)),

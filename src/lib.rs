@@ -20,6 +20,8 @@
 //! - [`stage`]: each host's `/opt/ml` tree: the three config files and the channel data.
 //! - [`cache`]: the content cache of S3 inputs, with parallel ranged downloads.
 //! - [`checkpoints`]: `CheckpointConfig`: restore before start, sync while training.
+//! - [`tree`]: walking a folder on this machine without following symbolic links (shared by
+//!   the archives, the checkpoint syncer and channel copies).
 //! - [`storage`]: the only module that talks to object storage (`object_store`: S3, any
 //!   S3-compatible server, local folders).
 //!
@@ -73,6 +75,7 @@ mod spec;
 mod stage;
 mod state;
 mod storage;
+mod tree;
 
 // The public surface: what the `smlocal` binary, the benchmark and the end-to-end tests use.
 // Everything else is `pub(crate)`, so the compiler reports what nothing uses.

@@ -7,6 +7,7 @@
 use crate::cache::{Cache, Progress, Wanted};
 use crate::job::{ChannelPlan, DataType, HostPlan, Job};
 use crate::storage::{Location, ObjectInfo, Storage, StorageError};
+use crate::tree::EntryKind;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -221,18 +222,27 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), StageError> {
         .map_err(|source| StageError::Io { path: to.into(), source })
 }
 
+/// A private copy of a channel's layer: folders made, files copied, links recreated as links.
 fn copy_tree(from: &Path, to: &Path) -> Result<(), StageError> {
     mkdir(to)?;
-    let entries = std::fs::read_dir(from).map_err(|source| StageError::Io { path: from.into(), source })?;
-    for entry in entries.flatten() {
-        let (src, dest) = (entry.path(), to.join(entry.file_name()));
-        if src.is_dir() {
-            copy_tree(&src, &dest)?;
-        } else {
-            std::fs::copy(&src, &dest).map_err(|source| StageError::Io { path: dest.clone(), source })?;
+    let mut failed = None;
+    let walked = crate::tree::walk(from, &mut |e| {
+        if failed.is_some() {
+            return;
         }
-    }
-    Ok(())
+        let dest = to.join(&e.relative);
+        let copied = match &e.kind {
+            EntryKind::Dir => std::fs::create_dir_all(&dest),
+            EntryKind::File { .. } => std::fs::copy(&e.path, &dest).map(|_| ()),
+            EntryKind::Link(target) => std::os::unix::fs::symlink(target, &dest),
+            EntryKind::Special => Ok(()),
+        };
+        if let Err(source) = copied {
+            failed = Some(StageError::Io { path: dest, source });
+        }
+    });
+    walked.map_err(|source| StageError::Io { path: from.into(), source })?;
+    failed.map_or(Ok(()), Err)
 }
 
 /// The `ShardedByS3Key` rule: sort the keys, shuffle them with `seed` when one is given,

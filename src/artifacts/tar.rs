@@ -5,6 +5,7 @@
 //! reported when the contents differ.
 
 use crate::artifacts::gzip::ParallelGzip;
+use crate::tree::EntryKind;
 use flate2::Compression;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -65,8 +66,17 @@ pub(crate) fn merge(sources: &[(String, PathBuf)]) -> std::io::Result<(Vec<Entry
     let mut tree: BTreeMap<PathBuf, Vec<(usize, PathBuf, Kind)>> = BTreeMap::new();
     for (index, (_, dir)) in sources.iter().enumerate() {
         if dir.is_dir() {
-            walk(dir, Path::new(""), &mut |rel, full, kind| {
-                tree.entry(rel).or_default().push((index, full, kind));
+            crate::tree::walk(dir, &mut |e| {
+                let kind = match e.kind {
+                    EntryKind::Dir => Kind::Dir,
+                    EntryKind::File { len, .. } => Kind::File(len),
+                    EntryKind::Link(target) => Kind::Link(target),
+                    EntryKind::Special => {
+                        tracing::warn!(path = %e.path.display(), "skipping a special file (socket, device or FIFO) that a tarball cannot carry");
+                        return;
+                    }
+                };
+                tree.entry(e.relative).or_default().push((index, e.path, kind));
             })?;
         }
     }
@@ -130,28 +140,6 @@ pub(crate) enum Kind {
     Dir,
     File(u64),
     Link(PathBuf),
-}
-
-fn walk(dir: &Path, rel: &Path, visit: &mut dyn FnMut(PathBuf, PathBuf, Kind)) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let name = rel.join(entry.file_name());
-        // symlink_metadata: a link to a folder is archived as the link, not walked.
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.is_dir() {
-            visit(name.clone(), path.clone(), Kind::Dir);
-            walk(&path, &name, visit)?;
-        } else if meta.is_file() {
-            visit(name, path, Kind::File(meta.len()));
-        } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path)?;
-            visit(name, path, Kind::Link(target));
-        } else {
-            tracing::warn!(path = %path.display(), "skipping a special file (socket, device or FIFO) that a tarball cannot carry");
-        }
-    }
-    Ok(())
 }
 
 /// Whether two hosts' copies of a path are the same (files compared byte by byte).

@@ -19,10 +19,13 @@ pub(crate) struct Event {
     pub message: String,
 }
 
-/// Appends lines to a host's log and their records to its index.
+/// Appends lines to a host's log and their records to its index, buffered: a burst of lines
+/// costs two writes, not two per line. [`Writer::flush`] makes them visible to readers.
 pub(crate) struct Writer {
-    log: File,
-    index: File,
+    // Declared (and so dropped, flushing) index first: a reader skips a record whose line
+    // is not complete yet, but never sees a line without its record.
+    index: std::io::BufWriter<File>,
+    log: std::io::BufWriter<File>,
     offset: u64,
     last: i64,
 }
@@ -39,11 +42,16 @@ impl Writer {
             0 => i64::MIN,
             n => read_record(&index, n - 1)?.0,
         };
-        Ok(Writer { log, index, offset, last })
+        Ok(Writer { index: std::io::BufWriter::new(index), log: std::io::BufWriter::new(log), offset, last })
     }
 
-    /// Writes one line printed at `ms`; the record goes first, so a reader that sees the
-    /// line always finds its time.
+    /// Writes out what is buffered, the records before the lines.
+    pub(crate) fn flush(&mut self) -> std::io::Result<()> {
+        self.index.flush()?;
+        self.log.flush()
+    }
+
+    /// Writes one line printed at `ms` (buffered until [`Writer::flush`]).
     pub(crate) fn write(&mut self, ms: i64, line: &str) -> std::io::Result<()> {
         // A clock stepping back must not break the order binary search relies on.
         let ms = ms.max(self.last);
@@ -52,11 +60,9 @@ impl Writer {
         record[..8].copy_from_slice(&ms.to_le_bytes());
         record[8..].copy_from_slice(&self.offset.to_le_bytes());
         self.index.write_all(&record)?;
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        self.log.write_all(&bytes)?;
-        self.offset += bytes.len() as u64;
+        self.log.write_all(line.as_bytes())?;
+        self.log.write_all(b"\n")?;
+        self.offset += line.len() as u64 + 1;
         Ok(())
     }
 }
@@ -211,6 +217,9 @@ mod tests {
         for (ms, line) in [(1000, "a"), (1000, "bb"), (2000, ""), (1500, "late clock"), (3000, "ünïcode")] {
             w.write(ms, line).unwrap();
         }
+        let r = Reader::open(&path).unwrap();
+        assert_eq!(r.len(), 0, "nothing is visible before the flush");
+        w.flush().unwrap();
         let r = Reader::open(&path).unwrap();
         assert_eq!(r.len(), 5);
         assert_eq!(r.first_at_or_after(1001).unwrap(), 2);

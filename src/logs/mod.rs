@@ -37,7 +37,7 @@ pub(crate) async fn follow(
     };
     // Docker frames are writes, not lines: keep a partial line per stream until it ends.
     let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-    let mut emit = |line: &[u8]| {
+    let emit = |file: &mut Option<log_events::Writer>, line: &[u8]| {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
         let at = now();
@@ -45,7 +45,7 @@ pub(crate) async fn follow(
             && let Err(e) = f.write((at * 1000.0) as i64, text)
         {
             tracing::warn!("cannot write {}: {e}", path.display());
-            file = None;
+            *file = None;
         }
         if let Ok(mut r) = recorder.lock() {
             r.observe(&host, text, at);
@@ -60,8 +60,10 @@ pub(crate) async fn follow(
                 buf.extend_from_slice(&chunk.bytes);
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
-                    emit(&line[..line.len() - 1]);
+                    emit(&mut file, &line[..line.len() - 1]);
                 }
+                // Each of Docker's frames is a burst of output: readers see it whole.
+                flush(&mut file, &path);
             }
             Err(e) => {
                 tracing::warn!("{e}");
@@ -71,8 +73,18 @@ pub(crate) async fn follow(
     }
     for buf in partial {
         if !buf.is_empty() {
-            emit(&buf);
+            emit(&mut file, &buf);
         }
+    }
+    flush(&mut file, &path);
+}
+
+fn flush(file: &mut Option<log_events::Writer>, path: &Path) {
+    if let Some(f) = file.as_mut()
+        && let Err(e) = f.flush()
+    {
+        tracing::warn!("cannot write {}: {e}", path.display());
+        *file = None;
     }
 }
 

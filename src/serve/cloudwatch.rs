@@ -235,6 +235,7 @@ mod tests {
             // Two lines per millisecond, as fast loggers print.
             log.write(1000 + i as i64 / 2, &format!("line {i}")).unwrap();
         }
+        log.flush().unwrap();
         Writer::open(&logs.join("algo-2.log")).unwrap();
         (dir, store, "job/algo-1-1700000000".into())
     }

@@ -21,6 +21,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Request bodies larger than this are refused (a CreateTrainingJob request is a few KiB).
 const MAX_BODY: usize = 1 << 20;
@@ -78,12 +79,14 @@ impl From<StateError> for ApiError {
 
 pub(crate) type ApiResult = Result<Value, ApiError>;
 
-/// Serves the API on `listener` until `shutdown`; each connection is served to its end.
+/// Serves the API on `listener` until `shutdown`, then lets every open connection finish
+/// the request it is serving (as mini-redis drains its connections) before returning.
 pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: CancellationToken) {
+    let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -92,18 +95,30 @@ pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: Cancellat
                 continue;
             }
         };
-        let queue = queue.clone();
-        tokio::spawn(async move {
+        let (queue, shutdown) = (queue.clone(), shutdown.clone());
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let queue = queue.clone();
                 async move { Ok::<_, Infallible>(handle(&queue, request).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            tokio::pin!(connection);
+            // On shutdown a keep-alive connection finishes its request in flight, then closes.
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!("connection ended: {e}");
             }
         });
     }
+    connections.close();
+    connections.wait().await;
 }
 
 async fn handle(queue: &Queue, request: Request<Incoming>) -> Response<Full<Bytes>> {
