@@ -292,9 +292,7 @@ fn plan_staging_job(uri: &str) -> smlocal::Job {
         "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1}
     });
     let request = smlocal::from_value(request).expect("request");
-    let host = smlocal::Host::detect();
-    let settings =
-        smlocal::Settings { host, reserve: host.default_reserve(), region: "us-east-1".into(), oversubscribe: true };
+    let settings = smlocal::Settings::detect(None, true, "us-east-1").expect("this machine");
     smlocal::plan(request, &settings).expect("plan")
 }
 

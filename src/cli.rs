@@ -5,8 +5,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use smlocal::{
-    AwsErrorKind, CreateError, Docker, Host, JobError, RunError, RunOptions, Secondary, Services, Settings, SpecError,
-    StateDir, StateError, Status, Storage, human_bytes,
+    AwsErrorKind, CreateError, Docker, Job, JobError, JobOutcome, RunError, RunOptions, Secondary, Services, Settings,
+    SpecError, StateDir, StateError, Status, Storage, human_bytes,
 };
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -314,30 +314,7 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     let storage = Storage::from_env();
     let settings = settings(args.memory_reserve.as_deref(), args.oversubscribe, &storage)?;
     let job = smlocal::plan(request, &settings).with_context(|| format!("{}: invalid request", args.request))?;
-    for notice in &job.notices {
-        eprintln!("smlocal: note: {notice}");
-    }
-    if job.memory_scale < 1.0 {
-        eprintln!(
-            "smlocal: --oversubscribe: the cluster needs more memory than this machine has beyond its reserve; every container's memory cap is scaled to {:.0}% of its instance type's",
-            job.memory_scale * 100.0
-        );
-    }
-    for h in &job.hosts {
-        let derived = if h.instance.derived { " (sizes derived from the instance family)" } else { "" };
-        let capped = if h.limits.memory_bytes < h.instance.memory_bytes {
-            format!(" (scaled down from {})", human_bytes(h.instance.memory_bytes))
-        } else {
-            String::new()
-        };
-        eprintln!(
-            "smlocal: {} is {} with {} vCPU and {} memory{derived}{capped}",
-            h.name,
-            h.instance.instance_type,
-            h.limits.nano_cpus / 1_000_000_000,
-            human_bytes(h.limits.memory_bytes)
-        );
-    }
+    print_plan(&job);
 
     let services = Services { state: StateDir::from_env(), docker: Docker::connect().await?, storage };
     let store = &services.state;
@@ -364,6 +341,40 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     shown.abort();
     let outcome = outcome?;
 
+    print_outcome(&job, &outcome, store, args.keep);
+    Ok(exit_code(&outcome))
+}
+
+/// What smlocal will do differently from the request, and each host's size.
+fn print_plan(job: &Job) {
+    for notice in &job.notices {
+        eprintln!("smlocal: note: {notice}");
+    }
+    if job.memory_scale < 1.0 {
+        eprintln!(
+            "smlocal: --oversubscribe: the cluster needs more memory than this machine has beyond its reserve; every container's memory cap is scaled to {:.0}% of its instance type's",
+            job.memory_scale * 100.0
+        );
+    }
+    for h in &job.hosts {
+        let derived = if h.instance.derived { " (sizes derived from the instance family)" } else { "" };
+        let capped = if h.limits.memory_bytes < h.instance.memory_bytes {
+            format!(" (scaled down from {})", human_bytes(h.instance.memory_bytes))
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "smlocal: {} is {} with {} vCPU and {} memory{derived}{capped}",
+            h.name,
+            h.instance.instance_type,
+            h.limits.nano_cpus / 1_000_000_000,
+            human_bytes(h.limits.memory_bytes)
+        );
+    }
+}
+
+/// How the job ended and where its results and record are.
+fn print_outcome(job: &Job, outcome: &JobOutcome, store: &StateDir, keep: bool) {
     let r = &outcome.record;
     let status = match (r.training_job_status, r.secondary_status) {
         (Status::Stopped, Secondary::MaxRuntimeExceeded) => "Stopped (MaxRuntimeExceeded)".to_string(),
@@ -381,39 +392,37 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
         }
         None => {}
     }
-    if args.keep {
+    if keep {
         eprintln!(
             "smlocal: --keep: the containers, network and {} were left for debugging; `smlocal cleanup` removes them",
             store.work_dir(&job.name).display()
         );
     }
     eprintln!("smlocal: record: smlocal describe {}   logs: {}", job.name, store.logs_dir(&job.name).display());
-    Ok(if outcome.interrupted {
+}
+
+/// The exit-code contract: 0 Completed, 1 Failed or Stopped, 130 interrupted by Ctrl-C.
+fn exit_code(outcome: &JobOutcome) -> ExitCode {
+    if outcome.interrupted {
         ExitCode::from(130)
-    } else if r.training_job_status == Status::Completed {
+    } else if outcome.record.training_job_status == Status::Completed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
 }
 
 /// This machine, its memory reserve and the region, as jobs are planned.
 fn settings(memory_reserve: Option<&str>, oversubscribe: bool, storage: &Storage) -> Result<Settings> {
-    let host = Host::detect();
     let reserve = match memory_reserve {
-        Some(text) => smlocal::parse_size(text)
-            .with_context(|| format!("--memory-reserve '{text}' is not a size; use e.g. 2G, 512M or 1073741824"))?,
-        None => host.default_reserve(),
+        Some(text) => Some(
+            smlocal::parse_size(text)
+                .with_context(|| format!("--memory-reserve '{text}' is not a size; use e.g. 2G, 512M or 1073741824"))?,
+        ),
+        None => None,
     };
-    if reserve >= host.memory_bytes {
-        bail!(
-            "--memory-reserve {} leaves nothing for containers on this machine ({} in all)",
-            human_bytes(reserve),
-            human_bytes(host.memory_bytes)
-        );
-    }
-    let region = storage.region().unwrap_or("us-east-1").to_string();
-    Ok(Settings { host, reserve, region, oversubscribe })
+    let region = storage.region().unwrap_or("us-east-1");
+    Settings::detect(reserve, oversubscribe, region).context("--memory-reserve")
 }
 
 /// Staging progress: a bar with bytes and bytes/s on a terminal, a line every few seconds
@@ -474,24 +483,12 @@ fn read_request(path: &str) -> Result<String> {
     }
 }
 
-/// The SageMaker SDK's `name_from_base`: the base cut to fit, then `-YYYY-MM-DD-HH-MM-SS-mmm`.
+/// `--unique-name`: the request's `TrainingJobName` made unique as the SageMaker SDK does.
 fn rename_uniquely(value: &mut serde_json::Value) {
-    let Some(name) = value.get("TrainingJobName").and_then(|n| n.as_str()) else {
-        return;
-    };
-    let now = time::OffsetDateTime::now_utc();
-    let stamp = format!(
-        "{:04}-{:02}-{:02}-{:02}-{:02}-{:02}-{:03}",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.millisecond()
-    );
-    let base: String = name.chars().take(63 - stamp.len() - 1).collect();
-    value["TrainingJobName"] = serde_json::Value::String(format!("{}-{stamp}", base.trim_end_matches('-')));
+    if let Some(name) = value.get("TrainingJobName").and_then(|n| n.as_str()) {
+        value["TrainingJobName"] =
+            serde_json::Value::String(smlocal::unique_name(name, time::OffsetDateTime::now_utc()));
+    }
 }
 
 /// Ctrl-C or SIGTERM to smlocal stops the job the way SageMaker's StopTrainingJob does.

@@ -53,6 +53,23 @@ pub struct Settings {
     pub oversubscribe: bool,
 }
 
+impl Settings {
+    /// This machine as it is now: its CPUs and memory, the reserve (`None` for the default,
+    /// the larger of 1 GiB and 10% of memory) and the region jobs run in.
+    pub fn detect(
+        reserve: Option<u64>,
+        oversubscribe: bool,
+        region: &str,
+    ) -> Result<Settings, resources::ResourceError> {
+        let host = Host::detect();
+        let reserve = reserve.unwrap_or_else(|| host.default_reserve());
+        if reserve >= host.memory_bytes {
+            return Err(resources::ResourceError::ReserveTooLarge { reserve, memory: host.memory_bytes });
+        }
+        Ok(Settings { host, reserve, region: region.to_string(), oversubscribe })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Job {
     pub name: String,

@@ -20,6 +20,11 @@ pub enum ResourceError {
         "instance type {0} has irregular GPU sizing that smlocal does not know; use a type from the table (e.g. ml.g5.xlarge) or ml.m5.* for CPU-only runs"
     )]
     UnknownSizing(String),
+    #[error(
+        "a memory reserve of {} leaves nothing for containers on this machine ({} in all)",
+        human_bytes(*.reserve), human_bytes(*.memory)
+    )]
+    ReserveTooLarge { reserve: u64, memory: u64 },
 }
 
 /// The host this job runs on.

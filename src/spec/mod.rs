@@ -206,6 +206,23 @@ pub fn from_value(value: Value) -> Result<Request, SpecError> {
     Ok(Request { fields, raw })
 }
 
+/// The SageMaker SDK's `name_from_base`: `base` cut to fit a `TrainingJobName`, then
+/// `-YYYY-MM-DD-HH-MM-SS-mmm` of `now`.
+pub fn unique_name(base: &str, now: time::OffsetDateTime) -> String {
+    let stamp = format!(
+        "{:04}-{:02}-{:02}-{:02}-{:02}-{:02}-{:03}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    );
+    let base: String = base.chars().take(63 - stamp.len() - 1).collect();
+    format!("{}-{stamp}", base.trim_end_matches('-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +249,15 @@ mod tests {
         let keys: Vec<&String> = req.fields.hyper_parameters.keys().collect();
         assert_eq!(keys, ["sagemaker_program", "b", "a"]);
         assert_eq!(req.fields.hyper_parameters["sagemaker_program"], "\"train.py\"");
+    }
+
+    #[test]
+    fn unique_names_fit_the_limit_as_the_sdk_makes_them() {
+        let at = time::macros::datetime!(2026-12-01 18:05:09.042 UTC);
+        assert_eq!(unique_name("job", at), "job-2026-12-01-18-05-09-042");
+        let long = unique_name(&format!("{}-", "x".repeat(70)), at);
+        assert_eq!(long.len(), 63);
+        assert!(long.ends_with("x-2026-12-01-18-05-09-042"), "{long}");
     }
 
     #[test]
