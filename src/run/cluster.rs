@@ -11,6 +11,7 @@ use crate::logs;
 use crate::metrics::Recorder;
 use crate::relay::Relay;
 use crate::stage::{ChannelMount, HostTree};
+use crate::state::StateDir;
 use crate::storage::Storage;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -82,16 +83,16 @@ impl<'a> Cluster<'a> {
         &mut self,
         mounts: &[ChannelMount],
         work: &Path,
-        logs_dir: &Path,
+        state: &StateDir,
         recorder: &Arc<Mutex<Recorder>>,
     ) -> Result<Vec<JoinHandle<()>>, RunError> {
         self.attach(mounts, work, true).await?;
-        match self.start_hosts(work, logs_dir, recorder).await {
+        match self.start_hosts(work, state, recorder).await {
             Err(RunError::Docker(e)) if !self.volumes.is_empty() => {
                 tracing::info!("copying the channels instead of mounting them from the cache: {e}");
                 self.reset().await;
                 self.attach(mounts, work, false).await?;
-                self.start_hosts(work, logs_dir, recorder).await
+                self.start_hosts(work, state, recorder).await
             }
             started => started,
         }
@@ -128,7 +129,7 @@ impl<'a> Cluster<'a> {
     async fn start_hosts(
         &mut self,
         work: &Path,
-        logs_dir: &Path,
+        state: &StateDir,
         recorder: &Arc<Mutex<Recorder>>,
     ) -> Result<Vec<JoinHandle<()>>, RunError> {
         let job = self.job;
@@ -164,7 +165,7 @@ impl<'a> Cluster<'a> {
                     self.docker.clone(),
                     c.id.clone(),
                     c.host.clone(),
-                    logs_dir.join(format!("{}.log", c.host)),
+                    state.log_path(&job.name, &c.host),
                     self.options.log.clone(),
                     recorder.clone(),
                 ))

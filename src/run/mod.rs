@@ -264,7 +264,7 @@ impl Attempt<'_> {
                 let dirs = job.hosts.iter().map(|h| HostTree::new(work, &h.name).checkpoints()).collect();
                 Syncer::new(&self.services.storage, &c.uri, dirs)
             });
-            let followers = cluster.start(&mounts, work, &logs_dir, &recorder).await?;
+            let followers = cluster.start(&mounts, work, state, &recorder).await?;
             record.enter(Secondary::Training, "Training image download completed. Training in progress.");
             state.save(record)?;
             // MaxRuntimeInSeconds counts from the first start, across restarts.

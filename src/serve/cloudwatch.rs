@@ -62,10 +62,10 @@ fn stream_name(record: &Record, host: &str) -> String {
 }
 
 fn streams_of(store: &StateDir, record: &Record) -> Vec<Stream> {
-    let dir = store.job_dir(&record.training_job_name).join("logs");
+    let dir = store.logs_dir(&record.training_job_name);
     logs::hosts(&dir)
         .into_iter()
-        .map(|host| Stream { name: stream_name(record, &host), log: dir.join(format!("{host}.log")) })
+        .map(|host| Stream { name: stream_name(record, &host), log: store.log_path(&record.training_job_name, &host) })
         .collect()
 }
 
@@ -228,7 +228,7 @@ mod tests {
         let mut record = Record::new("job", "arn", "s3://b/m", &serde_json::Map::new());
         record.creation_time = 1_700_000_000.5;
         store.create(&record).unwrap();
-        let logs = store.job_dir("job").join("logs");
+        let logs = store.logs_dir("job");
         std::fs::create_dir_all(&logs).unwrap();
         let mut log = Writer::open(&logs.join("algo-1.log")).unwrap();
         for i in 0..lines {
@@ -261,7 +261,7 @@ mod tests {
         }
         assert_eq!(seen, ["line 0", "line 1", "line 2", "line 3", "line 4"]);
         // Lines written later come after the same token.
-        Writer::open(&store.job_dir("job").join("logs/algo-1.log")).unwrap().write(2000, "late").unwrap();
+        Writer::open(&store.log_path("job", "algo-1")).unwrap().write(2000, "late").unwrap();
         assert_eq!(messages(&get_log_events(&store, body).unwrap()), ["late"]);
     }
 

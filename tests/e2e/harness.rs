@@ -99,6 +99,9 @@ pub(crate) fn s3() -> &'static S3Server {
                     let Ok((socket, _)) = listener.accept().await else {
                         continue;
                     };
+                    // As S3, MinIO and every production HTTP server do: without it, Nagle's
+                    // algorithm and delayed ACKs stall every response on a reused connection.
+                    let _ = socket.set_nodelay(true);
                     let conn =
                         http.serve_connection(hyper_util::rt::TokioIo::new(socket), counting.clone()).into_owned();
                     tokio::spawn(async move {
