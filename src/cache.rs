@@ -68,7 +68,7 @@ impl Cache {
         let cache = Cache { root: state_root.join("cache"), max_bytes };
         if let Some(dropped) = cache.drop_unstable_entries() {
             tracing::info!(
-                "cache: dropped {} entries ({}) keyed by an earlier smlocal's unstable hash; they are fetched again when used",
+                "cache: dropped {} object(s) ({}) that an earlier smlocal keyed by an unstable hash; they are fetched again when used",
                 dropped.entries,
                 crate::resources::human_bytes(dropped.bytes)
             );

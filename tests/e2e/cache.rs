@@ -118,3 +118,31 @@ fn where_an_overlay_cannot_be_mounted_each_host_gets_a_copy() {
     let second = sm.train(&probe_request("copy-2", &bucket, &steps), &[]);
     assert!(second.stdout.contains("algo-1 | from s3"), "the first run's write reached the cache: {second:?}");
 }
+
+#[test]
+fn a_cache_made_with_the_old_unstable_keys_is_dropped_once_with_a_note_and_rebuilt() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("cache-old-{}", unique()));
+    bucket.put("train/a.csv", b"fresh\n");
+    // What a build keyed by std's DefaultHasher left: 32 hex digits per entry, in objects/.
+    // Its entry for a.csv holds other bytes, as a key that now means another object would.
+    let old = sm.home.path().join("cache/objects");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("0123456789abcdef0123456789abcdef"), b"stale\n").unwrap();
+    let steps = ["cat", "/opt/ml/input/data/train/a.csv"];
+    let before = bucket.object_gets();
+    let first = sm.train(&probe_request("cache-old-1", &bucket, &steps), &[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(
+        first.stderr.contains("cache: dropped 1 object(s) (6 B) that an earlier smlocal keyed by an unstable hash"),
+        "{first:?}"
+    );
+    assert!(first.stdout.contains("algo-1 | fresh"), "never the old layout's bytes: {first:?}");
+    assert!(!old.exists(), "the old layout is gone");
+    assert_eq!(bucket.object_gets(), before + 1, "the object was fetched again");
+    // Rebuilt under the stable keys: the next run is a hit and says nothing about old entries.
+    let second = sm.train(&probe_request("cache-old-2", &bucket, &steps), &[]);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(!second.stderr.contains("dropped"), "{second:?}");
+    assert_eq!(bucket.object_gets(), before + 1, "the rebuilt entry is hit");
+}
