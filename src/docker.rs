@@ -27,8 +27,6 @@ pub enum DockerError {
         "image '{0}' is not on this machine; smlocal never pulls (there may be no registry): build it or `docker pull` it first, then run again"
     )]
     ImageMissing(String),
-    #[error("{0}")]
-    Unsupported(String),
     #[error("failed to {action}: {source}")]
     Operation {
         action: String,

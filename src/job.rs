@@ -3,7 +3,7 @@
 //! workstation cannot honour, and the resolved plan (hosts, groups, caps, channels).
 
 use crate::resources::{self, Host, InstanceSpec, Limits, human_bytes};
-use crate::spec::{self, Request};
+use crate::spec::{self, InputMode, RecordWrapper, Request};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -122,8 +122,9 @@ pub struct ChannelPlan {
     pub data_type: DataType,
     pub sharded: bool,
     pub content_type: Option<String>,
-    pub record_wrapper: String,
-    pub input_mode: String,
+    pub record_wrapper: RecordWrapper,
+    /// How the algorithm sees the channel: always File today (FastFile is staged as File).
+    pub input_mode: InputMode,
     pub shuffle_seed: Option<i64>,
     /// Instance groups that receive this channel; empty means all.
     pub groups: Vec<String>,
@@ -204,7 +205,7 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
             ));
         }
     };
-    check_input_mode(&algo.training_input_mode, "AlgorithmSpecification.TrainingInputMode", &mut notices)?;
+    check_input_mode(algo.training_input_mode, "AlgorithmSpecification.TrainingInputMode", &mut notices)?;
 
     for (i, metric) in algo.metric_definitions.iter().enumerate() {
         if let Err(e) = regex::Regex::new(&metric.regex) {
@@ -245,8 +246,8 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
                 )));
             }
         };
-        let input_mode = c.input_mode.clone().unwrap_or_else(|| algo.training_input_mode.clone());
-        check_input_mode(&input_mode, &format!("InputDataConfig[{i}].InputMode"), &mut notices)?;
+        let input_mode = c.input_mode.unwrap_or(algo.training_input_mode);
+        check_input_mode(input_mode, &format!("InputDataConfig[{i}].InputMode"), &mut notices)?;
         if c.compression_type.as_deref().is_some_and(|t| t != "None") {
             notices.push(format!(
                 "InputDataConfig[{i}].CompressionType applies to Pipe mode only; channel '{}' is staged as stored",
@@ -267,8 +268,8 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
             data_type,
             sharded: s3.s3_data_distribution_type.as_deref() == Some("ShardedByS3Key"),
             content_type: c.content_type.clone(),
-            record_wrapper: c.record_wrapper_type.clone().unwrap_or_else(|| "None".into()),
-            input_mode: "File".into(),
+            record_wrapper: c.record_wrapper_type.unwrap_or(RecordWrapper::None),
+            input_mode: InputMode::File,
             shuffle_seed: c.shuffle_config.as_ref().map(|s| s.seed),
             groups: s3.instance_group_names.clone(),
         });
@@ -331,15 +332,15 @@ fn account(role_arn: &str) -> &str {
     role_arn.split(':').nth(4).filter(|a| !a.is_empty()).unwrap_or("000000000000")
 }
 
-fn check_input_mode(mode: &str, field: &str, notices: &mut Vec<String>) -> Result<(), JobError> {
+fn check_input_mode(mode: InputMode, field: &str, notices: &mut Vec<String>) -> Result<(), JobError> {
     match mode {
-        "File" => Ok(()),
-        "FastFile" => {
+        InputMode::File => Ok(()),
+        InputMode::FastFile => {
             notices.push(format!("{field} FastFile is staged as File mode: the algorithm sees the same files"));
             Ok(())
         }
-        other => Err(JobError::Unsupported(format!(
-            "{field} '{other}' is not supported yet; use File (or FastFile, which smlocal stages as File)"
+        InputMode::Pipe => Err(JobError::Unsupported(format!(
+            "{field} 'Pipe' is not supported yet; use File (or FastFile, which smlocal stages as File)"
         ))),
     }
 }

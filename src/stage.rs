@@ -508,8 +508,8 @@ mod tests {
             data_type: DataType::ManifestFile,
             sharded: false,
             content_type: None,
-            record_wrapper: "None".into(),
-            input_mode: "File".into(),
+            record_wrapper: crate::spec::RecordWrapper::None,
+            input_mode: crate::spec::InputMode::File,
             shuffle_seed: None,
             groups: vec![],
         };

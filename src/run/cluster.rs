@@ -104,20 +104,27 @@ impl<'a> Cluster<'a> {
         for m in mounts {
             if overlays {
                 let name = format!("smlocal-{}-{}-{}-{}", self.job.name, m.host, m.channel, unique_suffix());
+                // Overlay's mount options are split at ',' and ':': such a path cannot be a layer.
                 let usable = [&m.lower, &m.upper, &m.scratch].iter().all(|p| !p.to_string_lossy().contains([',', ':']));
-                let created = if usable {
-                    self.docker.create_overlay_volume(&name, &m.lower, &m.upper, &m.scratch, self.labels.clone()).await
+                if !usable {
+                    tracing::info!(
+                        "copying the channels instead of mounting them from the cache: a path with ',' or ':' cannot be an overlay layer"
+                    );
+                    overlays = false;
                 } else {
-                    Err(DockerError::Unsupported("a path with ',' or ':' cannot be an overlay layer".into()))
-                };
-                match created {
-                    Ok(()) => {
-                        self.volumes.push(Volume { host: m.host.clone(), name, target: m.target.clone() });
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::info!("copying the channels instead of mounting them from the cache: {e}");
-                        overlays = false;
+                    match self
+                        .docker
+                        .create_overlay_volume(&name, &m.lower, &m.upper, &m.scratch, self.labels.clone())
+                        .await
+                    {
+                        Ok(()) => {
+                            self.volumes.push(Volume { host: m.host.clone(), name, target: m.target.clone() });
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::info!("copying the channels instead of mounting them from the cache: {e}");
+                            overlays = false;
+                        }
                     }
                 }
             }

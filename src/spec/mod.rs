@@ -98,11 +98,27 @@ pub struct CheckpointConfig {
 pub struct AlgorithmSpecification {
     pub training_image: Option<String>,
     pub algorithm_name: Option<String>,
-    pub training_input_mode: String,
+    pub training_input_mode: InputMode,
     #[serde(default)]
     pub metric_definitions: Vec<MetricDefinition>,
     pub container_entrypoint: Option<Vec<String>>,
     pub container_arguments: Option<Vec<String>>,
+}
+
+/// `TrainingInputMode`: how a channel reaches the algorithm (the model's enum, so a request
+/// that passed validation always parses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum InputMode {
+    Pipe,
+    File,
+    FastFile,
+}
+
+/// `RecordWrapperType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum RecordWrapper {
+    None,
+    RecordIO,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,8 +135,8 @@ pub struct Channel {
     pub data_source: DataSource,
     pub content_type: Option<String>,
     pub compression_type: Option<String>,
-    pub record_wrapper_type: Option<String>,
-    pub input_mode: Option<String>,
+    pub record_wrapper_type: Option<RecordWrapper>,
+    pub input_mode: Option<InputMode>,
     pub shuffle_config: Option<ShuffleConfig>,
 }
 
