@@ -28,29 +28,35 @@
 //! Running:
 //! - [`docker`]: the only module that talks to the Docker Engine (bollard).
 //! - [`relay`]: a loopback S3 endpoint made reachable from containers (script mode).
-//! - [`run`]: one job's attempt loop: stage, start the cluster, supervise it (stop on
-//!   shutdown or max runtime), collect, and keep the record current. A failed algorithm is
-//!   an outcome, not an error.
+//! - [`run`]: one job, start to record. A failed algorithm is an outcome, not an error.
+//!   `mod.rs` the attempt loop (stage, start, supervise, collect, keep the record current);
+//!   `cluster.rs` the Docker objects of the job, removed by `remove()` or on drop;
+//!   `supervise.rs` waiting for the hosts and SIGTERM → grace → SIGKILL, behind a seam tested
+//!   with paused time; `outcome.rs` how an end becomes `FailureReason` and final metrics.
 //!
 //! Watching:
-//! - [`logs`]: container output to per-host log files, the terminal and the metric
-//!   recorder; the on-disk line index that CloudWatch-style reads page through.
+//! - [`logs`]: `mod.rs` container output to per-host log files, the terminal and the metric
+//!   recorder, and reading it back live; `index.rs` the on-disk line index that
+//!   CloudWatch-style reads page through.
 //! - [`metrics`]: `MetricDefinitions` applied to every log line; the series and final values.
 //! - [`plot`]: the metrics as an SVG chart.
 //!
 //! Results and records:
-//! - [`artifacts`]: the hosts' model and output folders streamed to `model.tar.gz` /
-//!   `output.tar.gz` at the output path (merged tar, parallel gzip, multipart upload).
-//! - [`state`]: the state directory (job records written atomically, logs, work files), the
-//!   `DescribeTrainingJob`-shaped record, and ListTrainingJobs' listing.
+//! - [`artifacts`]: the hosts' model and output folders to `model.tar.gz` / `output.tar.gz`
+//!   at the output path: `mod.rs` collects and uploads (kept locally when an upload fails),
+//!   `tar.rs` merges the hosts' trees, `gzip.rs` compresses on every core.
+//! - [`state`]: `mod.rs` the state directory and every path in a job's folder (records
+//!   written atomically, logs, work files); `record.rs` the `DescribeTrainingJob`-shaped
+//!   record and its typed vocabulary; `listing.rs` ListTrainingJobs' filters and pages.
 //! - [`cleanup`]: leftovers of runs whose smlocal process died: Docker objects removed,
 //!   records marked `Failed`.
 //!
 //! Front ends:
-//! - [`serve`]: `smlocal serve`: the SageMaker training API and the CloudWatch Logs reads over
-//!   HTTP (AWS JSON 1.1), one file per AWS service, and the queue that admits jobs and runs
-//!   them in the background.
-//! - [`check`]: `smlocal check IMAGE`: the contract checks, built on [`run`].
+//! - [`serve`]: `smlocal serve`: `mod.rs` HTTP, routing and AWS errors; `training.rs` and
+//!   `cloudwatch.rs` one AWS service each; `queue.rs` admits jobs and runs them in the
+//!   background.
+//! - [`check`]: `smlocal check IMAGE`, built on [`run`]: `mod.rs` the checks and their order,
+//!   `lab.rs` the jobs they run, `judge.rs` the verdicts, `junit.rs` the report.
 //!
 //! The library installs no signal handlers: [`run()`] takes a shutdown token, and the
 //! binary (`src/main.rs`, `src/cli.rs`) turns Ctrl-C into it.
