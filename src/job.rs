@@ -12,8 +12,31 @@ use std::time::Duration;
 pub enum JobError {
     #[error("{}", spec::validation_sentence(.0))]
     Constraints(Vec<String>),
-    #[error("{0}")]
-    Unsupported(String),
+    #[error(
+        "AlgorithmSpecification is required: smlocal needs AlgorithmSpecification.TrainingImage to know what to run"
+    )]
+    NoAlgorithmSpecification,
+    #[error(
+        "AlgorithmSpecification.AlgorithmName '{0}' refers to an algorithm resource in your AWS account; smlocal runs images, so set AlgorithmSpecification.TrainingImage to a locally available image"
+    )]
+    AlgorithmResource(String),
+    #[error("AlgorithmSpecification.TrainingImage is required: name a Docker image that exists on this machine")]
+    NoTrainingImage,
+    #[error(
+        "ResourceConfig is required: set ResourceConfig.InstanceType and ResourceConfig.InstanceCount (e.g. \"ml.m5.large\" and 1)"
+    )]
+    NoResourceConfig,
+    #[error(
+        "InputDataConfig[{index}] (channel '{channel}'): only DataSource.S3DataSource is supported (with s3:// or file:// URIs); FileSystemDataSource and DatasetSource need AWS"
+    )]
+    DataSource { index: usize, channel: String },
+    #[error(
+        "InputDataConfig[{index}].DataSource.S3DataSource.S3DataType '{data_type}' is not supported yet; use S3Prefix or ManifestFile"
+    )]
+    DataType { index: usize, data_type: String },
+    /// `field` is where the mode was set (the algorithm's default or a channel's own).
+    #[error("{field} '{mode:?}' is not supported yet; use File (or FastFile, which smlocal stages as File)")]
+    InputMode { field: String, mode: InputMode },
     #[error(transparent)]
     Resources(#[from] resources::ResourceError),
     /// The cluster does not fit this machine's memory beyond the reserve.
@@ -188,21 +211,14 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         .map(|(k, what)| format!("{k} is accepted and recorded; {what}"))
         .collect();
 
-    let algo = f.algorithm_specification.as_ref().ok_or_else(|| {
-        JobError::Unsupported("AlgorithmSpecification is required: smlocal needs AlgorithmSpecification.TrainingImage to know what to run".into())
-    })?;
+    let algo = f.algorithm_specification.as_ref().ok_or(JobError::NoAlgorithmSpecification)?;
     let image = match (&algo.training_image, &algo.algorithm_name) {
         (Some(image), _) if !image.is_empty() => image.clone(),
         (_, Some(name)) => {
-            return Err(JobError::Unsupported(format!(
-                "AlgorithmSpecification.AlgorithmName '{name}' refers to an algorithm resource in your AWS account; smlocal runs images, so set AlgorithmSpecification.TrainingImage to a locally available image"
-            )));
+            return Err(JobError::AlgorithmResource(name.clone()));
         }
         _ => {
-            return Err(JobError::Unsupported(
-                "AlgorithmSpecification.TrainingImage is required: name a Docker image that exists on this machine"
-                    .into(),
-            ));
+            return Err(JobError::NoTrainingImage);
         }
     };
     check_input_mode(algo.training_input_mode, "AlgorithmSpecification.TrainingInputMode", &mut notices)?;
@@ -232,18 +248,13 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
             ));
         }
         let Some(s3) = &c.data_source.s3_data_source else {
-            return Err(JobError::Unsupported(format!(
-                "InputDataConfig[{i}] (channel '{}'): only DataSource.S3DataSource is supported (with s3:// or file:// URIs); FileSystemDataSource and DatasetSource need AWS",
-                c.channel_name
-            )));
+            return Err(JobError::DataSource { index: i, channel: c.channel_name.clone() });
         };
         let data_type = match s3.s3_data_type.as_str() {
             "S3Prefix" => DataType::S3Prefix,
             "ManifestFile" => DataType::ManifestFile,
             other => {
-                return Err(JobError::Unsupported(format!(
-                    "InputDataConfig[{i}].DataSource.S3DataSource.S3DataType '{other}' is not supported yet; use S3Prefix or ManifestFile"
-                )));
+                return Err(JobError::DataType { index: i, data_type: other.to_string() });
             }
         };
         let input_mode = c.input_mode.unwrap_or(algo.training_input_mode);
@@ -339,9 +350,7 @@ fn check_input_mode(mode: InputMode, field: &str, notices: &mut Vec<String>) -> 
             notices.push(format!("{field} FastFile is staged as File mode: the algorithm sees the same files"));
             Ok(())
         }
-        InputMode::Pipe => Err(JobError::Unsupported(format!(
-            "{field} 'Pipe' is not supported yet; use File (or FastFile, which smlocal stages as File)"
-        ))),
+        mode @ InputMode::Pipe => Err(JobError::InputMode { field: field.to_string(), mode }),
     }
 }
 
@@ -354,9 +363,7 @@ fn cluster(
 ) -> Result<(Vec<GroupPlan>, Vec<HostPlan>, f64), JobError> {
     let none = (Vec::new(), Vec::new(), 1.0);
     let Some(rc) = &request.fields.resource_config else {
-        return Err(JobError::Unsupported(
-            "ResourceConfig is required: set ResourceConfig.InstanceType and ResourceConfig.InstanceCount (e.g. \"ml.m5.large\" and 1)".into(),
-        ));
+        return Err(JobError::NoResourceConfig);
     };
     let groups: Vec<(String, String, i64)> = match (&rc.instance_type, rc.instance_count, rc.instance_groups.is_empty())
     {
