@@ -168,14 +168,17 @@ impl<'a> Cluster<'a> {
             .containers
             .iter()
             .map(|c| {
-                tokio::spawn(logs::follow(
+                // Inside the job's span (the caller's), tagged with the host.
+                let span = tracing::info_span!("host", host = %c.host);
+                let follow = logs::follow(
                     self.docker.clone(),
                     c.id.clone(),
                     c.host.clone(),
                     state.log_path(&job.name, &c.host),
                     self.options.log.clone(),
                     recorder.clone(),
-                ))
+                );
+                tokio::spawn(tracing::Instrument::instrument(follow, span))
             })
             .collect())
     }
