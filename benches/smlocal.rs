@@ -334,7 +334,7 @@ async fn packaging(root: &Path, size: &Size) {
     };
     let plain_tar = shell(&format!("tar -cf {} -C {} .", root.join("plain.tar").display(), model.display()));
     let ours_out = root.join("ours/model.tar.gz");
-    let sources = vec![("algo-1".to_string(), model.clone())];
+    let sources = vec![("algo-1".to_string(), smlocal::Beneath::folder(&model))];
     let storage = smlocal::Storage::from_env();
     let t = Instant::now();
     smlocal::stream_archive(&storage, sources.clone(), &format!("file://{}", ours_out.display())).await.expect("pack");

@@ -5,9 +5,9 @@
 
 use crate::stage::safe_relative;
 use crate::storage::{Location, Storage, StorageError};
-use crate::tree::EntryKind;
+use crate::tree::{Beneath, EntryKind, TreeError};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 /// What a file looked like when it was last synced: a change in either means upload again.
@@ -54,11 +54,24 @@ pub(crate) async fn restore(storage: &Storage, uri: &str, dir: &Path) -> Result<
     Ok(restored)
 }
 
-/// Keeps `S3Uri` in step with the hosts' checkpoint folders.
+/// Why a sync did not finish; the next one tries again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SyncError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A host's checkpoint folder (or a file in it) is a link or cannot be read: it is
+    /// never followed, and nothing is deleted at `S3Uri` on a partial view.
+    #[error("checkpoint folder: {0}")]
+    Folder(#[from] TreeError),
+}
+
+/// Keeps `S3Uri` in step with the hosts' checkpoint folders. The containers write them
+/// while this reads, so every folder and file is opened through [`crate::tree`]: a file
+/// swapped for a link between the scan and the upload is refused, not followed.
 pub(crate) struct Syncer {
     storage: Storage,
     uri: String,
-    dirs: Vec<PathBuf>,
+    dirs: Vec<Beneath>,
     synced: BTreeMap<String, Stamp>,
 }
 
@@ -70,27 +83,29 @@ pub(crate) struct SyncReport {
 
 impl Syncer {
     /// `dirs` are the hosts' folders, just restored: what they hold is already at `uri`.
-    pub(crate) fn new(storage: &Storage, uri: &str, dirs: Vec<PathBuf>) -> Self {
+    pub(crate) fn new(storage: &Storage, uri: &str, dirs: Vec<Beneath>) -> Self {
         // Unreadable now means nothing is known to be synced: the first sync uploads all.
         let synced = scan(&dirs).unwrap_or_default().into_iter().map(|(rel, (stamp, _))| (rel, stamp)).collect();
         Syncer { storage: storage.clone(), uri: folder(uri), dirs, synced }
     }
 
-    pub(crate) async fn sync(&mut self) -> Result<SyncReport, StorageError> {
+    pub(crate) async fn sync(&mut self) -> Result<SyncReport, SyncError> {
         // The walk is blocking file I/O over every checkpoint file: off the async workers.
         let dirs = self.dirs.clone();
         // A walk that could not finish syncs nothing: an empty scan would delete every
         // checkpoint at S3Uri.
         let now = match tokio::task::spawn_blocking(move || scan(&dirs)).await {
             Ok(Ok(now)) => now,
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Ok(SyncReport::default()),
         };
 
         let mut report = SyncReport::default();
-        for (rel, (stamp, path)) in &now {
+        for (rel, (stamp, host)) in &now {
             if self.synced.get(rel) != Some(stamp) {
-                self.storage.upload(path, &format!("{}{rel}", self.uri)).await?;
+                let folder = &self.dirs[*host];
+                let file = folder.open(Path::new(rel))?;
+                self.storage.upload_file(file, &folder.path().join(rel), &format!("{}{rel}", self.uri)).await?;
                 self.synced.insert(rel.clone(), *stamp);
                 report.uploaded += 1;
             }
@@ -109,30 +124,24 @@ impl Syncer {
 /// have the same path. Links are not followed (a checkpoint folder may point anywhere on
 /// this machine) and not synced. A folder that cannot be read fails the scan: a partial one
 /// would delete what it missed from `S3Uri`.
-fn scan(dirs: &[PathBuf]) -> Result<BTreeMap<String, (Stamp, PathBuf)>, StorageError> {
-    let mut found: BTreeMap<String, (Stamp, PathBuf)> = BTreeMap::new();
-    for dir in dirs {
-        let walked = crate::tree::walk(dir, &mut |e| {
+fn scan(dirs: &[Beneath]) -> Result<BTreeMap<String, (Stamp, usize)>, TreeError> {
+    let mut found: BTreeMap<String, (Stamp, usize)> = BTreeMap::new();
+    for (host, dir) in dirs.iter().enumerate() {
+        let walked = dir.walk(&mut |e| {
             let EntryKind::File { len, modified } = e.kind else {
                 return;
             };
             let stamp = Stamp { len, modified };
             let rel = e.relative.to_string_lossy().into_owned();
             if found.get(&rel).is_none_or(|(s, _)| stamp.modified > s.modified) {
-                found.insert(rel, (stamp, e.path));
+                found.insert(rel, (stamp, host));
             }
         });
         match walked {
             Ok(()) => {}
             // A host's folder that is not there yet holds nothing.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {}
-            Err(source) => {
-                return Err(StorageError::Io {
-                    action: "cannot read the checkpoint folder",
-                    path: dir.clone(),
-                    source,
-                });
-            }
+            Err(e) if e.is_not_found() && !dir.path().exists() => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(found)
@@ -155,7 +164,7 @@ mod tests {
         assert_eq!(restore(&storage, &uri, host.path()).await.unwrap(), 2);
         assert_eq!(std::fs::read(host.path().join("sub/state.json")).unwrap(), b"{}");
 
-        let mut syncer = Syncer::new(&storage, &uri, vec![host.path().to_path_buf()]);
+        let mut syncer = Syncer::new(&storage, &uri, vec![Beneath::folder(host.path())]);
         assert_eq!(syncer.sync().await.unwrap(), SyncReport::default(), "nothing changed yet");
         std::fs::write(host.path().join("epoch-2.bin"), b"two").unwrap();
         std::fs::remove_file(host.path().join("epoch-1.bin")).unwrap();

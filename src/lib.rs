@@ -104,3 +104,4 @@ pub use crate::state::listing::{ListQuery, page as list_page};
 pub use crate::state::record::{Failure, FailureKind, Record, Secondary, Status};
 pub use crate::state::{StateDir, StateError};
 pub use crate::storage::Storage;
+pub use crate::tree::{Beneath, TreeError};

@@ -7,7 +7,7 @@
 use crate::cache::{Cache, Progress, Wanted};
 use crate::job::{ChannelPlan, DataType, HostPlan, Job};
 use crate::storage::{Location, ObjectInfo, Storage, StorageError};
-use crate::tree::EntryKind;
+use crate::tree::{Beneath, EntryKind, TreeError};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -31,6 +31,8 @@ pub enum StageError {
         #[source]
         source: StorageError,
     },
+    #[error(transparent)]
+    Tree(#[from] TreeError),
     #[error("cannot prepare '{}': {source}", path.display())]
     Io {
         path: PathBuf,
@@ -73,30 +75,31 @@ impl HostTree {
         self.0.join("input/data").join(channel)
     }
 
-    /// `model`: packed into `model.tar.gz`.
-    pub(crate) fn model(&self) -> PathBuf {
-        self.0.join("model")
+    /// `model`: packed into `model.tar.gz`. The container owns what is below the tree's
+    /// root: read it only through [`crate::tree`].
+    pub(crate) fn model(&self) -> Beneath {
+        Beneath::new(&self.0, "model")
     }
 
     /// `output/data`: packed into `output.tar.gz`.
-    pub(crate) fn output_data(&self) -> PathBuf {
-        self.0.join("output/data")
+    pub(crate) fn output_data(&self) -> Beneath {
+        Beneath::new(&self.0, "output/data")
     }
 
-    /// `output/failure`: the algorithm's reason for a non-zero exit.
-    pub(crate) fn failure_file(&self) -> PathBuf {
-        self.0.join("output/failure")
+    /// `output`, where the algorithm writes `failure`: its reason for a non-zero exit.
+    pub(crate) fn output(&self) -> Beneath {
+        Beneath::new(&self.0, "output")
     }
 
     /// `checkpoints`: the default `CheckpointConfig.LocalPath` (bound elsewhere when the
     /// request names another).
-    pub(crate) fn checkpoints(&self) -> PathBuf {
-        self.0.join("checkpoints")
+    pub(crate) fn checkpoints(&self) -> Beneath {
+        Beneath::new(&self.0, "checkpoints")
     }
 
     /// The folders that exist before the container starts.
     fn folders(&self) -> [PathBuf; 4] {
-        [self.0.join("input/config"), self.0.join("input/data"), self.model(), self.output_data()]
+        [self.0.join("input/config"), self.0.join("input/data"), self.model().path(), self.output_data().path()]
     }
 }
 
@@ -226,7 +229,7 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), StageError> {
 fn copy_tree(from: &Path, to: &Path) -> Result<(), StageError> {
     mkdir(to)?;
     let mut failed = None;
-    let walked = crate::tree::walk(from, &mut |e| {
+    let walked = Beneath::folder(from).walk(&mut |e| {
         if failed.is_some() {
             return;
         }
@@ -241,7 +244,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), StageError> {
             failed = Some(StageError::Io { path: dest, source });
         }
     });
-    walked.map_err(|source| StageError::Io { path: from.into(), source })?;
+    walked?;
     failed.map_or(Ok(()), Err)
 }
 

@@ -5,7 +5,7 @@
 //! reported when the contents differ.
 
 use crate::artifacts::gzip::ParallelGzip;
-use crate::tree::EntryKind;
+use crate::tree::{Beneath, EntryKind, TreeError};
 use flate2::Compression;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -21,6 +21,8 @@ pub enum ArtifactError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tree(#[from] TreeError),
 }
 
 /// What went into an archive.
@@ -40,7 +42,7 @@ pub struct Conflict {
 }
 
 /// Writes the union of several hosts' folders to `archive`.
-pub(crate) fn pack_merged(sources: &[(String, PathBuf)], archive: &Path) -> Result<Packed, ArtifactError> {
+pub(crate) fn pack_merged(sources: &[(String, Beneath)], archive: &Path) -> Result<Packed, ArtifactError> {
     let file = File::create(archive).map_err(|source| ArtifactError::Io {
         path: archive.into(),
         archive: archive.into(),
@@ -62,11 +64,12 @@ pub(crate) struct Entry {
 /// The union of several hosts' folders, in path order: for a path several hosts wrote, the
 /// lowest-numbered host's copy, and a conflict when the contents differ. A path kept as a
 /// file or link hides other hosts' entries beneath it.
-pub(crate) fn merge(sources: &[(String, PathBuf)]) -> std::io::Result<(Vec<Entry>, Vec<Conflict>)> {
+pub(crate) fn merge(sources: &[(String, Beneath)]) -> Result<(Vec<Entry>, Vec<Conflict>), TreeError> {
     let mut tree: BTreeMap<PathBuf, Vec<(usize, PathBuf, Kind)>> = BTreeMap::new();
-    for (index, (_, dir)) in sources.iter().enumerate() {
-        if dir.is_dir() {
-            crate::tree::walk(dir, &mut |e| {
+    for (index, (_, folder)) in sources.iter().enumerate() {
+        // A folder the host never made (or a file in its place) adds nothing; a link in its
+        // place is an error (see `crate::tree`), never followed.
+        let walked = folder.walk(&mut |e| {
                 let kind = match e.kind {
                     EntryKind::Dir => Kind::Dir,
                     EntryKind::File { len, .. } => Kind::File(len),
@@ -77,7 +80,11 @@ pub(crate) fn merge(sources: &[(String, PathBuf)]) -> std::io::Result<(Vec<Entry
                     }
                 };
                 tree.entry(e.relative).or_default().push((index, e.path, kind));
-            })?;
+        });
+        match walked {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() || matches!(e, TreeError::NotA { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
     let mut entries = Vec::new();
@@ -106,7 +113,7 @@ pub(crate) fn merge(sources: &[(String, PathBuf)]) -> std::io::Result<(Vec<Entry
 /// pass over the files and with gzip on every core. `archive` names the destination in
 /// errors.
 pub(crate) fn write_merged<W: Write>(
-    sources: &[(String, PathBuf)],
+    sources: &[(String, Beneath)],
     out: W,
     archive: &Path,
 ) -> Result<(Packed, W), ArtifactError> {
@@ -114,7 +121,7 @@ pub(crate) fn write_merged<W: Write>(
         let (path, archive) = (path.to_path_buf(), archive.to_path_buf());
         move |source| ArtifactError::Io { path, archive, source }
     };
-    let (entries, conflicts) = merge(sources).map_err(err(archive))?;
+    let (entries, conflicts) = merge(sources)?;
     let gz = ParallelGzip::new(out, Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
@@ -182,7 +189,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", model.join("outside")).unwrap();
         std::os::unix::fs::symlink("/etc", model.join("etc-dir")).unwrap();
         let archive = dir.path().join("model.tar.gz");
-        let packed = pack_merged(&[(String::new(), model.clone())], &archive).unwrap();
+        let packed = pack_merged(&[(String::new(), Beneath::folder(&model))], &archive).unwrap();
         assert_eq!(packed.bytes, 2);
         assert!(packed.conflicts.is_empty());
 
@@ -221,6 +228,7 @@ mod tests {
         std::fs::write(two.join("kind/inside.txt"), "hidden by algo-1's file").unwrap();
         let archive = dir.path().join("merged.tar.gz");
         let sources = [("algo-1".to_string(), one), ("algo-2".to_string(), two)];
+        let sources = sources.map(|(host, folder)| (host, Beneath::folder(&folder)));
         let packed = pack_merged(&sources, &archive).unwrap();
         let conflicts: Vec<(&str, Vec<&str>)> =
             packed.conflicts.iter().map(|c| (c.path.as_str(), c.hosts.iter().map(String::as_str).collect())).collect();
@@ -244,7 +252,10 @@ mod tests {
     fn an_empty_or_missing_folder_gives_a_valid_empty_archive() {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("empty.tar.gz");
-        assert_eq!(pack_merged(&[(String::new(), dir.path().join("missing"))], &archive).unwrap(), Packed::default());
+        assert_eq!(
+            pack_merged(&[(String::new(), Beneath::folder(&dir.path().join("missing")))], &archive).unwrap(),
+            Packed::default()
+        );
         let mut tar = tar::Archive::new(GzDecoder::new(File::open(&archive).unwrap()));
         assert_eq!(tar.entries().unwrap().count(), 0);
     }

@@ -270,7 +270,7 @@ impl<'a> Cluster<'a> {
         if let Some(c) = &job.checkpoint
             && c.local_path.trim_end_matches('/') != crate::job::DEFAULT_CHECKPOINT_PATH
         {
-            binds.push(format!("{}:{}", tree.checkpoints().display(), c.local_path));
+            binds.push(format!("{}:{}", tree.checkpoints().path().display(), c.local_path));
         }
         let mut labels = self.labels.clone();
         labels.insert("smlocal.host".to_string(), host.name.clone());

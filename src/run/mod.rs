@@ -10,8 +10,9 @@ mod supervise;
 
 use self::cluster::Cluster;
 use self::supervise::{Ended, StopCause, Stops, Supervisor};
+use crate::artifacts::CollectError;
 use crate::cache::{Cache, Progress};
-use crate::checkpoints::{self, Syncer};
+use crate::checkpoints::{self, SyncError, Syncer};
 use crate::docker::{Docker, DockerError};
 use crate::job::Job;
 use crate::logs::LogSink;
@@ -316,12 +317,16 @@ impl Attempt<'_> {
         record.final_metric_data_list = outcome::final_metrics(&recorder);
         let kept = state.artifacts_dir(&job.name);
         if let Err(e) = crate::artifacts::collect(&self.services.storage, job, &trees, &kept).await {
-            let failure = Failure::new(FailureKind::ClientError, e.to_string());
+            let (kind, kept) = match &e {
+                CollectError::LinkedFolder { .. } => (FailureKind::AlgorithmOutput, None),
+                CollectError::Upload(u) => (FailureKind::ClientError, Some(u.kept.clone())),
+            };
+            let failure = Failure::new(kind, e.to_string());
             record.fail(&failure);
             state.save(record)?;
-            return Ok(done(record, Some(failure), interrupted, false, Some(e.kept), sigkilled));
+            return Ok(done(record, Some(failure), interrupted, false, kept, sigkilled));
         }
-        let failure = outcome::finish(record, job, ended, work);
+        let failure = outcome::finish(record, job, ended, work).await;
         state.save(record)?;
         Ok(done(record, failure, interrupted, true, None, sigkilled))
     }
@@ -344,7 +349,8 @@ impl Attempt<'_> {
             .map_err(|e| client(format!("ClientError: Data download failed: {e}")))?;
         if let Some(c) = &job.checkpoint {
             for host in &job.hosts {
-                let dir = HostTree::new(work, &host.name).checkpoints();
+                // Made here, before any container starts: a folder of smlocal's own.
+                let dir = HostTree::new(work, &host.name).checkpoints().path();
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| client(format!("ClientError: cannot create {}: {e}", dir.display())))?;
                 checkpoints::restore(storage, &c.uri, &dir)
@@ -410,7 +416,7 @@ fn remove_work(work: &Path, artifacts: Option<PathBuf>) {
 }
 
 /// Syncs until `stop`, then once more so the final state is at `S3Uri`.
-async fn sync_checkpoints(mut syncer: Syncer, every: Duration, stop: CancellationToken) -> Result<(), StorageError> {
+async fn sync_checkpoints(mut syncer: Syncer, every: Duration, stop: CancellationToken) -> Result<(), SyncError> {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {

@@ -8,13 +8,16 @@ use crate::metrics::Recorder;
 use crate::resources::human_bytes;
 use crate::stage::HostTree;
 use crate::state::record::{Failure, FailureKind, MetricData, Record, StopReason};
+use crate::tree::TreeError;
+use std::io::Read;
+use std::path::Path;
 use std::sync::Mutex;
 
 /// The first 1024 characters of `/opt/ml/output/failure` become `FailureReason`.
 const FAILURE_REASON_CHARS: usize = 1024;
 
 /// Ends the record as `ended` says; returns the failure when there was one.
-pub(super) fn finish(record: &mut Record, job: &Job, ended: Ended, work: &std::path::Path) -> Option<Failure> {
+pub(super) async fn finish(record: &mut Record, job: &Job, ended: Ended, work: &Path) -> Option<Failure> {
     match ended {
         Ended::Completed => record.complete(),
         Ended::Stopped(StopCause::MaxRuntime) => {
@@ -22,8 +25,14 @@ pub(super) fn finish(record: &mut Record, job: &Job, ended: Ended, work: &std::p
         }
         Ended::Stopped(_) => record.stop(StopReason::Requested),
         Ended::Failed { host, exit } => {
+            let plan = job.hosts[host].clone();
+            let tree = HostTree::new(work, &plan.name);
+            // Reading the failure file is file I/O: off the async workers.
+            let read = tokio::task::spawn_blocking(move || host_failure(&tree, exit, &plan)).await;
             let plan = &job.hosts[host];
-            let mut failure = host_failure(&HostTree::new(work, &plan.name), exit, plan);
+            let mut failure = read.unwrap_or_else(|e| {
+                Failure::new(FailureKind::AlgorithmExit, format!("AlgorithmError: {} failed ({e})", plan.name))
+            });
             if job.hosts.len() > 1 && !failure.reason.contains(&plan.name) {
                 failure.reason = format!("{}: {}", plan.name, failure.reason);
             }
@@ -55,23 +64,41 @@ fn host_failure(tree: &HostTree, exit: Exit, plan: &HostPlan) -> Failure {
             ),
         );
     }
-    match read_failure(tree) {
-        Some(text) => Failure::new(FailureKind::AlgorithmReported, text),
-        None => Failure::new(
-            FailureKind::AlgorithmExit,
-            format!(
-                "AlgorithmError: the training container on {host} exited with a non-zero exit code {}; no /opt/ml/output/failure was written. See the job's logs",
-                exit.code
-            ),
+    let exited =
+        format!("AlgorithmError: the training container on {host} exited with a non-zero exit code {}", exit.code);
+    let why = match read_failure(tree) {
+        Ok(Some(text)) => return Failure::new(FailureKind::AlgorithmReported, text),
+        Ok(None) => "no /opt/ml/output/failure was written".to_string(),
+        Err(TreeError::Link { target, .. }) => format!(
+            "/opt/ml/output/failure is a symbolic link (to '{}'), which smlocal does not follow",
+            target.display()
         ),
-    }
+        Err(TreeError::NotA { .. }) => {
+            "/opt/ml/output/failure is not a regular file (a FIFO, a device or a folder), so it was not read"
+                .to_string()
+        }
+        Err(e) => format!("/opt/ml/output/failure could not be read ({e})"),
+    };
+    Failure::new(FailureKind::AlgorithmExit, format!("{exited}; {why}. See the job's logs"))
 }
 
-fn read_failure(tree: &HostTree) -> Option<String> {
-    let text = std::fs::read(tree.failure_file()).ok()?;
-    let text = String::from_utf8_lossy(&text);
+/// The failure file's text: a regular file only, opened without following a link (it
+/// could name any file of this machine) and without blocking (a FIFO would wait forever),
+/// and at most its first few KiB however large it is. None when there is none, or nothing
+/// in it.
+fn read_failure(tree: &HostTree) -> Result<Option<String>, TreeError> {
+    let file = match tree.output().open(Path::new("failure")) {
+        Ok(file) => file,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    // Enough for FAILURE_REASON_CHARS characters of any UTF-8.
+    let read = file.take(FAILURE_REASON_CHARS as u64 * 4).read_to_end(&mut bytes);
+    read.map_err(|source| TreeError::Io { path: tree.output().path().join("failure"), source })?;
+    let text = String::from_utf8_lossy(&bytes);
     let text = text.trim();
-    (!text.is_empty()).then(|| text.chars().take(FAILURE_REASON_CHARS).collect())
+    Ok((!text.is_empty()).then(|| text.chars().take(FAILURE_REASON_CHARS).collect()))
 }
 
 /// `FinalMetricDataList`: the last value of every metric.
@@ -114,8 +141,8 @@ mod tests {
     fn failure_file_wins_and_is_cut_at_1024_chars() {
         let dir = tempfile::tempdir().unwrap();
         let tree = tree(&dir);
-        std::fs::create_dir_all(tree.failure_file().parent().unwrap()).unwrap();
-        std::fs::write(tree.failure_file(), "x".repeat(2000)).unwrap();
+        std::fs::create_dir_all(tree.output().path()).unwrap();
+        std::fs::write(tree.output().path().join("failure"), "x".repeat(2000)).unwrap();
         let failure = host_failure(&tree, Exit { code: 1, oom_killed: false }, &plan());
         assert_eq!((failure.kind, failure.reason.len()), (FailureKind::AlgorithmReported, 1024));
     }
@@ -126,6 +153,43 @@ mod tests {
         let failure = host_failure(&tree(&dir), Exit { code: 3, oom_killed: false }, &plan());
         assert_eq!(failure.kind, FailureKind::AlgorithmExit);
         assert!(failure.reason.starts_with("AlgorithmError:") && failure.reason.contains("exit code 3"), "{failure:?}");
+    }
+
+    #[test]
+    fn a_linked_fifo_or_huge_failure_file_is_never_followed_blocked_on_or_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = tree(&dir);
+        let output = tree.output().path();
+        std::fs::create_dir_all(&output).unwrap();
+        let secret = dir.path().join("host-secret");
+        std::fs::write(&secret, "the host's secret").unwrap();
+        std::os::unix::fs::symlink(&secret, output.join("failure")).unwrap();
+        let failure = host_failure(&tree, Exit { code: 1, oom_killed: false }, &plan());
+        assert_eq!(failure.kind, FailureKind::AlgorithmExit);
+        assert!(!failure.reason.contains("the host's secret"), "{failure:?}");
+        assert!(failure.reason.contains("is a symbolic link"), "{failure:?}");
+
+        std::fs::remove_file(output.join("failure")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            output.join("failure"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap();
+        // Returns at once (a blocking open would hang the test).
+        let failure = host_failure(&tree, Exit { code: 1, oom_killed: false }, &plan());
+        assert!(failure.reason.contains("not a regular file"), "{failure:?}");
+
+        std::fs::remove_file(output.join("failure")).unwrap();
+        std::fs::write(output.join("failure"), "the reason").unwrap();
+        // 16 GiB, sparse: only its first KiB are read.
+        std::fs::OpenOptions::new().write(true).open(output.join("failure")).unwrap().set_len(1 << 34).unwrap();
+        let failure = host_failure(&tree, Exit { code: 1, oom_killed: false }, &plan());
+        assert_eq!(failure.kind, FailureKind::AlgorithmReported);
+        assert!(failure.reason.starts_with("the reason"), "{:?}", &failure.reason[..40]);
+        assert!(failure.reason.chars().count() <= 1024);
     }
 
     #[test]

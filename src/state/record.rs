@@ -101,6 +101,9 @@ pub enum FailureKind {
     AlgorithmReported,
     /// The algorithm exited non-zero without writing `/opt/ml/output/failure`.
     AlgorithmExit,
+    /// A host handed over something smlocal refuses to read (a link in place of
+    /// `/opt/ml/model`): the algorithm's output, not its exit, failed the job.
+    AlgorithmOutput,
     /// The kernel killed a container at its memory cap.
     OutOfMemory,
     /// The user's data or configuration: an input that cannot be staged, an output that

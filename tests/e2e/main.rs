@@ -7,6 +7,7 @@ mod check;
 mod contract;
 mod distributed;
 mod harness;
+mod hostile;
 mod outcomes;
 mod packaging;
 mod serve;

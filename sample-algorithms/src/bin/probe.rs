@@ -24,6 +24,8 @@
 //!   only-if-missing PATH ... or only if it does not ...
 //!   all                  ... until this step, after which every host runs them again
 //!   rm PATH              delete a file
+//!   rmtree PATH          delete a folder and everything in it
+//!   mkfifo PATH          make a FIFO (a named pipe)
 //!   alloc-share F        allocate F (0..1) of the container's memory limit, and keep it
 //!   hostname-in-hosts    fail (as an algorithm that trusts /etc/hostname would) unless the
 //!                        host name is one of resourceconfig.json's hosts
@@ -172,6 +174,19 @@ fn main() {
             "rm" => {
                 let a = take(1, &mut i);
                 fs::remove_file(&a[0])
+            }
+            "rmtree" => {
+                let a = take(1, &mut i);
+                fs::remove_dir_all(&a[0])
+            }
+            "mkfifo" => {
+                let a = take(1, &mut i);
+                let path = std::ffi::CString::new(a[0].as_bytes()).unwrap_or_default();
+                // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+                match unsafe { libc::mkfifo(path.as_ptr(), 0o644) } {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
             }
             "symlink" => {
                 let a = take(2, &mut i);

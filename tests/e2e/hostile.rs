@@ -1,0 +1,132 @@
+//! Containers that try to reach this machine's files through what smlocal reads after them:
+//! their model, output, checkpoint folders and failure file. Every path is opened without
+//! following links; nothing of the host's reaches an archive, S3 or `FailureReason`.
+
+use crate::harness::*;
+use serde_json::json;
+
+/// A folder of the host's with a file no container may read.
+fn host_secret() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "HOST-SECRET").unwrap();
+    std::fs::write(dir.path().join("data/secret.txt"), "HOST-SECRET").unwrap();
+    dir
+}
+
+fn assert_failed_without_secret(sm: &Smlocal, name: &str, run: &Run, wanted: &str) -> String {
+    assert_eq!(run.code, 1, "{run:?}");
+    let record = sm.describe(name);
+    assert_eq!(record["TrainingJobStatus"], "Failed", "{record:#}");
+    let reason = record["FailureReason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains(wanted), "{reason}");
+    assert!(!reason.contains("HOST-SECRET") && !run.stdout.contains("HOST-SECRET"), "{run:?}");
+    reason
+}
+
+#[test]
+fn a_model_or_output_folder_replaced_by_a_link_to_the_host_is_refused_and_nothing_is_archived() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("hostile-{}", unique()));
+    bucket.put("train/a.csv", b"1\n");
+    let secret = host_secret();
+    let target = secret.path().display().to_string();
+
+    let steps =
+        ["write", "/opt/ml/model/ok.txt", "fine", "rmtree", "/opt/ml/model", "symlink", &target, "/opt/ml/model"];
+    let run = sm.train(&probe_request("linked-model", &bucket, &steps), &[]);
+    let reason = assert_failed_without_secret(
+        &sm,
+        "linked-model",
+        &run,
+        "/opt/ml/model on algo-1 is not a folder but a symbolic link",
+    );
+    assert!(reason.contains(&target), "{reason}");
+    assert_eq!(bucket.get("output/linked-model/output/model.tar.gz"), None, "nothing was archived");
+    assert_eq!(bucket.get("output/linked-model/output/output.tar.gz"), None);
+
+    // A link one level up: /opt/ml/output, so output/data would resolve into the host.
+    let steps = ["rmtree", "/opt/ml/output", "symlink", &target, "/opt/ml/output"];
+    let run = sm.train(&probe_request("linked-output", &bucket, &steps), &[]);
+    assert_failed_without_secret(
+        &sm,
+        "linked-output",
+        &run,
+        "/opt/ml/output on algo-1 is not a folder but a symbolic link",
+    );
+    assert_eq!(bucket.get("output/linked-output/output/output.tar.gz"), None);
+    assert_eq!(leftovers("linked-output"), (String::new(), String::new()));
+}
+
+#[test]
+fn a_checkpoint_folder_replaced_by_a_link_is_never_synced() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("hostile-ckpt-{}", unique()));
+    bucket.put("train/a.csv", b"1\n");
+    let secret = host_secret();
+    let target = secret.path().display().to_string();
+    let remote = tempfile::tempdir().unwrap();
+    let steps = [
+        "write",
+        "/opt/ml/checkpoints/mine.txt",
+        "mine",
+        "sleep",
+        "2",
+        "rmtree",
+        "/opt/ml/checkpoints",
+        "symlink",
+        &target,
+        "/opt/ml/checkpoints",
+        "sleep",
+        "3",
+    ];
+    let mut req = probe_request("linked-ckpt", &bucket, &steps);
+    req["CheckpointConfig"] = json!({"S3Uri": format!("file://{}/ckpt", remote.path().display())});
+    let run = sm.train(&req, &["--checkpoint-interval", "1"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("is a symbolic link"), "the refusal is said: {run:?}");
+    let synced: Vec<String> = walk_files(&remote.path().join("ckpt"));
+    assert!(synced.iter().all(|f| !f.contains("secret")), "a host file reached S3Uri: {synced:?}");
+    for f in &synced {
+        let text = std::fs::read_to_string(remote.path().join("ckpt").join(f)).unwrap_or_default();
+        assert!(!text.contains("HOST-SECRET"), "{f}");
+    }
+}
+
+#[test]
+fn a_failure_file_that_links_to_the_host_or_is_a_fifo_is_not_read() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("hostile-failure-{}", unique()));
+    bucket.put("train/a.csv", b"1\n");
+    let secret = host_secret();
+    let target = format!("{}/secret.txt", secret.path().display());
+
+    let steps = ["symlink", &target, "/opt/ml/output/failure", "exit", "3"];
+    let run = sm.train(&probe_request("linked-failure", &bucket, &steps), &[]);
+    assert_failed_without_secret(&sm, "linked-failure", &run, "/opt/ml/output/failure is a symbolic link");
+
+    // A FIFO would block whoever opens it for reading until a writer comes: never.
+    let steps = ["mkfifo", "/opt/ml/output/failure", "exit", "4"];
+    let started = std::time::Instant::now();
+    let run = sm.train(&probe_request("fifo-failure", &bucket, &steps), &[]);
+    assert_failed_without_secret(&sm, "fifo-failure", &run, "is not a regular file");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "the job ended");
+    assert_eq!(leftovers("fifo-failure"), (String::new(), String::new()));
+}
+
+/// Every file below `dir`, relative to it.
+fn walk_files(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
