@@ -72,7 +72,16 @@ pub struct ContainerSpec {
     pub nano_cpus: i64,
     /// A network name, or `none`.
     pub network: String,
+    /// Processes and threads the container may have at once (a fork bomb stops there).
+    pub pids_limit: i64,
 }
+
+/// Capabilities Docker grants by default that a training container never needs: making
+/// device nodes (with it, a container could open the host's disks through a node in its
+/// bind-mounted folders), raw sockets (spoofing on the job's network), writing the audit
+/// log, and setting file capabilities. Root inside the container keeps the rest (chown,
+/// setuid for `su`, binding low ports), which package installs and MPI launchers use.
+pub(crate) const DROPPED_CAPABILITIES: [&str; 4] = ["MKNOD", "NET_RAW", "AUDIT_WRITE", "SETFCAP"];
 
 /// How a container ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +200,8 @@ impl Docker {
             nano_cpus: Some(spec.nano_cpus),
             network_mode: Some(spec.network.clone()),
             privileged: Some(false),
+            cap_drop: Some(DROPPED_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+            pids_limit: Some(spec.pids_limit),
             ..Default::default()
         };
         // The default bridge takes no aliases; a single host needs none.

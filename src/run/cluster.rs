@@ -287,6 +287,7 @@ impl<'a> Cluster<'a> {
             memory_bytes: host.limits.memory_bytes as i64,
             nano_cpus: host.limits.nano_cpus,
             network: network.to_string(),
+            pids_limit: pids_limit(host.instance.vcpu),
         }
     }
 
@@ -369,6 +370,13 @@ impl Drop for Cluster<'_> {
             }
         });
     }
+}
+
+/// 4,096 tasks (processes and threads) per container, and 256 per vCPU on larger
+/// instances: data loaders, BLAS pools and MPI ranks fit, a fork bomb does not take the
+/// workstation.
+fn pids_limit(vcpu: u32) -> i64 {
+    4096.max(256 * i64::from(vcpu))
 }
 
 /// An EC2-style private host name for `algo-N`, as a SageMaker instance reports.

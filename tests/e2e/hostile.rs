@@ -130,3 +130,26 @@ fn walk_files(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn a_fork_bomb_stops_at_the_pids_limit_and_device_nodes_cannot_be_made() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("hostile-limits-{}", unique()));
+    bucket.put("train/a.csv", b"1\n");
+    // ml.m5.large has 2 vCPU: 4,096 tasks at most, the probe's own thread among them.
+    let steps = ["threads", "6000", "may-fail", "mknod", "/opt/ml/model/disk", "echo", "still here"];
+    let run = sm.train(&probe_request("limits", &bucket, &steps), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let started: usize = run
+        .stdout
+        .lines()
+        .find_map(|l| l.split("probe: started ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the probe says how many threads started");
+    assert!((1000..4096).contains(&started), "the pids limit stopped the threads at {started}");
+    assert!(run.stdout.contains("probe: step failed"), "mknod must be refused (CAP_MKNOD dropped): {run:?}");
+    assert!(run.stdout.contains("algo-1 | still here"), "{run:?}");
+    let model = tar_entries(&bucket.get("output/limits/output/model.tar.gz").unwrap());
+    assert!(!model.iter().any(|(p, _)| p.contains("disk")), "{model:?}");
+}

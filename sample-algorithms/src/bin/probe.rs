@@ -26,6 +26,8 @@
 //!   rm PATH              delete a file
 //!   rmtree PATH          delete a folder and everything in it
 //!   mkfifo PATH          make a FIFO (a named pipe)
+//!   mknod PATH           make a character device node (what /dev/null is)
+//!   threads N            start up to N sleeping threads; print how many started
 //!   alloc-share F        allocate F (0..1) of the container's memory limit, and keep it
 //!   hostname-in-hosts    fail (as an algorithm that trusts /etc/hostname would) unless the
 //!                        host name is one of resourceconfig.json's hosts
@@ -178,6 +180,30 @@ fn main() {
             "rmtree" => {
                 let a = take(1, &mut i);
                 fs::remove_dir_all(&a[0])
+            }
+            "mknod" => {
+                let a = take(1, &mut i);
+                let path = std::ffi::CString::new(a[0].as_bytes()).unwrap_or_default();
+                // SAFETY: a valid NUL-terminated path; mknod only reads it.
+                match unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            }
+            "threads" => {
+                let n: usize = take(1, &mut i)[0].parse().unwrap_or(0);
+                let mut started = 0;
+                for _ in 0..n {
+                    let spawned = std::thread::Builder::new()
+                        .stack_size(64 << 10)
+                        .spawn(|| std::thread::sleep(Duration::from_secs(3600)));
+                    if spawned.is_err() {
+                        break;
+                    }
+                    started += 1;
+                }
+                println!("probe: started {started} threads");
+                Ok(())
             }
             "mkfifo" => {
                 let a = take(1, &mut i);
