@@ -169,3 +169,17 @@ fn ctrl_c_stops_the_container_gracefully_records_stopped_and_leaves_nothing_behi
     assert_eq!(leftover_volumes("sigint-job"), "", "the overlay volumes must be removed too");
     assert!(!sm.job_dir("sigint-job").join("work").exists(), "work files were left behind");
 }
+
+#[test]
+fn when_the_model_upload_fails_the_output_archive_is_kept_too() {
+    let (sm, bucket) = with_data("upload-both");
+    let steps = ["write", "/opt/ml/model/weights.bin", "w", "write", "/opt/ml/output/data/report.txt", "the report"];
+    let mut req = probe_request("upload-both-job", &bucket, &steps);
+    req["OutputDataConfig"]["S3OutputPath"] = json!("file:///proc/smlocal-test-output");
+    let run = sm.train(&req, &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let kept = sm.job_dir("upload-both-job").join("artifacts");
+    let output = std::fs::read(kept.join("output.tar.gz")).expect("output.tar.gz kept beside model.tar.gz");
+    assert_eq!(file_entry(&tar_entries(&output), "report.txt"), b"the report");
+    assert!(kept.join("model.tar.gz").exists());
+}
