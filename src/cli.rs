@@ -5,8 +5,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use smlocal::{
-    AwsErrorKind, CreateError, Docker, Job, JobError, JobOutcome, RunError, RunOptions, Secondary, Services, Settings,
-    SpecError, StateDir, StateError, Status, Storage, human_bytes,
+    AwsErrorKind, CreateError, Docker, Job, JobError, JobOutcome, RunError, RunOptions, S3Config, Secondary, Services,
+    Settings, SpecError, StateDir, StateError, Status, Storage, human_bytes,
 };
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -141,6 +141,11 @@ struct ServeArgs {
     /// `sagemaker_submit_directory`. Off by default: on SageMaker they come from the role.
     #[arg(long)]
     pass_aws_credentials: bool,
+    /// A folder whose `file://` URIs requests may name (repeatable). Without it every
+    /// `file://` URI is refused: a client (or a web page that reaches this port) could
+    /// otherwise stage, and read back through the logs, any folder of this machine.
+    #[arg(long, value_name = "DIR")]
+    allow_file_root: Vec<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -515,7 +520,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     if args.max_parallel == 0 {
         bail!("--max-parallel must be at least 1");
     }
-    let storage = Storage::from_env();
+    let storage = Storage::with_local_roots(S3Config::from_env(), args.allow_file_root.clone());
     let config = QueueConfig {
         settings: settings(args.memory_reserve.as_deref(), args.oversubscribe, &storage)?,
         max_parallel: args.max_parallel,

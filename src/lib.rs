@@ -103,5 +103,5 @@ pub use crate::stage::{StagedObject, shard, stage};
 pub use crate::state::listing::{ListQuery, page as list_page};
 pub use crate::state::record::{Failure, FailureKind, Record, Secondary, Status};
 pub use crate::state::{StateDir, StateError};
-pub use crate::storage::Storage;
+pub use crate::storage::{S3Config, Storage};
 pub use crate::tree::{Beneath, TreeError};

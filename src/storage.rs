@@ -26,6 +26,15 @@ pub enum StorageError {
     },
     #[error("'{uri}' does not exist")]
     NotFound { uri: String },
+    #[error(
+        "'{uri}' is outside the folders this server lets requests name; {}",
+        if .roots.is_empty() {
+            "smlocal serve takes file:// URIs only under folders given with --allow-file-root DIR (none were given)".to_string()
+        } else {
+            format!("allowed are file:// URIs under {}", .roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "))
+        }
+    )]
+    NotAllowed { uri: String, roots: Vec<PathBuf> },
     #[error("'{uri}' arrived incomplete: {got} of {expected} bytes (it may have changed while it was read)")]
     Incomplete { uri: String, expected: u64, got: u64 },
     #[error("{action} '{}': {source}", path.display())]
@@ -82,6 +91,8 @@ pub struct Storage {
 
 struct Inner {
     config: S3Config,
+    /// Where `file://` URIs may point (`smlocal serve --allow-file-root`); None: anywhere.
+    local_roots: Option<Vec<PathBuf>>,
     buckets: std::sync::Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
@@ -154,7 +165,34 @@ impl Storage {
     }
 
     pub fn new(config: S3Config) -> Self {
-        Storage { inner: Arc::new(Inner { config, buckets: Default::default() }) }
+        Storage { inner: Arc::new(Inner { config, local_roots: None, buckets: Default::default() }) }
+    }
+
+    /// Storage that refuses `file://` URIs outside `roots` (for requests from clients that
+    /// should not name any folder of this machine). Roots are taken as given, made absolute.
+    pub fn with_local_roots(config: S3Config, roots: Vec<PathBuf>) -> Self {
+        let roots = roots.into_iter().map(|r| std::path::absolute(&r).unwrap_or(r)).collect();
+        Storage { inner: Arc::new(Inner { config, local_roots: Some(roots), buckets: Default::default() }) }
+    }
+
+    /// Whether `uri` is one this storage reads and writes (parses, and for `file://` is
+    /// under an allowed root), before anything is done with it.
+    pub(crate) fn check(&self, uri: &str) -> Result<(), StorageError> {
+        self.locate(uri).map(|_| ())
+    }
+
+    /// `uri` parsed, and a `file://` one checked against the allowed roots.
+    fn locate(&self, uri: &str) -> Result<Location, StorageError> {
+        let location = Location::parse(uri)?;
+        if let (Location::Local { path }, Some(roots)) = (&location, &self.inner.local_roots) {
+            let path = Path::new(path);
+            // Lexically: no `..` may climb out of a root.
+            let climbs = path.components().any(|c| matches!(c, std::path::Component::ParentDir));
+            if climbs || !roots.iter().any(|root| path.starts_with(root)) {
+                return Err(StorageError::NotAllowed { uri: uri.into(), roots: roots.clone() });
+            }
+        }
+        Ok(location)
     }
 
     /// The S3 endpoint in use, or None for AWS itself.
@@ -213,7 +251,7 @@ impl Storage {
     /// Every object whose key starts with the location's key, as a string prefix (S3's rule:
     /// `data/tr` matches `data/train/a.csv` and `data/tr2.csv`).
     pub async fn list(&self, uri: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        let location = Location::parse(uri)?;
+        let location = self.locate(uri)?;
         match &location {
             Location::S3 { bucket, key } => {
                 let store = self.bucket(bucket, uri)?;
@@ -271,7 +309,7 @@ impl Storage {
 
     /// Reads a small object (a manifest) whole.
     pub async fn read(&self, uri: &str) -> Result<Vec<u8>, StorageError> {
-        match Location::parse(uri)? {
+        match self.locate(uri)? {
             Location::S3 { bucket, key } => {
                 let store = self.bucket(&bucket, uri)?;
                 let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| self.error(uri, e))?;
@@ -286,7 +324,7 @@ impl Storage {
 
     /// Copies one object to `dest` (parents must exist). Returns the bytes written.
     pub async fn download(&self, uri: &str, dest: &Path) -> Result<u64, StorageError> {
-        match Location::parse(uri)? {
+        match self.locate(uri)? {
             Location::S3 { .. } => {
                 let file = std::fs::File::create(dest).map_err(|source| StorageError::Io {
                     action: "cannot create",
@@ -311,7 +349,7 @@ impl Storage {
             let path = path.to_path_buf();
             move |source| StorageError::Io { action, path, source }
         };
-        if let Location::Local { path } = Location::parse(uri)? {
+        if let Location::Local { path } = self.locate(uri)? {
             // A copy (reflinked where possible) rather than a stream through this process.
             let dest = PathBuf::from(path);
             let tmp = partial_beside(&dest).await?;
@@ -330,7 +368,7 @@ impl Storage {
             move |source| StorageError::Io { action, path, source }
         };
         let mut file = tokio::fs::File::from_std(file);
-        if let Location::Local { path } = Location::parse(uri)? {
+        if let Location::Local { path } = self.locate(uri)? {
             let dest = PathBuf::from(path);
             let tmp = partial_beside(&dest).await?;
             let mut out = tokio::fs::File::create(&tmp).await.map_err(io("cannot write", &tmp))?;
@@ -367,7 +405,7 @@ impl Storage {
 
     /// An object's size and version, without its bytes.
     pub async fn head(&self, uri: &str) -> Result<ObjectInfo, StorageError> {
-        match Location::parse(uri)? {
+        match self.locate(uri)? {
             Location::S3 { bucket, key } => {
                 let store = self.bucket(&bucket, uri)?;
                 let meta = store.head(&StorePath::from(key.as_str())).await.map_err(|e| self.error(uri, e))?;
@@ -406,7 +444,7 @@ impl Storage {
         offset: u64,
     ) -> Result<u64, StorageError> {
         use std::os::unix::fs::FileExt;
-        let Location::S3 { bucket, key } = Location::parse(uri)? else {
+        let Location::S3 { bucket, key } = self.locate(uri)? else {
             return Err(StorageError::BadUri {
                 uri: uri.into(),
                 reason: "ranged downloads are for s3:// objects".into(),
@@ -434,7 +472,7 @@ impl Storage {
 
     /// Deletes one object; one that is already gone is not an error.
     pub async fn delete(&self, uri: &str) -> Result<(), StorageError> {
-        match Location::parse(uri)? {
+        match self.locate(uri)? {
             Location::S3 { bucket, key } => {
                 let store = self.bucket(&bucket, uri)?;
                 match store.delete(&StorePath::from(key.as_str())).await {
@@ -452,7 +490,7 @@ impl Storage {
 
     /// Whether an object exists (used so a job never overwrites another job's results).
     pub async fn exists(&self, uri: &str) -> Result<bool, StorageError> {
-        match Location::parse(uri)? {
+        match self.locate(uri)? {
             Location::S3 { bucket, key } => {
                 let store = self.bucket(&bucket, uri)?;
                 match store.head(&StorePath::from(key.as_str())).await {
@@ -493,7 +531,7 @@ enum UploadSink {
 
 impl Upload {
     pub(crate) async fn start(storage: &Storage, uri: &str) -> Result<Upload, StorageError> {
-        let sink = match Location::parse(uri)? {
+        let sink = match storage.locate(uri)? {
             Location::S3 { bucket, key } => {
                 let store = storage.bucket(&bucket, uri)?;
                 UploadSink::S3(object_store::buffered::BufWriter::new(store, StorePath::from(key.as_str())))
@@ -583,6 +621,21 @@ mod tests {
         let slash = keys(storage.list(&format!("file://{root}/train/")).await.unwrap());
         assert_eq!(slash.len(), 2);
         assert!(matches!(storage.list("file:///no/such/dir/").await, Err(StorageError::NotFound { .. })));
+    }
+
+    #[tokio::test]
+    async fn file_uris_outside_the_allowed_roots_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.csv"), b"1").unwrap();
+        let open = Storage::with_local_roots(S3Config::default(), vec![dir.path().to_path_buf()]);
+        let inside = format!("file://{}/a.csv", dir.path().display());
+        assert!(open.exists(&inside).await.unwrap());
+        for uri in ["file:///etc/passwd".to_string(), format!("file://{}/../../etc/passwd", dir.path().display())] {
+            let err = open.exists(&uri).await.unwrap_err();
+            assert!(matches!(err, StorageError::NotAllowed { .. }), "{uri}: {err}");
+        }
+        let none = Storage::with_local_roots(S3Config::default(), Vec::new());
+        assert!(none.list(&inside).await.unwrap_err().to_string().contains("--allow-file-root"));
     }
 
     #[tokio::test]

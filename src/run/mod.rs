@@ -153,6 +153,10 @@ pub(crate) async fn admit(job: &Job, services: &Services) -> Result<Record, RunE
     if state.job_dir(&job.name).exists() {
         return Err(StateError::ResourceInUse { arn: job.arn.clone() }.into());
     }
+    // Every location the job will touch, refused now rather than when the job reaches it.
+    for uri in job.channels.iter().map(|c| &c.uri).chain(job.checkpoint.as_ref().map(|c| &c.uri)) {
+        services.storage.check(uri)?;
+    }
     let model_uri = job.model_artifacts_uri();
     if services.storage.exists(&model_uri).await? {
         return Err(RunError::OutputExists(model_uri));

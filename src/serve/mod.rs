@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +84,7 @@ pub(crate) type ApiResult = Result<Value, ApiError>;
 /// the request it is serving (as mini-redis drains its connections) before returning.
 pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
+    let listen = listener.local_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -99,7 +101,7 @@ pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: Cancellat
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let queue = queue.clone();
-                async move { Ok::<_, Infallible>(handle(&queue, request).await) }
+                async move { Ok::<_, Infallible>(handle(&queue, listen, request).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
@@ -121,7 +123,11 @@ pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: Cancellat
     connections.wait().await;
 }
 
-async fn handle(queue: &Queue, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(queue: &Queue, listen: IpAddr, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Err(refused) = same_machine(&request, listen) {
+        tracing::warn!("refused a request: {}", refused.message);
+        return respond(Err(refused));
+    }
     let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
     let result = match target {
         Some(target) => {
@@ -145,6 +151,43 @@ async fn handle(queue: &Queue, request: Request<Incoming>) -> Response<Full<Byte
         )),
     };
     respond(result)
+}
+
+/// Requests must come from this machine's own clients, not from a web page: a page cannot
+/// set `Host`, so one whose name rebinds to 127.0.0.1 still sends its own name, and a
+/// browser names a foreign page in `Origin`. boto3, the CLI and the SDKs send neither a
+/// foreign `Host` nor an `Origin`. On a non-loopback `--listen` address the host names the
+/// machine has are not known: `Host` is not checked there (the server says so at start).
+fn same_machine(request: &Request<Incoming>, listen: IpAddr) -> Result<(), ApiError> {
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let local = |authority: &str| {
+        let host = match authority.rsplit_once(':') {
+            // `[::1]:8808`, `127.0.0.1:8808`, `localhost:8808`
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => authority,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip == listen)
+    };
+    let denied = |message: String| ApiError { status: StatusCode::FORBIDDEN, kind: "AccessDeniedException", message };
+    if let Some(host) = header("host")
+        && !listen.is_unspecified()
+        && !local(host)
+    {
+        return Err(denied(format!(
+            "Host '{host}' is not this machine: smlocal serve answers requests addressed to localhost or {listen} only"
+        )));
+    }
+    if let Some(origin) = header("origin") {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest).trim_end_matches('/');
+        if !local(authority) {
+            return Err(denied(format!(
+                "requests from the web page {origin} are refused: smlocal serve acts only for clients on this machine"
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn read_body(request: Request<Incoming>) -> Result<Value, ApiError> {

@@ -249,12 +249,19 @@ fn script_mode_fetches_the_submit_directory_only_when_credentials_are_passed() {
 
 /// One HTTP/1.1 exchange: the status code and the body as JSON.
 fn post(server: &Server, target: Option<&str>, body: &str) -> (u16, Value) {
+    let address = server.url.trim_start_matches("http://").to_string();
+    post_as(server, &address, None, target, body)
+}
+
+/// [`post`] with a `Host` and an `Origin` of the caller's choosing, as a web page would send.
+fn post_as(server: &Server, host: &str, origin: Option<&str>, target: Option<&str>, body: &str) -> (u16, Value) {
     let address = server.url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     let target = target.map(|t| format!("X-Amz-Target: {t}\r\n")).unwrap_or_default();
+    let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
     write!(
         stream,
-        "POST / HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-amz-json-1.1\r\n{target}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST / HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Type: application/x-amz-json-1.1\r\n{target}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("send");
@@ -297,4 +304,40 @@ fn bad_requests_get_aws_errors_that_say_what_is_wrong() {
         &json!({"logGroupName": "/aws/sagemaker/TrainingJobs", "logStreamName": "nope/algo-1-1"}).to_string(),
     );
     assert_eq!((status, body["__type"].as_str()), (400, Some("ResourceNotFoundException")), "{body}");
+}
+
+#[test]
+fn a_web_page_cannot_drive_the_server_and_file_uris_need_an_allowed_root() {
+    let (sm, bucket) = with_data("rebind");
+    let server = sm.serve(&[]);
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let list = Some("SageMaker.ListTrainingJobs");
+    // DNS rebinding: the page's own name reaches 127.0.0.1, and the browser sends it as Host.
+    let (status, body) = post_as(&server, &format!("attacker.example:{port}"), None, list, "{}");
+    assert_eq!((status, body["__type"].as_str()), (403, Some("AccessDeniedException")), "{body}");
+    // A page on another origin posting to localhost.
+    let (status, body) = post_as(&server, &format!("localhost:{port}"), Some("https://attacker.example"), list, "{}");
+    assert_eq!((status, body["__type"].as_str()), (403, Some("AccessDeniedException")), "{body}");
+    // This machine's clients by any of its loopback names are served.
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let (status, body) = post_as(&server, &host, None, list, "{}");
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+
+    // file:// channels name folders of this machine: refused unless under an allowed root.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("a.csv"), "1\n").unwrap();
+    let mut request =
+        probe_request(&format!("fileroot-{}", unique()), &bucket, &["cat", "/opt/ml/input/data/train/a.csv"]);
+    request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] =
+        json!(format!("file://{}/", data.path().display()));
+    let create = Some("SageMaker.CreateTrainingJob");
+    let (status, body) = post(&server, create, &request.to_string());
+    assert_eq!((status, body["__type"].as_str()), (400, Some("ValidationException")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("--allow-file-root"), "{body}");
+    drop(server);
+    let allowed = data.path().display().to_string();
+    let server = sm.serve(&["--allow-file-root", &allowed]);
+    let (status, body) = post(&server, create, &request.to_string());
+    assert_eq!(status, 200, "{body}");
 }
