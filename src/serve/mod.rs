@@ -20,12 +20,22 @@ use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Request bodies larger than this are refused (a CreateTrainingJob request is a few KiB).
 const MAX_BODY: usize = 1 << 20;
+/// A connection that has not sent a whole request head this long after it opened (or
+/// after its last response) is closed: idle or half-open clients cannot hold the server.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen backlog until one closes.
+const MAX_CONNECTIONS: usize = 256;
+/// How long the accept loop rests after an error (out of file descriptors, say), so it
+/// does not spin; and how often such an error is reported.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const ACCEPT_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// An error as AWS JSON services send it.
 #[derive(Debug)]
@@ -85,7 +95,15 @@ pub(crate) type ApiResult = Result<Value, ApiError>;
 pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
     let listen = listener.local_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    let mut unreported = 0u64;
     loop {
+        let place = tokio::select! {
+            place = places.clone().acquire_owned() => place,
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(place) = place else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => break,
@@ -93,18 +111,29 @@ pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: Cancellat
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                tracing::warn!("cannot accept a connection: {e}");
+                unreported += 1;
+                if last_warning.is_none_or(|at| at.elapsed() >= ACCEPT_WARNING_EVERY) {
+                    tracing::warn!("cannot accept connections ({unreported} failed since the last report): {e}");
+                    last_warning = Some(tokio::time::Instant::now());
+                    unreported = 0;
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
         let (queue, shutdown) = (queue.clone(), shutdown.clone());
         connections.spawn(async move {
+            // Held while the connection lives.
+            let _place = place;
             let service = hyper::service::service_fn(move |request| {
                 let queue = queue.clone();
                 async move { Ok::<_, Infallible>(handle(&queue, listen, request).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(io, service);
             tokio::pin!(connection);
             // On shutdown a keep-alive connection finishes its request in flight, then closes.
             let ended = tokio::select! {

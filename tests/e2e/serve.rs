@@ -341,3 +341,34 @@ fn a_web_page_cannot_drive_the_server_and_file_uris_need_an_allowed_root() {
     let (status, body) = post(&server, create, &request.to_string());
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn idle_and_half_open_connections_are_closed_and_never_hold_the_server() {
+    let (sm, _bucket) = with_data("idle");
+    let server = sm.serve(&[]);
+    let address = server.url.trim_start_matches("http://").to_string();
+    // 300 connections that never send a request, and one that sends half a head: more than
+    // the server serves at once.
+    let mut idle: Vec<std::net::TcpStream> =
+        (0..300).map(|_| std::net::TcpStream::connect(&address).expect("connect")).collect();
+    let mut half = std::net::TcpStream::connect(&address).expect("connect");
+    write!(half, "POST / HTTP/1.1\r\nHost: {address}\r\n").expect("send");
+    // The server closes them within its header timeout (10 s); a real client is served then.
+    let started = std::time::Instant::now();
+    let (status, body) = post(&server, Some("SageMaker.ListTrainingJobs"), "{}");
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "served in {:?}", started.elapsed());
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    // Closed by the server: end of stream (or a reset), not a read that times out.
+    let closed = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        let mut rest = Vec::new();
+        match s.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    };
+    assert!(closed(&mut half), "a half-sent request was left open");
+    let first = idle.iter_mut().take(20).map(closed).filter(|c| *c).count();
+    assert_eq!(first, 20, "idle connections were left open");
+}
