@@ -27,6 +27,8 @@ pub enum DockerError {
         "image '{0}' is not on this machine; smlocal never pulls (there may be no registry): build it or `docker pull` it first, then run again"
     )]
     ImageMissing(String),
+    #[error("the container {id} cannot start: {message}")]
+    CannotStart { id: String, message: String },
     #[error("failed to {action}: {source}")]
     Operation {
         action: String,
@@ -232,7 +234,15 @@ impl Docker {
     }
 
     pub async fn start(&self, id: &str) -> Result<(), DockerError> {
-        self.client.start_container(id, None).await.map_err(op(format!("start container {}", short(id))))
+        match self.client.start_container(id, None).await {
+            Ok(()) => Ok(()),
+            // 400: the container's own configuration cannot run (an entrypoint that is not in
+            // the image, a mount the kernel refuses), not the engine failing.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 400, message }) => {
+                Err(DockerError::CannotStart { id: short(id).to_string(), message })
+            }
+            Err(e) => Err(op(format!("start container {}", short(id)))(e)),
+        }
     }
 
     /// The container's stdout and stderr from its start, following until it exits.

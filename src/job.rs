@@ -240,6 +240,15 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
     let mut seen = HashSet::new();
     let mut channels = Vec::new();
     for (i, c) in f.input_data_config.iter().enumerate() {
+        // The model's pattern allows them, but `/opt/ml/input/data/..` is the input folder
+        // itself: its config files would be hidden under the channel.
+        if c.channel_name == "." || c.channel_name == ".." {
+            errors.push(format!(
+                "Value '{}' at 'inputDataConfig.{}.member.channelName' failed to satisfy constraint: a channel name cannot be '.' or '..', which name /opt/ml/input/data itself or its parent",
+                c.channel_name,
+                i + 1
+            ));
+        }
         if !seen.insert(c.channel_name.as_str()) {
             errors.push(format!(
                 "Value '{}' at 'inputDataConfig.{}.member.channelName' failed to satisfy constraint: channel names must be unique within a job",
@@ -495,6 +504,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(job.args, ["fit", "--fast"]);
+    }
+
+    #[test]
+    fn a_channel_named_dot_or_dot_dot_is_refused() {
+        for name in [".", ".."] {
+            let err = plan(request(|v| v["InputDataConfig"][0]["ChannelName"] = json!(name)), &settings())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("Value '{name}' at 'inputDataConfig.1.member.channelName'")), "{err}");
+        }
+        assert!(plan(request(|v| v["InputDataConfig"][0]["ChannelName"] = json!(".hidden")), &settings()).is_ok());
     }
 
     #[test]

@@ -88,7 +88,8 @@ impl<'a> Cluster<'a> {
     ) -> Result<Vec<JoinHandle<()>>, RunError> {
         self.attach(mounts, work, true).await?;
         match self.start_hosts(work, state, recorder).await {
-            Err(RunError::Docker(e)) if !self.volumes.is_empty() => {
+            // (A container that cannot start may be an overlay the engine cannot mount.)
+            Err(e @ (RunError::Docker(_) | RunError::CannotStart { .. })) if !self.volumes.is_empty() => {
                 tracing::info!("copying the channels instead of mounting them from the cache: {e}");
                 self.reset().await;
                 self.attach(mounts, work, false).await?;
@@ -160,7 +161,16 @@ impl<'a> Cluster<'a> {
         if let Some(e) = first_error {
             return Err(e.into());
         }
-        futures::future::try_join_all(self.containers.iter().map(|c| self.docker.start(&c.id))).await?;
+        let started = futures::future::join_all(self.containers.iter().map(|c| self.docker.start(&c.id))).await;
+        for (c, result) in self.containers.iter().zip(started) {
+            match result {
+                Ok(()) => {}
+                Err(DockerError::CannotStart { message, .. }) => {
+                    return Err(RunError::CannotStart { host: c.host.clone(), message });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let Some(hook) = &self.options.on_start {
             self.containers.iter().for_each(|c| hook(&c.host, &c.id));
         }

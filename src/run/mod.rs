@@ -41,6 +41,10 @@ pub enum RunError {
         "{0} already exists: another job wrote its results there, and smlocal never overwrites them. Use a new TrainingJobName or another S3OutputPath"
     )]
     OutputExists(String),
+    /// The engine refused to start a host's container as configured: the image's or the
+    /// request's doing (an entrypoint that is not in the image), so the job fails with it.
+    #[error("the training container on {host} could not start: {message}")]
+    CannotStart { host: String, message: String },
     #[error("cannot prepare the job folder '{}': {source}", path.display())]
     Io {
         path: PathBuf,
@@ -269,7 +273,21 @@ impl Attempt<'_> {
                 let dirs = job.hosts.iter().map(|h| HostTree::new(work, &h.name).checkpoints()).collect();
                 Syncer::new(&self.services.storage, &c.uri, dirs)
             });
-            let followers = cluster.start(&mounts, work, state, &recorder).await?;
+            let followers = match cluster.start(&mounts, work, state, &recorder).await {
+                Ok(followers) => followers,
+                Err(e @ RunError::CannotStart { .. }) => {
+                    let failure = Failure::new(
+                        FailureKind::AlgorithmExit,
+                        format!(
+                            "AlgorithmError: {e}. Check AlgorithmSpecification.ContainerEntrypoint and the image's ENTRYPOINT"
+                        ),
+                    );
+                    record.fail(&failure);
+                    state.save(record)?;
+                    return Ok(done(record, Some(failure), false, false, None, Vec::new()));
+                }
+                Err(e) => return Err(e),
+            };
             record.enter(Secondary::Training, "Training image download completed. Training in progress.");
             state.save(record)?;
             // MaxRuntimeInSeconds counts from the first start, across restarts.

@@ -183,3 +183,18 @@ fn when_the_model_upload_fails_the_output_archive_is_kept_too() {
     assert_eq!(file_entry(&tar_entries(&output), "report.txt"), b"the report");
     assert!(kept.join("model.tar.gz").exists());
 }
+
+#[test]
+fn an_entrypoint_missing_from_the_image_fails_the_job_not_smlocal() {
+    let (sm, bucket) = with_data("noentry");
+    let mut req = probe_request("noentry-job", &bucket, &["train"]);
+    req["AlgorithmSpecification"]["ContainerEntrypoint"] = json!(["/usr/local/bin/not-in-the-image"]);
+    let run = sm.train(&req, &[]);
+    assert_eq!(run.code, 1, "a failed job, not an smlocal error: {run:?}");
+    let record = sm.describe("noentry-job");
+    assert_eq!(record["TrainingJobStatus"], "Failed");
+    let reason = record["FailureReason"].as_str().unwrap();
+    assert!(reason.starts_with("AlgorithmError: the training container on algo-1 could not start"), "{reason}");
+    assert!(reason.contains("not-in-the-image") && reason.contains("ContainerEntrypoint"), "{reason}");
+    assert_eq!(leftovers("noentry-job"), (String::new(), String::new()));
+}
