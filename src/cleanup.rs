@@ -59,6 +59,7 @@ pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, Clea
         if !r.training_job_status.is_terminal() && !store.is_running(&r) {
             r.fail(&Failure::new(FailureKind::Internal, ORPHANED));
             store.save(&r)?;
+            store.release_reserve(&r.training_job_name);
             cleaned.orphaned_jobs.push(r.training_job_name);
         }
     }

@@ -200,7 +200,12 @@ pub(crate) async fn run_admitted(
             cluster.keep();
         } else {
             cluster.remove().await;
-            remove_work(&work, result.is_err().then(|| services.state.artifacts_dir(&job.name)));
+            match &result {
+                Ok(_) => remove_work(&work),
+                // smlocal's own failure, perhaps before the upload: the hosts' folders (the
+                // model among them) are not deleted.
+                Err(_) => tracing::warn!("the hosts' folders are kept in {}", work.display()),
+            }
         }
         result
     }
@@ -213,6 +218,7 @@ pub(crate) async fn run_admitted(
             let _ = services.state.save(&record);
         }
     }
+    services.state.release_reserve(&job.name);
     result
 }
 
@@ -251,7 +257,7 @@ impl Attempt<'_> {
         let mut attempt = 1;
         let (ended, sigkilled) = loop {
             record.enter(Secondary::Downloading, "Downloading input data");
-            state.save(record)?;
+            note(state, record);
             let mounts = match self.prepare(work).await {
                 Ok(mounts) => mounts,
                 Err(Prepare::Stopped(cause)) => {
@@ -289,7 +295,7 @@ impl Attempt<'_> {
                 Err(e) => return Err(e),
             };
             record.enter(Secondary::Training, "Training image download completed. Training in progress.");
-            state.save(record)?;
+            note(state, record);
             // MaxRuntimeInSeconds counts from the first start, across restarts.
             let deadline = *deadline.get_or_insert_with(|| job.max_runtime.map(|d| tokio::time::Instant::now() + d));
             let sync = syncer.map(|syncer| {
@@ -326,13 +332,13 @@ impl Attempt<'_> {
             record.enter(Secondary::Restarting, "Restarting the training job from its checkpoints");
             attempt += 1;
             record.attempts = attempt;
-            state.save(record)?;
+            note(state, record);
             cluster.reset().await;
             std::fs::remove_dir_all(work).map_err(|source| RunError::Io { path: work.to_path_buf(), source })?;
         };
 
         record.enter(Secondary::Uploading, "Uploading generated training model");
-        state.save(record)?;
+        note(state, record);
         let interrupted = ended == Ended::Stopped(StopCause::Shutdown);
         let trees: Vec<(String, HostTree)> =
             job.hosts.iter().map(|h| (h.name.clone(), HostTree::new(work, &h.name))).collect();
@@ -403,7 +409,7 @@ impl Attempt<'_> {
             }
             Ended::Stopped(cause) => {
                 record.stopping(cause.message());
-                self.services.state.save(record)?;
+                note(&self.services.state, record);
                 tracing::info!("{}: SIGTERM now, SIGKILL after {grace}s", cause.message());
             }
             Ended::Failed { host, .. } => tracing::warn!(
@@ -417,6 +423,15 @@ impl Attempt<'_> {
     }
 }
 
+/// Saves a step of a running job. A record that cannot be written now (a full disk) must
+/// not stop the job before its results are uploaded: the job goes on, and its final record
+/// is written with the space the state directory kept for it (see [`StateDir::save`]).
+fn note(state: &StateDir, record: &Record) {
+    if let Err(e) = state.save(record) {
+        tracing::warn!("the job goes on, but its record could not be updated: {e}");
+    }
+}
+
 /// Why preparing an attempt did not end in staged inputs.
 enum Prepare {
     Stopped(StopCause),
@@ -424,16 +439,13 @@ enum Prepare {
     Client(Failure),
 }
 
-/// Removes the job's work files (the hosts' trees, the channel layers) and, after an error
-/// of smlocal's own, the half-made archives.
-fn remove_work(work: &Path, artifacts: Option<PathBuf>) {
+/// Removes the job's work files (the hosts' trees, the channel layers) once its results
+/// are where they belong.
+fn remove_work(work: &Path) {
     if let Err(e) = std::fs::remove_dir_all(work)
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!("cannot remove {}: {e}", work.display());
-    }
-    if let Some(artifacts) = artifacts {
-        let _ = std::fs::remove_dir_all(artifacts);
     }
 }
 

@@ -46,6 +46,11 @@ impl StateError {
     }
 }
 
+/// Space set aside in each running job's folder: freed when a record save finds the disk
+/// full, so the job's last record can still be written (a record is a few KiB).
+const RESERVE: &str = ".space-reserve";
+const RESERVE_BYTES: usize = 64 << 10;
+
 /// The file in a job's folder that asks its runner to stop.
 const STOP_MARKER: &str = "stop-requested";
 /// The file in a job's folder that names the process running it.
@@ -133,12 +138,35 @@ impl StateDir {
             Err(e) => return Err(io("create", &dir)(e)),
         }
         self.save(record)?;
+        // Best effort: a disk too full for it is too full for the job anyway.
+        if let Err(e) = std::fs::write(dir.join(RESERVE), vec![0u8; RESERVE_BYTES]) {
+            tracing::debug!("no space reserve for {}: {e}", record.training_job_name);
+        }
         Ok(dir)
+    }
+
+    /// Gives back the space [`StateDir::create`] set aside, once the job's record is final.
+    pub(crate) fn release_reserve(&self, name: &str) {
+        let _ = std::fs::remove_file(self.job_dir(name).join(RESERVE));
     }
 
     /// Writes the record beside its final place and renames it over, so a reader sees the
     /// old record or the new one, never a mix.
+    /// When the disk is full, the job's space reserve is given up and the save tried again.
     pub fn save(&self, record: &Record) -> Result<(), StateError> {
+        match self.write_record(record) {
+            Err(StateError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::StorageFull
+                    && std::fs::remove_file(self.job_dir(&record.training_job_name).join(RESERVE)).is_ok() =>
+            {
+                tracing::warn!("the disk of {} is full: used the space kept for the job's record", self.root.display());
+                self.write_record(record)
+            }
+            written => written,
+        }
+    }
+
+    fn write_record(&self, record: &Record) -> Result<(), StateError> {
         let dir = self.job_dir(&record.training_job_name);
         let path = dir.join("record.json");
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("write", &path))?;
@@ -284,8 +312,14 @@ mod tests {
         std::fs::write(dir.path().join("record.json"), b"{}").unwrap();
         assert!(matches!(store.load("../"), Err(StateError::NotFound(_))));
         assert!(matches!(store.load("jobs/../.."), Err(StateError::NotFound(_))));
-        let leftovers: Vec<_> =
-            std::fs::read_dir(store.job_dir("first")).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(leftovers, ["record.json"]);
+        let files = || -> Vec<_> {
+            let mut names: Vec<_> =
+                std::fs::read_dir(store.job_dir("first")).unwrap().flatten().map(|e| e.file_name()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(files(), [RESERVE, "record.json"], "a running job keeps space for its last record");
+        store.release_reserve("first");
+        assert_eq!(files(), ["record.json"]);
     }
 }

@@ -198,3 +198,71 @@ fn an_entrypoint_missing_from_the_image_fails_the_job_not_smlocal() {
     assert!(reason.contains("not-in-the-image") && reason.contains("ContainerEntrypoint"), "{reason}");
     assert_eq!(leftovers("noentry-job"), (String::new(), String::new()));
 }
+
+/// A tmpfs of `bytes` mounted on a fresh folder, unmounted when dropped.
+struct SmallDisk {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl SmallDisk {
+    fn new(bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mounting a tmpfs needs root (CI runs as root)");
+        SmallDisk { dir: Some(dir) }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    /// Bytes still free on it.
+    fn free(&self) -> u64 {
+        let out = std::process::Command::new("df").args(["--output=avail", "-B1"]).arg(self.path()).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.path()).status();
+    }
+}
+
+#[test]
+fn a_full_state_disk_never_costs_the_model_and_the_record_still_ends() {
+    images();
+    let disk = SmallDisk::new(3 << 20);
+    let sm = Smlocal { home: tempfile::tempdir_in(disk.path()).unwrap() };
+    let bucket = s3().bucket(&format!("fulldisk-{}", unique()));
+    let weights: Vec<u8> = (0..200u32 << 10).map(|i| (i % 251) as u8).collect();
+    bucket.put("train/weights.bin", &weights);
+    bucket.put("train/pad.bin", &vec![7u8; 400 << 10]);
+    // Room for the cached inputs (600 KiB), the job's own files and the weights, not the pad:
+    // the disk fills while the model is written, before the job's last records are saved.
+    let free = disk.free();
+    std::fs::write(disk.path().join("filler"), vec![0u8; (free - (1100 << 10)) as usize]).unwrap();
+    let steps = [
+        "copy",
+        "/opt/ml/input/data/train/weights.bin",
+        "/opt/ml/model/weights.bin",
+        "may-fail",
+        "copy",
+        "/opt/ml/input/data/train/pad.bin",
+        "/opt/ml/model/pad.bin",
+        "copy",
+        "/opt/ml/input/data/train/pad.bin",
+        "/opt/ml/model/pad2.bin",
+    ];
+    let run = sm.train(&probe_request("fulldisk-job", &bucket, &steps), &[]);
+    assert!(run.stdout.contains("No space left on device"), "the test must fill the disk: {run:?}");
+    assert_eq!(run.code, 0, "the job completes although its record could not always be saved: {run:?}");
+    let archive = bucket.get("output/fulldisk-job/output/model.tar.gz").expect("the model reached S3");
+    assert_eq!(file_entry(&tar_entries(&archive), "weights.bin"), weights);
+    let record = sm.describe("fulldisk-job");
+    assert_eq!(record["TrainingJobStatus"], "Completed", "{record:#}");
+}
