@@ -5,7 +5,7 @@
 use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
+    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
 };
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
@@ -85,6 +85,9 @@ pub struct ContainerSpec {
 /// setuid for `su`, binding low ports), which package installs and MPI launchers use.
 pub(crate) const DROPPED_CAPABILITIES: [&str; 4] = ["MKNOD", "NET_RAW", "AUDIT_WRITE", "SETFCAP"];
 
+/// A container's output, chunk by chunk.
+pub(crate) type OutputStream = std::pin::Pin<Box<dyn Stream<Item = Result<Output, DockerError>> + Send>>;
+
 /// How a container ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
@@ -95,7 +98,7 @@ pub struct Exit {
 
 /// A chunk of a container's output.
 #[derive(Debug, Clone)]
-pub struct Output {
+pub(crate) struct Output {
     pub stderr: bool,
     pub bytes: Vec<u8>,
 }
@@ -246,16 +249,28 @@ impl Docker {
     }
 
     /// The container's stdout and stderr from its start, following until it exits.
-    pub fn output(&self, id: &str) -> impl Stream<Item = Result<Output, DockerError>> + use<> {
-        let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).build();
+    /// The container's output from its first byte, attached before it starts: the
+    /// container waits when smlocal reads slower than it writes, so no line is lost to the
+    /// engine's log rotation.
+    pub(crate) async fn attach(&self, id: &str) -> Result<OutputStream, DockerError> {
+        let options = bollard::query_parameters::AttachContainerOptionsBuilder::new()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
         let action = format!("read the output of container {}", short(id));
-        self.client.logs(id, Some(options)).map(move |item| match item {
+        let attached = self
+            .client
+            .attach_container(id, Some(options))
+            .await
+            .map_err(op(format!("attach to container {}", short(id))))?;
+        Ok(Box::pin(attached.output.map(move |item| match item {
             Ok(bollard::container::LogOutput::StdErr { message }) => {
                 Ok(Output { stderr: true, bytes: message.to_vec() })
             }
             Ok(other) => Ok(Output { stderr: false, bytes: other.into_bytes().to_vec() }),
             Err(e) => Err(op(action.clone())(e)),
-        })
+        })))
     }
 
     /// Waits for the container to stop and reports its exit code and whether it was OOM-killed.

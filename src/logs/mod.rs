@@ -6,7 +6,7 @@
 pub(crate) mod index;
 
 use self::index as log_events;
-use crate::docker::Docker;
+use crate::docker::OutputStream;
 use crate::metrics::Recorder;
 use crate::state::record::now;
 use futures::StreamExt;
@@ -18,10 +18,13 @@ use std::time::Duration;
 /// Receives each complete log line with the host that printed it.
 pub type LogSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
+/// The longest line kept as one event: CloudWatch Logs' limit for an event (256 KiB). A
+/// longer line is split into events of this size, as the CloudWatch agent does.
+const MAX_LINE: usize = 256 << 10;
+
 /// Streams a container's output line by line to its log file and the sink, until it exits.
 pub(crate) async fn follow(
-    docker: Docker,
-    id: String,
+    mut stream: OutputStream,
     host: String,
     path: PathBuf,
     sink: LogSink,
@@ -35,8 +38,10 @@ pub(crate) async fn follow(
             None
         }
     };
-    // Docker frames are writes, not lines: keep a partial line per stream until it ends.
-    let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    // Docker frames are writes, not lines: keep a partial line per stream until it ends, and
+    // how far it has been searched for a newline (a long line is searched once, not again
+    // with every frame).
+    let mut partial: [(Vec<u8>, usize); 2] = [(Vec::new(), 0), (Vec::new(), 0)];
     let emit = |file: &mut Option<log_events::Writer>, line: &[u8]| {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
@@ -52,16 +57,31 @@ pub(crate) async fn follow(
         }
         sink(&host, text);
     };
-    let mut stream = Box::pin(docker.output(&id));
     while let Some(item) = stream.next().await {
         match item {
             Ok(chunk) => {
-                let buf = &mut partial[usize::from(chunk.stderr)];
+                let (buf, searched) = &mut partial[usize::from(chunk.stderr)];
                 buf.extend_from_slice(&chunk.bytes);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    emit(&mut file, &line[..line.len() - 1]);
+                let mut start = 0;
+                loop {
+                    let from = start.max(*searched);
+                    match buf[from..].iter().position(|b| *b == b'\n') {
+                        Some(pos) if from + pos - start <= MAX_LINE => {
+                            emit(&mut file, &buf[start..from + pos]);
+                            start = from + pos + 1;
+                        }
+                        _ if buf.len() - start >= MAX_LINE => {
+                            emit(&mut file, &buf[start..start + MAX_LINE]);
+                            start += MAX_LINE;
+                        }
+                        _ => {
+                            *searched = buf.len();
+                            break;
+                        }
+                    }
                 }
+                buf.drain(..start);
+                *searched -= start.min(*searched);
                 // Each of Docker's frames is a burst of output: readers see it whole.
                 flush(&mut file, &path);
             }
@@ -71,7 +91,8 @@ pub(crate) async fn follow(
             }
         }
     }
-    for buf in partial {
+    // What a host printed last without a newline is a line too.
+    for (buf, _) in partial {
         if !buf.is_empty() {
             emit(&mut file, &buf);
         }

@@ -161,6 +161,8 @@ impl<'a> Cluster<'a> {
         if let Some(e) = first_error {
             return Err(e.into());
         }
+        // Attached before they start, so their output is read from its first byte.
+        let outputs = futures::future::try_join_all(self.containers.iter().map(|c| self.docker.attach(&c.id))).await?;
         let started = futures::future::join_all(self.containers.iter().map(|c| self.docker.start(&c.id))).await;
         for (c, result) in self.containers.iter().zip(started) {
             match result {
@@ -177,12 +179,12 @@ impl<'a> Cluster<'a> {
         Ok(self
             .containers
             .iter()
-            .map(|c| {
+            .zip(outputs)
+            .map(|(c, output)| {
                 // Inside the job's span (the caller's), tagged with the host.
                 let span = tracing::info_span!("host", host = %c.host);
                 let follow = logs::follow(
-                    self.docker.clone(),
-                    c.id.clone(),
+                    output,
                     c.host.clone(),
                     state.log_path(&job.name, &c.host),
                     self.options.log.clone(),

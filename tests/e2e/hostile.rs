@@ -153,3 +153,21 @@ fn a_fork_bomb_stops_at_the_pids_limit_and_device_nodes_cannot_be_made() {
     let model = tar_entries(&bucket.get("output/limits/output/model.tar.gz").unwrap());
     assert!(!model.iter().any(|(p, _)| p.contains("disk")), "{model:?}");
 }
+
+#[test]
+fn fast_output_long_lines_and_a_last_line_without_newline_are_all_kept() {
+    let (sm, bucket) = with_data("spew");
+    // 2,000,000 lines are 15.9 MB, more than the engine's json-file logs keep here (10 MB a
+    // file): read from the engine's log, lines would be lost while smlocal reads.
+    let steps = ["spew", "2000000", "longline", "600000", "print", "the end"];
+    let run = sm.train(&probe_request("spew-job", &bucket, &steps), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let log = std::fs::read_to_string(sm.job_dir("spew-job").join("logs/algo-1.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let numbers = &lines[..2_000_000];
+    assert!(numbers.iter().enumerate().all(|(i, l)| l.parse::<usize>() == Ok(i + 1)), "a line was lost or garbled");
+    // A 600,000-character line is split into CloudWatch-sized events of 256 KiB.
+    let long: Vec<usize> = lines[2_000_000..lines.len() - 1].iter().map(|l| l.len()).collect();
+    assert_eq!(long, [262_144, 262_144, 75_712], "{long:?}");
+    assert_eq!(lines.last(), Some(&"the end"), "the last line, printed without a newline, is kept");
+}

@@ -28,6 +28,9 @@
 //!   mkfifo PATH          make a FIFO (a named pipe)
 //!   mknod PATH           make a character device node (what /dev/null is)
 //!   threads N            start up to N sleeping threads; print how many started
+//!   spew N               print lines "1" to "N" on stdout as fast as it can
+//!   print TEXT           print TEXT on stdout with no newline
+//!   longline N           print one line of N 'x' characters (and a newline)
 //!   alloc-share F        allocate F (0..1) of the container's memory limit, and keep it
 //!   hostname-in-hosts    fail (as an algorithm that trusts /etc/hostname would) unless the
 //!                        host name is one of resourceconfig.json's hosts
@@ -204,6 +207,24 @@ fn main() {
                 }
                 println!("probe: started {started} threads");
                 Ok(())
+            }
+            "spew" => {
+                let n: u64 = take(1, &mut i)[0].parse().unwrap_or(0);
+                let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+                (1..=n)
+                    .try_for_each(|k| std::io::Write::write_fmt(&mut out, format_args!("{k}\n")))
+                    .and_then(|()| std::io::Write::flush(&mut out))
+            }
+            "print" => {
+                let a = take(1, &mut i);
+                print!("{}", a[0]);
+                std::io::Write::flush(&mut std::io::stdout())
+            }
+            "longline" => {
+                let n: usize = take(1, &mut i)[0].parse().unwrap_or(0);
+                let mut line = vec![b'x'; n];
+                line.push(b'\n');
+                std::io::Write::write_all(&mut std::io::stdout(), &line)
             }
             "mkfifo" => {
                 let a = take(1, &mut i);
