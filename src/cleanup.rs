@@ -14,27 +14,35 @@ pub enum CleanupError {
     State(#[from] StateError),
 }
 
-/// What [`clean_up`] removed and which jobs it marked `Failed`.
+/// What [`clean_up`] removed, what it could not, and which jobs it marked `Failed`.
 #[derive(Debug, Default)]
 pub struct Cleaned {
     pub containers: usize,
     pub volumes: usize,
     pub networks: usize,
     pub orphaned_jobs: Vec<String>,
+    /// Objects that could not be removed, each with why; the rest was cleaned regardless.
+    pub left: Vec<String>,
+    /// Running containers of state directories this process cannot see (another user's
+    /// mount namespace, a dev container sharing the socket): perhaps alive, so left alone.
+    pub spared: usize,
 }
 
 /// The `FailureReason` of a job whose runner died.
 pub(crate) const ORPHANED: &str = "InternalServerError: the smlocal process running this job (smlocal train or smlocal serve) ended before the job did; its containers were removed";
 
 /// Removes the Docker objects of this state directory's jobs that no live process runs,
-/// and of state directories that no longer exist (a `smlocal check` scratch folder, a
-/// deleted SMLOCAL_HOME); never another live state directory's. Then marks every job whose
-/// runner died `Failed`.
+/// and the stopped ones of state directories that no longer exist (a `smlocal check`
+/// scratch folder, a deleted SMLOCAL_HOME); never another live state directory's, and never
+/// a running container whose state directory this process cannot see. Goes object by
+/// object: one that cannot be removed is reported in [`Cleaned::left`], and the rest, and
+/// the marking of every job whose runner died `Failed`, goes on.
 pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, CleanupError> {
     let home = store.root().display().to_string();
     let found = docker.labelled(None).await?;
+    let ours = |owner: &Owner| owner.home == home;
     let leftover = |owner: &Owner| {
-        if owner.home == home {
+        if ours(owner) {
             !store.load(&owner.job).is_ok_and(|r| store.is_running(&r))
         } else {
             !owner.home.is_empty() && !std::path::Path::new(&owner.home).exists()
@@ -42,18 +50,32 @@ pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, Clea
     };
     let mut cleaned = Cleaned::default();
     for (id, owner) in found.containers.iter().filter(|(_, o)| leftover(o)) {
-        docker.remove_container(id).await?;
-        tracing::debug!("removed container {id} of {}", owner.job);
-        cleaned.containers += 1;
+        if owner.alive && !ours(owner) {
+            cleaned.spared += 1;
+            continue;
+        }
+        match docker.remove_container(id).await {
+            Ok(()) => {
+                tracing::debug!("removed container {id} of {}", owner.job);
+                cleaned.containers += 1;
+            }
+            Err(e) => cleaned.left.push(e.to_string()),
+        }
     }
     for (volume, _) in found.volumes.iter().filter(|(_, o)| leftover(o)) {
-        docker.remove_volume(volume).await?;
-        cleaned.volumes += 1;
+        match docker.remove_volume(volume).await {
+            Ok(()) => cleaned.volumes += 1,
+            Err(e) => cleaned.left.push(e.to_string()),
+        }
     }
     for (net, owner) in found.networks.iter().filter(|(_, o)| leftover(o)) {
-        docker.remove_network(net).await?;
-        tracing::debug!("removed network {net} of {}", owner.job);
-        cleaned.networks += 1;
+        match docker.remove_network(net).await {
+            Ok(()) => {
+                tracing::debug!("removed network {net} of {}", owner.job);
+                cleaned.networks += 1;
+            }
+            Err(e) => cleaned.left.push(e.to_string()),
+        }
     }
     for mut r in store.list()? {
         if !r.training_job_status.is_terminal() && !store.is_running(&r) {

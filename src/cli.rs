@@ -534,6 +534,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     for name in &cleaned.orphaned_jobs {
         eprintln!("smlocal: {name} was running when its smlocal process ended; marked Failed");
     }
+    report_leftovers(&cleaned);
     let address = std::net::SocketAddr::new(args.listen, args.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -749,5 +750,19 @@ async fn cleanup() -> Result<ExitCode> {
         cleaned.networks,
         cleaned.orphaned_jobs.len()
     );
-    Ok(ExitCode::SUCCESS)
+    report_leftovers(&cleaned);
+    Ok(if cleaned.left.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// What cleaning could not remove, and the running containers it left alone.
+fn report_leftovers(cleaned: &smlocal::Cleaned) {
+    for left in &cleaned.left {
+        eprintln!("smlocal: warning: could not remove: {left}");
+    }
+    if cleaned.spared > 0 {
+        eprintln!(
+            "smlocal: left {} running container(s) alone: their state directory is not visible here, so their job may be alive (`docker rm -f` them if it is not)",
+            cleaned.spared
+        );
+    }
 }

@@ -322,6 +322,7 @@ impl Docker {
             Owner {
                 job: labels.remove(JOB_LABEL).unwrap_or_default(),
                 home: labels.remove(HOME_LABEL).unwrap_or_default(),
+                alive: false,
             }
         };
         let containers = self
@@ -330,7 +331,11 @@ impl Docker {
             .await
             .map_err(op("list containers"))?
             .into_iter()
-            .filter_map(|c| Some((c.id?, owner(c.labels))))
+            .filter_map(|c| {
+                use bollard::models::ContainerSummaryStateEnum as State;
+                let alive = matches!(c.state, Some(State::RUNNING | State::PAUSED | State::RESTARTING));
+                Some((c.id?, Owner { alive, ..owner(c.labels) }))
+            })
             .collect();
         let networks = self
             .client
@@ -449,6 +454,8 @@ pub struct Labelled {
 pub struct Owner {
     pub job: String,
     pub home: String,
+    /// For a container: whether it is running (or paused, or restarting).
+    pub alive: bool,
 }
 
 fn short(id: &str) -> &str {

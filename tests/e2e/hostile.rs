@@ -171,3 +171,50 @@ fn fast_output_long_lines_and_a_last_line_without_newline_are_all_kept() {
     assert_eq!(long, [262_144, 262_144, 75_712], "{long:?}");
     assert_eq!(lines.last(), Some(&"the end"), "the last line, printed without a newline, is kept");
 }
+
+#[test]
+fn cleanup_goes_on_past_what_it_cannot_remove_and_spares_running_containers_it_cannot_judge() {
+    let (sm, bucket) = with_data("cleanup-on");
+    let home = sm.home.path().display().to_string();
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker").args(args).output().expect("docker");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let tag = unique();
+    // A leftover network of this state directory that Docker refuses to remove: a container
+    // (not smlocal's) is still attached to it.
+    let net = format!("smlocal-ghost-{tag}");
+    docker(&["network", "create", "--label", "smlocal.job=ghost", "--label", &format!("smlocal.home={home}"), &net]);
+    let holder = docker(&["run", "-d", "--network", &net, PROBE_IMAGE, "sleep", "120"]);
+    // A running container of a state directory this process cannot see.
+    let foreign = docker(&[
+        "run",
+        "-d",
+        "--label",
+        "smlocal.job=theirs",
+        "--label",
+        "smlocal.home=/not/visible/here",
+        PROBE_IMAGE,
+        "sleep",
+        "120",
+    ]);
+    // A job whose runner died.
+    assert_eq!(sm.train(&probe_request("orphan-job", &bucket, &["train"]), &[]).code, 0);
+    let record = sm.job_dir("orphan-job").join("record.json");
+    let mut r: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    r["TrainingJobStatus"] = json!("InProgress");
+    std::fs::write(&record, r.to_string()).unwrap();
+    std::fs::write(sm.job_dir("orphan-job").join("runner.pid"), "999999999").unwrap();
+
+    let run = Run::from(sm.command().arg("cleanup").output().unwrap());
+    let still = |id: &str| docker(&["inspect", "-f", "{{.State.Running}}", id]) == "true";
+    let foreign_alive = still(&foreign);
+    docker(&["rm", "-f", &holder, &foreign]);
+    docker(&["network", "rm", &net]);
+    assert_eq!(run.code, 1, "what could not be removed makes cleanup exit 1: {run:?}");
+    assert!(run.stderr.contains("could not remove") && run.stderr.contains(&net), "{run:?}");
+    assert!(run.stderr.contains("marked 1 orphaned job(s) Failed"), "orphans are still marked: {run:?}");
+    assert_eq!(sm.describe("orphan-job")["TrainingJobStatus"], "Failed");
+    assert!(foreign_alive, "a running container of an unseen state directory must be left alone: {run:?}");
+    assert!(run.stderr.contains("left 1 running container(s) alone"), "{run:?}");
+}
