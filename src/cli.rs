@@ -325,7 +325,8 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     let store = &services.state;
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(args.stop_grace);
-    tokio::spawn(stop_on_signals(shutdown.clone(), grace));
+    let hurry = CancellationToken::new();
+    tokio::spawn(stop_on_signals(shutdown.clone(), hurry.clone(), grace));
     let color = std::io::stdout().is_terminal();
     let log: smlocal::LogSink = Arc::new(move |host, line| {
         let mut out = std::io::stdout().lock();
@@ -337,6 +338,7 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
         pass_credentials: args.pass_aws_credentials,
         interrupt_after: args.interrupt_after,
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval.max(1)),
+        hurry,
         ..RunOptions::new(log)
     };
     eprintln!("smlocal: starting training job {} ({})", job.name, job.image);
@@ -497,22 +499,31 @@ fn rename_uniquely(value: &mut serde_json::Value) {
 }
 
 /// Ctrl-C or SIGTERM to smlocal stops the job the way SageMaker's StopTrainingJob does.
-async fn stop_on_signals(shutdown: CancellationToken, grace: Duration) {
+/// A second one ends the grace at once (`hurry`): SIGKILL now.
+async fn stop_on_signals(shutdown: CancellationToken, hurry: CancellationToken, grace: Duration) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminated = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
+    let mut signalled = async || {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminated => {}
-    }
-    eprintln!("\nsmlocal: stopping: SIGTERM to the containers, SIGKILL after {}s", grace.as_secs());
+    signalled().await;
+    eprintln!(
+        "\nsmlocal: stopping: SIGTERM to the containers, SIGKILL after {}s (Ctrl-C again: SIGKILL now)",
+        grace.as_secs()
+    );
     shutdown.cancel();
+    signalled().await;
+    eprintln!("\nsmlocal: SIGKILL to the containers still running");
+    hurry.cancel();
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
@@ -526,7 +537,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         max_parallel: args.max_parallel,
         stop_grace: Duration::from_secs(args.stop_grace),
         pass_credentials: args.pass_aws_credentials,
+        hurry: CancellationToken::new(),
     };
+    let config_hurry = config.hurry.clone();
     let store = StateDir::from_env();
     let docker = Docker::connect().await?;
     // Jobs a previous server was running when it died: Failed with the reason, containers gone.
@@ -551,7 +564,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     );
     let queue = Arc::new(Queue::new(Services { state: store, docker, storage }, config));
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signals(shutdown.clone(), Duration::from_secs(args.stop_grace)));
+    tokio::spawn(stop_on_signals(shutdown.clone(), config_hurry, Duration::from_secs(args.stop_grace)));
     smlocal::serve(listener, queue.clone(), shutdown).await;
     queue.shut_down().await;
     eprintln!("smlocal: server stopped");

@@ -96,6 +96,9 @@ pub struct RunOptions {
     pub on_start: Option<StartHook>,
     /// Staging's byte counters, for a progress display.
     pub progress: Arc<Progress>,
+    /// Cancelled to end the grace at once: hosts still running get SIGKILL now (a second
+    /// Ctrl-C).
+    pub hurry: CancellationToken,
 }
 
 /// See [`RunOptions::on_start`].
@@ -114,6 +117,7 @@ impl RunOptions {
             instance_hostnames: false,
             on_start: None,
             progress: Arc::default(),
+            hurry: CancellationToken::new(),
         }
     }
 }
@@ -339,7 +343,9 @@ impl Attempt<'_> {
 
         record.enter(Secondary::Uploading, "Uploading generated training model");
         note(state, record);
-        let interrupted = ended == Ended::Stopped(StopCause::Shutdown);
+        // A Ctrl-C after the hosts ended (during the upload, which finishes: nothing is
+        // lost) still interrupted the run.
+        let interrupted = ended == Ended::Stopped(StopCause::Shutdown) || self.shutdown.is_cancelled();
         let trees: Vec<(String, HostTree)> =
             job.hosts.iter().map(|h| (h.name.clone(), HostTree::new(work, &h.name))).collect();
         record.final_metric_data_list = outcome::final_metrics(&recorder);
@@ -418,7 +424,7 @@ impl Attempt<'_> {
             ),
             Ended::Completed => {}
         }
-        let sigkilled = supervisor.stop_rest(self.options.stop_grace).await?;
+        let sigkilled = supervisor.stop_rest(self.options.stop_grace, &self.options.hurry).await?;
         Ok((ended, sigkilled.into_iter().map(|i| self.job.hosts[i].name.clone()).collect()))
     }
 }

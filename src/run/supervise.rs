@@ -118,7 +118,12 @@ impl<'h, H: Hosts> Supervisor<'h, H> {
 
     /// SIGTERM to every host still running, then SIGKILL to those still running after
     /// `grace`; returns when all have exited, with the hosts SIGKILL ended.
-    pub(crate) async fn stop_rest(&mut self, grace: Duration) -> Result<Vec<usize>, DockerError> {
+    /// `hurry` cuts the grace short (a second Ctrl-C).
+    pub(crate) async fn stop_rest(
+        &mut self,
+        grace: Duration,
+        hurry: &CancellationToken,
+    ) -> Result<Vec<usize>, DockerError> {
         for i in self.still_running() {
             self.hosts.signal(i, "SIGTERM").await?;
         }
@@ -128,6 +133,7 @@ impl<'h, H: Hosts> Supervisor<'h, H> {
             tokio::select! {
                 Some((i, exit)) = self.waits.next() => self.exits[i] = Some(exit?),
                 () = &mut grace_over => break,
+                () = hurry.cancelled() => break,
             }
         }
         let mut sigkilled = Vec::new();
@@ -270,7 +276,7 @@ mod tests {
         let mut supervisor = Supervisor::new(&hosts);
         assert_eq!(supervisor.until_end(&stops).await.unwrap(), Ended::Stopped(StopCause::MaxRuntime));
         assert_eq!(hosts.started.elapsed().as_secs(), 30);
-        let sigkilled = supervisor.stop_rest(Duration::from_secs(120)).await.unwrap();
+        let sigkilled = supervisor.stop_rest(Duration::from_secs(120), &CancellationToken::new()).await.unwrap();
         assert_eq!(sigkilled, [1]);
         assert_eq!(hosts.signals(), [(30, 0, "SIGTERM"), (30, 1, "SIGTERM"), (150, 1, "SIGKILL")]);
     }
@@ -284,7 +290,7 @@ mod tests {
         let ended = supervisor.until_end(&stops).await.unwrap();
         assert_eq!(ended, Ended::Failed { host: 1, exit: Exit { code: 3, oom_killed: false } });
         assert_eq!(supervisor.running(), 2);
-        assert!(supervisor.stop_rest(Duration::from_secs(120)).await.unwrap().is_empty());
+        assert!(supervisor.stop_rest(Duration::from_secs(120), &CancellationToken::new()).await.unwrap().is_empty());
         assert_eq!(hosts.signals(), [(5, 0, "SIGTERM"), (5, 2, "SIGTERM")]);
         assert_eq!(hosts.started.elapsed().as_secs(), 5, "hosts that honour SIGTERM end at once");
     }
@@ -302,8 +308,27 @@ mod tests {
         });
         let mut supervisor = Supervisor::new(&hosts);
         assert_eq!(supervisor.until_end(&stops).await.unwrap(), Ended::Stopped(StopCause::Requested));
-        assert_eq!(supervisor.stop_rest(Duration::from_secs(2)).await.unwrap(), [0]);
+        assert_eq!(supervisor.stop_rest(Duration::from_secs(2), &CancellationToken::new()).await.unwrap(), [0]);
         assert_eq!(hosts.signals(), [(10, 0, "SIGTERM"), (12, 0, "SIGKILL")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_interrupt_sigkills_without_waiting_out_the_grace() {
+        let hosts = FakeHosts::new(vec![host(None, 0, false)]);
+        let (shutdown, requested) = tokens();
+        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None };
+        let (first, hurry) = (shutdown.clone(), CancellationToken::new());
+        let second = hurry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            first.cancel();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            second.cancel();
+        });
+        let mut supervisor = Supervisor::new(&hosts);
+        assert_eq!(supervisor.until_end(&stops).await.unwrap(), Ended::Stopped(StopCause::Shutdown));
+        assert_eq!(supervisor.stop_rest(Duration::from_secs(120), &hurry).await.unwrap(), [0]);
+        assert_eq!(hosts.signals(), [(1, 0, "SIGTERM"), (4, 0, "SIGKILL")]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -314,7 +339,7 @@ mod tests {
         let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt };
         let mut supervisor = Supervisor::new(&hosts);
         assert_eq!(supervisor.until_end(&stops).await.unwrap(), Ended::Stopped(StopCause::Interrupted));
-        assert!(supervisor.stop_rest(Duration::from_secs(120)).await.unwrap().is_empty());
+        assert!(supervisor.stop_rest(Duration::from_secs(120), &CancellationToken::new()).await.unwrap().is_empty());
         assert_eq!(hosts.started.elapsed().as_secs(), 4);
     }
 }

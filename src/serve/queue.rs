@@ -50,6 +50,8 @@ pub struct QueueConfig {
     pub stop_grace: Duration,
     /// Give containers this process's AWS credentials and S3 endpoint.
     pub pass_credentials: bool,
+    /// Cancelled to SIGKILL every job's containers at once (a second Ctrl-C).
+    pub hurry: CancellationToken,
 }
 
 pub struct Queue {
@@ -91,6 +93,7 @@ impl Queue {
         let options = RunOptions {
             stop_grace: self.config.stop_grace,
             pass_credentials: self.config.pass_credentials,
+            hurry: self.config.hurry.clone(),
             ..RunOptions::new(Arc::new(|_, _| {}))
         };
         let arn = job.arn.clone();

@@ -266,3 +266,24 @@ fn a_full_state_disk_never_costs_the_model_and_the_record_still_ends() {
     let record = sm.describe("fulldisk-job");
     assert_eq!(record["TrainingJobStatus"], "Completed", "{record:#}");
 }
+
+#[test]
+fn a_second_ctrl_c_sigkills_at_once_instead_of_waiting_out_the_grace() {
+    let (sm, bucket) = with_data("sigint2");
+    // No `on-term`: the container ignores SIGTERM, so only SIGKILL ends it.
+    let req = probe_request("sigint2-job", &bucket, &["echo", "ready", "sleep", "120"]);
+    let (mut child, mut lines) = sm.spawn_train(&req, &["--stop-grace", "60"]);
+    let ready = lines.by_ref().map_while(Result::ok).any(|l| l == "algo-1 | ready");
+    assert!(ready, "the container never printed ready");
+    let pid = child.id().to_string();
+    let interrupt = || assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    interrupt();
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = Instant::now();
+    interrupt();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(sent.elapsed() < Duration::from_secs(20), "the 60 s grace was waited out: {:?}", sent.elapsed());
+    assert_eq!(sm.describe("sigint2-job")["TrainingJobStatus"], "Stopped");
+    assert_eq!(leftovers("sigint2-job"), (String::new(), String::new()));
+}
