@@ -133,10 +133,16 @@ impl Cache {
         }
         let results: Vec<(usize, Result<u64, StorageError>)> =
             futures::stream::iter(parts.into_iter().map(|(i, range)| {
-                let (w, file) = (&wanted[plan.misses[i].wanted], &plan.misses[i].file);
-                async move {
+                let (w, part) = (&wanted[plan.misses[i].wanted], &plan.misses[i].part);
+                let download = async move {
                     let offset = range.as_ref().map(|r| r.start).unwrap_or(0);
-                    let n = storage.download_part(&w.uri, range, w.info.etag.as_deref(), file, offset).await;
+                    // Opened for this part only: however many objects a channel has, at most
+                    // PARALLEL_REQUESTS files are open at once.
+                    let file = std::fs::OpenOptions::new().write(true).open(part).map_err(cache_io(part))?;
+                    storage.download_part(&w.uri, range, w.info.etag.as_deref(), &file, offset).await
+                };
+                async move {
+                    let n = download.await;
                     if let Ok(n) = &n {
                         progress.fetched.fetch_add(*n, Ordering::Relaxed);
                     }
@@ -186,9 +192,14 @@ impl Cache {
                 path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
                 std::process::id()
             ));
-            let file = std::fs::File::create(&part).map_err(cache_io(&part))?;
-            file.set_len(w.info.size).map_err(cache_io(&part))?;
-            plan.misses.push(Miss { wanted: i, path, part, file });
+            let made = std::fs::File::create(&part).and_then(|file| file.set_len(w.info.size));
+            if let Err(e) = made {
+                // Nothing of a plan that cannot be made is left behind.
+                let _ = std::fs::remove_file(&part);
+                plan.misses.iter().for_each(|m| drop(std::fs::remove_file(&m.part)));
+                return Err(cache_io(&part)(e));
+            }
+            plan.misses.push(Miss { wanted: i, path, part });
         }
         Ok(plan)
     }
@@ -204,7 +215,6 @@ impl Cache {
     ) -> Result<Vec<PathBuf>, StorageError> {
         for (miss, got) in plan.misses.into_iter().zip(written) {
             let w = &wanted[miss.wanted];
-            drop(miss.file);
             // Every byte must have arrived.
             let complete = got == Some(w.info.size);
             if let (false, Some(got), None) = (complete, got, &failed) {
@@ -287,7 +297,6 @@ struct Miss {
     wanted: usize,
     path: PathBuf,
     part: PathBuf,
-    file: std::fs::File,
 }
 
 fn cache_io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {

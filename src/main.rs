@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    raise_open_file_limit();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SMLOCAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,smlocal=info"));
     tracing_subscriber::fmt()
@@ -21,4 +22,15 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(cli::main(cli))
+}
+
+/// Many objects, hosts and connections at once: the soft limit on open files (often 1,024)
+/// is raised to the hard one, as servers do at start.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
 }

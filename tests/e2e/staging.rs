@@ -139,3 +139,33 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_channel_of_more_objects_than_open_files_allowed_is_staged_whole() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("nofile-{}", unique()));
+    for i in 0..300 {
+        bucket.put(&format!("train/part-{i:04}.csv"), format!("{i}\n").as_bytes());
+    }
+    let request = probe_request("nofile-job", &bucket, &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"]);
+    let file = sm.home.path().join("nofile-request.json");
+    std::fs::write(&file, request.to_string()).unwrap();
+    // 96 open files, hard limit too: smlocal cannot raise it, and may not hold a file per object.
+    let cmd = sm.command();
+    let program = cmd.get_program().to_owned();
+    let mut limited = std::process::Command::new("bash");
+    limited
+        .args(["-c", "ulimit -Hn 96 -Sn 96 && exec \"$0\" train \"$1\""])
+        .arg(program)
+        .arg(&file)
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+        .stdin(std::process::Stdio::null());
+    let run = Run::from(limited.output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    let model = tar_entries(&bucket.get("output/nofile-job/output/model.tar.gz").unwrap());
+    assert_eq!(model.iter().filter(|(p, _)| p.starts_with("seen/part-")).count(), 300);
+    let partial: Vec<_> =
+        std::fs::read_dir(sm.home.path().join("cache/tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(partial.is_empty(), "partial downloads were left: {partial:?}");
+}
