@@ -79,6 +79,11 @@ pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, Clea
     }
     for mut r in store.list()? {
         if !r.training_job_status.is_terminal() && !store.is_running(&r) {
+            // An upload the dead process had begun: no half-written archive stays in the output.
+            let discarded = crate::storage::discard_partials(&r.model_artifacts.s3_model_artifacts);
+            if discarded > 0 {
+                tracing::info!("{}: removed {discarded} half-written upload(s)", r.training_job_name);
+            }
             r.fail(&Failure::new(FailureKind::Internal, ORPHANED));
             store.save(&r)?;
             store.release_reserve(&r.training_job_name);

@@ -46,6 +46,31 @@ pub enum StorageError {
     },
 }
 
+/// The end of the name a `file://` upload has until it is complete and renamed into place.
+pub(crate) const PARTIAL_SUFFIX: &str = ".smlocal-partial";
+
+/// Deletes the half-written `file://` uploads a killed smlocal left under the folder of
+/// `uri` (a job's `<S3OutputPath>/<job>/output/`, which only that job writes). Returns how
+/// many. Nothing for `s3://`: an unfinished multipart upload there is not listed by
+/// object_store (a lifecycle rule on the bucket removes them).
+pub(crate) fn discard_partials(uri: &str) -> usize {
+    let Ok(Location::Local { path }) = Location::parse(uri) else {
+        return 0;
+    };
+    let Some(folder) = Path::new(&path).parent() else {
+        return 0;
+    };
+    let mut partials = Vec::new();
+    let _ = crate::tree::Beneath::folder(folder).walk(&mut |e| {
+        if matches!(e.kind, crate::tree::EntryKind::File { .. })
+            && e.path.file_name().is_some_and(|n| n.to_string_lossy().ends_with(PARTIAL_SUFFIX))
+        {
+            partials.push(e.path);
+        }
+    });
+    partials.iter().filter(|p| std::fs::remove_file(p).is_ok()).count()
+}
+
 fn endpoint_hint(endpoint: &Option<String>) -> String {
     match endpoint {
         Some(e) => format!(" (endpoint {e} from AWS_ENDPOINT_URL)"),
@@ -514,7 +539,7 @@ async fn partial_beside(dest: &Path) -> Result<PathBuf, StorageError> {
         source,
     })?;
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("upload");
-    Ok(parent.join(format!(".{name}.smlocal-partial")))
+    Ok(parent.join(format!(".{name}{PARTIAL_SUFFIX}")))
 }
 
 /// A streaming upload: bytes go out as they are written (multipart on S3 past a few MiB);

@@ -218,3 +218,24 @@ fn cleanup_goes_on_past_what_it_cannot_remove_and_spares_running_containers_it_c
     assert!(foreign_alive, "a running container of an unseen state directory must be left alone: {run:?}");
     assert!(run.stderr.contains("left 1 running container(s) alone"), "{run:?}");
 }
+
+#[test]
+fn cleanup_removes_the_half_written_upload_a_killed_run_left_in_the_output_folder() {
+    let (sm, bucket) = with_data("partial");
+    let out = tempfile::tempdir().unwrap();
+    let mut req = probe_request("partial-job", &bucket, &["write", "/opt/ml/model/w", "w"]);
+    req["OutputDataConfig"]["S3OutputPath"] = json!(format!("file://{}", out.path().display()));
+    assert_eq!(sm.train(&req, &[]).code, 0);
+    // As a kill -9 in the middle of the upload leaves it: a partial archive, the job InProgress.
+    let folder = out.path().join("partial-job/output");
+    std::fs::write(folder.join(".output.tar.gz.smlocal-partial"), b"half an archive").unwrap();
+    let record = sm.job_dir("partial-job").join("record.json");
+    let mut r: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    r["TrainingJobStatus"] = json!("InProgress");
+    std::fs::write(&record, r.to_string()).unwrap();
+    std::fs::write(sm.job_dir("partial-job").join("runner.pid"), "999999999").unwrap();
+    let run = Run::from(sm.command().arg("cleanup").output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!folder.join(".output.tar.gz.smlocal-partial").exists(), "the partial upload was left: {run:?}");
+    assert!(folder.join("model.tar.gz").exists(), "what was uploaded whole stays");
+}
