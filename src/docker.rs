@@ -37,6 +37,30 @@ pub enum DockerError {
     },
 }
 
+/// An IPv4 subnet (`172.18.0.0/16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Subnet {
+    base: u32,
+    mask: u32,
+}
+
+impl Subnet {
+    pub(crate) fn parse(cidr: &str) -> Option<Subnet> {
+        let (address, bits) = cidr.split_once('/')?;
+        let address: std::net::Ipv4Addr = address.parse().ok()?;
+        let bits: u32 = bits.parse().ok().filter(|b| *b <= 32)?;
+        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+        Some(Subnet { base: u32::from(address) & mask, mask })
+    }
+
+    pub(crate) fn contains(&self, ip: std::net::IpAddr) -> bool {
+        match ip {
+            std::net::IpAddr::V4(v4) => u32::from(v4) & self.mask == self.base,
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| u32::from(v4) & self.mask == self.base),
+        }
+    }
+}
+
 /// The first host address of an IPv4 subnet (`172.17.0.0/16` → `172.17.0.1`).
 fn first_host(subnet: &str) -> Option<std::net::Ipv4Addr> {
     let (address, bits) = subnet.split_once('/')?;
@@ -172,19 +196,23 @@ impl Docker {
 
     /// The address this machine has on `network` (its gateway), which the network's
     /// containers can reach.
-    pub async fn gateway(&self, network: &str) -> Option<std::net::IpAddr> {
+    /// The network's gateway address (this machine, as its containers reach it) and its
+    /// IPv4 subnet.
+    pub(crate) async fn gateway(&self, network: &str) -> Option<(std::net::IpAddr, Option<Subnet>)> {
         let inspected = self
             .client
             .inspect_network(network, None::<bollard::query_parameters::InspectNetworkOptions>)
             .await
             .ok()?;
         let configs = inspected.ipam?.config?;
+        let subnet = configs.iter().find_map(|c| Subnet::parse(c.subnet.as_deref()?));
         // The default bridge often reports only its subnet; Docker gives the gateway the
         // subnet's first address.
-        configs
+        let gateway = configs
             .iter()
             .find_map(|c| c.gateway.as_deref()?.parse().ok())
-            .or_else(|| configs.iter().find_map(|c| first_host(c.subnet.as_deref()?).map(std::net::IpAddr::V4)))
+            .or_else(|| configs.iter().find_map(|c| first_host(c.subnet.as_deref()?).map(std::net::IpAddr::V4)))?;
+        Some((gateway, subnet))
     }
 
     /// Removes a network; one that is already gone is not an error.

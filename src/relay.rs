@@ -5,6 +5,7 @@
 //! loopback endpoint. Requests are forwarded untouched, so their SigV4 signatures (which
 //! cover the `Host` the client used) still verify.
 
+use crate::docker::Subnet;
 use std::net::{IpAddr, SocketAddr};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -37,8 +38,10 @@ pub(crate) fn loopback_target(endpoint: &str) -> Option<SocketAddr> {
 }
 
 impl Relay {
-    /// Listens on `listen` (any free port) and forwards to `endpoint`'s loopback address.
-    pub(crate) async fn start(listen: IpAddr, endpoint: &str) -> std::io::Result<Relay> {
+    /// Listens on `listen` (any free port) and forwards to `endpoint`'s loopback address,
+    /// for clients in `peers` only: the job's own network, so no other container on this
+    /// machine reaches the endpoint through it.
+    pub(crate) async fn start(listen: IpAddr, endpoint: &str, peers: Subnet) -> std::io::Result<Relay> {
         let Some(target) = loopback_target(endpoint) else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -56,9 +59,10 @@ impl Relay {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
-                        Ok((client, _)) => {
+                        Ok((client, from)) if peers.contains(from.ip()) => {
                             connections.spawn(forward(client, target));
                         }
+                        Ok((_, from)) => tracing::warn!("the S3 relay on {bound} refused {from}, which is not on the job's network"),
                         Err(e) => tracing::warn!("the S3 relay on {bound} cannot accept: {e}"),
                     },
                     Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -110,7 +114,9 @@ mod tests {
             }
         });
         // A second loopback address stands in for a Docker network's gateway.
-        let relay = Relay::start("127.0.0.2".parse().unwrap(), &format!("http://127.0.0.1:{port}")).await.unwrap();
+        let loopback = Subnet::parse("127.0.0.0/8").unwrap();
+        let relay =
+            Relay::start("127.0.0.2".parse().unwrap(), &format!("http://127.0.0.1:{port}"), loopback).await.unwrap();
         assert!(relay.url.starts_with("http://127.0.0.2:"), "{}", relay.url);
         let addr = relay.url.trim_start_matches("http://").to_string();
         let mut c = TcpStream::connect(&addr).await.unwrap();
@@ -121,5 +127,15 @@ mod tests {
         drop(relay);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(TcpStream::connect(&addr).await.is_err());
+
+        // Clients outside the job's network are dropped unanswered.
+        let elsewhere = Subnet::parse("10.0.0.0/8").unwrap();
+        let relay =
+            Relay::start("127.0.0.2".parse().unwrap(), &format!("http://127.0.0.1:{port}"), elsewhere).await.unwrap();
+        let mut c = TcpStream::connect(relay.url.trim_start_matches("http://")).await.unwrap();
+        let _ = c.write_all(b"GET / HTTP/1.1\r\n").await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), c.read_to_end(&mut got)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "an outsider was answered: {got:?}");
     }
 }

@@ -204,7 +204,11 @@ impl<'a> Cluster<'a> {
             // One host has no peers to resolve: Docker's default bridge gives it eth0 and the
             // outside world as an instance has, without the ~0.2 s of making and removing a
             // network (a third of a trivial job).
-            None if job.hosts.len() == 1 && self.docker.has_default_bridge().await => "bridge".to_string(),
+            // Unless the job gets a relay to this machine's loopback: then it needs a network
+            // of its own, the only one the relay serves.
+            None if job.hosts.len() == 1 && !self.needs_relay() && self.docker.has_default_bridge().await => {
+                "bridge".to_string()
+            }
             None => {
                 // Isolation keeps the network internal: hosts reach each other and nothing else.
                 let name = format!("smlocal-{}-{suffix}", job.name);
@@ -213,6 +217,14 @@ impl<'a> Cluster<'a> {
                 name
             }
         })
+    }
+
+    /// Whether the containers reach S3 through a relay (their credentials are passed and the
+    /// endpoint is on this machine's loopback, which a container cannot reach).
+    fn needs_relay(&self) -> bool {
+        self.options.pass_credentials
+            && !self.job.network_isolation
+            && self.storage.endpoint().is_some_and(|e| crate::relay::loopback_target(e).is_some())
     }
 
     /// The S3 endpoint containers get with the credentials (`--pass-aws-credentials`): this
@@ -231,11 +243,11 @@ impl<'a> Cluster<'a> {
         if self.job.network_isolation {
             return None;
         }
-        let Some(gateway) = self.docker.gateway(network).await else {
+        let Some((gateway, Some(subnet))) = self.docker.gateway(network).await else {
             tracing::warn!("the network {network} has no gateway address: containers cannot reach {endpoint}");
             return None;
         };
-        match Relay::start(gateway, &endpoint).await {
+        match Relay::start(gateway, &endpoint, subnet).await {
             Ok(relay) => {
                 tracing::info!("containers reach {endpoint} as {}", relay.url);
                 let url = relay.url.clone();

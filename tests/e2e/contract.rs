@@ -176,3 +176,21 @@ fn containers_are_capped_by_the_instance_type_and_isolation_cuts_the_network() {
     );
     assert!(run.stderr.contains("algo-1 is ml.t3.medium with"), "{run:?}");
 }
+
+#[test]
+fn a_relayed_job_has_a_network_of_its_own_so_no_other_container_shares_its_relay() {
+    let (sm, bucket) = with_data("relay-net");
+    let run = sm.train(&probe_request("relay-net-job", &bucket, &["env"]), &["--pass-aws-credentials"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let relayed = run.stdout.lines().find_map(|l| l.strip_prefix("algo-1 | AWS_ENDPOINT_URL_S3=")).expect("relay");
+    let relay_ip = relayed.trim_start_matches("http://").rsplit_once(':').map(|(ip, _)| ip.to_string()).unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}"])
+        .output()
+        .unwrap();
+    let bridge = String::from_utf8_lossy(&out.stdout);
+    // 172.17.0.0/16 → "172.17.": the relay is not on the default bridge, where every other
+    // container of this machine is.
+    let prefix: String = bridge.split('.').take(2).collect::<Vec<_>>().join(".") + ".";
+    assert!(!relay_ip.starts_with(&prefix), "the relay {relay_ip} listens on the default bridge ({bridge})");
+}
