@@ -46,6 +46,14 @@ pub enum StorageError {
     },
 }
 
+/// An S3 key as object_store names it: exactly the key. (`Path::from` would percent-encode
+/// `# % [ ] ~` and others a second time, so a listed key could not be fetched and an upload
+/// would land at a key other than the one the record names.) Only a key object_store cannot
+/// hold as is (a `.` or `..` segment, a control character) is encoded.
+fn key_path(key: &str) -> StorePath {
+    StorePath::parse(key).unwrap_or_else(|_| StorePath::from(key))
+}
+
 /// The end of the name a `file://` upload has until it is complete and renamed into place.
 pub(crate) const PARTIAL_SUFFIX: &str = ".smlocal-partial";
 
@@ -283,7 +291,7 @@ impl Storage {
                 // object_store lists whole path segments, so list the enclosing "folder" and
                 // keep the keys that match the string prefix.
                 let folder = key.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("");
-                let prefix = (!folder.is_empty()).then(|| StorePath::from(folder));
+                let prefix = (!folder.is_empty()).then(|| key_path(folder));
                 let objects: Vec<_> =
                     store.list(prefix.as_ref()).try_collect().await.map_err(|e| self.error(uri, e))?;
                 let mut found: Vec<ObjectInfo> = objects
@@ -337,7 +345,7 @@ impl Storage {
         match self.locate(uri)? {
             Location::S3 { bucket, key } => {
                 let store = self.bucket(&bucket, uri)?;
-                let got = store.get(&StorePath::from(key.as_str())).await.map_err(|e| self.error(uri, e))?;
+                let got = store.get(&key_path(&key)).await.map_err(|e| self.error(uri, e))?;
                 Ok(got.bytes().await.map_err(|e| self.error(uri, e))?.to_vec())
             }
             Location::Local { path } => tokio::fs::read(&path).await.map_err(|source| match source.kind() {
@@ -433,7 +441,7 @@ impl Storage {
         match self.locate(uri)? {
             Location::S3 { bucket, key } => {
                 let store = self.bucket(&bucket, uri)?;
-                let meta = store.head(&StorePath::from(key.as_str())).await.map_err(|e| self.error(uri, e))?;
+                let meta = store.head(&key_path(&key)).await.map_err(|e| self.error(uri, e))?;
                 Ok(ObjectInfo {
                     key,
                     size: meta.size,
@@ -481,7 +489,7 @@ impl Storage {
             if_match: etag.map(str::to_string),
             ..Default::default()
         };
-        let got = store.get_opts(&StorePath::from(key.as_str()), options).await.map_err(|e| self.error(uri, e))?;
+        let got = store.get_opts(&key_path(&key), options).await.map_err(|e| self.error(uri, e))?;
         let mut stream = got.into_stream();
         let mut at = offset;
         while let Some(chunk) = stream.try_next().await.map_err(|e| self.error(uri, e))? {
@@ -500,7 +508,7 @@ impl Storage {
         match self.locate(uri)? {
             Location::S3 { bucket, key } => {
                 let store = self.bucket(&bucket, uri)?;
-                match store.delete(&StorePath::from(key.as_str())).await {
+                match store.delete(&key_path(&key)).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                     Err(e) => Err(self.error(uri, e)),
                 }
@@ -518,7 +526,7 @@ impl Storage {
         match self.locate(uri)? {
             Location::S3 { bucket, key } => {
                 let store = self.bucket(&bucket, uri)?;
-                match store.head(&StorePath::from(key.as_str())).await {
+                match store.head(&key_path(&key)).await {
                     Ok(_) => Ok(true),
                     Err(object_store::Error::NotFound { .. }) => Ok(false),
                     Err(e) => Err(self.error(uri, e)),
@@ -559,7 +567,7 @@ impl Upload {
         let sink = match storage.locate(uri)? {
             Location::S3 { bucket, key } => {
                 let store = storage.bucket(&bucket, uri)?;
-                UploadSink::S3(object_store::buffered::BufWriter::new(store, StorePath::from(key.as_str())))
+                UploadSink::S3(object_store::buffered::BufWriter::new(store, key_path(&key)))
             }
             Location::Local { path } => {
                 let dest = PathBuf::from(path);

@@ -177,11 +177,11 @@ impl Bucket {
 
     pub(crate) fn put(&self, key: &str, bytes: &[u8]) {
         let payload = PutPayload::from(bytes.to_vec());
-        block_on(self.store.put(&StorePath::from(key), payload)).expect("put object");
+        block_on(self.store.put(&StorePath::parse(key).expect("a key"), payload)).expect("put object");
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Vec<u8>> {
-        match block_on(self.store.get(&StorePath::from(key))) {
+        match block_on(self.store.get(&StorePath::parse(key).expect("a key"))) {
             Ok(got) => Some(block_on(got.bytes()).expect("read object").to_vec()),
             Err(object_store::Error::NotFound { .. }) => None,
             Err(e) => panic!("get {key}: {e}"),

@@ -169,3 +169,26 @@ fn a_channel_of_more_objects_than_open_files_allowed_is_staged_whole() {
         std::fs::read_dir(sm.home.path().join("cache/tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(partial.is_empty(), "partial downloads were left: {partial:?}");
 }
+
+#[test]
+fn keys_with_characters_s3_allows_are_staged_and_an_output_path_with_them_is_where_the_record_says() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("oddkeys-{}", unique()));
+    let names = ["a#b.csv", "100%.csv", "über.csv", "[x]~y.csv", "q?.csv", "sp ace.csv"];
+    for (i, name) in names.iter().enumerate() {
+        bucket.put(&format!("train/{name}"), format!("{i}\n").as_bytes());
+    }
+    let mut request =
+        probe_request("oddkeys-job", &bucket, &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"]);
+    request["OutputDataConfig"]["S3OutputPath"] = json!(bucket.uri("out #1/ü"));
+    let run = sm.train(&request, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let record = sm.describe("oddkeys-job");
+    let uri = record["ModelArtifacts"]["S3ModelArtifacts"].as_str().unwrap().to_string();
+    let key = uri.splitn(4, '/').nth(3).unwrap();
+    let archive = bucket.get(key).unwrap_or_else(|| panic!("no object at the key the record names: {key}"));
+    let model = tar_entries(&archive);
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(file_entry(&model, &format!("seen/{name}")), format!("{i}\n").as_bytes(), "{name}");
+    }
+}
