@@ -21,6 +21,8 @@ pub struct Cleaned {
     pub volumes: usize,
     pub networks: usize,
     pub orphaned_jobs: Vec<String>,
+    /// Work folders of finished jobs (what `--keep` left) removed.
+    pub work_folders: usize,
     /// Objects that could not be removed, each with why; the rest was cleaned regardless.
     pub left: Vec<String>,
     /// Running containers of state directories this process cannot see (another user's
@@ -49,6 +51,8 @@ pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, Clea
         }
     };
     let mut cleaned = Cleaned::default();
+    // This state directory's jobs whose containers were left (by `--keep`, or a dead run).
+    let mut left_behind = std::collections::BTreeSet::new();
     for (id, owner) in found.containers.iter().filter(|(_, o)| leftover(o)) {
         if owner.alive && !ours(owner) {
             cleaned.spared += 1;
@@ -58,6 +62,9 @@ pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, Clea
             Ok(()) => {
                 tracing::debug!("removed container {id} of {}", owner.job);
                 cleaned.containers += 1;
+                if ours(owner) {
+                    left_behind.insert(owner.job.clone());
+                }
             }
             Err(e) => cleaned.left.push(e.to_string()),
         }
@@ -78,6 +85,16 @@ pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, Clea
         }
     }
     for mut r in store.list()? {
+        // What `--keep` left (the hosts' folders of a finished job) goes with the job's
+        // containers. The folders of a run that died, or that smlocal's own failure kept,
+        // stay for the user: they may hold a model that never reached the output path.
+        let work = store.work_dir(&r.training_job_name);
+        if r.training_job_status.is_terminal() && left_behind.contains(&r.training_job_name) && work.exists() {
+            match std::fs::remove_dir_all(&work) {
+                Ok(()) => cleaned.work_folders += 1,
+                Err(e) => cleaned.left.push(format!("{}: {e}", work.display())),
+            }
+        }
         if !r.training_job_status.is_terminal() && !store.is_running(&r) {
             // An upload the dead process had begun: no half-written archive stays in the output.
             let discarded = crate::storage::discard_partials(&r.model_artifacts.s3_model_artifacts);

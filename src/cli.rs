@@ -758,9 +758,10 @@ async fn cleanup() -> Result<ExitCode> {
     let docker = Docker::connect().await?;
     let cleaned = smlocal::clean_up(&store, &docker).await?;
     eprintln!(
-        "smlocal: removed {} container(s) and {} network(s); marked {} orphaned job(s) Failed",
+        "smlocal: removed {} container(s), {} network(s) and {} work folder(s); marked {} orphaned job(s) Failed",
         cleaned.containers,
         cleaned.networks,
+        cleaned.work_folders,
         cleaned.orphaned_jobs.len()
     );
     report_leftovers(&cleaned);

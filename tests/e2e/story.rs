@@ -305,3 +305,18 @@ fn cleanup_also_removes_what_a_deleted_state_directory_left() {
     assert_eq!(leftovers("gone-job"), (String::new(), String::new()));
     assert_eq!(leftover_volumes("gone-job"), "");
 }
+
+#[test]
+fn cleanup_removes_what_keep_left_as_keep_says_it_will() {
+    let (sm, bucket) = with_data("keep-clean");
+    let run = sm.train(&probe_request("keep-job", &bucket, &["write", "/opt/ml/model/m", "m"]), &["--keep"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("`smlocal cleanup` removes them"), "{run:?}");
+    let work = sm.job_dir("keep-job").join("work");
+    assert!(work.exists());
+    let cleaned = Run::from(sm.command().arg("cleanup").output().unwrap());
+    assert_eq!(cleaned.code, 0, "{cleaned:?}");
+    assert!(!work.exists(), "the kept work folder was left: {cleaned:?}");
+    assert_eq!(leftovers("keep-job"), (String::new(), String::new()));
+    assert_eq!(sm.describe("keep-job")["TrainingJobStatus"], "Completed", "the record is untouched");
+}
