@@ -222,7 +222,7 @@ pub(crate) async fn run_admitted(
             let _ = services.state.save(&record);
         }
     }
-    services.state.release_reserve(&job.name);
+    services.state.release(&job.name);
     result
 }
 

@@ -207,7 +207,7 @@ fn stopped(mut record: Record, store: &StateDir) -> Option<(Record, Slot)> {
     if let Err(e) = store.save(&record) {
         tracing::warn!("{e}");
     }
-    store.release_reserve(&record.training_job_name);
+    store.release(&record.training_job_name);
     None
 }
 

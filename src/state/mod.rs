@@ -207,10 +207,22 @@ impl StateDir {
     }
 
     /// Records which process runs the job, so other commands can tell a live job from one
-    /// whose runner died.
+    /// whose runner died: the runner holds an exclusive lock on the file for as long as it
+    /// runs the job, and the kernel drops it when the process dies, however it dies. (A
+    /// process ID alone is reused; a lock is not.)
     pub fn claim(&self, name: &str) -> Result<(), StateError> {
         let path = self.job_dir(name).join(RUNNER_PID);
-        std::fs::write(&path, std::process::id().to_string()).map_err(io("write", &path))
+        let file = std::fs::File::create(&path).map_err(io("write", &path))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io("lock", &path)(e.into()))?;
+        std::io::Write::write_all(&mut &file, std::process::id().to_string().as_bytes()).map_err(io("write", &path))?;
+        claims().lock().unwrap_or_else(|p| p.into_inner()).insert(path, file);
+        Ok(())
+    }
+
+    /// Lets go of a job this process ran (its record is final), and of its space reserve.
+    pub(crate) fn release(&self, name: &str) {
+        self.release_reserve(name);
+        claims().lock().unwrap_or_else(|p| p.into_inner()).remove(&self.job_dir(name).join(RUNNER_PID));
     }
 
     /// Whether the job's runner is alive: a job that is not terminal and whose runner died
@@ -219,10 +231,18 @@ impl StateDir {
         if record.training_job_status.is_terminal() {
             return false;
         }
-        std::fs::read_to_string(self.job_dir(&record.training_job_name).join(RUNNER_PID))
-            .ok()
-            .and_then(|pid| pid.trim().parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        let Ok(file) = std::fs::File::open(self.job_dir(&record.training_job_name).join(RUNNER_PID)) else {
+            return false;
+        };
+        // Held: a live process runs the job (this one too: a lock taken through another open
+        // file conflicts even within one process).
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+            Ok(()) => {
+                let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::Unlock);
+                false
+            }
+            Err(e) => e == rustix::io::Errno::WOULDBLOCK,
+        }
     }
 
     /// Deletes a finished job's record, logs and local files (never its uploaded artifacts).
@@ -258,6 +278,13 @@ impl StateDir {
         records.sort_by(|a, b| b.creation_time.total_cmp(&a.creation_time));
         Ok(records)
     }
+}
+
+/// The runner locks of the jobs this process runs, held until [`StateDir::release`].
+fn claims() -> &'static std::sync::Mutex<std::collections::HashMap<PathBuf, std::fs::File>> {
+    static CLAIMS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<PathBuf, std::fs::File>>> =
+        std::sync::OnceLock::new();
+    CLAIMS.get_or_init(Default::default)
 }
 
 /// A TrainingJobName as the API defines it: `^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`.
