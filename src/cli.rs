@@ -5,8 +5,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use smlocal::{
-    AwsErrorKind, CreateError, Docker, Job, JobError, JobOutcome, RunError, RunOptions, S3Config, Secondary, Services,
-    Settings, SpecError, StateDir, StateError, Status, Storage, human_bytes,
+    AwsErrorKind, Docker, Job, JobError, JobOutcome, RunError, RunOptions, S3Config, Secondary, Services, Settings,
+    SpecError, StateDir, StateError, Status, Storage, human_bytes,
 };
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -292,9 +292,6 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<(AwsErrorKind, 
         return Some(state(e));
     }
     if let Some(RunError::State(e)) = cause.downcast_ref::<RunError>() {
-        return Some(state(e));
-    }
-    if let Some(CreateError::Run(RunError::State(e))) = cause.downcast_ref::<CreateError>() {
         return Some(state(e));
     }
     // Only the service's constraint findings read "N validation errors detected"; the rest

@@ -61,13 +61,11 @@ impl Subnet {
     }
 }
 
-/// The first host address of an IPv4 subnet (`172.17.0.0/16` → `172.17.0.1`).
+/// The first host address of an IPv4 subnet (`172.17.0.0/16` → `172.17.0.1`), where it
+/// has hosts (not a /31 or /32).
 fn first_host(subnet: &str) -> Option<std::net::Ipv4Addr> {
-    let (address, bits) = subnet.split_once('/')?;
-    let address: std::net::Ipv4Addr = address.parse().ok()?;
-    let bits: u32 = bits.parse().ok().filter(|b| *b < 31)?;
-    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-    Some(std::net::Ipv4Addr::from((u32::from(address) & mask) + 1))
+    let subnet = Subnet::parse(subnet)?;
+    (subnet.mask.count_ones() < 31).then(|| std::net::Ipv4Addr::from(subnet.base + 1))
 }
 
 /// A 404: the object is not there (already removed, or never made).

@@ -394,27 +394,14 @@ impl Storage {
     }
 
     /// Uploads what an already open file holds (read from its descriptor, whatever its path
-    /// now names); `name` is for messages. Streams as [`Storage::upload`] does.
+    /// now names); `name` is for messages. Streams through [`Upload`], so a `file://`
+    /// destination also appears only once complete.
     pub(crate) async fn upload_file(&self, file: std::fs::File, name: &Path, uri: &str) -> Result<(), StorageError> {
         let io = |action, path: &Path| {
             let path = path.to_path_buf();
             move |source| StorageError::Io { action, path, source }
         };
         let mut file = tokio::fs::File::from_std(file);
-        if let Location::Local { path } = self.locate(uri)? {
-            let dest = PathBuf::from(path);
-            let tmp = partial_beside(&dest).await?;
-            let mut out = tokio::fs::File::create(&tmp).await.map_err(io("cannot write", &tmp))?;
-            let copied = async {
-                tokio::io::copy(&mut file, &mut out).await?;
-                out.flush().await
-            };
-            if let Err(e) = copied.await {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(io("cannot write", &tmp)(e));
-            }
-            return tokio::fs::rename(&tmp, &dest).await.map_err(io("cannot rename into", &dest));
-        }
         let src = name;
         let mut upload = Upload::start(self, uri).await?;
         let mut buffer = vec![0u8; 1 << 20];

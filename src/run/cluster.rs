@@ -240,7 +240,8 @@ impl<'a> Cluster<'a> {
         if let Some(relay) = &self.relay {
             return Some(relay.url.clone());
         }
-        if self.job.network_isolation {
+        if !self.needs_relay() {
+            // An isolated job has no way to this machine's loopback.
             return None;
         }
         let Some((gateway, Some(subnet))) = self.docker.gateway(network).await else {
