@@ -188,7 +188,8 @@ fn a_relayed_job_has_a_network_of_its_own_so_no_other_container_shares_its_relay
         .args(["network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}"])
         .output()
         .unwrap();
-    let bridge = String::from_utf8_lossy(&out.stdout);
+    let bridge = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(bridge.contains('/'), "the default bridge has no subnet to compare with: {out:?}");
     // 172.17.0.0/16 → "172.17.": the relay is not on the default bridge, where every other
     // container of this machine is.
     let prefix: String = bridge.split('.').take(2).collect::<Vec<_>>().join(".") + ".";

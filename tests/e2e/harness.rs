@@ -447,6 +447,29 @@ pub(crate) fn with_data(prefix: &str) -> (Smlocal, Bucket) {
     (sm, bucket)
 }
 
+/// Every path below `dir` (folders and files), never through a symbolic link.
+pub(crate) fn paths_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            out.extend(paths_below(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+/// Makes a finished job look as a `kill -9` of its runner leaves it: `InProgress`, and
+/// `runner.pid` naming `pid` with no process holding the runner's lock.
+pub(crate) fn as_if_its_runner_died(sm: &Smlocal, job: &str, pid: &str) {
+    let record = sm.job_dir(job).join("record.json");
+    let mut r: Value = serde_json::from_slice(&std::fs::read(&record).expect("a record")).expect("JSON");
+    r["TrainingJobStatus"] = json!("InProgress");
+    std::fs::write(&record, r.to_string()).expect("write the record");
+    std::fs::write(sm.job_dir(job).join("runner.pid"), pid).expect("write runner.pid");
+}
+
 /// The secondary statuses a record went through, in order.
 pub(crate) fn statuses(record: &Value) -> Vec<&str> {
     record["SecondaryStatusTransitions"]

@@ -26,9 +26,7 @@ fn assert_failed_without_secret(sm: &Smlocal, name: &str, run: &Run, wanted: &st
 
 #[test]
 fn a_model_or_output_folder_replaced_by_a_link_to_the_host_is_refused_and_nothing_is_archived() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("hostile-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("hostile");
     let secret = host_secret();
     let target = secret.path().display().to_string();
 
@@ -60,9 +58,7 @@ fn a_model_or_output_folder_replaced_by_a_link_to_the_host_is_refused_and_nothin
 
 #[test]
 fn a_checkpoint_folder_replaced_by_a_link_is_never_synced() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("hostile-ckpt-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("hostile-ckpt");
     let secret = host_secret();
     let target = secret.path().display().to_string();
     let remote = tempfile::tempdir().unwrap();
@@ -85,7 +81,12 @@ fn a_checkpoint_folder_replaced_by_a_link_is_never_synced() {
     let run = sm.train(&req, &["--checkpoint-interval", "1"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("is a symbolic link"), "the refusal is said: {run:?}");
-    let synced: Vec<String> = walk_files(&remote.path().join("ckpt"));
+    let ckpt = remote.path().join("ckpt");
+    let synced: Vec<String> = paths_below(&ckpt)
+        .iter()
+        .filter(|p| !p.is_dir())
+        .map(|p| p.strip_prefix(&ckpt).unwrap().display().to_string())
+        .collect();
     assert!(synced.iter().all(|f| !f.contains("secret")), "a host file reached S3Uri: {synced:?}");
     for f in &synced {
         let text = std::fs::read_to_string(remote.path().join("ckpt").join(f)).unwrap_or_default();
@@ -95,9 +96,7 @@ fn a_checkpoint_folder_replaced_by_a_link_is_never_synced() {
 
 #[test]
 fn a_failure_file_that_links_to_the_host_or_is_a_fifo_is_not_read() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("hostile-failure-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("hostile-failure");
     let secret = host_secret();
     let target = format!("{}/secret.txt", secret.path().display());
 
@@ -114,28 +113,9 @@ fn a_failure_file_that_links_to_the_host_or_is_a_fifo_is_not_read() {
     assert_eq!(leftovers("fifo-failure"), (String::new(), String::new()));
 }
 
-/// Every file below `dir`, relative to it.
-fn walk_files(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_fork_bomb_stops_at_the_pids_limit_and_device_nodes_cannot_be_made() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("hostile-limits-{}", unique()));
-    bucket.put("train/a.csv", b"1\n");
+    let (sm, bucket) = with_data("hostile-limits");
     // ml.m5.large has 2 vCPU: 4,096 tasks at most, the probe's own thread among them.
     let steps = ["threads", "6000", "may-fail", "mknod", "/opt/ml/model/disk", "echo", "still here"];
     let run = sm.train(&probe_request("limits", &bucket, &steps), &[]);
@@ -200,11 +180,7 @@ fn cleanup_goes_on_past_what_it_cannot_remove_and_spares_running_containers_it_c
     ]);
     // A job whose runner died.
     assert_eq!(sm.train(&probe_request("orphan-job", &bucket, &["train"]), &[]).code, 0);
-    let record = sm.job_dir("orphan-job").join("record.json");
-    let mut r: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
-    r["TrainingJobStatus"] = json!("InProgress");
-    std::fs::write(&record, r.to_string()).unwrap();
-    std::fs::write(sm.job_dir("orphan-job").join("runner.pid"), "999999999").unwrap();
+    as_if_its_runner_died(&sm, "orphan-job", "999999999");
 
     let run = Run::from(sm.command().arg("cleanup").output().unwrap());
     let still = |id: &str| docker(&["inspect", "-f", "{{.State.Running}}", id]) == "true";
@@ -229,11 +205,7 @@ fn cleanup_removes_the_half_written_upload_a_killed_run_left_in_the_output_folde
     // As a kill -9 in the middle of the upload leaves it: a partial archive, the job InProgress.
     let folder = out.path().join("partial-job/output");
     std::fs::write(folder.join(".output.tar.gz.smlocal-partial"), b"half an archive").unwrap();
-    let record = sm.job_dir("partial-job").join("record.json");
-    let mut r: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
-    r["TrainingJobStatus"] = json!("InProgress");
-    std::fs::write(&record, r.to_string()).unwrap();
-    std::fs::write(sm.job_dir("partial-job").join("runner.pid"), "999999999").unwrap();
+    as_if_its_runner_died(&sm, "partial-job", "999999999");
     let run = Run::from(sm.command().arg("cleanup").output().unwrap());
     assert_eq!(run.code, 0, "{run:?}");
     assert!(!folder.join(".output.tar.gz.smlocal-partial").exists(), "the partial upload was left: {run:?}");

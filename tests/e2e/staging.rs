@@ -117,27 +117,13 @@ fn a_key_that_would_escape_the_channel_is_refused_by_name_and_nothing_is_written
     );
     let work = sm.job_dir("traversal-job").join("work/algo-1/input/data");
     let mut written = Vec::new();
-    for entry in walk(&sm.job_dir("traversal-job")) {
+    for entry in paths_below(&sm.job_dir("traversal-job")) {
         if entry.file_name().is_some_and(|n| n == "escape.csv") {
             written.push(entry);
         }
     }
     assert!(written.is_empty(), "escape.csv was written: {written:?} (work {})", work.display());
     remove_leftovers("traversal-job");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            }
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -325,12 +325,8 @@ fn cleanup_removes_what_keep_left_as_keep_says_it_will() {
 fn a_runner_is_alive_only_while_it_holds_its_lock_not_because_its_pid_was_reused() {
     let (sm, bucket) = with_data("pidreuse");
     assert_eq!(sm.train(&probe_request("pidreuse-job", &bucket, &["train"]), &[]).code, 0);
-    let record = sm.job_dir("pidreuse-job").join("record.json");
-    let mut r: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
-    r["TrainingJobStatus"] = json!("InProgress");
-    std::fs::write(&record, r.to_string()).unwrap();
     // The dead runner's PID now belongs to a live process (here: this test).
-    std::fs::write(sm.job_dir("pidreuse-job").join("runner.pid"), std::process::id().to_string()).unwrap();
+    as_if_its_runner_died(&sm, "pidreuse-job", &std::process::id().to_string());
     let run = Run::from(sm.command().arg("cleanup").output().unwrap());
     assert!(run.stderr.contains("marked 1 orphaned job(s) Failed"), "{run:?}");
     assert_eq!(sm.describe("pidreuse-job")["TrainingJobStatus"], "Failed");
