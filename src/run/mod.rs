@@ -248,14 +248,15 @@ impl Attempt<'_> {
         let logs_dir = state.logs_dir(&job.name);
         std::fs::create_dir_all(&logs_dir).map_err(|source| RunError::Io { path: logs_dir.clone(), source })?;
         let recorder = Arc::new(Mutex::new(Recorder::new(&job.metric_definitions, &state.metrics_path(&job.name))));
-        let done = |record: &Record, failure: Option<Failure>, interrupted, uploaded, kept, sigkilled| JobOutcome {
+        // How the job ended; before the upload nothing was uploaded, kept or SIGKILLed.
+        let done = |record: &Record, failure: Option<Failure>, interrupted| JobOutcome {
             record: record.clone(),
             failure,
             interrupted,
             elapsed: started.elapsed(),
-            uploaded,
-            kept_artifacts: kept,
-            sigkilled,
+            uploaded: false,
+            kept_artifacts: None,
+            sigkilled: Vec::new(),
         };
         let mut deadline = None;
         let mut attempt = 1;
@@ -267,12 +268,12 @@ impl Attempt<'_> {
                 Err(Prepare::Stopped(cause)) => {
                     record.stop(StopReason::BeforeTraining);
                     state.save(record)?;
-                    return Ok(done(record, None, cause == StopCause::Shutdown, false, None, Vec::new()));
+                    return Ok(done(record, None, cause == StopCause::Shutdown));
                 }
                 Err(Prepare::Client(failure)) => {
                     record.fail(&failure);
                     state.save(record)?;
-                    return Ok(done(record, Some(failure), false, false, None, Vec::new()));
+                    return Ok(done(record, Some(failure), false));
                 }
             };
             self.options.progress.finished.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -294,7 +295,7 @@ impl Attempt<'_> {
                     );
                     record.fail(&failure);
                     state.save(record)?;
-                    return Ok(done(record, Some(failure), false, false, None, Vec::new()));
+                    return Ok(done(record, Some(failure), false));
                 }
                 Err(e) => return Err(e),
             };
@@ -358,11 +359,11 @@ impl Attempt<'_> {
             let failure = Failure::new(kind, e.to_string());
             record.fail(&failure);
             state.save(record)?;
-            return Ok(done(record, Some(failure), interrupted, false, kept, sigkilled));
+            return Ok(JobOutcome { kept_artifacts: kept, sigkilled, ..done(record, Some(failure), interrupted) });
         }
         let failure = outcome::finish(record, job, ended, work).await;
         state.save(record)?;
-        Ok(done(record, failure, interrupted, true, None, sigkilled))
+        Ok(JobOutcome { uploaded: true, sigkilled, ..done(record, failure, interrupted) })
     }
 
     /// Stages every host's `/opt/ml` and restores its checkpoints, unless a stop comes first.
