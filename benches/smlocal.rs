@@ -22,6 +22,9 @@ use std::time::Instant;
 #[allow(dead_code)]
 #[path = "../tests/e2e/harness.rs"]
 mod harness;
+#[allow(dead_code)]
+#[path = "../tests/e2e/s3_server.rs"]
+mod s3_server;
 
 struct Size {
     objects: usize,

@@ -19,6 +19,8 @@ const RANGE: u64 = 16 << 20;
 /// The entries' folder under the cache root. Entries are named by SHA-256, which no Rust
 /// release changes.
 const OBJECTS: &str = "sha256";
+/// One lock file per entry (named as the entry), beside the entries.
+const LOCKS: &str = "locks";
 /// Where smlocal before the SHA-256 keys kept its entries, named by `std`'s `DefaultHasher`,
 /// whose algorithm may change with any Rust release (turning every entry into a miss that
 /// stays as garbage). It is dropped once, with a note, and the cache fills again as jobs run.
@@ -102,21 +104,64 @@ impl Cache {
         self.root.join(OBJECTS).join(entry_name(uri, &version, info.size))
     }
 
-    /// Makes sure every object is in the cache and returns their paths, in order. Only the
-    /// missing ones are fetched. The file-system work before and after the downloads (cache
-    /// lookups, temporary files, renames, eviction) runs on a blocking thread, off the async
-    /// workers that carry the downloads.
+    /// Makes sure every object is in the cache and returns, in order, a pin of each: a
+    /// hard link in `pins` (a folder of the job's own) that eviction cannot take away. Only
+    /// the missing ones are fetched, and each by one fetcher at a time, whatever the number
+    /// of jobs and processes that want it: an entry's lock (`locks/<entry>`, `flock`) is
+    /// held while it is fetched, and the others wait for it and then find it here. The
+    /// file-system work (lookups, locks, temporary files, renames, eviction) runs on
+    /// blocking threads, off the async workers that carry the downloads.
     pub async fn fetch(
         &self,
         storage: &Storage,
         wanted: &[Wanted],
         progress: &Progress,
+        pins: &Path,
     ) -> Result<Vec<PathBuf>, StorageError> {
         progress.total.fetch_add(wanted.iter().map(|w| w.info.size).sum(), Ordering::Relaxed);
-        let (cache, list) = (self.clone(), wanted.to_vec());
-        let plan = blocking(&self.root, move || cache.plan(&list)).await?;
-        progress.cached.fetch_add(plan.cached_bytes, Ordering::Relaxed);
+        let mut todo: Vec<usize> = (0..wanted.len()).collect();
+        let mut wait = false;
+        loop {
+            let (cache, list, pins_at, these) = (self.clone(), wanted.to_vec(), pins.to_path_buf(), todo.clone());
+            let plan = blocking(&self.root, move || cache.plan(&list, &these, &pins_at, wait)).await?;
+            progress.cached.fetch_add(plan.cached_bytes, Ordering::Relaxed);
+            let busy = plan.busy.clone();
+            let written = self.download(storage, wanted, &plan, progress).await;
+            let (cache, list, pins_at) = (self.clone(), wanted.to_vec(), pins.to_path_buf());
+            blocking(&self.root, move || cache.commit(plan, &list, written, &pins_at)).await?;
+            if busy.is_empty() {
+                break;
+            }
+            // Another fetcher has these: wait for each (its lock), then look again. An entry
+            // it failed to fetch is fetched here in the next round.
+            todo = busy;
+            wait = true;
+        }
+        let paths: Vec<PathBuf> = wanted.iter().map(|w| pins.join(self.entry_of(w))).collect();
+        let (cache, keep) = (self.clone(), wanted.iter().map(|w| self.path_of(&w.uri, &w.info)).collect::<Vec<_>>());
+        blocking(&self.root, move || {
+            cache.evict(&keep);
+            Ok(())
+        })
+        .await?;
+        Ok(paths)
+    }
 
+    /// The entry's file name.
+    fn entry_of(&self, w: &Wanted) -> String {
+        self.path_of(&w.uri, &w.info).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// Downloads every miss of `plan`, objects and ranges in parallel; at the first error the
+    /// rest are cancelled (a dead or frozen server fails staging once, not once per object).
+    /// Returns the bytes each miss got, or the error.
+    async fn download(
+        &self,
+        storage: &Storage,
+        wanted: &[Wanted],
+        plan: &Plan,
+        progress: &Progress,
+    ) -> Result<Vec<u64>, StorageError> {
         let mut parts = Vec::new();
         for (i, miss) in plan.misses.iter().enumerate() {
             let size = wanted[miss.wanted].info.size;
@@ -131,67 +176,61 @@ impl Cache {
                 parts.push((i, None));
             }
         }
-        let results: Vec<(usize, Result<u64, StorageError>)> =
-            futures::stream::iter(parts.into_iter().map(|(i, range)| {
-                let (w, part) = (&wanted[plan.misses[i].wanted], &plan.misses[i].part);
-                let download = async move {
-                    let offset = range.as_ref().map(|r| r.start).unwrap_or(0);
-                    // Opened for this part only: however many objects a channel has, at most
-                    // PARALLEL_REQUESTS files are open at once.
-                    let file = std::fs::OpenOptions::new().write(true).open(part).map_err(cache_io(part))?;
-                    storage.download_part(&w.uri, range, w.info.etag.as_deref(), &file, offset).await
-                };
-                async move {
-                    let n = download.await;
-                    if let Ok(n) = &n {
-                        progress.fetched.fetch_add(*n, Ordering::Relaxed);
-                    }
-                    (i, n)
-                }
-            }))
-            .buffer_unordered(PARALLEL_REQUESTS)
-            .collect()
-            .await;
-        let mut written = vec![Some(0u64); plan.misses.len()];
-        let mut failed = None;
-        for (i, result) in results {
-            match result {
-                Ok(n) => written[i] = written[i].map(|w| w + n),
-                Err(e) => {
-                    written[i] = None;
-                    failed.get_or_insert(e);
-                }
+        let mut results = futures::stream::iter(parts.into_iter().map(|(i, range)| {
+            let (w, part) = (&wanted[plan.misses[i].wanted], &plan.misses[i].part);
+            async move {
+                let offset = range.as_ref().map(|r| r.start).unwrap_or(0);
+                // Opened for this part only: however many objects a channel has, at most
+                // PARALLEL_REQUESTS files are open at once.
+                let file = std::fs::OpenOptions::new().write(true).open(part).map_err(cache_io(part))?;
+                let n = storage.download_part(&w.uri, range, w.info.etag.as_deref(), &file, offset).await?;
+                progress.fetched.fetch_add(n, Ordering::Relaxed);
+                Ok::<_, StorageError>((i, n))
             }
+        }))
+        .buffer_unordered(PARALLEL_REQUESTS);
+        let mut written = vec![0u64; plan.misses.len()];
+        while let Some(result) = results.next().await {
+            let (i, n) = result?;
+            written[i] += n;
         }
-        let (cache, list) = (self.clone(), wanted.to_vec());
-        blocking(&self.root, move || cache.commit(plan, &list, written, failed)).await
+        Ok(written)
     }
 
-    /// Which objects are here (marked as just used) and which are missing, each missing one
-    /// with its temporary file made at its full size.
-    fn plan(&self, wanted: &[Wanted]) -> Result<Plan, StorageError> {
+    /// Looks up the wanted objects `these` (indices into `wanted`): an entry that is here is
+    /// marked as just used and pinned; a missing one whose lock this process gets becomes a
+    /// miss, with its temporary file made at full size and its lock held; one whose lock
+    /// another fetcher holds is `busy` (waited for first when `wait`).
+    fn plan(&self, wanted: &[Wanted], these: &[usize], pins: &Path, wait: bool) -> Result<Plan, StorageError> {
         let objects = self.root.join(OBJECTS);
         let tmp = self.root.join("tmp");
-        std::fs::create_dir_all(&objects).map_err(cache_io(&objects))?;
-        std::fs::create_dir_all(&tmp).map_err(cache_io(&tmp))?;
+        let locks = self.root.join(LOCKS);
+        for dir in [&objects, &tmp, &locks, &pins.to_path_buf()] {
+            std::fs::create_dir_all(dir).map_err(cache_io(dir))?;
+        }
         remove_abandoned(&tmp);
-        let paths: Vec<PathBuf> = wanted.iter().map(|w| self.path_of(&w.uri, &w.info)).collect();
-        let mut plan = Plan { paths: paths.clone(), cached_bytes: 0, misses: Vec::new() };
+        let mut plan = Plan { cached_bytes: 0, misses: Vec::new(), busy: Vec::new() };
         let mut planned = std::collections::HashSet::new();
-        for (i, (w, path)) in wanted.iter().zip(paths).enumerate() {
-            if std::fs::metadata(&path).is_ok_and(|m| m.len() == w.info.size) {
-                touch(&path);
-                plan.cached_bytes += w.info.size;
-                continue;
-            }
+        for &i in these {
+            let w = &wanted[i];
+            let path = self.path_of(&w.uri, &w.info);
             if !planned.insert(path.clone()) {
                 continue;
             }
-            let part = tmp.join(format!(
-                "{}.{}.partial",
-                path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
-                std::process::id()
-            ));
+            let name = self.entry_of(w);
+            let lock_path = locks.join(&name);
+            let Some(lock) = EntryLock::acquire(&lock_path, wait).map_err(cache_io(&lock_path))? else {
+                plan.busy.push(i);
+                continue;
+            };
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == w.info.size) {
+                touch(&path);
+                pin(&path, &pins.join(&name))?;
+                plan.cached_bytes += w.info.size;
+                continue;
+            }
+            let part =
+                tmp.join(format!("{name}.{}.{}.partial", std::process::id(), PART_SEQ.fetch_add(1, Ordering::Relaxed)));
             let made = std::fs::File::create(&part).and_then(|file| file.set_len(w.info.size));
             if let Err(e) = made {
                 // Nothing of a plan that cannot be made is left behind.
@@ -199,38 +238,40 @@ impl Cache {
                 plan.misses.iter().for_each(|m| drop(std::fs::remove_file(&m.part)));
                 return Err(cache_io(&part)(e));
             }
-            plan.misses.push(Miss { wanted: i, path, part });
+            plan.misses.push(Miss { wanted: i, path, part, _lock: lock });
         }
         Ok(plan)
     }
 
-    /// Moves every complete download into the cache and drops the rest: a half-written
-    /// download never enters it. Then evicts past the size limit, keeping this job's entries.
+    /// Moves every complete download into the cache and pins it, and drops the rest: a
+    /// half-written download never enters it. The entries' locks are released as the plan
+    /// is dropped, so the fetchers waiting for them go on.
     fn commit(
         &self,
         plan: Plan,
         wanted: &[Wanted],
-        written: Vec<Option<u64>>,
-        mut failed: Option<StorageError>,
-    ) -> Result<Vec<PathBuf>, StorageError> {
+        written: Result<Vec<u64>, StorageError>,
+        pins: &Path,
+    ) -> Result<(), StorageError> {
+        let (written, mut failed) = match written {
+            Ok(w) => (w, None),
+            Err(e) => (vec![0; plan.misses.len()], Some(e)),
+        };
         for (miss, got) in plan.misses.into_iter().zip(written) {
             let w = &wanted[miss.wanted];
             // Every byte must have arrived.
-            let complete = got == Some(w.info.size);
-            if let (false, Some(got), None) = (complete, got, &failed) {
+            let complete = failed.is_none() && got == w.info.size;
+            if !complete && failed.is_none() {
                 failed = Some(StorageError::Incomplete { uri: w.uri.clone(), expected: w.info.size, got });
             }
             if complete {
                 std::fs::rename(&miss.part, &miss.path).map_err(cache_io(&miss.path))?;
+                pin(&miss.path, &pins.join(self.entry_of(w)))?;
             } else {
                 let _ = std::fs::remove_file(&miss.part);
             }
         }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        self.evict(&plan.paths);
-        Ok(plan.paths)
+        failed.map_or(Ok(()), Err)
     }
 
     pub fn usage(&self) -> Usage {
@@ -252,6 +293,8 @@ impl Cache {
     fn prune_keeping(&self, max_bytes: u64, keep: &[PathBuf]) -> Usage {
         let mut entries = self.entries();
         entries.sort_by_key(|e| e.2);
+        // A cache an earlier smlocal made has no lock files yet.
+        let _ = std::fs::create_dir_all(self.root.join(LOCKS));
         let mut total: u64 = entries.iter().map(|e| e.1).sum();
         let mut removed = Usage::default();
         for (path, len, _) in entries {
@@ -261,11 +304,17 @@ impl Cache {
             if keep.contains(&path) {
                 continue;
             }
+            // An entry being fetched or pinned right now is someone's: skip it.
+            let lock_path = self.root.join(LOCKS).join(path.file_name().unwrap_or_default());
+            let Ok(Some(lock)) = EntryLock::acquire(&lock_path, false) else {
+                continue;
+            };
             if std::fs::remove_file(&path).is_ok() {
                 total -= len;
                 removed.entries += 1;
                 removed.bytes += len;
             }
+            lock.remove();
         }
         removed
     }
@@ -283,20 +332,74 @@ impl Cache {
     }
 }
 
-/// What [`Cache::fetch`] found before downloading.
+/// What one round of [`Cache::fetch`] found before downloading.
 struct Plan {
-    /// Every wanted object's entry, in order.
-    paths: Vec<PathBuf>,
     cached_bytes: u64,
     misses: Vec<Miss>,
+    /// Wanted objects another fetcher is fetching.
+    busy: Vec<usize>,
 }
 
-/// A missing object: its index among the wanted ones, its entry, and the temporary file
-/// (open for writing) it is downloaded into.
+/// A missing object this process fetches: its index among the wanted ones, its entry, the
+/// temporary file it is downloaded into, and the entry's lock, held until it is committed.
 struct Miss {
     wanted: usize,
     path: PathBuf,
     part: PathBuf,
+    _lock: EntryLock,
+}
+
+/// An exclusive `flock` on an entry's lock file: the one fetcher (or evictor) of that entry,
+/// across every job and every smlocal process sharing the state directory. The kernel drops
+/// it when its holder dies, so a crashed fetcher never blocks the next one.
+struct EntryLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl EntryLock {
+    /// The lock, waiting for it when `wait`; None when another holds it and not `wait`.
+    fn acquire(path: &Path, wait: bool) -> std::io::Result<Option<EntryLock>> {
+        use rustix::fs::FlockOperation;
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+            let operation = if wait { FlockOperation::LockExclusive } else { FlockOperation::NonBlockingLockExclusive };
+            match rustix::fs::flock(&file, operation) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            // An evictor may have removed the lock file between the open and the lock; a
+            // lock on a removed file excludes no one, so take the one at the path instead.
+            let held = file.metadata()?;
+            match std::fs::metadata(path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(Some(EntryLock { file, path: path.to_path_buf() }));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Removes the lock file while holding it (its entry is gone), then releases it.
+    fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file);
+    }
+}
+
+/// Names each temporary file apart, so two jobs of one process never share one.
+static PART_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Pins an entry: a hard link the job owns (a copy where links are not possible). One
+/// already there is the same entry, pinned by another channel of the job.
+fn pin(entry: &Path, pin: &Path) -> Result<(), StorageError> {
+    match std::fs::hard_link(entry, pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(_) => std::fs::copy(entry, pin).map(|_| ()).map_err(cache_io(pin)),
+    }
 }
 
 fn cache_io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
@@ -353,8 +456,8 @@ fn usage_of(folder: &Path) -> Option<Usage> {
 fn remove_abandoned(tmp: &Path) {
     for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let owner =
-            name.strip_suffix(".partial").and_then(|n| n.rsplit('.').next()).and_then(|p| p.parse::<u32>().ok());
+        // `<entry>.<pid>.<seq>.partial` (and `<entry>.<pid>.partial` of earlier releases).
+        let owner = name.strip_suffix(".partial").and_then(|n| n.split('.').nth(1)).and_then(|p| p.parse::<u32>().ok());
         if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
             let _ = std::fs::remove_file(entry.path());
         }
@@ -418,14 +521,31 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_has_one_holder_and_a_removed_lock_file_is_not_a_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("entry");
+        let held = EntryLock::acquire(&path, false).unwrap().expect("free");
+        assert!(EntryLock::acquire(&path, false).unwrap().is_none(), "a second holder in the same process");
+        // The evictor removes the lock file while holding it; a new fetcher gets the new one.
+        held.remove();
+        assert!(!path.exists());
+        let again = EntryLock::acquire(&path, false).unwrap().expect("free again");
+        assert!(path.exists());
+        drop(again);
+        assert!(EntryLock::acquire(&path, true).unwrap().is_some(), "released on drop");
+    }
+
+    #[test]
     fn partial_downloads_of_dead_processes_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join(format!("abc.{}.partial", u32::MAX - 1));
-        let mine = dir.path().join(format!("def.{}.partial", std::process::id()));
+        let dead = dir.path().join(format!("abc.{}.7.partial", u32::MAX - 1));
+        let old_style = dir.path().join(format!("abd.{}.partial", u32::MAX - 1));
+        std::fs::write(&old_style, "x").unwrap();
+        let mine = dir.path().join(format!("def.{}.3.partial", std::process::id()));
         std::fs::write(&dead, "x").unwrap();
         std::fs::write(&mine, "x").unwrap();
         remove_abandoned(dir.path());
-        assert!(!dead.exists() && mine.exists());
+        assert!(!dead.exists() && !old_style.exists() && mine.exists());
     }
 
     #[test]

@@ -77,6 +77,7 @@ mod relay;
 mod resources;
 mod run;
 mod serve;
+mod sigv4;
 mod spec;
 mod stage;
 mod state;

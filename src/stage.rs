@@ -161,7 +161,10 @@ pub async fn stage(
         if remote {
             // Every object once, whatever the number of hosts that see it.
             let wanted = with_info(storage, &objects).await.map_err(storage_err)?;
-            let cached = cache.fetch(storage, &wanted, progress).await.map_err(storage_err)?;
+            // Pinned in the job's own folder, so no eviction (another job's, or `smlocal
+            // cache prune`) can take an object between its fetch and its links below.
+            let pins = work.join(".pinned");
+            let cached = cache.fetch(storage, &wanted, progress, &pins).await.map_err(storage_err)?;
             let by_uri: BTreeMap<&str, &PathBuf> = wanted.iter().map(|w| w.uri.as_str()).zip(&cached).collect();
             for (host, share) in receivers.iter().zip(&shares) {
                 let base = work.join(".channels").join(&host.name).join(&channel.name);
@@ -325,8 +328,10 @@ pub(crate) async fn resolve(storage: &Storage, channel: &ChannelPlan) -> Result<
             let prefix = location.key().to_string();
             for object in storage.list(&channel.uri).await.map_err(storage_err)? {
                 let rest = &object.key[prefix.len()..];
-                // A key ending in '/' is a folder marker from the S3 console, not data.
-                if rest.ends_with('/') {
+                // A key ending in '/' is a folder marker (the S3 console's "Create folder"),
+                // the channel's own folder when it is exactly the prefix: not data. SageMaker
+                // stages no file for it.
+                if rest.is_empty() || rest.ends_with('/') {
                     continue;
                 }
                 let relative = safe_relative(rest.strip_prefix('/').unwrap_or(rest))

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
+mod s3;
+pub(crate) use s3::PendingUpload;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("'{uri}' is not a usable location: {reason}")]
@@ -23,6 +26,13 @@ pub enum StorageError {
         endpoint: Option<String>,
         #[source]
         source: Box<object_store::Error>,
+    },
+    #[error("cannot reach S3 for '{uri}': {source}{}", endpoint_hint(endpoint))]
+    S3Call {
+        uri: String,
+        endpoint: Option<String>,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("'{uri}' does not exist")]
     NotFound { uri: String },
@@ -87,7 +97,7 @@ fn endpoint_hint(endpoint: &Option<String>) -> String {
 }
 
 /// The S3 settings of this process, read once from the standard `AWS_*` variables.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct S3Config {
     /// `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`; None for AWS itself.
     pub endpoint: Option<String>,
@@ -97,7 +107,14 @@ pub struct S3Config {
     pub allow_http: bool,
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, those that are set.
     pub credentials: Vec<(&'static str, String)>,
+    /// `SMLOCAL_S3_TIMEOUT` (seconds, default 30): how long a request may wait for the
+    /// server's next bytes before it fails. A frozen server fails staging in this time,
+    /// not after every object has waited its own.
+    pub read_timeout: Duration,
 }
+
+/// The default of [`S3Config::read_timeout`], object_store's own request timeout.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl S3Config {
     pub fn from_env() -> Self {
@@ -110,6 +127,22 @@ impl S3Config {
                 .into_iter()
                 .filter_map(|key| var(key).map(|value| (key, value)))
                 .collect(),
+            read_timeout: var("SMLOCAL_S3_TIMEOUT")
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|s| *s > 0.0)
+                .map_or(READ_TIMEOUT, Duration::from_secs_f64),
+        }
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: None,
+            allow_http: false,
+            credentials: Vec::new(),
+            read_timeout: READ_TIMEOUT,
         }
     }
 }
@@ -126,7 +159,16 @@ struct Inner {
     config: S3Config,
     /// Where `file://` URIs may point (`smlocal serve --allow-file-root`); None: anywhere.
     local_roots: Option<Vec<PathBuf>>,
-    buckets: std::sync::Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    buckets: std::sync::Mutex<HashMap<String, Clients>>,
+    /// The connections of every hand-made S3 call (one pool for all buckets).
+    http: reqwest::Client,
+}
+
+/// What talks to one bucket: object_store for objects, [`s3::Rest`] for the calls it lacks.
+#[derive(Clone)]
+struct Clients {
+    store: Arc<dyn ObjectStore>,
+    rest: Arc<s3::Rest>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -198,14 +240,22 @@ impl Storage {
     }
 
     pub fn new(config: S3Config) -> Self {
-        Storage { inner: Arc::new(Inner { config, local_roots: None, buckets: Default::default() }) }
+        Storage::build(config, None)
     }
 
     /// Storage that refuses `file://` URIs outside `roots` (for requests from clients that
     /// should not name any folder of this machine). Roots are taken as given, made absolute.
     pub fn with_local_roots(config: S3Config, roots: Vec<PathBuf>) -> Self {
         let roots = roots.into_iter().map(|r| std::path::absolute(&r).unwrap_or(r)).collect();
-        Storage { inner: Arc::new(Inner { config, local_roots: Some(roots), buckets: Default::default() }) }
+        Storage::build(config, Some(roots))
+    }
+
+    fn build(config: S3Config, local_roots: Option<Vec<PathBuf>>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Storage { inner: Arc::new(Inner { config, local_roots, buckets: Default::default(), http }) }
     }
 
     /// Whether `uri` is one this storage reads and writes (parses, and for `file://` is
@@ -242,18 +292,29 @@ impl Storage {
         self.inner.config.credentials.clone()
     }
 
-    /// The bucket's client, built on first use.
+    /// The bucket's object_store client, built on first use.
     fn bucket(&self, bucket: &str, uri: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        self.clients(bucket, uri).map(|c| c.store)
+    }
+
+    /// The bucket's clients, built on first use.
+    fn clients(&self, bucket: &str, uri: &str) -> Result<Clients, StorageError> {
         let mut buckets = self.inner.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(store) = buckets.get(bucket) {
-            return Ok(store.clone());
+        if let Some(clients) = buckets.get(bucket) {
+            return Ok(clients.clone());
         }
         let config = &self.inner.config;
         // object_store retries for minutes by default; a user waiting at a terminal should
         // hear about an unreachable endpoint in seconds.
         let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(20), ..Default::default() };
-        // Enough idle connections kept for every request staging has in flight.
-        let options = ClientOptions::new().with_connect_timeout(Duration::from_secs(5)).with_pool_max_idle_per_host(64);
+        // Enough idle connections kept for every request staging has in flight. The read
+        // timeout is per read, so a slow but moving download never fails; the request
+        // timeout only bounds one 16 MiB range.
+        let options = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_read_timeout(config.read_timeout)
+            .with_timeout(Duration::from_secs(600))
+            .with_pool_max_idle_per_host(64);
         let mut builder =
             AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry).with_client_options(options);
         if let Some(region) = &config.region {
@@ -265,9 +326,29 @@ impl Storage {
         if config.allow_http {
             builder = builder.with_allow_http(true);
         }
-        let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| self.error(uri, e))?);
-        buckets.insert(bucket.to_string(), store.clone());
-        Ok(store)
+        let store = builder.build().map_err(|e| self.error(uri, e))?;
+        let region = config.region.clone().unwrap_or_else(|| "us-east-1".to_string());
+        let endpoint = match &config.endpoint {
+            Some(e) => e.trim_end_matches('/').to_string(),
+            None => format!("https://s3.{region}.amazonaws.com"),
+        };
+        let rest = s3::Rest {
+            http: self.inner.http.clone(),
+            endpoint,
+            region,
+            credentials: store.credentials().clone(),
+            timeout: config.read_timeout,
+        };
+        let clients = Clients { store: Arc::new(store), rest: Arc::new(rest) };
+        buckets.insert(bucket.to_string(), clients.clone());
+        Ok(clients)
+    }
+
+    fn rest_error(&self, uri: &str, source: s3::RestError) -> StorageError {
+        if source.no_such_bucket() {
+            return StorageError::NotFound { uri: uri.into() };
+        }
+        StorageError::S3Call { uri: uri.into(), endpoint: self.inner.config.endpoint.clone(), source: Box::new(source) }
     }
 
     fn error(&self, uri: &str, source: object_store::Error) -> StorageError {
@@ -287,25 +368,8 @@ impl Storage {
         let location = self.locate(uri)?;
         match &location {
             Location::S3 { bucket, key } => {
-                let store = self.bucket(bucket, uri)?;
-                // object_store lists whole path segments, so list the enclosing "folder" and
-                // keep the keys that match the string prefix.
-                let folder = key.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("");
-                let prefix = (!folder.is_empty()).then(|| key_path(folder));
-                let objects: Vec<_> =
-                    store.list(prefix.as_ref()).try_collect().await.map_err(|e| self.error(uri, e))?;
-                let mut found: Vec<ObjectInfo> = objects
-                    .into_iter()
-                    .filter(|o| o.location.as_ref().starts_with(key.as_str()))
-                    .map(|o| ObjectInfo {
-                        key: o.location.to_string(),
-                        size: o.size,
-                        etag: o.e_tag,
-                        modified_ms: o.last_modified.timestamp_millis(),
-                    })
-                    .collect();
-                found.sort_by(|a, b| a.key.cmp(&b.key));
-                Ok(found)
+                let rest = self.clients(bucket, uri)?.rest;
+                rest.list_objects(bucket, key).await.map_err(|e| self.rest_error(uri, e))
             }
             Location::Local { path } => self.list_local(uri, path).await,
         }

@@ -3,6 +3,9 @@
 //! can write into the cache through its channel folder.
 
 use crate::harness::*;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[test]
 fn a_warm_rerun_downloads_nothing_and_a_changed_object_is_fetched_again() {
@@ -145,4 +148,182 @@ fn a_cache_made_with_the_old_unstable_keys_is_dropped_once_with_a_note_and_rebui
     assert_eq!(second.code, 0, "{second:?}");
     assert!(!second.stderr.contains("dropped"), "{second:?}");
     assert_eq!(bucket.object_gets(), before + 1, "the rebuilt entry is hit");
+}
+
+/// A channel of `count` small objects of distinct content under `prefix`.
+fn small_objects(bucket: &Bucket, prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let name = format!("part-{i:03}.bin");
+            let bytes = pseudo_random(4096 + i * 37, i as u64 + 1);
+            bucket.put(&format!("{prefix}{name}"), &bytes);
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// Every object of the channel, byte-exact, in the job's model.
+fn assert_saw_all(bucket: &Bucket, job: &str, objects: &[(String, Vec<u8>)]) {
+    let archive = bucket.get(&format!("output/{job}/output/model.tar.gz")).unwrap_or_else(|| panic!("{job}: no model"));
+    let model = tar_entries(&archive);
+    for (name, bytes) in objects {
+        assert_eq!(&file_entry(&model, &format!("seen/{name}")), bytes, "{job}: {name}");
+    }
+}
+
+/// The most GETs any object under `prefix` took, and the total.
+fn gets_under(bucket: &Bucket, prefix: &str) -> (u64, u64) {
+    let gets = crate::s3_server::object_gets(&bucket.name);
+    let counts: Vec<u64> = gets.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, n)| *n).collect();
+    (counts.iter().copied().max().unwrap_or(0), counts.iter().sum())
+}
+
+const COPY: [&str; 3] = ["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"];
+
+#[test]
+fn eight_jobs_of_one_server_share_a_cold_channel_and_fetch_each_object_at_most_twice() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("share-{}", unique()));
+    let objects = small_objects(&bucket, "train/", 100);
+    let server = sm.serve(&["--max-parallel", "8"]);
+    let name = format!("share-{}", unique());
+    let created = calls(&sm, &server, &["create-many", &request_file(&sm, &probe_request(&name, &bucket, &COPY)), "8"]);
+    assert_eq!(created.as_array().map(|a| a.iter().filter(|r| r.get("error").is_none()).count()), Some(8));
+    for i in 0..8 {
+        let job = format!("{name}-{i}");
+        let record = wait_for(&sm, &job, "finished", |r| r["TrainingJobStatus"] != "InProgress");
+        assert_eq!(record["TrainingJobStatus"], "Completed", "{record:#}");
+    }
+    // Counted before the test reads the models (those reads are GETs too).
+    let (most, total) = gets_under(&bucket, "train/");
+    eprintln!("eight jobs in one server: {total} GETs for 100 objects, at most {most} for one");
+    assert!(most <= 2, "an object was fetched {most} times");
+    for i in 0..8 {
+        assert_saw_all(&bucket, &format!("{name}-{i}"), &objects);
+    }
+}
+
+#[test]
+fn eight_train_processes_share_a_cold_channel_and_fetch_each_object_at_most_twice() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("procs-{}", unique()));
+    let objects = small_objects(&bucket, "train/", 100);
+    let name = format!("procs-{}", unique());
+    let runs: Vec<_> = (0..8)
+        .map(|i| {
+            let job = format!("{name}-{i}");
+            let file = request_file(&sm, &probe_request(&job, &bucket, &COPY));
+            let child = sm
+                .command()
+                .args(["train", &file])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (job, child)
+        })
+        .collect();
+    for (job, child) in runs {
+        let run = Run::from(child.wait_with_output().unwrap());
+        assert_eq!(run.code, 0, "{job}: {run:?}");
+    }
+    let (most, total) = gets_under(&bucket, "train/");
+    eprintln!("eight smlocal train processes: {total} GETs for 100 objects, at most {most} for one");
+    assert!(most <= 2, "an object was fetched {most} times");
+    for i in 0..8 {
+        assert_saw_all(&bucket, &format!("{name}-{i}"), &objects);
+    }
+}
+
+#[test]
+fn eviction_and_prune_never_take_an_object_from_a_job_that_is_staging_it() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("evict-{}", unique()));
+    let channels = [small_objects(&bucket, "a/", 60), small_objects(&bucket, "b/", 60)];
+    let name = format!("evict-{}", unique());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // `smlocal cache prune --max-size 0` over and over while the jobs stage.
+    let pruner = {
+        let (done, home) = (done.clone(), sm.home.path().to_path_buf());
+        let mut prune = sm.command();
+        prune.args(["cache", "prune", "--max-size", "0"]).env("SMLOCAL_HOME", home);
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = prune.output().unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                runs += 1;
+            }
+            runs
+        })
+    };
+    // A 1-byte cache: every job's eviction tries to remove every other job's objects.
+    let runs: Vec<_> = (0..8)
+        .map(|i| {
+            let job = format!("{name}-{i}");
+            let mut request = probe_request(&job, &bucket, &COPY);
+            let prefix = if i % 2 == 0 { "a/" } else { "b/" };
+            request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri(prefix));
+            let file = request_file(&sm, &request);
+            let child = sm
+                .command()
+                .args(["train", &file])
+                .env("SMLOCAL_CACHE_MAX", "1")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (job, i % 2, child)
+        })
+        .collect();
+    let mut finished = Vec::new();
+    for (job, channel, child) in runs {
+        let run = Run::from(child.wait_with_output().unwrap());
+        assert_eq!(run.code, 0, "{job}: {run:?}");
+        finished.push((job, channel));
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let prunes = pruner.join().unwrap();
+    assert!(prunes > 0, "the pruner never ran");
+    for (job, channel) in finished {
+        assert_saw_all(&bucket, &job, &channels[channel]);
+    }
+}
+
+#[test]
+fn a_fetcher_killed_mid_download_blocks_no_one_and_leaves_nothing() {
+    let server = S3Server::start();
+    let sm = Smlocal::new();
+    let bucket = server.bucket("killed");
+    let big = pseudo_random(40 << 20, 9);
+    bucket.put("train/big.bin", &big);
+    let with_server = |mut cmd: std::process::Command| {
+        cmd.env("AWS_ENDPOINT_URL", &server.endpoint);
+        cmd
+    };
+    let file = request_file(&sm, &probe_request("killed-first", &bucket, &COPY));
+    let mut first =
+        with_server(sm.command()).args(["train", &file]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let tmp = sm.home.path().join("cache/tmp");
+    let partials = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while partials().is_empty() {
+        assert!(Instant::now() < deadline, "the first job never started its download");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Frozen mid-download, then killed: its lock and its partial file are all it leaves.
+    server.pause();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    server.resume();
+    assert!(!partials().is_empty());
+
+    let file = request_file(&sm, &probe_request("killed-second", &bucket, &COPY));
+    let second = Run::from(with_server(sm.command()).args(["train", &file]).output().unwrap());
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(partials().is_empty(), "the killed fetcher's partial file was left: {:?}", partials());
+    let model = tar_entries(&bucket.get("output/killed-second/output/model.tar.gz").unwrap());
+    assert_eq!(file_entry(&model, "seen/big.bin"), big);
 }

@@ -10,9 +10,8 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-pub(crate) const ACCESS_KEY: &str = "smlocal-test-key";
-pub(crate) const SECRET_KEY: &str = "smlocal-test-secret";
 pub(crate) const REGION: &str = "us-west-2";
 pub(crate) const SAMPLE_IMAGE: &str = "smlocal/linear-regression:latest";
 pub(crate) const PROBE_IMAGE: &str = "smlocal/probe:latest";
@@ -50,90 +49,12 @@ pub(crate) fn script_image() {
     });
 }
 
-/// The S3-compatible server shared by the tests of this process.
-pub(crate) struct S3Server {
-    pub endpoint: String,
-    pub root: PathBuf,
-}
+pub(crate) use crate::s3_server::{ACCESS_KEY, S3Server, SECRET_KEY};
 
+/// The S3-compatible server shared by the tests of this process.
 pub(crate) fn s3() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let root = tempfile::Builder::new().prefix("smlocal-s3-").tempdir().expect("tempdir").keep();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let fs_root = root.clone();
-        // Its own thread and runtime, so it outlives every test's runtime.
-        std::thread::spawn(move || {
-            let rt =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-            rt.block_on(async move {
-                let fs = s3s_fs::FileSystem::new(&fs_root).expect("s3s-fs root");
-                let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-                builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-                let service = builder.build();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
-                tx.send(listener.local_addr().expect("addr")).expect("send addr");
-                let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-                // Counts object reads per bucket, so tests can prove what was (not) downloaded.
-                // Objects named `cut-short...` arrive with half their body, always: a broken
-                // connection the client cannot recover from.
-                let counting = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    count_object_get(&req);
-                    let cut = req.method() == hyper::Method::GET && req.uri().path().contains("cut-short");
-                    let response = hyper::service::Service::call(&service, req);
-                    async move {
-                        let response: hyper::Response<s3s::Body> = response.await?;
-                        if !cut {
-                            return Ok::<_, s3s::HttpError>(response);
-                        }
-                        let (parts, body) = response.into_parts();
-                        let bytes =
-                            http_body_util::BodyExt::collect(body).await.map(|b| b.to_bytes()).unwrap_or_default();
-                        Ok::<_, s3s::HttpError>(hyper::Response::from_parts(
-                            parts,
-                            s3s::Body::from(bytes.slice(..bytes.len() / 2)),
-                        ))
-                    }
-                });
-                loop {
-                    let Ok((socket, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    // As S3, MinIO and every production HTTP server do: without it, Nagle's
-                    // algorithm and delayed ACKs stall every response on a reused connection.
-                    let _ = socket.set_nodelay(true);
-                    let conn =
-                        http.serve_connection(hyper_util::rt::TokioIo::new(socket), counting.clone()).into_owned();
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
-            });
-        });
-        let addr = rx.recv().expect("the S3 server did not start");
-        S3Server { endpoint: format!("http://{addr}"), root }
-    })
-}
-
-fn object_gets() -> &'static std::sync::Mutex<std::collections::HashMap<String, u64>> {
-    static GETS: OnceLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> = OnceLock::new();
-    GETS.get_or_init(Default::default)
-}
-
-/// A GET of an object (not a listing: those carry a query and no key).
-fn count_object_get<B>(req: &hyper::Request<B>) {
-    if req.method() != hyper::Method::GET
-        || req.uri().query().is_some_and(|q| q.contains("list-type") || q.contains("prefix"))
-    {
-        return;
-    }
-    let path = req.uri().path().trim_start_matches('/');
-    if let Some((bucket, key)) = path.split_once('/')
-        && !key.is_empty()
-        && let Ok(mut gets) = object_gets().lock()
-    {
-        *gets.entry(bucket.to_string()).or_default() += 1;
-    }
+    SERVER.get_or_init(S3Server::start)
 }
 
 impl S3Server {
@@ -172,7 +93,7 @@ impl Bucket {
 
     /// How many object GETs this bucket has served so far.
     pub(crate) fn object_gets(&self) -> u64 {
-        object_gets().lock().map(|g| g.get(&self.name).copied().unwrap_or(0)).unwrap_or(0)
+        crate::s3_server::object_gets(&self.name).values().sum()
     }
 
     pub(crate) fn put(&self, key: &str, bytes: &[u8]) {
@@ -584,4 +505,34 @@ pub(crate) fn python(sm: &Smlocal, server: &Server, script: &str, args: &[&str])
         .output()
         .expect("run python");
     Run::from(output)
+}
+
+/// Runs `boto3_calls.py` with `args` and returns what it printed, as JSON.
+pub(crate) fn calls(sm: &Smlocal, server: &Server, args: &[&str]) -> Value {
+    let run = python(sm, server, "boto3_calls.py", args);
+    assert_eq!(run.code, 0, "boto3_calls.py {args:?}: {run:?}");
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run:?}"))
+}
+
+/// Writes a request where a client can read it; returns its path.
+pub(crate) fn request_file(sm: &Smlocal, request: &Value) -> String {
+    let path = sm.home.path().join(format!("request-{}.json", unique()));
+    std::fs::write(&path, request.to_string()).expect("write request");
+    path.display().to_string()
+}
+
+/// Polls the shared store (through the CLI) until `done` holds for the job's record.
+pub(crate) fn wait_for(sm: &Smlocal, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = sm.command().args(["describe", name]).output().expect("smlocal describe");
+        if out.status.success() {
+            let record: Value = serde_json::from_slice(&out.stdout).expect("json");
+            if done(&record) {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "{name} never became {what}: {record:#}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -10,6 +10,7 @@ mod harness;
 mod hostile;
 mod outcomes;
 mod packaging;
+mod s3_server;
 mod serve;
 mod staging;
 mod story;

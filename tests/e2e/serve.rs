@@ -6,34 +6,6 @@ use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-fn calls(sm: &Smlocal, server: &Server, args: &[&str]) -> Value {
-    let run = python(sm, server, "boto3_calls.py", args);
-    assert_eq!(run.code, 0, "boto3_calls.py {args:?}: {run:?}");
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run:?}"))
-}
-
-fn request_file(sm: &Smlocal, request: &Value) -> String {
-    let path = sm.home.path().join(format!("request-{}.json", unique()));
-    std::fs::write(&path, request.to_string()).expect("write request");
-    path.display().to_string()
-}
-
-/// Polls the shared store (through the CLI) until `done` holds for the job's record.
-fn wait_for(sm: &Smlocal, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = sm.command().args(["describe", name]).output().expect("smlocal describe");
-        if out.status.success() {
-            let record: Value = serde_json::from_slice(&out.stdout).expect("json");
-            if done(&record) {
-                return record;
-            }
-            assert!(Instant::now() < deadline, "{name} never became {what}: {record:#}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn training(sm: &Smlocal, name: &str) -> Value {
     wait_for(sm, name, "Training", |r| r["SecondaryStatus"] == "Training")
 }

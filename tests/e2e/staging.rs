@@ -178,3 +178,24 @@ fn keys_with_characters_s3_allows_are_staged_and_an_output_path_with_them_is_whe
         assert_eq!(file_entry(&model, &format!("seen/{name}")), format!("{i}\n").as_bytes(), "{name}");
     }
 }
+
+#[test]
+fn folder_markers_of_the_s3_console_are_not_data() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("markers-{}", unique()));
+    // "Create folder" in the S3 console, for the channel's folder and a subfolder, one of
+    // them holding data and one empty.
+    s3().put_folder_marker(&bucket.name, "train/");
+    s3().put_folder_marker(&bucket.name, "train/sub/");
+    s3().put_folder_marker(&bucket.name, "train/empty/");
+    bucket.put("train/sub/a.csv", b"1\n");
+    bucket.put("train/b.csv", b"2\n");
+    let request = probe_request("markers-job", &bucket, &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"]);
+    let run = sm.train(&request, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let model = tar_entries(&bucket.get("output/markers-job/output/model.tar.gz").unwrap());
+    assert_eq!(file_entry(&model, "seen/sub/a.csv"), b"1\n");
+    assert_eq!(file_entry(&model, "seen/b.csv"), b"2\n");
+    let files: Vec<&String> = model.iter().filter(|(_, e)| !matches!(e, Entry::Dir)).map(|(p, _)| p).collect();
+    assert_eq!(files.len(), 2, "only the two objects are files in the channel: {files:?}");
+}
