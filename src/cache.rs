@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+/// How long downloads may receive nothing before smlocal says so (at most).
+const STALL_NOTICE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Requests in flight at once, objects and ranges together.
 pub(crate) const PARALLEL_REQUESTS: usize = 8;
 /// Objects at least this big are fetched in ranges, several at once.
@@ -190,11 +192,37 @@ impl Cache {
         }))
         .buffer_unordered(PARALLEL_REQUESTS);
         let mut written = vec![0u64; plan.misses.len()];
-        while let Some(result) = results.next().await {
-            let (i, n) = result?;
-            written[i] += n;
+        // A stall is reported while it lasts, before the requests' own timeout ends it.
+        let notice = (storage.read_timeout() / 2).min(STALL_NOTICE);
+        let mut ticks = tokio::time::interval(notice);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut seen, mut quiet_since) = (progress.fetched.load(Ordering::Relaxed), tokio::time::Instant::now());
+        let mut reported = false;
+        loop {
+            tokio::select! {
+                result = results.next() => match result {
+                    Some(result) => {
+                        let (i, n) = result?;
+                        written[i] += n;
+                    }
+                    None => return Ok(written),
+                },
+                _ = ticks.tick() => {
+                    let now = progress.fetched.load(Ordering::Relaxed);
+                    if now != seen {
+                        (seen, quiet_since, reported) = (now, tokio::time::Instant::now(), false);
+                    } else if !reported && quiet_since.elapsed() >= notice {
+                        reported = true;
+                        tracing::warn!(
+                            "staging stalled: nothing received from S3{} for {:.0} s; a request that hears nothing for {:.0} s fails (SMLOCAL_S3_TIMEOUT)",
+                            storage.endpoint().map(|e| format!(" at {e}")).unwrap_or_default(),
+                            quiet_since.elapsed().as_secs_f64(),
+                            storage.read_timeout().as_secs_f64()
+                        );
+                    }
+                }
+            }
         }
-        Ok(written)
     }
 
     /// Looks up the wanted objects `these` (indices into `wanted`): an entry that is here is

@@ -5,6 +5,7 @@
 use crate::docker::{Docker, DockerError, Owner};
 use crate::state::record::{Failure, FailureKind};
 use crate::state::{StateDir, StateError};
+use crate::storage::Storage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
@@ -34,12 +35,13 @@ pub struct Cleaned {
 pub(crate) const ORPHANED: &str = "InternalServerError: the smlocal process running this job (smlocal train or smlocal serve) ended before the job did; its containers were removed";
 
 /// Removes the Docker objects of this state directory's jobs that no live process runs,
+/// the unfinished uploads of those jobs (through `storage`),
 /// and the stopped ones of state directories that no longer exist (a `smlocal check`
 /// scratch folder, a deleted SMLOCAL_HOME); never another live state directory's, and never
 /// a running container whose state directory this process cannot see. Goes object by
 /// object: one that cannot be removed is reported in [`Cleaned::left`], and the rest, and
 /// the marking of every job whose runner died `Failed`, goes on.
-pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, CleanupError> {
+pub async fn clean_up(store: &StateDir, docker: &Docker, storage: &Storage) -> Result<Cleaned, CleanupError> {
     let home = store.root().display().to_string();
     let found = docker.labelled(None).await?;
     let ours = |owner: &Owner| owner.home == home;
@@ -96,10 +98,12 @@ pub async fn clean_up(store: &StateDir, docker: &Docker) -> Result<Cleaned, Clea
             }
         }
         if !r.training_job_status.is_terminal() && !store.is_running(&r) {
-            // An upload the dead process had begun: no half-written archive stays in the output.
-            let discarded = crate::storage::discard_partials(&r.model_artifacts.s3_model_artifacts);
-            if discarded > 0 {
-                tracing::info!("{}: removed {discarded} half-written upload(s)", r.training_job_name);
+            // An upload the dead process had begun: no half-written archive stays in the
+            // output, and no unfinished multipart upload stays billed.
+            match storage.discard_partials(&r.model_artifacts.s3_model_artifacts).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("{}: removed {n} half-written upload(s)", r.training_job_name),
+                Err(e) => cleaned.left.push(format!("{}: unfinished uploads: {e}", r.training_job_name)),
             }
             r.fail(&Failure::new(FailureKind::Internal, ORPHANED));
             store.save(&r)?;

@@ -258,21 +258,29 @@ pub(crate) async fn main(cli: Cli) -> ExitCode {
 /// command line's own hints are added. A transparent wrapper (`RunError::State`) displays as
 /// the error it wraps and is not a separate cause, so nothing is printed twice.
 fn present(e: &anyhow::Error) -> String {
-    let parts: Vec<String> = e
-        .chain()
-        .map(|cause| {
-            let text = cause.to_string();
-            let Some((kind, hint)) = classify(cause) else {
-                return text;
-            };
-            let kind = match kind {
-                AwsErrorKind::Internal => String::new(),
-                kind => format!("{}: ", kind.as_str()),
-            };
-            format!("{kind}{text}{hint}")
-        })
-        .collect();
-    parts.join(": ")
+    let mut shown = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        // Many errors (object_store's among them) already print their source: say it once.
+        if shown.contains(&text) {
+            continue;
+        }
+        let part = match classify(cause) {
+            None => text,
+            Some((kind, hint)) => {
+                let kind = match kind {
+                    AwsErrorKind::Internal => String::new(),
+                    kind => format!("{}: ", kind.as_str()),
+                };
+                format!("{kind}{text}{hint}")
+            }
+        };
+        if !shown.is_empty() {
+            shown.push_str(": ");
+        }
+        shown.push_str(&part);
+    }
+    shown
 }
 
 /// The AWS kind of one of smlocal's errors, and the command line's hint for it.
@@ -540,7 +548,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let store = StateDir::from_env();
     let docker = Docker::connect().await?;
     // Jobs a previous server was running when it died: Failed with the reason, containers gone.
-    let cleaned = smlocal::clean_up(&store, &docker).await?;
+    // The user's own records name their output folders: any of them, not only the roots
+    // clients of this server may name.
+    let cleaned = smlocal::clean_up(&store, &docker, &Storage::from_env()).await?;
     for name in &cleaned.orphaned_jobs {
         eprintln!("smlocal: {name} was running when its smlocal process ended; marked Failed");
     }
@@ -753,7 +763,7 @@ fn cache(action: Option<CacheAction>) -> Result<ExitCode> {
 async fn cleanup() -> Result<ExitCode> {
     let store = StateDir::from_env();
     let docker = Docker::connect().await?;
-    let cleaned = smlocal::clean_up(&store, &docker).await?;
+    let cleaned = smlocal::clean_up(&store, &docker, &Storage::from_env()).await?;
     eprintln!(
         "smlocal: removed {} container(s), {} network(s) and {} work folder(s); marked {} orphaned job(s) Failed",
         cleaned.containers,

@@ -8,7 +8,7 @@ use crate::cache::{Cache, Progress, Wanted};
 use crate::job::{ChannelPlan, DataType, HostPlan, Job};
 use crate::storage::{Location, ObjectInfo, Storage, StorageError};
 use crate::tree::{Beneath, EntryKind, TreeError};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -211,9 +211,10 @@ async fn with_info(storage: &Storage, objects: &[StagedObject]) -> Result<Vec<Wa
             Ok(Wanted { uri: o.uri.clone(), info })
         })
         .collect();
-    let looked_up: Vec<Result<Wanted, StorageError>> =
-        futures::stream::iter(lookups).buffered(crate::cache::PARALLEL_REQUESTS).collect().await;
-    let mut wanted: Vec<Wanted> = looked_up.into_iter().collect::<Result<_, _>>()?;
+    // The first failure ends the lookups (the rest are cancelled): a dead or frozen server
+    // fails the channel once, not once per object.
+    let mut wanted: Vec<Wanted> =
+        futures::stream::iter(lookups).buffered(crate::cache::PARALLEL_REQUESTS).try_collect().await?;
     wanted.dedup_by(|a, b| a.uri == b.uri);
     Ok(wanted)
 }

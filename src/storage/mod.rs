@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 mod s3;
-pub(crate) use s3::PendingUpload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -67,17 +66,8 @@ fn key_path(key: &str) -> StorePath {
 /// The end of the name a `file://` upload has until it is complete and renamed into place.
 pub(crate) const PARTIAL_SUFFIX: &str = ".smlocal-partial";
 
-/// Deletes the half-written `file://` uploads a killed smlocal left under the folder of
-/// `uri` (a job's `<S3OutputPath>/<job>/output/`, which only that job writes). Returns how
-/// many. Nothing for `s3://`: an unfinished multipart upload there is not listed by
-/// object_store (a lifecycle rule on the bucket removes them).
-pub(crate) fn discard_partials(uri: &str) -> usize {
-    let Ok(Location::Local { path }) = Location::parse(uri) else {
-        return 0;
-    };
-    let Some(folder) = Path::new(&path).parent() else {
-        return 0;
-    };
+/// Deletes the half-written `file://` uploads under `folder`; returns how many.
+fn discard_local_partials(folder: &Path) -> usize {
     let mut partials = Vec::new();
     let _ = crate::tree::Beneath::folder(folder).walk(&mut |e| {
         if matches!(e.kind, crate::tree::EntryKind::File { .. })
@@ -283,6 +273,11 @@ impl Storage {
         self.inner.config.endpoint.as_deref()
     }
 
+    /// How long a request may wait for the server's next bytes.
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.inner.config.read_timeout
+    }
+
     pub fn region(&self) -> Option<&str> {
         self.inner.config.region.as_deref()
     }
@@ -306,7 +301,13 @@ impl Storage {
         let config = &self.inner.config;
         // object_store retries for minutes by default; a user waiting at a terminal should
         // hear about an unreachable endpoint in seconds.
-        let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(20), ..Default::default() };
+        // Nor is a request that heard nothing for a whole read timeout retried: the server
+        // that froze will not answer the next attempt sooner.
+        let retry = RetryConfig {
+            max_retries: 3,
+            retry_timeout: config.read_timeout.min(Duration::from_secs(20)),
+            ..Default::default()
+        };
         // Enough idle connections kept for every request staging has in flight. The read
         // timeout is per read, so a slow but moving download never fails; the request
         // timeout only bounds one 16 MiB range.
@@ -569,6 +570,29 @@ impl Storage {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(source) => Err(StorageError::Io { action: "cannot delete", path: path.into(), source }),
             },
+        }
+    }
+
+    /// Removes the half-written uploads a killed smlocal left in the folder of `uri` (a job's
+    /// `<S3OutputPath>/<job>/output/`, which only that job writes): `file://` files that were
+    /// never renamed into place, and S3 multipart uploads that were never completed (AWS
+    /// keeps and bills their parts until they are aborted). Returns how many.
+    pub(crate) async fn discard_partials(&self, uri: &str) -> Result<usize, StorageError> {
+        match self.locate(uri)? {
+            Location::Local { path } => Ok(Path::new(&path).parent().map_or(0, discard_local_partials)),
+            Location::S3 { bucket, key } => {
+                // Never a whole bucket: only the folder that holds the archive.
+                let Some((folder, _)) = key.rsplit_once('/') else {
+                    return Ok(0);
+                };
+                let folder = format!("{folder}/");
+                let rest = self.clients(&bucket, uri)?.rest;
+                let uploads = rest.list_uploads(&bucket, &folder).await.map_err(|e| self.rest_error(uri, e))?;
+                for upload in &uploads {
+                    rest.abort_upload(&bucket, upload).await.map_err(|e| self.rest_error(uri, e))?;
+                }
+                Ok(uploads.len())
+            }
         }
     }
 

@@ -180,6 +180,9 @@ impl Rest {
             }
             let response = match builder.send().await {
                 Ok(r) => r,
+                // A server that let a whole timeout pass will not answer the next attempt
+                // sooner: say so now rather than after three timeouts.
+                Err(e) if e.is_timeout() => return Err(RestError::Unreachable(describe(&e))),
                 Err(e) => {
                     last = Some(RestError::Unreachable(describe(&e)));
                     continue;
@@ -224,7 +227,8 @@ fn refusal(status: u16, body: &str, region: Option<String>) -> RestError {
 /// What went wrong with a request, with its causes (reqwest's own message alone says only
 /// "error sending request").
 fn describe(error: &reqwest::Error) -> String {
-    let mut text = if error.is_timeout() { "no answer in time (timed out)".to_string() } else { error.to_string() };
+    let mut text =
+        if error.is_timeout() { "no answer in time (SMLOCAL_S3_TIMEOUT)".to_string() } else { error.to_string() };
     let mut source = std::error::Error::source(error);
     while let Some(s) = source {
         text.push_str(&format!(": {s}"));

@@ -199,3 +199,81 @@ fn folder_markers_of_the_s3_console_are_not_data() {
     let files: Vec<&String> = model.iter().filter(|(_, e)| !matches!(e, Entry::Dir)).map(|(p, _)| p).collect();
     assert_eq!(files.len(), 2, "only the two objects are files in the channel: {files:?}");
 }
+
+/// Starts `smlocal train` against `server` on a channel of many objects; returns the child,
+/// once its download has begun.
+fn staging_against(sm: &Smlocal, server: &S3Server, job: &str) -> std::process::Child {
+    let bucket = server.bucket(job);
+    for i in 0..96 {
+        bucket.put(&format!("train/part-{i:03}.bin"), &pseudo_random(1 << 20, i));
+    }
+    let file = sm.home.path().join(format!("{job}.json"));
+    std::fs::write(&file, probe_request(job, &bucket, &["train"]).to_string()).unwrap();
+    let child = sm
+        .command()
+        .env("AWS_ENDPOINT_URL", &server.endpoint)
+        .env("SMLOCAL_S3_TIMEOUT", "3")
+        .arg("train")
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp = sm.home.path().join("cache/tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_dir(&tmp).map(|mut d| d.next().is_none()).unwrap_or(true) {
+        assert!(std::time::Instant::now() < deadline, "the download never began");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child
+}
+
+#[test]
+fn a_server_that_freezes_mid_staging_fails_the_job_in_one_timeout_and_is_reported_as_stalled() {
+    let server = S3Server::start();
+    let sm = Smlocal::new();
+    let child = staging_against(&sm, &server, "frozen");
+    server.pause();
+    let paused = std::time::Instant::now();
+    let run = Run::from(child.wait_with_output().unwrap());
+    let took = paused.elapsed();
+    server.resume();
+    assert_eq!(run.code, 1, "{run:?}");
+    // Twelve rounds of eight requests would each have waited their own 3 s.
+    assert!(took < std::time::Duration::from_secs(12), "failing took {took:?}: {run:?}");
+    assert!(run.stderr.contains("staging stalled: nothing received from S3 at http://127.0.0.1"), "{run:?}");
+    assert!(run.stderr.contains("Data download failed"), "{run:?}");
+    assert_eq!(sm.describe("frozen")["TrainingJobStatus"], "Failed");
+}
+
+#[test]
+fn a_server_that_dies_mid_staging_fails_the_job_at_once_and_one_that_is_dead_fails_it_before_staging() {
+    let server = S3Server::start();
+    let sm = Smlocal::new();
+    let child = staging_against(&sm, &server, "dies");
+    server.stop();
+    let stopped = std::time::Instant::now();
+    let run = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(stopped.elapsed() < std::time::Duration::from_secs(10), "failing took {:?}: {run:?}", stopped.elapsed());
+    assert!(run.stderr.contains("Data download failed"), "{run:?}");
+
+    let file = sm.home.path().join("dies.json");
+    let mut request: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    request["TrainingJobName"] = json!("dead");
+    std::fs::write(&file, request.to_string()).unwrap();
+    let started = std::time::Instant::now();
+    let run =
+        Run::from(sm.command().env("AWS_ENDPOINT_URL", &server.endpoint).arg("train").arg(&file).output().unwrap());
+    // Not the job's failure: smlocal cannot reach the storage the request names at all.
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("Connection refused"), "{run:?}");
+    assert_eq!(run.stderr.matches("Connection refused").count(), 1, "the cause is said once: {run:?}");
+    let record = sm.command().args(["describe", "dead"]).output().unwrap();
+    if record.status.success() {
+        let record: serde_json::Value = serde_json::from_slice(&record.stdout).unwrap();
+        assert_ne!(record["TrainingJobStatus"], "InProgress", "{record:#}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "failing took {:?}: {run:?}", started.elapsed());
+    assert!(run.stderr.contains(&server.endpoint), "the message names the endpoint: {run:?}");
+}
