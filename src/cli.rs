@@ -120,10 +120,17 @@ struct ServeArgs {
     /// The port to listen on (0: any free port; the URL is printed first).
     #[arg(long, default_value_t = 8808)]
     port: u16,
-    /// The address to listen on. Requests are not authenticated (signatures are accepted
-    /// unchecked), so anything but the loopback exposes job creation to the network.
+    /// The address to listen on. Without --require-signature requests are not authenticated
+    /// (signatures are accepted unchecked), so anything but the loopback exposes job creation
+    /// to the network.
     #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1")]
     listen: std::net::IpAddr,
+    /// Check every request's AWS signature (SigV4), for a machine other users share: accepted
+    /// are the server's own key pair, kept in $SMLOCAL_HOME/serve-credentials (made on first
+    /// use, readable by this user only; an AWS credentials file, profile [smlocal]), and this
+    /// process's AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    #[arg(long)]
+    require_signature: bool,
     /// Jobs that run at once; later ones wait in order with SecondaryStatus Pending.
     #[arg(long, value_name = "N", default_value_t = 1)]
     max_parallel: usize,
@@ -560,8 +567,18 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {address}; is another server there? pick one with --port"))?;
     let url = format!("http://{}", listener.local_addr()?);
-    if !args.listen.is_loopback() {
-        eprintln!("smlocal: warning: listening on {address}: anyone who can reach it can create jobs on this machine");
+    let signatures = if args.require_signature {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let own = env("AWS_ACCESS_KEY_ID").zip(env("AWS_SECRET_ACCESS_KEY"));
+        let file = store.root().join("serve-credentials");
+        Some(Arc::new(smlocal::Signatures::load_or_create(&file, own)?))
+    } else {
+        None
+    };
+    if !args.listen.is_loopback() && signatures.is_none() {
+        eprintln!(
+            "smlocal: warning: listening on {address}: anyone who can reach it can create jobs on this machine (add --require-signature)"
+        );
     }
     println!("smlocal: serving the SageMaker training API on {url}");
     std::io::stdout().flush()?;
@@ -569,10 +586,23 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         "smlocal: jobs and logs are in {}; point clients here with\n  export AWS_ENDPOINT_URL_SAGEMAKER={url} AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={url}",
         store.root().display()
     );
+    if let Some(signatures) = &signatures {
+        eprintln!(
+            "smlocal: requests must be signed with the key pair {} in {} (AWS_SHARED_CREDENTIALS_FILE={} AWS_PROFILE=smlocal){}",
+            signatures.own_key,
+            signatures.key_file.display(),
+            signatures.key_file.display(),
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
+                " or with this process's AWS_ACCESS_KEY_ID"
+            } else {
+                ""
+            }
+        );
+    }
     let queue = Arc::new(Queue::new(Services { state: store, docker, storage }, config));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone(), config_hurry, Duration::from_secs(args.stop_grace)));
-    smlocal::serve(listener, queue.clone(), shutdown).await;
+    smlocal::serve(listener, queue.clone(), signatures, shutdown).await;
     queue.shut_down().await;
     eprintln!("smlocal: server stopped");
     Ok(ExitCode::SUCCESS)

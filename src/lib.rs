@@ -97,6 +97,7 @@ pub use crate::metrics::{read as read_metrics, summarize as summarize_metrics};
 pub use crate::plot::svg as plot_svg;
 pub use crate::resources::{human_bytes, parse_size};
 pub use crate::run::{JobOutcome, RunError, RunOptions, Services, run};
+pub use crate::serve::auth::{KeyFileError, Signatures};
 pub use crate::serve::queue::{CreateError, Queue, QueueConfig};
 pub use crate::serve::serve;
 pub use crate::spec::{AwsErrorKind, SpecError, from_value, unique_name};

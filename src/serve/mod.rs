@@ -1,14 +1,17 @@
 //! `smlocal serve`: the SageMaker training API and the CloudWatch Logs calls the SDK makes,
 //! on this machine, so boto3, the AWS CLI and the SageMaker Python SDK work unchanged against
 //! `http://127.0.0.1:PORT`. AWS JSON 1.1: `POST /`, the operation in `X-Amz-Target`, errors
-//! as HTTP 400 with `__type` and `message`. Signatures are accepted without being checked:
-//! the server listens on the loopback only unless told otherwise.
+//! as HTTP 400 with `__type` and `message`. By default signatures are accepted without being
+//! checked (the server answers this machine's loopback clients only, never a web page);
+//! `--require-signature` checks them (`auth.rs`), for a machine shared with other users.
 
+pub(crate) mod auth;
 pub(crate) mod queue;
 
 mod cloudwatch;
 mod training;
 
+use crate::serve::auth::Signatures;
 use crate::serve::queue::Queue;
 use crate::spec::{AwsErrorKind, SpecError};
 use crate::state::StateError;
@@ -92,7 +95,13 @@ pub(crate) type ApiResult = Result<Value, ApiError>;
 
 /// Serves the API on `listener` until `shutdown`, then lets every open connection finish
 /// the request it is serving (as mini-redis drains its connections) before returning.
-pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: CancellationToken) {
+/// With `signatures`, every API request must be signed by one of its key pairs.
+pub async fn serve(
+    listener: TcpListener,
+    queue: Arc<Queue>,
+    signatures: Option<Arc<Signatures>>,
+    shutdown: CancellationToken,
+) {
     let connections = TaskTracker::new();
     let listen = listener.local_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -121,13 +130,13 @@ pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: Cancellat
                 continue;
             }
         };
-        let (queue, shutdown) = (queue.clone(), shutdown.clone());
+        let (queue, shutdown, signatures) = (queue.clone(), shutdown.clone(), signatures.clone());
         connections.spawn(async move {
             // Held while the connection lives.
             let _place = place;
             let service = hyper::service::service_fn(move |request| {
-                let queue = queue.clone();
-                async move { Ok::<_, Infallible>(handle(&queue, listen, request).await) }
+                let (queue, signatures) = (queue.clone(), signatures.clone());
+                async move { Ok::<_, Infallible>(handle(&queue, listen, signatures.as_deref(), request).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let connection = hyper::server::conn::http1::Builder::new()
@@ -152,7 +161,12 @@ pub async fn serve(listener: TcpListener, queue: Arc<Queue>, shutdown: Cancellat
     connections.wait().await;
 }
 
-async fn handle(queue: &Queue, listen: IpAddr, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    queue: &Queue,
+    listen: IpAddr,
+    signatures: Option<&Signatures>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if let Err(refused) = same_machine(&request, listen) {
         tracing::warn!("refused a request: {}", refused.message);
         return respond(Err(refused));
@@ -160,9 +174,19 @@ async fn handle(queue: &Queue, listen: IpAddr, request: Request<Incoming>) -> Re
     let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
     let result = match target {
         Some(target) => {
-            let result = match read_body(request).await {
-                Ok(body) => dispatch(queue, &target, body).await,
-                Err(e) => Err(e),
+            let (parts, body) = request.into_parts();
+            let body = read_body(body).await;
+            let signed = match (&body, signatures) {
+                (Ok(bytes), Some(signatures)) => signatures.check(&parts, bytes),
+                _ => Ok(()),
+            };
+            let result = match (body.and_then(|b| parse_body(&b)), signed) {
+                (_, Err(refused)) => {
+                    tracing::warn!("refused a request: {}", refused.message);
+                    Err(refused)
+                }
+                (Ok(body), Ok(())) => dispatch(queue, &target, body).await,
+                (Err(e), Ok(())) => Err(e),
             };
             match &result {
                 Err(e) => tracing::info!("{target}: {} {}", e.kind, e.message),
@@ -219,17 +243,20 @@ fn same_machine(request: &Request<Incoming>, listen: IpAddr) -> Result<(), ApiEr
     Ok(())
 }
 
-async fn read_body(request: Request<Incoming>) -> Result<Value, ApiError> {
-    let body = Limited::new(request.into_body(), MAX_BODY)
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(body, MAX_BODY)
         .collect()
         .await
         .map_err(|e| ApiError::new("SerializationException", format!("cannot read the request body: {e}")))?
-        .to_bytes();
+        .to_bytes())
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     // AWS clients send `{}` for an operation without parameters, but an empty body is as clear.
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    match serde_json::from_slice::<Value>(&body) {
+    match serde_json::from_slice::<Value>(body) {
         Ok(value @ Value::Object(_)) => Ok(value),
         Ok(_) => Err(ApiError::new("SerializationException", "The request body must be a JSON object")),
         Err(e) => Err(ApiError::new(

@@ -484,6 +484,11 @@ pub(crate) fn sdk_python() -> PathBuf {
 /// environment variables a user would set: the server for SageMaker and CloudWatch Logs,
 /// the test S3 server for S3, the SDK's telemetry off (nothing may leave this machine).
 pub(crate) fn python(sm: &Smlocal, server: &Server, script: &str, args: &[&str]) -> Run {
+    python_with(sm, server, script, args, &[])
+}
+
+/// [`python`] with some variables set otherwise (other credentials, say).
+pub(crate) fn python_with(sm: &Smlocal, server: &Server, script: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/python");
     let output = Command::new(sdk_python())
         .arg(scripts.join(script))
@@ -501,6 +506,7 @@ pub(crate) fn python(sm: &Smlocal, server: &Server, script: &str, args: &[&str])
         .env("SAGEMAKER_USER_CONFIG_OVERRIDE", scripts.join("sagemaker-config.yaml"))
         .env("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
         .env("PYTHONUNBUFFERED", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run python");

@@ -4,7 +4,7 @@
 use crate::harness::*;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn training(sm: &Smlocal, name: &str) -> Value {
     wait_for(sm, name, "Training", |r| r["SecondaryStatus"] == "Training")
@@ -343,4 +343,43 @@ fn idle_and_half_open_connections_are_closed_and_never_hold_the_server() {
     assert!(closed(&mut half), "a half-sent request was left open");
     let first = idle.iter_mut().take(20).map(closed).filter(|c| *c).count();
     assert_eq!(first, 20, "idle connections were left open");
+}
+
+#[test]
+fn with_require_signature_only_requests_signed_by_an_accepted_key_pair_are_served() {
+    use std::os::unix::fs::PermissionsExt;
+    let (sm, bucket) = with_data("signed");
+    let server = sm.serve(&["--require-signature"]);
+    let file = sm.home.path().join("serve-credentials");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "readable by its user only");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim_start_matches([' ', '=']).to_string()).unwrap()
+    };
+    let (key, secret) = (value("aws_access_key_id"), value("aws_secret_access_key"));
+
+    // boto3 with the server's key pair, through the file as an AWS profile.
+    let file_text = file.display().to_string();
+    let profile = [("AWS_SHARED_CREDENTIALS_FILE", file_text.as_str()), ("AWS_PROFILE", "smlocal")];
+    let unset = [("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")];
+    let env: Vec<(&str, &str)> = profile.iter().chain(&unset).copied().collect();
+    let name = format!("signed-{}", unique());
+    let request = request_file(&sm, &probe_request(&name, &bucket, &["train"]));
+    let created = python_with(&sm, &server, "boto3_calls.py", &["create", &request], &env);
+    assert_eq!(created.code, 0, "{created:?}");
+    assert!(created.stdout.contains("\"arn\""), "{created:?}");
+    // boto3 with this process's own AWS key pair (what the SDK signs S3 calls with too).
+    let own = calls(&sm, &server, &["describe", &name]);
+    assert_eq!(own["TrainingJobName"], name.as_str(), "{own:#}");
+
+    // A wrong secret, an unknown key, and no signature at all.
+    let wrong = [("AWS_ACCESS_KEY_ID", key.as_str()), ("AWS_SECRET_ACCESS_KEY", "not-the-secret")];
+    let refused = python_with(&sm, &server, "boto3_calls.py", &["describe", &name], &wrong);
+    assert!(refused.stdout.contains("InvalidSignatureException"), "{refused:?}");
+    let stranger = [("AWS_ACCESS_KEY_ID", "AKIDSTRANGER"), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
+    let refused = python_with(&sm, &server, "boto3_calls.py", &["describe", &name], &stranger);
+    assert!(refused.stdout.contains("UnrecognizedClientException"), "{refused:?}");
+    let (status, body) = post(&server, Some("SageMaker.ListTrainingJobs"), "{}");
+    assert_eq!((status, body["__type"].as_str()), (403, Some("MissingAuthenticationTokenException")), "{body}");
+    wait_for(&sm, &name, "finished", |r| r["TrainingJobStatus"] != "InProgress");
 }
