@@ -8,7 +8,8 @@ use crate::storage::{ObjectInfo, Storage, StorageError};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 /// How long downloads may receive nothing before smlocal says so (at most).
@@ -110,9 +111,10 @@ impl Cache {
     /// hard link in `pins` (a folder of the job's own) that eviction cannot take away. Only
     /// the missing ones are fetched, and each by one fetcher at a time, whatever the number
     /// of jobs and processes that want it: an entry's lock (`locks/<entry>`, `flock`) is
-    /// held while it is fetched, and the others wait for it and then find it here. The
-    /// file-system work (lookups, locks, temporary files, renames, eviction) runs on
-    /// blocking threads, off the async workers that carry the downloads.
+    /// held while it is fetched; the others wait for it and then find it here. Locks and
+    /// files are opened only for the objects in flight, so however many a channel has, a
+    /// job holds a few dozen descriptors. The file-system work that can wait (lookups,
+    /// renames, eviction) runs on blocking threads, off the async workers.
     pub async fn fetch(
         &self,
         storage: &Storage,
@@ -121,32 +123,43 @@ impl Cache {
         pins: &Path,
     ) -> Result<Vec<PathBuf>, StorageError> {
         progress.total.fetch_add(wanted.iter().map(|w| w.info.size).sum(), Ordering::Relaxed);
-        let mut todo: Vec<usize> = (0..wanted.len()).collect();
-        let mut wait = false;
-        loop {
-            let (cache, list, pins_at, these) = (self.clone(), wanted.to_vec(), pins.to_path_buf(), todo.clone());
-            let plan = blocking(&self.root, move || cache.plan(&list, &these, &pins_at, wait)).await?;
-            progress.cached.fetch_add(plan.cached_bytes, Ordering::Relaxed);
-            let busy = plan.busy.clone();
-            let written = self.download(storage, wanted, &plan, progress).await;
-            let (cache, list, pins_at) = (self.clone(), wanted.to_vec(), pins.to_path_buf());
-            blocking(&self.root, move || cache.commit(plan, &list, written, &pins_at)).await?;
+        let (cache, list, pins_at) = (self.clone(), wanted.to_vec(), pins.to_path_buf());
+        let (mut todo, cached) = blocking(&self.root, move || {
+            for dir in [cache.root.join(OBJECTS), cache.root.join("tmp"), cache.root.join(LOCKS), pins_at.clone()] {
+                std::fs::create_dir_all(&dir).map_err(cache_io(&dir))?;
+            }
+            remove_abandoned(&cache.root.join("tmp"));
+            cache.pin_present_of(&list, &(0..list.len()).collect::<Vec<_>>(), &pins_at)
+        })
+        .await?;
+        progress.cached.fetch_add(cached, Ordering::Relaxed);
+        while !todo.is_empty() {
+            let busy = self.fetch_round(storage, wanted, &todo, pins, progress).await?;
             if busy.is_empty() {
                 break;
             }
-            // Another fetcher has these: wait for each (its lock), then look again. An entry
-            // it failed to fetch is fetched here in the next round.
-            todo = busy;
-            wait = true;
+            // Another fetcher has these: wait until it is done with each (its lock, taken
+            // and let go at once, so no one waits while holding), then look again. What it
+            // failed to fetch is fetched in the next round.
+            let (cache, list, pins_at) = (self.clone(), wanted.to_vec(), pins.to_path_buf());
+            let (left, cached) = blocking(&self.root, move || {
+                for &i in &busy {
+                    let lock_path = cache.root.join(LOCKS).join(cache.entry_of(&list[i]));
+                    drop(EntryLock::acquire(&lock_path, true).map_err(cache_io(&lock_path))?);
+                }
+                cache.pin_present_of(&list, &busy, &pins_at)
+            })
+            .await?;
+            progress.cached.fetch_add(cached, Ordering::Relaxed);
+            todo = left;
         }
-        let paths: Vec<PathBuf> = wanted.iter().map(|w| pins.join(self.entry_of(w))).collect();
         let (cache, keep) = (self.clone(), wanted.iter().map(|w| self.path_of(&w.uri, &w.info)).collect::<Vec<_>>());
         blocking(&self.root, move || {
             cache.evict(&keep);
             Ok(())
         })
         .await?;
-        Ok(paths)
+        Ok(wanted.iter().map(|w| pins.join(self.entry_of(w))).collect())
     }
 
     /// The entry's file name.
@@ -154,44 +167,53 @@ impl Cache {
         self.path_of(&w.uri, &w.info).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
-    /// Downloads every miss of `plan`, objects and ranges in parallel; at the first error the
-    /// rest are cancelled (a dead or frozen server fails staging once, not once per object).
-    /// Returns the bytes each miss got, or the error.
-    async fn download(
+    /// Pins every object of `these` (indices into `wanted`) already here, marking it as just
+    /// used; returns the indices of the missing ones (each entry once) and the bytes found.
+    /// No lock is needed: an entry is complete once it has its name, and a hard link either
+    /// pins it or finds it gone (evicted), then it is missing.
+    fn pin_present_of(
+        &self,
+        wanted: &[Wanted],
+        these: &[usize],
+        pins: &Path,
+    ) -> Result<(Vec<usize>, u64), StorageError> {
+        let (mut missing, mut cached) = (Vec::new(), 0);
+        let mut seen = std::collections::HashSet::new();
+        for &i in these {
+            let w = &wanted[i];
+            let name = self.entry_of(w);
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let entry = self.root.join(OBJECTS).join(&name);
+            if pin(&entry, &pins.join(&name))? {
+                touch(&entry);
+                cached += w.info.size;
+            } else {
+                missing.push(i);
+            }
+        }
+        Ok((missing, cached))
+    }
+
+    /// Claims and downloads the objects `todo` (indices into `wanted`), objects and ranges in
+    /// parallel; at the first error the rest are cancelled (a dead or frozen server fails
+    /// staging once, not once per object). An object is claimed only when a request slot is
+    /// free for it, so only the objects in flight hold a lock. Returns the objects another
+    /// fetcher holds.
+    async fn fetch_round(
         &self,
         storage: &Storage,
         wanted: &[Wanted],
-        plan: &Plan,
+        todo: &[usize],
+        pins: &Path,
         progress: &Progress,
-    ) -> Result<Vec<u64>, StorageError> {
-        let mut parts = Vec::new();
-        for (i, miss) in plan.misses.iter().enumerate() {
-            let size = wanted[miss.wanted].info.size;
-            if size >= RANGED_FROM {
-                let mut start = 0;
-                while start < size {
-                    let end = (start + RANGE).min(size);
-                    parts.push((i, Some(start..end)));
-                    start = end;
-                }
-            } else {
-                parts.push((i, None));
-            }
-        }
-        let mut results = futures::stream::iter(parts.into_iter().map(|(i, range)| {
-            let (w, part) = (&wanted[plan.misses[i].wanted], &plan.misses[i].part);
-            async move {
-                let offset = range.as_ref().map(|r| r.start).unwrap_or(0);
-                // Opened for this part only: however many objects a channel has, at most
-                // PARALLEL_REQUESTS files are open at once.
-                let file = std::fs::OpenOptions::new().write(true).open(part).map_err(cache_io(part))?;
-                let n = storage.download_part(&w.uri, range, w.info.etag.as_deref(), &file, offset).await?;
-                progress.fetched.fetch_add(n, Ordering::Relaxed);
-                Ok::<_, StorageError>((i, n))
-            }
-        }))
-        .buffer_unordered(PARALLEL_REQUESTS);
-        let mut written = vec![0u64; plan.misses.len()];
+    ) -> Result<Vec<usize>, StorageError> {
+        let mut busy = Vec::new();
+        let mut claims = todo.iter().copied();
+        let mut ranges: std::collections::VecDeque<(usize, Arc<Fetching>, Option<std::ops::Range<u64>>)> =
+            Default::default();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         // A stall is reported while it lasts, before the requests' own timeout ends it.
         let notice = (storage.read_timeout() / 2).min(STALL_NOTICE);
         let mut ticks = tokio::time::interval(notice);
@@ -199,14 +221,32 @@ impl Cache {
         let (mut seen, mut quiet_since) = (progress.fetched.load(Ordering::Relaxed), tokio::time::Instant::now());
         let mut reported = false;
         loop {
-            tokio::select! {
-                result = results.next() => match result {
-                    Some(result) => {
-                        let (i, n) = result?;
-                        written[i] += n;
+            while in_flight.len() < PARALLEL_REQUESTS {
+                if let Some((i, fetching, range)) = ranges.pop_front() {
+                    let w: &Wanted = &wanted[i];
+                    in_flight.push(async move { fetching.part(storage, w, range, progress, self).await });
+                    continue;
+                }
+                let Some(i) = claims.next() else { break };
+                match self.claim(&wanted[i], pins)? {
+                    Claim::Busy => busy.push(i),
+                    Claim::Present => {
+                        progress.cached.fetch_add(wanted[i].info.size, Ordering::Relaxed);
                     }
-                    None => return Ok(written),
-                },
+                    Claim::Fetch(fetching) => {
+                        ranges.extend(fetching.ranges().into_iter().map(|r| (i, fetching.clone(), r)));
+                    }
+                }
+            }
+            if in_flight.is_empty() {
+                return Ok(busy);
+            }
+            tokio::select! {
+                done = in_flight.next() => {
+                    if let Some(result) = done {
+                        result?;
+                    }
+                }
                 _ = ticks.tick() => {
                     let now = progress.fetched.load(Ordering::Relaxed);
                     if now != seen {
@@ -225,81 +265,35 @@ impl Cache {
         }
     }
 
-    /// Looks up the wanted objects `these` (indices into `wanted`): an entry that is here is
-    /// marked as just used and pinned; a missing one whose lock this process gets becomes a
-    /// miss, with its temporary file made at full size and its lock held; one whose lock
-    /// another fetcher holds is `busy` (waited for first when `wait`).
-    fn plan(&self, wanted: &[Wanted], these: &[usize], pins: &Path, wait: bool) -> Result<Plan, StorageError> {
-        let objects = self.root.join(OBJECTS);
-        let tmp = self.root.join("tmp");
-        let locks = self.root.join(LOCKS);
-        for dir in [&objects, &tmp, &locks, &pins.to_path_buf()] {
-            std::fs::create_dir_all(dir).map_err(cache_io(dir))?;
-        }
-        remove_abandoned(&tmp);
-        let mut plan = Plan { cached_bytes: 0, misses: Vec::new(), busy: Vec::new() };
-        let mut planned = std::collections::HashSet::new();
-        for &i in these {
-            let w = &wanted[i];
-            let path = self.path_of(&w.uri, &w.info);
-            if !planned.insert(path.clone()) {
-                continue;
-            }
-            let name = self.entry_of(w);
-            let lock_path = locks.join(&name);
-            let Some(lock) = EntryLock::acquire(&lock_path, wait).map_err(cache_io(&lock_path))? else {
-                plan.busy.push(i);
-                continue;
-            };
-            if std::fs::metadata(&path).is_ok_and(|m| m.len() == w.info.size) {
-                touch(&path);
-                pin(&path, &pins.join(&name))?;
-                plan.cached_bytes += w.info.size;
-                continue;
-            }
-            let part =
-                tmp.join(format!("{name}.{}.{}.partial", std::process::id(), PART_SEQ.fetch_add(1, Ordering::Relaxed)));
-            let made = std::fs::File::create(&part).and_then(|file| file.set_len(w.info.size));
-            if let Err(e) = made {
-                // Nothing of a plan that cannot be made is left behind.
-                let _ = std::fs::remove_file(&part);
-                plan.misses.iter().for_each(|m| drop(std::fs::remove_file(&m.part)));
-                return Err(cache_io(&part)(e));
-            }
-            plan.misses.push(Miss { wanted: i, path, part, _lock: lock });
-        }
-        Ok(plan)
-    }
-
-    /// Moves every complete download into the cache and pins it, and drops the rest: a
-    /// half-written download never enters it. The entries' locks are released as the plan
-    /// is dropped, so the fetchers waiting for them go on.
-    fn commit(
-        &self,
-        plan: Plan,
-        wanted: &[Wanted],
-        written: Result<Vec<u64>, StorageError>,
-        pins: &Path,
-    ) -> Result<(), StorageError> {
-        let (written, mut failed) = match written {
-            Ok(w) => (w, None),
-            Err(e) => (vec![0; plan.misses.len()], Some(e)),
+    /// Takes the entry's lock, if no one holds it, and, unless another fetcher completed the
+    /// entry meanwhile, makes its temporary file at full size. (A few system calls on local
+    /// files, none of which waits.)
+    fn claim(&self, w: &Wanted, pins: &Path) -> Result<Claim, StorageError> {
+        let name = self.entry_of(w);
+        let lock_path = self.root.join(LOCKS).join(&name);
+        let Some(lock) = EntryLock::acquire(&lock_path, false).map_err(cache_io(&lock_path))? else {
+            return Ok(Claim::Busy);
         };
-        for (miss, got) in plan.misses.into_iter().zip(written) {
-            let w = &wanted[miss.wanted];
-            // Every byte must have arrived.
-            let complete = failed.is_none() && got == w.info.size;
-            if !complete && failed.is_none() {
-                failed = Some(StorageError::Incomplete { uri: w.uri.clone(), expected: w.info.size, got });
-            }
-            if complete {
-                std::fs::rename(&miss.part, &miss.path).map_err(cache_io(&miss.path))?;
-                pin(&miss.path, &pins.join(self.entry_of(w)))?;
-            } else {
-                let _ = std::fs::remove_file(&miss.part);
-            }
+        let (entry, pin_path) = (self.root.join(OBJECTS).join(&name), pins.join(&name));
+        if pin(&entry, &pin_path)? {
+            return Ok(Claim::Present);
         }
-        failed.map_or(Ok(()), Err)
+        let seq = PART_SEQ.fetch_add(1, Ordering::Relaxed);
+        let part = self.root.join("tmp").join(format!("{name}.{}.{seq}.partial", std::process::id()));
+        if let Err(e) = std::fs::File::create(&part).and_then(|file| file.set_len(w.info.size)) {
+            let _ = std::fs::remove_file(&part);
+            return Err(cache_io(&part)(e));
+        }
+        Ok(Claim::Fetch(Arc::new(Fetching {
+            entry,
+            part,
+            pin: pin_path,
+            size: w.info.size,
+            remaining: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            committed: AtomicBool::new(false),
+            _lock: lock,
+        })))
     }
 
     pub fn usage(&self) -> Usage {
@@ -360,21 +354,83 @@ impl Cache {
     }
 }
 
-/// What one round of [`Cache::fetch`] found before downloading.
-struct Plan {
-    cached_bytes: u64,
-    misses: Vec<Miss>,
-    /// Wanted objects another fetcher is fetching.
-    busy: Vec<usize>,
+/// What claiming a missing object found.
+enum Claim {
+    /// Another fetcher holds it.
+    Busy,
+    /// Another fetcher completed it meanwhile; it is pinned.
+    Present,
+    /// This job fetches it.
+    Fetch(Arc<Fetching>),
 }
 
-/// A missing object this process fetches: its index among the wanted ones, its entry, the
-/// temporary file it is downloaded into, and the entry's lock, held until it is committed.
-struct Miss {
-    wanted: usize,
-    path: PathBuf,
+/// A missing object this job fetches: its entry, its temporary file, its pin, and the
+/// entry's lock, held until the last of its ranges is in and the entry committed. Dropped
+/// before that (an error, a cancelled job), it deletes the temporary file.
+struct Fetching {
+    entry: PathBuf,
     part: PathBuf,
+    pin: PathBuf,
+    size: u64,
+    /// Ranges still downloading.
+    remaining: AtomicU64,
+    written: AtomicU64,
+    committed: AtomicBool,
     _lock: EntryLock,
+}
+
+impl Fetching {
+    /// The object's ranges: the whole of a small one, 16 MiB ranges of a large one.
+    fn ranges(&self) -> Vec<Option<std::ops::Range<u64>>> {
+        let ranges: Vec<_> = if self.size >= RANGED_FROM {
+            (0..self.size).step_by(RANGE as usize).map(|start| Some(start..(start + RANGE).min(self.size))).collect()
+        } else {
+            vec![None]
+        };
+        self.remaining.store(ranges.len() as u64, Ordering::SeqCst);
+        ranges
+    }
+
+    /// Downloads one range; the last one to finish commits the entry.
+    async fn part(
+        &self,
+        storage: &Storage,
+        w: &Wanted,
+        range: Option<std::ops::Range<u64>>,
+        progress: &Progress,
+        cache: &Cache,
+    ) -> Result<(), StorageError> {
+        let offset = range.as_ref().map(|r| r.start).unwrap_or(0);
+        // Opened for this range only: at most PARALLEL_REQUESTS files are open at once.
+        let file = std::fs::OpenOptions::new().write(true).open(&self.part).map_err(cache_io(&self.part))?;
+        let n = storage.download_part(&w.uri, range, w.info.etag.as_deref(), &file, offset).await?;
+        drop(file);
+        progress.fetched.fetch_add(n, Ordering::Relaxed);
+        let written = self.written.fetch_add(n, Ordering::SeqCst) + n;
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return Ok(());
+        }
+        // Every byte must have arrived before the entry has its name.
+        if written != self.size {
+            return Err(StorageError::Incomplete { uri: w.uri.clone(), expected: self.size, got: written });
+        }
+        let (part, entry, pin_path) = (self.part.clone(), self.entry.clone(), self.pin.clone());
+        blocking(&cache.root, move || {
+            std::fs::rename(&part, &entry).map_err(cache_io(&entry))?;
+            pin(&entry, &pin_path).map(|_| ())
+        })
+        .await?;
+        self.committed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        if !self.committed.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_file(&self.part);
+        }
+    }
 }
 
 /// An exclusive `flock` on an entry's lock file: the one fetcher (or evictor) of that entry,
@@ -420,13 +476,19 @@ impl EntryLock {
 /// Names each temporary file apart, so two jobs of one process never share one.
 static PART_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Pins an entry: a hard link the job owns (a copy where links are not possible). One
-/// already there is the same entry, pinned by another channel of the job.
-fn pin(entry: &Path, pin: &Path) -> Result<(), StorageError> {
+/// Pins an entry: a hard link the job owns (a copy where links are not possible). Returns
+/// false when the entry is not there. One already pinned is the same entry, pinned by
+/// another channel of the job.
+fn pin(entry: &Path, pin: &Path) -> Result<bool, StorageError> {
     match std::fs::hard_link(entry, pin) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(_) => std::fs::copy(entry, pin).map(|_| ()).map_err(cache_io(pin)),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(_) => match std::fs::copy(entry, pin) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(cache_io(pin)(e)),
+        },
     }
 }
 

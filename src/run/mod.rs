@@ -345,8 +345,8 @@ impl Attempt<'_> {
         record.enter(Secondary::Uploading, "Uploading generated training model");
         note(state, record);
         // A Ctrl-C after the hosts ended (during the upload, which finishes: nothing is
-        // lost) still interrupted the run.
-        let interrupted = ended == Ended::Stopped(StopCause::Shutdown) || self.shutdown.is_cancelled();
+        // lost) still interrupted the run: asked once the upload is over.
+        let interrupted = || ended == Ended::Stopped(StopCause::Shutdown) || self.shutdown.is_cancelled();
         let trees: Vec<(String, HostTree)> =
             job.hosts.iter().map(|h| (h.name.clone(), HostTree::new(work, &h.name))).collect();
         record.final_metric_data_list = outcome::final_metrics(&recorder);
@@ -359,8 +359,9 @@ impl Attempt<'_> {
             let failure = Failure::new(kind, e.to_string());
             record.fail(&failure);
             state.save(record)?;
-            return Ok(JobOutcome { kept_artifacts: kept, sigkilled, ..done(record, Some(failure), interrupted) });
+            return Ok(JobOutcome { kept_artifacts: kept, sigkilled, ..done(record, Some(failure), interrupted()) });
         }
+        let interrupted = interrupted();
         let failure = outcome::finish(record, job, ended, work).await;
         state.save(record)?;
         Ok(JobOutcome { uploaded: true, sigkilled, ..done(record, failure, interrupted) })

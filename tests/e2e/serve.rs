@@ -4,7 +4,7 @@
 use crate::harness::*;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn training(sm: &Smlocal, name: &str) -> Value {
     wait_for(sm, name, "Training", |r| r["SecondaryStatus"] == "Training")
@@ -382,4 +382,50 @@ fn with_require_signature_only_requests_signed_by_an_accepted_key_pair_are_serve
     let (status, body) = post(&server, Some("SageMaker.ListTrainingJobs"), "{}");
     assert_eq!((status, body["__type"].as_str()), (403, Some("MissingAuthenticationTokenException")), "{body}");
     wait_for(&sm, &name, "finished", |r| r["TrainingJobStatus"] != "InProgress");
+}
+
+#[test]
+fn out_of_file_descriptors_the_server_backs_off_warns_rarely_and_recovers() {
+    let sm = Smlocal::new();
+    let cmd = sm.command();
+    let log = sm.home.path().join("serve.log");
+    // 64 files, hard limit too: smlocal cannot raise it.
+    let mut child = std::process::Command::new("bash")
+        .args(["-c", "ulimit -Hn 64 -Sn 64 && exec \"$0\" serve --port 0 2>\"$1\""])
+        .arg(cmd.get_program())
+        .arg(&log)
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    let address = first.rsplit("http://").next().unwrap_or_default().to_string();
+    assert!(address.starts_with("127.0.0.1:"), "{first}");
+    // Far more connections than descriptors: accepting fails with EMFILE until some close.
+    let held: Vec<_> = (0..100).filter_map(|_| std::net::TcpStream::connect(&address).ok()).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let warnings = std::fs::read_to_string(&log).unwrap_or_default().matches("cannot accept connections").count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings in 3 s (a spinning loop writes millions)");
+    drop(held);
+    // The idle ones are closed by the header timeout at the latest; then it answers again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = std::net::TcpStream::connect(&address).ok().and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").ok()?;
+            let mut response = String::new();
+            s.read_to_string(&mut response).ok()?;
+            response.starts_with("HTTP/1.1 200").then_some(())
+        });
+        if answered.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server never recovered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
