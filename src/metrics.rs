@@ -23,6 +23,8 @@ pub(crate) struct Recorder {
     definitions: Vec<(String, regex::Regex)>,
     file: Option<std::fs::File>,
     last: BTreeMap<String, Point>,
+    /// Definitions already warned about (they match the raw line only).
+    warned: std::collections::BTreeSet<usize>,
 }
 
 impl Recorder {
@@ -41,13 +43,29 @@ impl Recorder {
                 }
             }
         };
-        Recorder { definitions, file, last: BTreeMap::new() }
+        Recorder { definitions, file, last: BTreeMap::new(), warned: Default::default() }
     }
 
+    /// Runs every definition over `line` as CloudWatch shows it, tabs as `#011` (SageMaker
+    /// matches there, so its documented regexes contain `#011`). A definition that matches
+    /// only the raw line (one written with `\t`, say) is still recorded, with a warning
+    /// once: on SageMaker it would find nothing.
     pub(crate) fn observe(&mut self, host: &str, line: &str, timestamp: f64) {
-        for (name, re) in &self.definitions {
-            let Some(caps) = re.captures(line) else {
-                continue;
+        let shown = crate::logs::cloudwatch_form(line);
+        for (i, (name, re)) in self.definitions.iter().enumerate() {
+            let caps = match re.captures(&shown) {
+                Some(caps) => caps,
+                None => match (shown != line).then(|| re.captures(line)).flatten() {
+                    Some(caps) => {
+                        if self.warned.insert(i) {
+                            tracing::warn!(
+                                "metric {name}: its regex matches the raw log line but not CloudWatch's form of it (tabs as #011), which is what SageMaker matches; on SageMaker it would record nothing"
+                            );
+                        }
+                        caps
+                    }
+                    None => continue,
+                },
             };
             let text = caps.get(1).or_else(|| caps.get(0)).map(|m| m.as_str()).unwrap_or("");
             let Ok(value) = text.trim().parse::<f64>() else {
@@ -131,6 +149,24 @@ mod tests {
         assert_eq!(points[0], Point { metric: "train:mse".into(), host: "algo-1".into(), timestamp: 10.0, value: 0.5 });
         let s = summarize(&points);
         assert_eq!(s[1], Summary { metric: "train:mse".into(), last: 0.25, min: 0.25, max: 0.5, count: 2 });
+    }
+
+    #[test]
+    fn sagemakers_regexes_match_the_cloudwatch_form_and_raw_only_ones_still_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let defs = vec![
+            // The SageMaker SDK's own definition for XGBoost's validation metric.
+            MetricDefinition {
+                name: "validation:rmse".into(),
+                regex: r".*\[[0-9]+\].*#011validation-rmse:([-+]?[0-9]*\.?[0-9]+)".into(),
+            },
+            MetricDefinition { name: "raw".into(), regex: r"\ttrain-rmse:([0-9.]+)".into() },
+        ];
+        let mut r = Recorder::new(&defs, &dir.path().join("metrics.jsonl"));
+        r.observe("algo-1", "[3]\ttrain-rmse:0.75\tvalidation-rmse:0.5", 1.0);
+        let last: Vec<(String, f64)> = r.final_metrics().into_iter().map(|p| (p.metric, p.value)).collect();
+        assert_eq!(last, [("raw".to_string(), 0.75), ("validation:rmse".to_string(), 0.5)]);
+        assert!(r.warned.contains(&1) && !r.warned.contains(&0));
     }
 
     #[test]

@@ -328,13 +328,18 @@ pub(crate) async fn resolve(storage: &Storage, channel: &ChannelPlan) -> Result<
             let location = Location::parse(&channel.uri).map_err(storage_err)?;
             let prefix = location.key().to_string();
             for object in storage.list(&channel.uri).await.map_err(storage_err)? {
-                let rest = &object.key[prefix.len()..];
                 // A key ending in '/' is a folder marker (the S3 console's "Create folder"),
                 // the channel's own folder when it is exactly the prefix: not data. SageMaker
                 // stages no file for it.
-                if rest.is_empty() || rest.ends_with('/') {
+                if object.key.ends_with('/') {
                     continue;
                 }
+                // A prefix that names one object whole: SageMaker puts it in the channel
+                // folder under its own name (the SDK ships code to an isolated job so).
+                let rest = match &object.key[prefix.len()..] {
+                    "" => object.key.rsplit('/').next().unwrap_or(&object.key),
+                    rest => rest,
+                };
                 let relative = safe_relative(rest.strip_prefix('/').unwrap_or(rest))
                     .ok_or_else(|| StageError::UnsafeKey { channel: channel.name.clone(), key: object.key.clone() })?;
                 out.push(StagedObject { uri: location.uri_of(&object.key), relative, info: Some(object) });

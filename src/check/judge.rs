@@ -183,7 +183,7 @@ pub(super) fn failure(outcome: &Result<JobOutcome, LabError>, how: &str) -> Chec
 pub(super) fn isolation(outcome: &Result<JobOutcome, LabError>, log_tail: &str) -> CheckResult {
     let (verdict, evidence, fix) = match outcome {
         Ok(o) if completed(o) => {
-            (Verdict::Pass, "completed with EnableNetworkIsolation (no network at all)".to_string(), "")
+            (Verdict::Pass, "completed with EnableNetworkIsolation (a network with no way out)".to_string(), "")
         }
         Ok(o) => (
             Verdict::Fail,

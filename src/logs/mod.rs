@@ -22,6 +22,23 @@ pub type LogSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
 /// longer line is split into events of this size, as the CloudWatch agent does.
 const MAX_LINE: usize = 256 << 10;
 
+/// A line as CloudWatch Logs shows it (and SageMaker matches `MetricDefinitions` against):
+/// every control character as `#` and its three octal digits, a tab as `#011`.
+pub(crate) fn cloudwatch_form(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.chars().any(|c| c.is_ascii_control()) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if c.is_ascii_control() {
+            out.push_str(&format!("#{:03o}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Streams a container's output line by line to its log file and the sink, until it exits.
 pub(crate) async fn follow(
     mut stream: OutputStream,
@@ -161,6 +178,13 @@ const POLL: Duration = Duration::from_millis(200);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_show_as_cloudwatch_shows_them() {
+        assert_eq!(cloudwatch_form("[0]#011train-rmse:0.5"), "[0]#011train-rmse:0.5");
+        assert_eq!(cloudwatch_form("[0]\ttrain-rmse:0.5\r"), "[0]#011train-rmse:0.5#015");
+        assert_eq!(cloudwatch_form("\u{1b}[31mred ü"), "#033[31mred ü");
+    }
     use std::io::Write;
 
     #[tokio::test]

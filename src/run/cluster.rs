@@ -200,13 +200,20 @@ impl<'a> Cluster<'a> {
         let job = self.job;
         Ok(match &self.network {
             Some(name) => name.clone(),
-            None if job.network_isolation && job.hosts.len() == 1 => "none".to_string(),
+            // Isolation is never "no network" even for one host: the container must resolve
+            // its own name (the toolkit waits for every host's) and have the `eth0` that
+            // resourceconfig.json names (NCCL and MPI bind to it). An internal network gives
+            // both, and no way out.
             // One host has no peers to resolve: Docker's default bridge gives it eth0 and the
             // outside world as an instance has, without the ~0.2 s of making and removing a
             // network (a third of a trivial job).
             // Unless the job gets a relay to this machine's loopback: then it needs a network
             // of its own, the only one the relay serves.
-            None if job.hosts.len() == 1 && !self.needs_relay() && self.docker.has_default_bridge().await => {
+            None if job.hosts.len() == 1
+                && !job.network_isolation
+                && !self.needs_relay()
+                && self.docker.has_default_bridge().await =>
+            {
                 "bridge".to_string()
             }
             None => {

@@ -13,8 +13,10 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Mutex;
 
-/// The first 1024 characters of `/opt/ml/output/failure` become `FailureReason`.
+/// `FailureReason` is at most 1024 characters (AWS's limit): `AlgorithmError: ` and the first
+/// characters of `/opt/ml/output/failure`.
 const FAILURE_REASON_CHARS: usize = 1024;
+const REPORTED: &str = "AlgorithmError: ";
 
 /// Ends the record as `ended` says; returns the failure when there was one.
 pub(super) async fn finish(record: &mut Record, job: &Job, ended: Ended, work: &Path) -> Option<Failure> {
@@ -34,13 +36,23 @@ pub(super) async fn finish(record: &mut Record, job: &Job, ended: Ended, work: &
                 Failure::new(FailureKind::AlgorithmExit, format!("AlgorithmError: {} failed ({e})", plan.name))
             });
             if job.hosts.len() > 1 && !failure.reason.contains(&plan.name) {
-                failure.reason = format!("{}: {}", plan.name, failure.reason);
+                failure.reason = name_host(&failure.reason, &plan.name);
             }
             record.fail(&failure);
             return Some(failure);
         }
     }
     None
+}
+
+/// `reason` with the failed host named after its kind (`AlgorithmError: algo-2: ...`), so it
+/// still starts as SageMaker's reasons do; never longer than AWS's 1024 characters.
+fn name_host(reason: &str, host: &str) -> String {
+    let named = match reason.split_once(": ") {
+        Some((kind, rest)) if kind.ends_with("Error") && !kind.contains(' ') => format!("{kind}: {host}: {rest}"),
+        _ => format!("{host}: {reason}"),
+    };
+    named.chars().take(FAILURE_REASON_CHARS).collect()
 }
 
 /// Why a host that exited non-zero failed: out of memory first (the failure file of a killed
@@ -67,7 +79,8 @@ fn host_failure(tree: &HostTree, exit: Exit, plan: &HostPlan) -> Failure {
     let exited =
         format!("AlgorithmError: the training container on {host} exited with a non-zero exit code {}", exit.code);
     let why = match read_failure(tree) {
-        Ok(Some(text)) => return Failure::new(FailureKind::AlgorithmReported, text),
+        // As SageMaker reports an algorithm's own reason (users' code and the SDK test for it).
+        Ok(Some(text)) => return Failure::new(FailureKind::AlgorithmReported, format!("{REPORTED}{text}")),
         Ok(None) => "no /opt/ml/output/failure was written".to_string(),
         Err(TreeError::Link { target, .. }) => format!(
             "/opt/ml/output/failure is a symbolic link (to '{}'), which smlocal does not follow",
@@ -98,7 +111,7 @@ fn read_failure(tree: &HostTree) -> Result<Option<String>, TreeError> {
     read.map_err(|source| TreeError::Io { path: tree.output().path().join("failure"), source })?;
     let text = String::from_utf8_lossy(&bytes);
     let text = text.trim();
-    Ok((!text.is_empty()).then(|| text.chars().take(FAILURE_REASON_CHARS).collect()))
+    Ok((!text.is_empty()).then(|| text.chars().take(FAILURE_REASON_CHARS - REPORTED.len()).collect()))
 }
 
 /// `FinalMetricDataList`: the last value of every metric.
@@ -145,6 +158,14 @@ mod tests {
         std::fs::write(tree.output().path().join("failure"), "x".repeat(2000)).unwrap();
         let failure = host_failure(&tree, Exit { code: 1, oom_killed: false }, &plan());
         assert_eq!((failure.kind, failure.reason.len()), (FailureKind::AlgorithmReported, 1024));
+        assert!(failure.reason.starts_with("AlgorithmError: xxx"), "SageMaker's prefix: {}", &failure.reason[..20]);
+    }
+
+    #[test]
+    fn the_failed_host_is_named_after_the_kind_of_failure() {
+        assert_eq!(name_host("AlgorithmError: broken", "algo-2"), "AlgorithmError: algo-2: broken");
+        assert_eq!(name_host("it broke: badly", "algo-2"), "algo-2: it broke: badly");
+        assert_eq!(name_host(&format!("AlgorithmError: {}", "e".repeat(2000)), "algo-2").chars().count(), 1024);
     }
 
     #[test]
@@ -188,7 +209,7 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(output.join("failure")).unwrap().set_len(1 << 34).unwrap();
         let failure = host_failure(&tree, Exit { code: 1, oom_killed: false }, &plan());
         assert_eq!(failure.kind, FailureKind::AlgorithmReported);
-        assert!(failure.reason.starts_with("the reason"), "{:?}", &failure.reason[..40]);
+        assert!(failure.reason.starts_with("AlgorithmError: the reason"), "{:?}", &failure.reason[..40]);
         assert!(failure.reason.chars().count() <= 1024);
     }
 

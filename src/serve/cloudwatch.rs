@@ -208,7 +208,11 @@ pub(super) fn get_log_events(store: &StateDir, body: Value) -> ApiResult {
         .events(first, after)
         .map_err(read)?
         .into_iter()
-        .map(|e| json!({"timestamp": e.timestamp, "message": e.message, "ingestionTime": e.timestamp}))
+        // As CloudWatch stores a line: tabs and other control characters as `#011` etc.
+        .map(|e| {
+            let message = crate::logs::cloudwatch_form(&e.message);
+            json!({"timestamp": e.timestamp, "message": message, "ingestionTime": e.timestamp})
+        })
         .collect();
     Ok(json!({
         "events": page,

@@ -91,9 +91,30 @@ fn each_broken_image_is_caught_by_exactly_the_check_it_targets() {
     let sm = Smlocal::new();
     // Small caps keep the memory-hungry image cheap: 320 MiB for one host.
     let reserve = (memory_total() - (320 << 20)).to_string();
-    let no_eth0 = [
-        "only-if-missing",
-        "/sys/class/net/eth0",
+    // "The internet" for an image that downloads at run time: a container on Docker's default
+    // bridge, which a one-host job reaches and an isolated one (on its internal network) does
+    // not. (No traffic leaves the machine.) Checked by the one-host runs only: the two-hosts
+    // run has a network of its own, from which no other network is reachable.
+    let outside = format!("smlocal-check-outside-{}", unique());
+    let started = std::process::Command::new("docker")
+        .args(["run", "-d", "--rm", "--name", &outside, "--label", "smlocal.test=true", "--entrypoint", PROBE])
+        .args([PROBE_IMAGE, "listen-forever", "8000"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let _stop = Stop(outside.clone());
+    let ip = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &outside])
+        .output()
+        .unwrap();
+    let ip = String::from_utf8_lossy(&ip.stdout).trim().to_string();
+    assert!(!ip.is_empty(), "the outside container has no address on the default bridge");
+    let offline: Vec<&str> = vec![
+        "only-if-hosts",
+        "1",
+        "only-if-unreachable",
+        &ip,
+        "8000",
         "write",
         "/opt/ml/output/failure",
         "network unreachable",
@@ -111,7 +132,7 @@ fn each_broken_image_is_caught_by_exactly_the_check_it_targets() {
         ("filesystem", image("filesystem", &good(&["write", "/var/lib/state.txt", "x"], true, true, true))),
         ("sigterm", image("sigterm", &good(&[], true, false, true))),
         ("failure", image("failure", &good(&[], true, true, false))),
-        ("isolation", image("isolation", &good(&no_eth0, true, true, true))),
+        ("isolation", image("isolation", &good(&offline, true, true, true))),
         ("memory", image("memory", &good(&["alloc-share", "0.93"], true, true, true))),
         ("two-hosts", image("two-hosts", &good(&["hostname-in-hosts"], true, true, true))),
         ("pid1", {
@@ -185,4 +206,13 @@ fn only_runs_the_named_checks_and_refuses_unknown_ones() {
     let (code, text, _) = check(&sm, "smlocal/not-built:here", &[]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("is not on this machine"), "{text}");
+}
+
+/// Removes a container when dropped.
+struct Stop(String);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
 }

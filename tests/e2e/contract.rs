@@ -156,24 +156,32 @@ fn the_image_entrypoint_gets_train_and_container_arguments_replace_it() {
 #[test]
 fn containers_are_capped_by_the_instance_type_and_isolation_cuts_the_network() {
     let (sm, bucket) = with_data("caps");
-    let mut req = probe_request("caps-job", &bucket, &["echo", "ok"]);
+    // Isolated, one host still resolves its own name and has the eth0 resourceconfig.json names.
+    let steps = ["resolve", "algo-1", "only-if-missing", "/sys/class/net/eth0", "exit", "4", "all", "echo", "ok"];
+    let mut req = probe_request("caps-job", &bucket, &steps);
     req["ResourceConfig"]["InstanceType"] = json!("ml.t3.medium");
     req["EnableNetworkIsolation"] = json!(true);
     let run = sm.train(&req, &["--keep"]);
     assert_eq!(run.code, 0, "{run:?}");
     let (containers, _) = leftovers("caps-job");
     let inspect = std::process::Command::new("docker")
-        .args(["inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.HostConfig.NetworkMode}} {{.HostConfig.Privileged}} {{.Config.Hostname}}"])
+        .args(["inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.HostConfig.Privileged}} {{.Config.Hostname}} {{.HostConfig.NetworkMode}}"])
         .arg(containers.split_whitespace().next().expect("--keep leaves the container"))
+        .output()
+        .unwrap();
+    let inspected = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+    let (caps, network) = inspected.rsplit_once(' ').unwrap();
+    let internal = std::process::Command::new("docker")
+        .args(["network", "inspect", "--format", "{{.Internal}}", network])
         .output()
         .unwrap();
     remove_leftovers("caps-job");
     let cpus = std::thread::available_parallelism().unwrap().get().min(2);
     let four_gib = 4u64 << 30;
-    assert_eq!(
-        String::from_utf8_lossy(&inspect.stdout).trim(),
-        format!("{four_gib} {four_gib} {} none false algo-1", cpus * 1_000_000_000)
-    );
+    assert_eq!(caps, format!("{four_gib} {four_gib} {} false algo-1", cpus * 1_000_000_000));
+    assert!(network.starts_with("smlocal-caps-job"), "a network of the job's own: {network}");
+    assert_eq!(String::from_utf8_lossy(&internal.stdout).trim(), "true", "no way out of the job's network");
+    assert!(run.stdout.contains("resolved algo-1"), "{run:?}");
     assert!(run.stderr.contains("algo-1 is ml.t3.medium with"), "{run:?}");
 }
 

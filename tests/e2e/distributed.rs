@@ -199,7 +199,7 @@ fn the_first_failing_host_stops_the_others_and_is_named() {
     }
     let record = sm.describe("hostfail-job");
     assert_eq!(record["TrainingJobStatus"], "Failed");
-    assert_eq!(record["FailureReason"], "algo-2: broken on purpose");
+    assert_eq!(record["FailureReason"], "AlgorithmError: algo-2: broken on purpose");
     assert_eq!(leftovers("hostfail-job"), (String::new(), String::new()));
 }
 

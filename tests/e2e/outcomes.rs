@@ -18,9 +18,13 @@ fn bad_hyperparameters_fail_the_sample_with_its_failure_file_and_artifacts_are_s
     assert_eq!(record["TrainingJobStatus"], "Failed");
     assert_eq!(
         record["FailureReason"],
-        "ClientError: hyperparameter learning_rate='fast' is not valid; expected a positive number such as 0.05"
+        "AlgorithmError: ClientError: hyperparameter learning_rate='fast' is not valid; expected a positive number such as 0.05",
+        "the failure file, as SageMaker reports an algorithm's own reason"
     );
-    assert!(run.stderr.contains("FailureReason: ClientError: hyperparameter learning_rate='fast'"), "{run:?}");
+    assert!(
+        run.stderr.contains("FailureReason: AlgorithmError: ClientError: hyperparameter learning_rate='fast'"),
+        "{run:?}"
+    );
     assert!(bucket.get("output/failing-job/output/model.tar.gz").is_some());
     assert!(bucket.get("output/failing-job/output/output.tar.gz").is_some());
     assert_eq!(leftovers("failing-job"), (String::new(), String::new()));
@@ -37,7 +41,7 @@ fn a_non_zero_exit_without_failure_file_names_the_exit_code() {
 }
 
 #[test]
-fn the_failure_reason_keeps_the_first_1024_characters() {
+fn the_failure_reason_is_at_most_1024_characters() {
     let (sm, bucket) = with_data("long");
     // Entrypoint strings are at most 256 characters, so the probe appends 8 × 200.
     let chunk = "e".repeat(200);
@@ -48,7 +52,8 @@ fn the_failure_reason_keeps_the_first_1024_characters() {
     steps.extend(["exit", "2"]);
     let run = sm.train(&probe_request("long-job", &bucket, &steps), &[]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert_eq!(sm.describe("long-job")["FailureReason"].as_str().unwrap(), "e".repeat(1024));
+    let reason = sm.describe("long-job")["FailureReason"].as_str().unwrap().to_string();
+    assert_eq!(reason, format!("AlgorithmError: {}", "e".repeat(1024 - 16)));
 }
 
 #[test]

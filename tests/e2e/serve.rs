@@ -214,7 +214,8 @@ fn script_mode_fetches_the_submit_directory_only_when_credentials_are_passed() {
     let job = run.stderr.lines().find_map(|l| l.split_once("Creating training-job with name: ")).expect("job").1;
     let reason = sm.describe(job.trim())["FailureReason"].as_str().unwrap_or_default().to_string();
     assert!(
-        reason.starts_with("ClientError: cannot fetch") && reason.contains("Unable to locate credentials"),
+        reason.starts_with("AlgorithmError: ClientError: cannot fetch")
+            && reason.contains("Unable to locate credentials"),
         "{reason}"
     );
 }

@@ -277,3 +277,27 @@ fn a_server_that_dies_mid_staging_fails_the_job_at_once_and_one_that_is_dead_fai
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "failing took {:?}: {run:?}", started.elapsed());
     assert!(run.stderr.contains(&server.endpoint), "the message names the endpoint: {run:?}");
 }
+
+#[test]
+fn a_channel_that_names_one_object_gets_it_under_its_own_name() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("oneobj-{}", unique()));
+    bucket.put("code/sourcedir.tar.gz", b"the code");
+    bucket.put("train/data.csv", b"1,2\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("local.csv"), b"3,4\n").unwrap();
+    let steps = ["copy", "/opt/ml/input/data", "/opt/ml/model/seen"];
+    let mut request = probe_request("oneobj-job", &bucket, &steps);
+    let channel = |name: &str, uri: String| json!({"ChannelName": name, "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}});
+    request["InputDataConfig"] = json!([
+        channel("code", bucket.uri("code/sourcedir.tar.gz")),
+        channel("train", bucket.uri("train/data.csv")),
+        channel("local", format!("file://{}/local.csv", dir.path().display())),
+    ]);
+    let run = sm.train(&request, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let model = tar_entries(&bucket.get("output/oneobj-job/output/model.tar.gz").unwrap());
+    assert_eq!(file_entry(&model, "seen/code/sourcedir.tar.gz"), b"the code");
+    assert_eq!(file_entry(&model, "seen/train/data.csv"), b"1,2\n");
+    assert_eq!(file_entry(&model, "seen/local/local.csv"), b"3,4\n");
+}

@@ -22,6 +22,9 @@
 //!   only HOST            the following steps run on HOST only ...
 //!   only-if-exists PATH  the following steps run only if PATH exists ...
 //!   only-if-missing PATH ... or only if it does not ...
+//!   only-if-hosts N      ... or only if the job has N hosts ...
+//!   only-if-unreachable HOST PORT  ... or (narrowing) only if HOST:PORT does not answer ...
+//!   listen-forever PORT  accept TCP connections on PORT and close them, until killed
 //!   all                  ... until this step, after which every host runs them again
 //!   rm PATH              delete a file
 //!   rmtree PATH          delete a folder and everything in it
@@ -71,8 +74,19 @@ fn arity(step: &str) -> usize {
         "write" | "append" | "symlink" | "copy" => 2,
         "send" => 3,
         "train" | "env" | "args" | "may-fail" | "all" | "hostname-in-hosts" => 0,
+        "only-if-unreachable" => 2,
         _ => 1,
     }
+}
+
+/// Whether a TCP connection to HOST:PORT opens within 2 s.
+fn reachable(host: &str, port: u16) -> bool {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
 }
 
 fn current_host() -> String {
@@ -136,6 +150,23 @@ fn main() {
                 let exists = args.get(i + 1).is_some_and(|p| Path::new(p).exists());
                 active = exists == (step == "only-if-exists");
                 i += 2;
+                continue;
+            }
+            "only-if-hosts" => {
+                let hosts = fs::read_to_string("/opt/ml/input/config/resourceconfig.json")
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["hosts"].as_array().map(|h| h.len()));
+                active = hosts.is_some_and(|n| args.get(i + 1).and_then(|a| a.parse().ok()) == Some(n));
+                i += 2;
+                continue;
+            }
+            "only-if-unreachable" => {
+                // Narrows what is active (an `only HOST` before it still holds).
+                let port: u16 = args.get(i + 2).and_then(|p| p.parse().ok()).unwrap_or(0);
+                let reachable = args.get(i + 1).is_some_and(|h| reachable(h, port));
+                active = active && !reachable;
+                i += 3;
                 continue;
             }
             "all" => {
@@ -296,6 +327,13 @@ fn main() {
                     std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line)?;
                     println!("probe: got {}", line.trim_end());
                     Ok(())
+                })
+            }
+            "listen-forever" => {
+                let port: u16 = take(1, &mut i)[0].parse().unwrap_or(0);
+                std::net::TcpListener::bind(("0.0.0.0", port)).map(|l| {
+                    println!("probe: listening on {port}");
+                    l.incoming().for_each(drop)
                 })
             }
             "send" => {
