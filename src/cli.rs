@@ -382,14 +382,28 @@ fn print_plan(job: &Job) {
         } else {
             String::new()
         };
+        let cpus = h.limits.nano_cpus / 1_000_000_000;
+        let cores = match &h.cpuset {
+            Some(cores) => format!(" (core {})", smlocal_cpu_list(cores)),
+            None if i64::from(h.instance.vcpu) > cpus => {
+                format!(
+                    " (of its {} vCPU: this machine has {cpus} cores, the container sees them all)",
+                    h.instance.vcpu
+                )
+            }
+            None => String::new(),
+        };
         eprintln!(
-            "smlocal: {} is {} with {} vCPU and {} memory{derived}{capped}",
+            "smlocal: {} is {} with {cpus} vCPU{cores} and {} memory{derived}{capped}",
             h.name,
             h.instance.instance_type,
-            h.limits.nano_cpus / 1_000_000_000,
             human_bytes(h.limits.memory_bytes)
         );
     }
+}
+
+fn smlocal_cpu_list(cores: &[u32]) -> String {
+    cores.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// How the job ended and where its results and record are.

@@ -94,6 +94,8 @@ pub struct ContainerSpec {
     pub labels: HashMap<String, String>,
     pub memory_bytes: i64,
     pub nano_cpus: i64,
+    /// The cores it may run on (`0,1`), or all.
+    pub cpuset: Option<String>,
     /// A network name, or `none`.
     pub network: String,
     /// Processes and threads the container may have at once (a fork bomb stops there).
@@ -229,6 +231,7 @@ impl Docker {
             // Equal to memory: the container gets no swap beyond its cap, as on an instance.
             memory_swap: Some(spec.memory_bytes),
             nano_cpus: Some(spec.nano_cpus),
+            cpuset_cpus: spec.cpuset.clone(),
             network_mode: Some(spec.network.clone()),
             privileged: Some(false),
             cap_drop: Some(DROPPED_CAPABILITIES.iter().map(|c| c.to_string()).collect()),

@@ -159,6 +159,9 @@ pub struct HostPlan {
     pub group: String,
     pub instance: InstanceSpec,
     pub limits: Limits,
+    /// The cores the container is pinned to, so `nproc`, `os.cpu_count()` and the toolkit's
+    /// `SM_NUM_CPUS` say the instance's vCPUs; None when it has all of this machine's.
+    pub cpuset: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -442,7 +445,8 @@ fn cluster(
         for _ in 0..count {
             let host = format!("algo-{}", hosts.len() + 1);
             group_hosts.push(host.clone());
-            hosts.push(HostPlan { name: host, group: name.clone(), instance: instance.clone(), limits });
+            let cpuset = resources::cpuset(hosts.len(), instance.vcpu, settings.host.cpus);
+            hosts.push(HostPlan { name: host, group: name.clone(), instance: instance.clone(), limits, cpuset });
         }
         plans.push(GroupPlan { name, instance_type, hosts: group_hosts });
     }

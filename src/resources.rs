@@ -131,6 +131,23 @@ pub(crate) fn limits(spec: &InstanceSpec, host: &Host, scale: f64) -> Limits {
     }
 }
 
+/// The cores host number `index` (from 0) is pinned to: `vcpu` of this machine's `cpus`,
+/// hosts spread over distinct cores while they fit, then around again. None when the
+/// instance has at least as many vCPUs as the machine has cores (it gets them all).
+pub(crate) fn cpuset(index: usize, vcpu: u32, cpus: u32) -> Option<Vec<u32>> {
+    if vcpu == 0 || vcpu >= cpus {
+        return None;
+    }
+    let start = (index as u64 * u64::from(vcpu)) % u64::from(cpus);
+    Some((0..u64::from(vcpu)).map(|k| ((start + k) % u64::from(cpus)) as u32).collect())
+}
+
+/// A cpuset as the kernel lists one (`0-1`, `3`, `0,2`), for Docker and for
+/// `/sys/devices/system/cpu/online`.
+pub(crate) fn cpu_list(cores: &[u32]) -> String {
+    cores.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
 /// Sizes as people read them: `15.6 GiB`, `512.0 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -181,6 +198,18 @@ mod tests {
         let c = instance("ml.c6i.large", &HOST).unwrap();
         assert_eq!((c.vcpu, c.memory_bytes), (2, 4 * GIB));
         assert!(matches!(instance("ml.p5.48xlarge", &HOST), Err(ResourceError::UnknownSizing(_))));
+    }
+
+    #[test]
+    fn hosts_get_distinct_cores_while_they_fit() {
+        assert_eq!(cpuset(0, 1, 2), Some(vec![0]));
+        assert_eq!(cpuset(1, 1, 2), Some(vec![1]));
+        assert_eq!(cpuset(2, 1, 2), Some(vec![0]), "around again");
+        assert_eq!(cpuset(1, 2, 8), Some(vec![2, 3]));
+        assert_eq!(cpuset(3, 3, 8), Some(vec![1, 2, 3]));
+        assert_eq!(cpuset(0, 2, 2), None, "the whole machine");
+        assert_eq!(cpuset(0, 4, 2), None);
+        assert_eq!(cpu_list(&[2, 3]), "2,3");
     }
 
     #[test]

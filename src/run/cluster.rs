@@ -304,6 +304,19 @@ impl<'a> Cluster<'a> {
         {
             binds.push(format!("{}:{}", tree.checkpoints().path().display(), c.local_path));
         }
+        // Pinned to the instance's vCPUs; the kernel's list of online CPUs is shown as that
+        // set too, since os.cpu_count() (the toolkit's SM_NUM_CPUS) counts it, not the cpuset.
+        let cpuset = host.cpuset.as_deref().map(crate::resources::cpu_list);
+        if let Some(list) = &cpuset {
+            let online = tree.root().with_extension("cpus-online");
+            match std::fs::write(&online, format!("{list}\n")) {
+                Ok(()) => binds.push(format!("{}:/sys/devices/system/cpu/online:ro", online.display())),
+                Err(e) => tracing::warn!(
+                    "cannot write {}: {e}; the container may count this machine's CPUs",
+                    online.display()
+                ),
+            }
+        }
         let mut labels = self.labels.clone();
         labels.insert("smlocal.host".to_string(), host.name.clone());
         ContainerSpec {
@@ -318,6 +331,7 @@ impl<'a> Cluster<'a> {
             labels,
             memory_bytes: host.limits.memory_bytes as i64,
             nano_cpus: host.limits.nano_cpus,
+            cpuset,
             network: network.to_string(),
             pids_limit: pids_limit(host.instance.vcpu),
         }

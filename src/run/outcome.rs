@@ -143,6 +143,7 @@ mod tests {
                 derived: false,
             },
             limits: Limits { memory_bytes: 256 << 20, nano_cpus: 2_000_000_000 },
+            cpuset: None,
         }
     }
 

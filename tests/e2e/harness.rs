@@ -38,6 +38,34 @@ pub(crate) fn images() {
     });
 }
 
+/// The framework image: SageMaker's training toolkit with scikit-learn and pandas.
+pub(crate) const TOOLKIT_IMAGE: &str = "smlocal/sklearn-toolkit:latest";
+
+/// Builds the framework image (mmdebstrap and wheels from PyPI; cached by name) once per
+/// process.
+pub(crate) fn toolkit_image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        images();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-toolkit-image.sh");
+        let status = Command::new("bash").arg(&script).status().expect("run build-toolkit-image.sh");
+        assert!(status.success(), "{} failed", script.display());
+    });
+}
+
+/// A `sourcedir.tar.gz` as the SageMaker SDK packs `entry_point` and `source_dir`.
+pub(crate) fn sourcedir(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (name, text) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, text.as_bytes()).expect("tar entry");
+    }
+    tar.into_inner().expect("tar").finish().expect("gzip")
+}
+
 /// Builds the script-mode image (Python and boto3, made by mmdebstrap) once per process.
 pub(crate) fn script_image() {
     static BUILT: OnceLock<()> = OnceLock::new();

@@ -14,4 +14,5 @@ mod s3_server;
 mod serve;
 mod staging;
 mod story;
+mod toolkit;
 mod validation;

@@ -1,0 +1,40 @@
+"""The SDK's SKLearn estimator through `smlocal serve`, with the toolkit image smlocal builds
+(sample-algorithms/build-toolkit-image.sh) as image_uri.
+
+    sdk_sklearn.py IMAGE S3_DATA_PREFIX S3_OUTPUT_PATH ISOLATED INSTANCES
+
+ISOLATED is 1 for enable_network_isolation=True (the SDK then ships the code as a channel).
+Prints what the SDK prints, then `model_data=<uri>`, `job_name=<name>` and, from
+TrainingJobAnalytics, `analytics=<json rows>`.
+"""
+import json
+import os
+import sys
+
+import boto3
+import sagemaker
+from sagemaker.analytics import TrainingJobAnalytics
+from sagemaker.sklearn import SKLearn
+
+image, data, output, isolated, instances = sys.argv[1:6]
+session = sagemaker.Session(boto_session=boto3.Session())
+estimator = SKLearn(
+    entry_point="train.py",
+    source_dir=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "toolkit"),
+    image_uri=image,
+    framework_version="1.2-1",
+    role="arn:aws:iam::123456789012:role/SageMakerRole",
+    instance_count=int(instances),
+    instance_type="ml.m5.large",
+    output_path=output,
+    sagemaker_session=session,
+    enable_network_isolation=isolated == "1",
+    metric_definitions=[{"Name": "train:rmse", "Regex": "#011train-rmse:([0-9.]+)"}],
+    base_job_name="sklearn",
+)
+estimator.fit({"train": f"{data}/train/"}, wait=True, logs=True)
+print(f"model_data={estimator.model_data}")
+name = estimator.latest_training_job.name
+print(f"job_name={name}")
+frame = TrainingJobAnalytics(name, metric_names=["train:rmse"], sagemaker_session=session).dataframe()
+print("analytics=" + frame.to_json(orient="records"))
