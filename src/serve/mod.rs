@@ -9,6 +9,7 @@ pub(crate) mod auth;
 pub(crate) mod queue;
 
 mod cloudwatch;
+mod monitoring;
 mod training;
 
 use crate::serve::auth::Signatures;
@@ -172,6 +173,30 @@ async fn handle(
         return respond(Err(refused));
     }
     let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
+    // Smithy RPC v2 CBOR (botocore's protocol for CloudWatch): the operation is in the path.
+    let cbor_operation = request
+        .uri()
+        .path()
+        .strip_prefix(&format!("/service/{}/operation/", monitoring::SERVICE))
+        .map(str::to_string)
+        .filter(|_| request.method() == hyper::Method::POST);
+    if let Some(operation) = cbor_operation {
+        let (parts, body) = request.into_parts();
+        let result = match read_body(body).await {
+            Err(e) => Err(e),
+            Ok(bytes) => match signatures.map_or(Ok(()), |s| s.check(&parts, &bytes)) {
+                Err(refused) => Err(refused),
+                Ok(()) => match monitoring::from_cbor(&bytes) {
+                    Ok(body) => dispatch(queue, &format!("{}.{operation}", monitoring::SERVICE), body).await,
+                    Err(e) => Err(e),
+                },
+            },
+        };
+        if let Err(e) = &result {
+            tracing::info!("CloudWatch.{operation}: {} {}", e.kind, e.message);
+        }
+        return respond_cbor(result);
+    }
     let result = match target {
         Some(target) => {
             let (parts, body) = request.into_parts();
@@ -274,10 +299,12 @@ async fn dispatch(queue: &Queue, target: &str, body: Value) -> ApiResult {
         "SageMaker.StopTrainingJob" => training::stop(queue, body),
         "Logs_20140328.DescribeLogStreams" => cloudwatch::describe_log_streams(queue.store(), body),
         "Logs_20140328.GetLogEvents" => cloudwatch::get_log_events(queue.store(), body),
+        "GraniteServiceVersion20100801.GetMetricStatistics" => monitoring::get_metric_statistics(queue.store(), body),
+        "GraniteServiceVersion20100801.ListMetrics" => monitoring::list_metrics(queue.store(), body),
         other => Err(ApiError::new(
             "UnknownOperationException",
             format!(
-                "smlocal serve does not implement {other}; it answers SageMaker.CreateTrainingJob, DescribeTrainingJob, ListTrainingJobs, StopTrainingJob and Logs_20140328.DescribeLogStreams, GetLogEvents"
+                "smlocal serve does not implement {other}; it answers SageMaker.CreateTrainingJob, DescribeTrainingJob, ListTrainingJobs, StopTrainingJob, Logs_20140328.DescribeLogStreams, GetLogEvents and CloudWatch's GetMetricStatistics, ListMetrics"
             ),
         )),
     }
@@ -293,6 +320,21 @@ fn respond(result: ApiResult) -> Response<Full<Bytes>> {
         .header("content-type", "application/x-amz-json-1.1")
         .header("x-amzn-requestid", request_id())
         .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// An answer in Smithy RPC v2 CBOR: the value, or `__type` and `message`.
+fn respond_cbor(result: ApiResult) -> Response<Full<Bytes>> {
+    let (status, body) = match result {
+        Ok(value) => (StatusCode::OK, value),
+        Err(e) => (e.status, json!({"__type": e.kind, "message": e.message})),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/cbor")
+        .header("smithy-protocol", "rpc-v2-cbor")
+        .header("x-amzn-requestid", request_id())
+        .body(Full::new(Bytes::from(monitoring::to_cbor(&body))))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 

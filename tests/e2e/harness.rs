@@ -527,6 +527,7 @@ pub(crate) fn python_with(sm: &Smlocal, server: &Server, script: &str, args: &[&
         .env("HOME", sm.home.path())
         .env("AWS_ENDPOINT_URL_SAGEMAKER", &server.url)
         .env("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", &server.url)
+        .env("AWS_ENDPOINT_URL_CLOUDWATCH", &server.url)
         .env("AWS_ENDPOINT_URL_S3", &s3().endpoint)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
