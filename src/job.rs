@@ -117,6 +117,8 @@ pub struct Job {
     pub network_isolation: bool,
     pub metric_definitions: Vec<spec::MetricDefinition>,
     pub checkpoint: Option<CheckpointPlan>,
+    /// `TensorBoardOutputConfig`: the folder synced while training, and where to.
+    pub tensorboard: Option<CheckpointPlan>,
     pub request: Request,
     /// One line per thing in the request that smlocal accepts but does not act on.
     pub notices: Vec<String>,
@@ -128,6 +130,9 @@ pub struct CheckpointPlan {
     pub uri: String,
     pub local_path: String,
 }
+
+/// SageMaker's default `TensorBoardOutputConfig.LocalPath`.
+pub(crate) const DEFAULT_TENSORBOARD_PATH: &str = "/opt/ml/output/tensorboard";
 
 /// SageMaker's default `CheckpointConfig.LocalPath`.
 pub(crate) const DEFAULT_CHECKPOINT_PATH: &str = "/opt/ml/checkpoints";
@@ -193,11 +198,10 @@ const IGNORED: &[(&str, &str)] = &[
     ("Tags", "kept in the record only"),
     ("EnableInterContainerTrafficEncryption", "no effect: traffic stays on this machine"),
     ("EnableManagedSpotTraining", "the job runs on demand; --interrupt-after DURATION replays a spot interruption"),
-    ("DebugHookConfig", "no effect on a workstation"),
+    ("DebugHookConfig", "written to /opt/ml/input/config/debughookconfig.json; nothing else acts on it"),
     ("DebugRuleConfigurations", "no effect on a workstation"),
-    ("TensorBoardOutputConfig", "no effect on a workstation"),
     ("ExperimentConfig", "no effect on a workstation"),
-    ("ProfilerConfig", "no effect on a workstation"),
+    ("ProfilerConfig", "written to /opt/ml/input/config/profilerconfig.json; nothing else acts on it"),
     ("ProfilerRuleConfigurations", "no effect on a workstation"),
     ("RetryStrategy", "no effect: smlocal does not retry jobs"),
     ("RemoteDebugConfig", "no effect on a workstation"),
@@ -302,6 +306,23 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         uri: c.s3_uri.clone(),
         local_path: c.local_path.clone().unwrap_or_else(|| DEFAULT_CHECKPOINT_PATH.into()),
     });
+    // SageMaker syncs the folder to `<S3OutputPath>/<job>/tensorboard-output/`.
+    let tensorboard = request.raw.get("TensorBoardOutputConfig").and_then(|t| {
+        let output = t.get("S3OutputPath")?.as_str()?.trim_end_matches('/');
+        let local = t.get("LocalPath").and_then(Value::as_str).unwrap_or(DEFAULT_TENSORBOARD_PATH);
+        Some(CheckpointPlan {
+            uri: format!("{output}/{}/tensorboard-output/", f.training_job_name),
+            local_path: local.trim_end_matches('/').to_string(),
+        })
+    });
+    if let Some(t) = &tensorboard
+        && (!t.local_path.starts_with('/') || t.local_path.split('/').any(|p| p == ".."))
+    {
+        errors.push(format!(
+            "Value '{}' at 'tensorBoardOutputConfig.localPath' failed to satisfy constraint: it must be an absolute path in the container, such as {DEFAULT_TENSORBOARD_PATH}",
+            t.local_path
+        ));
+    }
     if let Some(c) = &checkpoint
         && (!c.local_path.starts_with('/') || c.local_path.split('/').any(|p| p == ".."))
     {
@@ -344,6 +365,7 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         network_isolation: f.enable_network_isolation,
         metric_definitions: algo.metric_definitions.clone(),
         checkpoint,
+        tensorboard,
         notices,
         name,
         request,

@@ -97,9 +97,23 @@ impl HostTree {
         Beneath::new(&self.0, "checkpoints")
     }
 
-    /// The folders that exist before the container starts.
-    fn folders(&self) -> [PathBuf; 4] {
-        [self.0.join("input/config"), self.0.join("input/data"), self.model().path(), self.output_data().path()]
+    /// `output/tensorboard`: `TensorBoardOutputConfig`'s default LocalPath (bound elsewhere
+    /// when the request names another), synced while training.
+    pub(crate) fn tensorboard(&self) -> Beneath {
+        Beneath::new(&self.0, "output/tensorboard")
+    }
+
+    /// The folders that exist before the container starts, as SageMaker makes them.
+    fn folders(&self) -> [PathBuf; 7] {
+        [
+            self.0.join("input/config"),
+            self.0.join("input/data"),
+            self.model().path(),
+            self.output_data().path(),
+            self.0.join("output/profiler"),
+            self.0.join("output/metrics/sagemaker"),
+            self.0.join("output/tensors"),
+        ]
     }
 }
 
@@ -147,10 +161,22 @@ pub async fn stage(
         let input_config: serde_json::Map<String, Value> =
             job.channels.iter().filter(|c| serves(c, host)).map(|c| (c.name.clone(), input_data_config(c))).collect();
         write_json(&tree.config_file("inputdataconfig.json"), &Value::Object(input_config))?;
+        write_platform_files(job, &tree)?;
     }
     for channel in &job.channels {
         let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };
         let objects = resolve(storage, channel).await?;
+        // `<channel>-manifest`: the prefix, then every object of the channel (not the shard).
+        let mut manifest = format!("{}\n", channel.uri);
+        for o in &objects {
+            manifest.push_str(&o.uri);
+            manifest.push('\n');
+        }
+        for host in job.hosts.iter().filter(|h| serves(channel, h)) {
+            let data = HostTree::new(work, &host.name).root().join("input/data");
+            let path = data.join(format!("{}-manifest", channel.name));
+            std::fs::write(&path, &manifest).map_err(|source| StageError::Io { path, source })?;
+        }
         let receivers: Vec<&HostPlan> = job.hosts.iter().filter(|h| serves(channel, h)).collect();
         let shares: Vec<Vec<StagedObject>> = if channel.sharded {
             shard(objects.clone(), receivers.len(), channel.shuffle_seed)
@@ -194,6 +220,36 @@ pub async fn stage(
         }
     }
     Ok(mounts)
+}
+
+/// The other files SageMaker puts in `input/config` (DESIGN §14), each only when the request
+/// sets what it describes, and the folders the configs name.
+fn write_platform_files(job: &Job, tree: &HostTree) -> Result<(), StageError> {
+    let raw = &job.request.raw;
+    if let Some(c) = &job.checkpoint {
+        write_json(&tree.config_file("checkpointconfig.json"), &json!({"LocalPath": c.local_path, "S3Uri": c.uri}))?;
+        mkdir(&tree.checkpoints().path())?;
+    }
+    if let Some(t) = &job.tensorboard {
+        let output = raw.get("TensorBoardOutputConfig").and_then(|c| c.get("S3OutputPath")).cloned();
+        write_json(
+            &tree.config_file("tensorboardoutputconfig.json"),
+            &json!({"LocalPath": format!("{}/", t.local_path), "S3OutputPath": output}),
+        )?;
+        mkdir(&tree.tensorboard().path())?;
+    }
+    for (field, file) in [("DebugHookConfig", "debughookconfig.json"), ("ProfilerConfig", "profilerconfig.json")] {
+        if let Some(config) = raw.get(field) {
+            write_json(&tree.config_file(file), config)?;
+        }
+    }
+    let mut request = raw.clone();
+    request.insert("TrainingJobArn".into(), json!(job.arn));
+    write_json(&tree.config_file("trainingjobconfig.json"), &Value::Object(request))?;
+    let definitions: Vec<Value> =
+        job.metric_definitions.iter().map(|d| json!({"Name": d.name, "Regex": d.regex})).collect();
+    write_json(&tree.config_file("metric-definition-regex.json"), &json!(definitions))?;
+    Ok(())
 }
 
 /// Sizes and versions for every object, looking up those a manifest named.

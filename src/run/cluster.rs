@@ -304,6 +304,11 @@ impl<'a> Cluster<'a> {
         {
             binds.push(format!("{}:{}", tree.checkpoints().path().display(), c.local_path));
         }
+        if let Some(t) = &job.tensorboard
+            && t.local_path != crate::job::DEFAULT_TENSORBOARD_PATH
+        {
+            binds.push(format!("{}:{}", tree.tensorboard().path().display(), t.local_path));
+        }
         // Pinned to the instance's vCPUs; the kernel's list of online CPUs is shown as that
         // set too, since os.cpu_count() (the toolkit's SM_NUM_CPUS) counts it, not the cpuset.
         let cpuset = host.cpuset.as_deref().map(crate::resources::cpu_list);

@@ -162,7 +162,8 @@ pub(crate) async fn admit(job: &Job, services: &Services) -> Result<Record, RunE
         return Err(StateError::ResourceInUse { arn: job.arn.clone() }.into());
     }
     // Every location the job will touch, refused now rather than when the job reaches it.
-    for uri in job.channels.iter().map(|c| &c.uri).chain(job.checkpoint.as_ref().map(|c| &c.uri)) {
+    let synced = job.checkpoint.iter().chain(&job.tensorboard).map(|c| &c.uri);
+    for uri in job.channels.iter().map(|c| &c.uri).chain(synced) {
         services.storage.check(uri)?;
     }
     let model_uri = job.model_artifacts_uri();
@@ -284,6 +285,11 @@ impl Attempt<'_> {
                 let dirs = job.hosts.iter().map(|h| HostTree::new(work, &h.name).checkpoints()).collect();
                 Syncer::new(&self.services.storage, &c.uri, dirs)
             });
+            // TensorBoard's folder goes to its S3OutputPath the same way, while training and at the end.
+            let tensorboard = job.tensorboard.as_ref().map(|t| {
+                let dirs = job.hosts.iter().map(|h| HostTree::new(work, &h.name).tensorboard()).collect();
+                Syncer::new(&self.services.storage, &t.uri, dirs)
+            });
             let followers = match cluster.start(&mounts, work, state, &recorder).await {
                 Ok(followers) => followers,
                 Err(e @ RunError::CannotStart { .. }) => {
@@ -303,11 +309,15 @@ impl Attempt<'_> {
             note(state, record);
             // MaxRuntimeInSeconds counts from the first start, across restarts.
             let deadline = *deadline.get_or_insert_with(|| job.max_runtime.map(|d| tokio::time::Instant::now() + d));
-            let sync = syncer.map(|syncer| {
-                let stop = CancellationToken::new();
-                let task = tokio::spawn(sync_checkpoints(syncer, self.options.checkpoint_interval, stop.clone()));
-                (stop, task)
-            });
+            let syncs: Vec<_> = syncer
+                .into_iter()
+                .chain(tensorboard)
+                .map(|syncer| {
+                    let stop = CancellationToken::new();
+                    let task = tokio::spawn(sync_checkpoints(syncer, self.options.checkpoint_interval, stop.clone()));
+                    (stop, task)
+                })
+                .collect();
             let interrupt = (attempt == 1)
                 .then_some(self.options.interrupt_after)
                 .flatten()
@@ -318,10 +328,10 @@ impl Attempt<'_> {
             for f in followers {
                 let _ = f.await;
             }
-            if let Some((stop, task)) = sync {
+            for (stop, task) in syncs {
                 stop.cancel();
                 if let Ok(Err(e)) = task.await {
-                    tracing::warn!("the last checkpoint sync failed: {e}");
+                    tracing::warn!("the last sync of a synced folder (checkpoints, TensorBoard) failed: {e}");
                 }
             }
             let (ended, sigkilled) = supervised?;

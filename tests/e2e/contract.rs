@@ -203,3 +203,40 @@ fn a_relayed_job_has_a_network_of_its_own_so_no_other_container_shares_its_relay
     let prefix: String = bridge.split('.').take(2).collect::<Vec<_>>().join(".") + ".";
     assert!(!relay_ip.starts_with(&prefix), "the relay {relay_ip} listens on the default bridge ({bridge})");
 }
+
+#[test]
+fn the_platforms_other_files_and_folders_are_there_when_the_request_sets_them() {
+    let (sm, bucket) = with_data("platform");
+    bucket.put("train/b.csv", b"2\n");
+    let mut steps = vec![];
+    for file in ["checkpointconfig.json", "debughookconfig.json", "profilerconfig.json", "trainingjobconfig.json"] {
+        steps.extend(["cat".to_string(), format!("/opt/ml/input/config/{file}")]);
+    }
+    steps.extend(["cat", "/opt/ml/input/data/train-manifest"].map(String::from));
+    for folder in ["output/data", "output/profiler", "output/metrics/sagemaker", "output/tensors", "checkpoints"] {
+        steps.extend(["only-if-missing", &format!("/opt/ml/{folder}"), "exit", "5", "all"].map(String::from));
+    }
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let mut request = probe_request("platform-job", &bucket, &steps);
+    request["CheckpointConfig"] = json!({"S3Uri": bucket.uri("ckpt")});
+    request["DebugHookConfig"] = json!({"S3OutputPath": bucket.uri("debug")});
+    request["ProfilerConfig"] = json!({"S3OutputPath": bucket.uri("profiler")});
+    let run = sm.train(&request, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = &run.stdout;
+    // (The probe cats the files back to back, as written: compact JSON, no final newline.)
+    assert!(out.contains(r#"{"LocalPath":"/opt/ml/checkpoints","S3Uri":"#), "{out}");
+    assert!(out.contains(&format!(r#"{{"S3OutputPath":"{}"}}"#, bucket.uri("debug"))), "{out}");
+    assert!(out.contains(&format!(r#"{{"S3OutputPath":"{}"}}"#, bucket.uri("profiler"))), "{out}");
+    assert!(
+        out.contains(r#""TrainingJobArn":"arn:aws:sagemaker:us-west-2:123456789012:training-job/platform-job""#),
+        "{out}"
+    );
+    let manifest = format!(
+        "{}\nalgo-1 | {}\nalgo-1 | {}\n",
+        bucket.uri("train/"),
+        bucket.uri("train/a.csv"),
+        bucket.uri("train/b.csv")
+    );
+    assert!(out.contains(&manifest), "the channel's manifest: its prefix, then its objects: {out}");
+}

@@ -136,3 +136,24 @@ fn the_sdks_sklearn_estimator_fits_through_the_server_isolated_and_not_and_its_a
         assert!(!rows.is_empty() && rows.iter().all(|r| r["metric_name"] == "train:rmse"), "{analytics}");
     }
 }
+
+#[test]
+fn checkpointconfig_json_is_resumed_from_and_tensorboard_files_are_synced() {
+    toolkit_image();
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("toolkit-ckpt-{}", unique()));
+    put_data(&bucket);
+    for (run_no, name) in ["toolkit-ckpt-1", "toolkit-ckpt-2"].iter().enumerate() {
+        bucket.put(&format!("{name}/source/sourcedir.tar.gz"), &sourcedir(&[("train.py", &script())]));
+        let mut request = isolated_request(name, &bucket, 1, &[]);
+        request["CheckpointConfig"] = json!({"S3Uri": bucket.uri("checkpoints/shared")});
+        request["TensorBoardOutputConfig"] = json!({"S3OutputPath": bucket.uri("tensorboard")});
+        let run = sm.train(&request, &[]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let expected = if run_no == 0 { "no checkpoint: starting fresh" } else { "resumed after 1 rounds" };
+        assert!(run.stdout.contains(expected), "{run:?}");
+        let events = bucket.get(&format!("tensorboard/{name}/tensorboard-output/events.out.tfevents.smlocal"));
+        assert!(events.is_some_and(|e| e.starts_with(b"rmse ")), "TensorBoard's folder reached its S3OutputPath");
+    }
+    assert_eq!(bucket.get("checkpoints/shared/rounds.txt").as_deref(), Some(&b"2"[..]));
+}

@@ -28,6 +28,30 @@ def main():
     }
     print("seen: " + json.dumps(seen, sort_keys=True))
     joblib.dump(model, os.path.join(os.environ["SM_MODEL_DIR"], "model.joblib"))
+    checkpoints()
+    tensorboard(rmse)
+
+
+def checkpoints():
+    """Resumes as the XGBoost and scikit-learn containers do: from checkpointconfig.json."""
+    config = "/opt/ml/input/config/checkpointconfig.json"
+    if not os.path.exists(config):
+        return
+    local = json.load(open(config))["LocalPath"]
+    state = os.path.join(local, "rounds.txt")
+    rounds = int(open(state).read()) if os.path.exists(state) else 0
+    print(f"resumed after {rounds} rounds" if rounds else "no checkpoint: starting fresh")
+    with open(state, "w") as f:
+        f.write(str(rounds + 1))
+
+
+def tensorboard(rmse):
+    config = "/opt/ml/input/config/tensorboardoutputconfig.json"
+    if not os.path.exists(config):
+        return
+    local = json.load(open(config))["LocalPath"]
+    with open(os.path.join(local, "events.out.tfevents.smlocal"), "w") as f:
+        f.write(f"rmse {rmse}\n")
 
 
 if __name__ == "__main__":
