@@ -487,6 +487,8 @@ async fn fetch_all(
             let dest = folder.join(&o.relative);
             async move {
                 let n = storage.download(&o.uri, &dest).await?;
+                // A file:// listing carries sizes only as the copy learns them: count both.
+                progress.total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 progress.fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 Ok::<u64, StorageError>(n)
             }

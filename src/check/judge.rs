@@ -149,7 +149,7 @@ pub(super) fn sigterm(outcome: &Result<JobOutcome, LabError>, grace: Duration) -
                 result(
                     Verdict::Fail,
                     format!("still running {} s after SIGTERM; it was SIGKILLed", grace.as_secs()),
-                    "handle SIGTERM: save what you can and exit (and run the process as PID 1 with an exec-form ENTRYPOINT)",
+                    "handle SIGTERM: save what you can and exit (and run the process as PID 1 with an exec-form ENTRYPOINT). Images whose entry point is SageMaker's training toolkit are SIGKILLed on SageMaker too: the toolkit does not forward SIGTERM to the user's script",
                 )
             }
         }

@@ -11,7 +11,7 @@ use crate::spec::{self, SpecError};
 use crate::state::StateDir;
 use crate::state::record::{Record, Secondary, Status};
 use crate::storage::Storage;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -264,7 +264,7 @@ impl<'a> Lab<'a> {
         let invalid = self.options.invalid_hyperparameters.clone();
         let how = if invalid.is_some() { "with the invalid hyperparameters" } else { "with no input channels" };
         let edit = |r: &mut Value| match invalid {
-            Some(hp) => r["HyperParameters"] = Value::Object(hp),
+            Some(hp) => merge_hyperparameters(r, hp),
             None => {
                 if let Some(o) = r.as_object_mut() {
                     o.remove("InputDataConfig");
@@ -328,4 +328,31 @@ fn tar_files(archive: &Path) -> Vec<String> {
         .filter(|e| !e.header().entry_type().is_dir())
         .filter_map(|e| e.path().ok().map(|p| p.display().to_string()))
         .collect()
+}
+
+/// `--invalid-hyperparameters` merged into the request's own, so only what the user named is
+/// invalid and everything else the image needs is still there.
+fn merge_hyperparameters(request: &mut Value, invalid: Map<String, Value>) {
+    if !request["HyperParameters"].is_object() {
+        request["HyperParameters"] = json!({});
+    }
+    if let Some(own) = request["HyperParameters"].as_object_mut() {
+        own.extend(invalid);
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    #[test]
+    fn invalid_hyperparameters_are_merged_into_the_requests_own() {
+        let mut request = json!({"HyperParameters": {"epochs": "3", "learning_rate": "0.1"}});
+        let invalid = json!({"learning_rate": "fast"}).as_object().cloned().unwrap();
+        merge_hyperparameters(&mut request, invalid.clone());
+        assert_eq!(request["HyperParameters"], json!({"epochs": "3", "learning_rate": "fast"}));
+        let mut bare = json!({});
+        merge_hyperparameters(&mut bare, invalid);
+        assert_eq!(bare["HyperParameters"], json!({"learning_rate": "fast"}));
+    }
 }

@@ -82,6 +82,8 @@ fn file_uris_work_and_the_algorithm_cannot_change_the_users_data() {
     let run = sm.train(&req, &[]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("algo-1 | kept"), "{run:?}");
+    assert!(run.stderr.contains("smlocal: downloaded 14 B of 14 B"), "file:// bytes are counted in the total: {run:?}");
+    assert!(!run.stderr.contains('\u{1b}'), "no colour codes when stderr is not a terminal: {run:?}");
     assert_eq!(std::fs::read(data.path().join("train/a.csv")).unwrap(), b"original\n");
     assert!(!data.path().join("train/new.csv").exists());
     let model = std::fs::read(out.path().join("results/local-job/output/model.tar.gz"))

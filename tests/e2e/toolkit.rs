@@ -131,6 +131,9 @@ fn the_sdks_sklearn_estimator_fits_through_the_server_isolated_and_not_and_its_a
         let key = model.splitn(4, '/').nth(3).unwrap();
         let entries = tar_entries(&bucket.get(key).unwrap_or_else(|| panic!("no model at {model}")));
         assert!(entries.iter().any(|(p, _)| p == "model.joblib"), "{run:?}");
+        if let Some(timing) = run.stdout.lines().find(|l| l.starts_with("fit_seconds=")) {
+            eprintln!("SDK SKLearn fit (isolated={isolated}): {timing}");
+        }
         let analytics = run.stdout.lines().find_map(|l| l.strip_prefix("analytics=")).expect("analytics").to_string();
         let rows: Vec<Value> = serde_json::from_str(&analytics).unwrap();
         assert!(!rows.is_empty() && rows.iter().all(|r| r["metric_name"] == "train:rmse"), "{analytics}");

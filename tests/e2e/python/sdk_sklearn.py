@@ -10,6 +10,7 @@ TrainingJobAnalytics, `analytics=<json rows>`.
 import json
 import os
 import sys
+import time
 
 import boto3
 import sagemaker
@@ -32,9 +33,14 @@ estimator = SKLearn(
     metric_definitions=[{"Name": "train:rmse", "Regex": "#011train-rmse:([0-9.]+)"}],
     base_job_name="sklearn",
 )
+started = time.time()
 estimator.fit({"train": f"{data}/train/"}, wait=True, logs=True)
+returned = time.time()
 print(f"model_data={estimator.model_data}")
 name = estimator.latest_training_job.name
 print(f"job_name={name}")
+job = session.sagemaker_client.describe_training_job(TrainingJobName=name)
+ended = job["TrainingEndTime"].timestamp()
+print(f"fit_seconds={returned - started:.1f} job_seconds={ended - job['CreationTime'].timestamp():.1f} returned_after_end={returned - ended:.1f}")
 frame = TrainingJobAnalytics(name, metric_names=["train:rmse"], sagemaker_session=session).dataframe()
 print("analytics=" + frame.to_json(orient="records"))
