@@ -130,7 +130,8 @@ fn instance_groups_get_their_own_channels_and_resource_config() {
         ])
     );
     assert!(names(&model, "algo-1/data/").is_empty(), "the driver group does not get the workers' channel");
-    assert_eq!(names(&model, "algo-3/data/"), ["train/a.csv"]);
+    // The channel and its manifest, as SageMaker gives a host each channel it receives.
+    assert_eq!(names(&model, "algo-3/data/"), ["train-manifest", "train/a.csv"]);
     let idc: Value = serde_json::from_slice(&file_entry(&model, "algo-1/config/inputdataconfig.json")).unwrap();
     assert_eq!(idc, json!({}));
 }
