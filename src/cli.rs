@@ -383,8 +383,8 @@ fn print_plan(job: &Job) {
             String::new()
         };
         let cpus = h.limits.nano_cpus / 1_000_000_000;
-        let cores = match &h.cpuset {
-            Some(cores) => format!(" (core {})", smlocal_cpu_list(cores)),
+        let cores = match h.cores() {
+            Some(cores) => format!(" (core {cores})"),
             None if i64::from(h.instance.vcpu) > cpus => {
                 format!(
                     " (of its {} vCPU: this machine has {cpus} cores, the container sees them all)",
@@ -400,10 +400,6 @@ fn print_plan(job: &Job) {
             human_bytes(h.limits.memory_bytes)
         );
     }
-}
-
-fn smlocal_cpu_list(cores: &[u32]) -> String {
-    cores.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// How the job ended and where its results and record are.

@@ -169,6 +169,13 @@ pub struct HostPlan {
     pub cpuset: Option<Vec<u32>>,
 }
 
+impl HostPlan {
+    /// The cores it is pinned to as the kernel lists them (`0,1`), or None for all.
+    pub fn cores(&self) -> Option<String> {
+        self.cpuset.as_deref().map(resources::cpu_list)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GroupPlan {
     pub name: String,

@@ -311,7 +311,7 @@ impl<'a> Cluster<'a> {
         }
         // Pinned to the instance's vCPUs; the kernel's list of online CPUs is shown as that
         // set too, since os.cpu_count() (the toolkit's SM_NUM_CPUS) counts it, not the cpuset.
-        let cpuset = host.cpuset.as_deref().map(crate::resources::cpu_list);
+        let cpuset = host.cores();
         if let Some(list) = &cpuset {
             let online = tree.root().with_extension("cpus-online");
             match std::fs::write(&online, format!("{list}\n")) {
