@@ -289,7 +289,7 @@ impl Cache {
             part,
             pin: pin_path,
             size: w.info.size,
-            remaining: AtomicU64::new(0),
+            remaining: AtomicU64::new(ranges_of(w.info.size).len() as u64),
             written: AtomicU64::new(0),
             committed: AtomicBool::new(false),
             _lock: lock,
@@ -382,13 +382,7 @@ struct Fetching {
 impl Fetching {
     /// The object's ranges: the whole of a small one, 16 MiB ranges of a large one.
     fn ranges(&self) -> Vec<Option<std::ops::Range<u64>>> {
-        let ranges: Vec<_> = if self.size >= RANGED_FROM {
-            (0..self.size).step_by(RANGE as usize).map(|start| Some(start..(start + RANGE).min(self.size))).collect()
-        } else {
-            vec![None]
-        };
-        self.remaining.store(ranges.len() as u64, Ordering::SeqCst);
-        ranges
+        ranges_of(self.size)
     }
 
     /// Downloads one range; the last one to finish commits the entry.
@@ -470,6 +464,15 @@ impl EntryLock {
     fn remove(self) {
         let _ = std::fs::remove_file(&self.path);
         drop(self.file);
+    }
+}
+
+/// The ranges an object of `size` is fetched in: all of it, or 16 MiB ranges from 32 MiB.
+fn ranges_of(size: u64) -> Vec<Option<std::ops::Range<u64>>> {
+    if size >= RANGED_FROM {
+        (0..size).step_by(RANGE as usize).map(|start| Some(start..(start + RANGE).min(size))).collect()
+    } else {
+        vec![None]
     }
 }
 

@@ -103,6 +103,12 @@ impl HostTree {
         Beneath::new(&self.0, "output/tensorboard")
     }
 
+    /// What is shown at `/sys/devices/system/cpu/online` when the host is pinned to some of
+    /// this machine's cores: beside the tree, never inside the container's folders.
+    pub(crate) fn cpus_online(&self) -> PathBuf {
+        self.0.with_extension("cpus-online")
+    }
+
     /// The folders that exist before the container starts, as SageMaker makes them.
     fn folders(&self) -> [PathBuf; 7] {
         [
@@ -162,6 +168,12 @@ pub async fn stage(
             job.channels.iter().filter(|c| serves(c, host)).map(|c| (c.name.clone(), input_data_config(c))).collect();
         write_json(&tree.config_file("inputdataconfig.json"), &Value::Object(input_config))?;
         write_platform_files(job, &tree)?;
+        // The kernel's list of online CPUs, as a pinned container must see it: os.cpu_count()
+        // (the toolkit's SM_NUM_CPUS) counts it, not the cpuset.
+        if let Some(cores) = host.cores() {
+            let path = tree.cpus_online();
+            std::fs::write(&path, format!("{cores}\n")).map_err(|source| StageError::Io { path, source })?;
+        }
     }
     for channel in &job.channels {
         let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };

@@ -309,18 +309,10 @@ impl<'a> Cluster<'a> {
         {
             binds.push(format!("{}:{}", tree.tensorboard().path().display(), t.local_path));
         }
-        // Pinned to the instance's vCPUs; the kernel's list of online CPUs is shown as that
-        // set too, since os.cpu_count() (the toolkit's SM_NUM_CPUS) counts it, not the cpuset.
+        // Pinned to the instance's vCPUs, the list of online CPUs (written by staging) to match.
         let cpuset = host.cores();
-        if let Some(list) = &cpuset {
-            let online = tree.root().with_extension("cpus-online");
-            match std::fs::write(&online, format!("{list}\n")) {
-                Ok(()) => binds.push(format!("{}:/sys/devices/system/cpu/online:ro", online.display())),
-                Err(e) => tracing::warn!(
-                    "cannot write {}: {e}; the container may count this machine's CPUs",
-                    online.display()
-                ),
-            }
+        if cpuset.is_some() {
+            binds.push(format!("{}:/sys/devices/system/cpu/online:ro", tree.cpus_online().display()));
         }
         let mut labels = self.labels.clone();
         labels.insert("smlocal.host".to_string(), host.name.clone());

@@ -170,52 +170,41 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     if let Err(refused) = same_machine(&request, listen) {
         tracing::warn!("refused a request: {}", refused.message);
-        return respond(Err(refused));
+        return Wire::Json.respond(Err(refused));
     }
-    let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
-    // Smithy RPC v2 CBOR (botocore's protocol for CloudWatch): the operation is in the path.
+    // AWS JSON names the operation in X-Amz-Target; Smithy RPC v2 CBOR (botocore's protocol
+    // for CloudWatch) in the path. Either way the request is read, its signature checked, and
+    // the answer sent in the protocol it came in.
     let cbor_operation = request
         .uri()
         .path()
         .strip_prefix(&format!("/service/{}/operation/", monitoring::SERVICE))
-        .map(str::to_string)
-        .filter(|_| request.method() == hyper::Method::POST);
-    if let Some(operation) = cbor_operation {
-        let (parts, body) = request.into_parts();
-        let result = match read_body(body).await {
-            Err(e) => Err(e),
-            Ok(bytes) => match signatures.map_or(Ok(()), |s| s.check(&parts, &bytes)) {
-                Err(refused) => Err(refused),
-                Ok(()) => match monitoring::from_cbor(&bytes) {
-                    Ok(body) => dispatch(queue, &format!("{}.{operation}", monitoring::SERVICE), body).await,
-                    Err(e) => Err(e),
-                },
-            },
-        };
-        if let Err(e) = &result {
-            tracing::info!("CloudWatch.{operation}: {} {}", e.kind, e.message);
-        }
-        return respond_cbor(result);
-    }
-    let result = match target {
-        Some(target) => {
+        .filter(|_| request.method() == hyper::Method::POST)
+        .map(|op| format!("{}.{op}", monitoring::SERVICE));
+    let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (operation, wire) = match (cbor_operation, target) {
+        (Some(op), _) => (Some(op), Wire::Cbor),
+        (None, target) => (target, Wire::Json),
+    };
+    let result = match operation {
+        Some(operation) => {
             let (parts, body) = request.into_parts();
             let body = read_body(body).await;
             let signed = match (&body, signatures) {
                 (Ok(bytes), Some(signatures)) => signatures.check(&parts, bytes),
                 _ => Ok(()),
             };
-            let result = match (body.and_then(|b| parse_body(&b)), signed) {
+            let result = match (body.and_then(|b| wire.decode(&b)), signed) {
                 (_, Err(refused)) => {
                     tracing::warn!("refused a request: {}", refused.message);
                     Err(refused)
                 }
-                (Ok(body), Ok(())) => dispatch(queue, &target, body).await,
+                (Ok(body), Ok(())) => dispatch(queue, &operation, body).await,
                 (Err(e), Ok(())) => Err(e),
             };
             match &result {
-                Err(e) => tracing::info!("{target}: {} {}", e.kind, e.message),
-                Ok(_) => tracing::debug!("{target}: ok"),
+                Err(e) => tracing::info!("{operation}: {} {}", e.kind, e.message),
+                Ok(_) => tracing::debug!("{operation}: ok"),
             }
             result
         }
@@ -228,7 +217,44 @@ async fn handle(
             "The request has no X-Amz-Target header; send AWS JSON 1.1 requests such as X-Amz-Target: SageMaker.DescribeTrainingJob",
         )),
     };
-    respond(result)
+    wire.respond(result)
+}
+
+/// The two protocols the server speaks.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    /// AWS JSON (1.1 for SageMaker and CloudWatch Logs, 1.0 for CloudWatch).
+    Json,
+    /// Smithy RPC v2 CBOR.
+    Cbor,
+}
+
+impl Wire {
+    fn decode(self, body: &[u8]) -> Result<Value, ApiError> {
+        match self {
+            Wire::Json => parse_body(body),
+            Wire::Cbor => monitoring::from_cbor(body),
+        }
+    }
+
+    /// The answer (the value, or `__type` and `message`) in this protocol.
+    fn respond(self, result: ApiResult) -> Response<Full<Bytes>> {
+        let (status, body) = match result {
+            Ok(value) => (StatusCode::OK, value),
+            Err(e) => (e.status, json!({"__type": e.kind, "message": e.message})),
+        };
+        let builder = Response::builder().status(status).header("x-amzn-requestid", request_id());
+        let response = match self {
+            Wire::Json => builder
+                .header("content-type", "application/x-amz-json-1.1")
+                .body(Full::new(Bytes::from(body.to_string()))),
+            Wire::Cbor => builder
+                .header("content-type", "application/cbor")
+                .header("smithy-protocol", "rpc-v2-cbor")
+                .body(Full::new(Bytes::from(monitoring::to_cbor(&body)))),
+        };
+        response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    }
 }
 
 /// Requests must come from this machine's own clients, not from a web page: a page cannot
@@ -308,34 +334,6 @@ async fn dispatch(queue: &Queue, target: &str, body: Value) -> ApiResult {
             ),
         )),
     }
-}
-
-fn respond(result: ApiResult) -> Response<Full<Bytes>> {
-    let (status, body) = match result {
-        Ok(value) => (StatusCode::OK, value),
-        Err(e) => (e.status, json!({"__type": e.kind, "message": e.message})),
-    };
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amzn-requestid", request_id())
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
-}
-
-/// An answer in Smithy RPC v2 CBOR: the value, or `__type` and `message`.
-fn respond_cbor(result: ApiResult) -> Response<Full<Bytes>> {
-    let (status, body) = match result {
-        Ok(value) => (StatusCode::OK, value),
-        Err(e) => (e.status, json!({"__type": e.kind, "message": e.message})),
-    };
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/cbor")
-        .header("smithy-protocol", "rpc-v2-cbor")
-        .header("x-amzn-requestid", request_id())
-        .body(Full::new(Bytes::from(monitoring::to_cbor(&body))))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
 /// A request ID for `x-amzn-RequestId`: the start time and a count, unique per server.

@@ -5,7 +5,7 @@
 use crate::harness::*;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn a_warm_rerun_downloads_nothing_and_a_changed_object_is_fetched_again() {
@@ -178,6 +178,28 @@ fn gets_under(bucket: &Bucket, prefix: &str) -> (u64, u64) {
     (counts.iter().copied().max().unwrap_or(0), counts.iter().sum())
 }
 
+/// Starts one `smlocal train` per request at once (with `env`), and asserts every one completed.
+fn train_at_once(sm: &Smlocal, requests: Vec<serde_json::Value>, env: &[(&str, &str)]) {
+    let runs: Vec<_> = requests
+        .iter()
+        .map(|request| {
+            let child = sm
+                .command()
+                .args(["train", &request_file(sm, request)])
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run smlocal");
+            (request["TrainingJobName"].clone(), child)
+        })
+        .collect();
+    for (job, child) in runs {
+        let run = Run::from(child.wait_with_output().expect("wait for smlocal"));
+        assert_eq!(run.code, 0, "{job}: {run:?}");
+    }
+}
+
 const COPY: [&str; 3] = ["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"];
 
 #[test]
@@ -209,24 +231,8 @@ fn eight_train_processes_share_a_cold_channel_and_fetch_each_object_at_most_twic
     let bucket = s3().bucket(&format!("procs-{}", unique()));
     let objects = small_objects(&bucket, "train/", 100);
     let name = format!("procs-{}", unique());
-    let runs: Vec<_> = (0..8)
-        .map(|i| {
-            let job = format!("{name}-{i}");
-            let file = request_file(&sm, &probe_request(&job, &bucket, &COPY));
-            let child = sm
-                .command()
-                .args(["train", &file])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            (job, child)
-        })
-        .collect();
-    for (job, child) in runs {
-        let run = Run::from(child.wait_with_output().unwrap());
-        assert_eq!(run.code, 0, "{job}: {run:?}");
-    }
+    let requests = (0..8).map(|i| probe_request(&format!("{name}-{i}"), &bucket, &COPY)).collect();
+    train_at_once(&sm, requests, &[]);
     let (most, total) = gets_under(&bucket, "train/");
     eprintln!("eight smlocal train processes: {total} GETs for 100 objects, at most {most} for one");
     assert!(most <= 2, "an object was fetched {most} times");
@@ -258,35 +264,21 @@ fn eviction_and_prune_never_take_an_object_from_a_job_that_is_staging_it() {
         })
     };
     // A 1-byte cache: every job's eviction tries to remove every other job's objects.
-    let runs: Vec<_> = (0..8)
+    let channel_of = |i: usize| i % 2;
+    let requests = (0..8)
         .map(|i| {
-            let job = format!("{name}-{i}");
-            let mut request = probe_request(&job, &bucket, &COPY);
-            let prefix = if i % 2 == 0 { "a/" } else { "b/" };
+            let mut request = probe_request(&format!("{name}-{i}"), &bucket, &COPY);
+            let prefix = ["a/", "b/"][channel_of(i)];
             request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = json!(bucket.uri(prefix));
-            let file = request_file(&sm, &request);
-            let child = sm
-                .command()
-                .args(["train", &file])
-                .env("SMLOCAL_CACHE_MAX", "1")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            (job, i % 2, child)
+            request
         })
         .collect();
-    let mut finished = Vec::new();
-    for (job, channel, child) in runs {
-        let run = Run::from(child.wait_with_output().unwrap());
-        assert_eq!(run.code, 0, "{job}: {run:?}");
-        finished.push((job, channel));
-    }
+    train_at_once(&sm, requests, &[("SMLOCAL_CACHE_MAX", "1")]);
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let prunes = pruner.join().unwrap();
     assert!(prunes > 0, "the pruner never ran");
-    for (job, channel) in finished {
-        assert_saw_all(&bucket, &job, &channels[channel]);
+    for i in 0..8 {
+        assert_saw_all(&bucket, &format!("{name}-{i}"), &channels[channel_of(i)]);
     }
 }
 
@@ -308,11 +300,7 @@ fn a_fetcher_killed_mid_download_blocks_no_one_and_leaves_nothing() {
     let partials = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while partials().is_empty() {
-        assert!(Instant::now() < deadline, "the first job never started its download");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("the first job's download", Duration::from_secs(30), || !partials().is_empty());
     // Frozen mid-download, then killed: its lock and its partial file are all it leaves.
     server.pause();
     first.kill().unwrap();

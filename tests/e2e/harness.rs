@@ -32,10 +32,15 @@ pub(crate) fn images() {
             ),
             Err(e) => panic!("these tests need Docker and the docker CLI is missing: {e}"),
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-images.sh");
-        let status = Command::new("bash").arg(&script).status().expect("run build-images.sh");
-        assert!(status.success(), "{} failed", script.display());
+        build("build-images.sh");
     });
+}
+
+/// Runs one of `sample-algorithms`' image builds, failing the test loudly if it fails.
+fn build(script: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms").join(script);
+    let status = Command::new("bash").arg(&script).status().expect("run an image build");
+    assert!(status.success(), "{} failed", script.display());
 }
 
 /// The framework image: SageMaker's training toolkit with scikit-learn and pandas.
@@ -47,9 +52,7 @@ pub(crate) fn toolkit_image() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         images();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-toolkit-image.sh");
-        let status = Command::new("bash").arg(&script).status().expect("run build-toolkit-image.sh");
-        assert!(status.success(), "{} failed", script.display());
+        build("build-toolkit-image.sh");
     });
 }
 
@@ -71,9 +74,7 @@ pub(crate) fn script_image() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         images();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-algorithms/build-script-image.sh");
-        let status = Command::new("bash").arg(&script).status().expect("run build-script-image.sh");
-        assert!(status.success(), "{} failed", script.display());
+        build("build-script-image.sh");
     });
 }
 
@@ -570,4 +571,37 @@ pub(crate) fn wait_for(sm: &Smlocal, name: &str, what: &str, done: impl Fn(&Valu
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Polls `done` every few milliseconds until it holds; fails the test, saying `what` never
+/// happened, after `limit`.
+pub(crate) fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} never happened within {limit:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Starts `smlocal train` on `server` with a model archive big enough (24 MiB, incompressible)
+/// for a multipart upload, and returns it held mid-upload: the upload has begun and the
+/// server is paused. The model is what it returns beside the process.
+pub(crate) fn held_mid_upload(sm: &Smlocal, server: &S3Server, job: &str) -> (std::process::Child, Vec<u8>) {
+    let bucket = server.bucket(job);
+    let big = pseudo_random(24 << 20, 11);
+    bucket.put("train/big.bin", &big);
+    let request = probe_request(job, &bucket, &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"]);
+    let file = sm.home.path().join(format!("{job}.json"));
+    std::fs::write(&file, request.to_string()).expect("write request");
+    let child = sm
+        .command()
+        .env("AWS_ENDPOINT_URL", &server.endpoint)
+        .arg("train")
+        .arg(&file)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run smlocal");
+    wait_until("the model upload's start", Duration::from_secs(60), || !server.pending_uploads(job).is_empty());
+    server.pause();
+    (child, big)
 }

@@ -297,27 +297,9 @@ fn a_second_ctrl_c_sigkills_at_once_instead_of_waiting_out_the_grace() {
 fn ctrl_c_during_the_upload_lets_it_finish_and_exits_130() {
     let server = S3Server::start();
     let sm = Smlocal::new();
-    let bucket = server.bucket("ctrlc-upload");
-    let big = pseudo_random(24 << 20, 11);
-    bucket.put("train/big.bin", &big);
-    let request = probe_request("ctrlc-upload", &bucket, &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"]);
-    let file = sm.home.path().join("ctrlc-upload.json");
-    std::fs::write(&file, request.to_string()).unwrap();
-    let mut child = sm
-        .command()
-        .env("AWS_ENDPOINT_URL", &server.endpoint)
-        .arg("train")
-        .arg(&file)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.pending_uploads("ctrlc-upload").is_empty() {
-        assert!(Instant::now() < deadline, "the model upload never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
     // Held mid-upload while Ctrl-C arrives.
-    server.pause();
+    let (mut child, big) = held_mid_upload(&sm, &server, "ctrlc-upload");
+    let bucket = server.bucket("ctrlc-upload");
     assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     std::thread::sleep(Duration::from_millis(500));
     server.resume();

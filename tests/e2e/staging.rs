@@ -222,11 +222,9 @@ fn staging_against(sm: &Smlocal, server: &S3Server, job: &str) -> std::process::
         .spawn()
         .unwrap();
     let tmp = sm.home.path().join("cache/tmp");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::read_dir(&tmp).map(|mut d| d.next().is_none()).unwrap_or(true) {
-        assert!(std::time::Instant::now() < deadline, "the download never began");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_until("the download's start", std::time::Duration::from_secs(30), || {
+        std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some())
+    });
     child
 }
 

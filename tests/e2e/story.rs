@@ -336,32 +336,21 @@ fn a_runner_is_alive_only_while_it_holds_its_lock_not_because_its_pid_was_reused
 fn cleanup_aborts_the_multipart_upload_a_killed_run_left() {
     let server = S3Server::start();
     let sm = Smlocal::new();
-    let bucket = server.bucket("multipart");
-    // Incompressible, so the model archive is big enough for a multipart upload.
-    bucket.put("train/big.bin", &pseudo_random(24 << 20, 5));
+    // Killed mid-upload (the server held still so the upload cannot finish first).
+    let (mut run, _) = held_mid_upload(&sm, &server, "multipart-job");
+    let bucket = server.bucket("multipart-job");
     let with_server = |mut cmd: std::process::Command| {
         cmd.env("AWS_ENDPOINT_URL", &server.endpoint);
         cmd
     };
-    let request = probe_request("multipart-job", &bucket, &["copy", "/opt/ml/input/data/train", "/opt/ml/model/seen"]);
-    let file = sm.home.path().join("multipart.json");
-    std::fs::write(&file, request.to_string()).unwrap();
-    let mut run = with_server(sm.command()).arg("train").arg(&file).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.pending_uploads("multipart").is_empty() {
-        assert!(Instant::now() < deadline, "the model upload never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // Killed mid-upload (the server held still so the upload cannot finish first).
-    server.pause();
     run.kill().unwrap();
     run.wait().unwrap();
     server.resume();
-    assert_eq!(server.pending_uploads("multipart"), ["output/multipart-job/output/model.tar.gz"]);
+    assert_eq!(server.pending_uploads("multipart-job"), ["output/multipart-job/output/model.tar.gz"]);
 
     let cleaned = Run::from(with_server(sm.command()).arg("cleanup").output().unwrap());
     assert_eq!(cleaned.code, 0, "{cleaned:?}");
-    assert!(server.pending_uploads("multipart").is_empty(), "the unfinished upload is still billed: {cleaned:?}");
+    assert!(server.pending_uploads("multipart-job").is_empty(), "the unfinished upload is still billed: {cleaned:?}");
     assert_eq!(sm.describe("multipart-job")["TrainingJobStatus"], "Failed");
     assert!(bucket.get("output/multipart-job/output/model.tar.gz").is_none());
 }
