@@ -86,6 +86,22 @@ pub async fn clean_up(store: &StateDir, docker: &Docker, storage: &Storage) -> R
             Err(e) => cleaned.left.push(e.to_string()),
         }
     }
+    // Endpoint containers whose endpoint has no record any more (deleted while its
+    // containers were being removed, or a state directory restored without them). Those of
+    // live endpoints are left running: an endpoint outlives the process that deployed it.
+    let hosting = crate::hosting::store::HostingStore::new(store.root());
+    for (id, endpoint) in docker.containers_labelled(crate::hosting::ENDPOINT_LABEL, &home).await? {
+        let known = hosting
+            .load::<crate::hosting::store::EndpointRecord>(crate::hosting::store::Kind::Endpoint, &endpoint)
+            .is_ok_and(|r| r.is_some());
+        if known {
+            continue;
+        }
+        match docker.remove_container(&id).await {
+            Ok(()) => cleaned.containers += 1,
+            Err(e) => cleaned.left.push(e.to_string()),
+        }
+    }
     for mut r in store.list()? {
         // What `--keep` left (the hosts' folders of a finished job) goes with the job's
         // containers. The folders of a run that died, or that smlocal's own failure kept,

@@ -2,7 +2,9 @@
 //! says what was being attempted; a container that exits non-zero is an [`Exit`], not an
 //! error — a failed algorithm is a job outcome.
 
-use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
@@ -100,6 +102,9 @@ pub struct ContainerSpec {
     pub network: String,
     /// Processes and threads the container may have at once (a fork bomb stops there).
     pub pids_limit: i64,
+    /// A TCP port of the container to publish on 127.0.0.1, on a port the engine picks
+    /// (read it back with [`Docker::published_port`]).
+    pub publish: Option<u16>,
 }
 
 /// Capabilities Docker grants by default that a training container never needs: making
@@ -236,6 +241,12 @@ impl Docker {
             privileged: Some(false),
             cap_drop: Some(DROPPED_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
             pids_limit: Some(spec.pids_limit),
+            port_bindings: spec.publish.map(|port| {
+                HashMap::from([(
+                    format!("{port}/tcp"),
+                    Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
+                )])
+            }),
             ..Default::default()
         };
         // The default bridge takes no aliases; a single host needs none.
@@ -252,6 +263,7 @@ impl Docker {
             cmd: Some(spec.args.clone()),
             env: Some(spec.env.clone()),
             labels: Some(spec.labels.clone()),
+            exposed_ports: spec.publish.map(|port| vec![format!("{port}/tcp")]),
             host_config: Some(host_config),
             networking_config: networking,
             ..Default::default()
@@ -467,6 +479,142 @@ impl Docker {
         let sample = stats.next().await?.ok()?;
         let memory = sample.memory_stats?;
         memory.max_usage.or(memory.usage).filter(|m| *m > 0)
+    }
+}
+
+/// A container as the engine sees it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ContainerState {
+    Running,
+    /// Created or exited: it can be started again.
+    Stopped(Exit),
+    /// No such container.
+    Gone,
+}
+
+impl Docker {
+    /// The host port the engine published `port` of the container on.
+    pub(crate) async fn published_port(&self, id: &str, port: u16) -> Result<Option<u16>, DockerError> {
+        let inspected =
+            self.client.inspect_container(id, None).await.map_err(op(format!("inspect container {}", short(id))))?;
+        let ports = inspected.network_settings.and_then(|n| n.ports).unwrap_or_default();
+        Ok(ports
+            .get(&format!("{port}/tcp"))
+            .and_then(|b| b.as_ref())
+            .and_then(|bindings| bindings.iter().find_map(|b| b.host_port.as_deref()?.parse().ok())))
+    }
+
+    pub(crate) async fn state(&self, id: &str) -> Result<ContainerState, DockerError> {
+        let inspected = match self.client.inspect_container(id, None).await {
+            Ok(i) => i,
+            Err(e) if gone(&e) => return Ok(ContainerState::Gone),
+            Err(e) => return Err(op(format!("inspect container {}", short(id)))(e)),
+        };
+        let state = inspected.state.unwrap_or_default();
+        if state.running.unwrap_or(false) {
+            return Ok(ContainerState::Running);
+        }
+        Ok(ContainerState::Stopped(Exit {
+            code: state.exit_code.unwrap_or(-1),
+            oom_killed: state.oom_killed.unwrap_or(false),
+        }))
+    }
+
+    /// The image ID a name refers to now (`sha256:…`).
+    pub(crate) async fn image_id(&self, image: &str) -> Result<String, DockerError> {
+        match self.client.inspect_image(image).await {
+            Ok(i) => Ok(i.id.unwrap_or_default()),
+            Err(e) if gone(&e) => Err(DockerError::ImageMissing(image.into())),
+            Err(e) => Err(op(format!("inspect image '{image}'"))(e)),
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`, as `docker stop` does; a container that already
+    /// stopped or is gone is not an error.
+    pub(crate) async fn stop(&self, id: &str, grace: std::time::Duration) -> Result<(), DockerError> {
+        let options = bollard::query_parameters::StopContainerOptionsBuilder::new()
+            .t(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX))
+            .build();
+        match self.client.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
+            Err(e) => Err(op(format!("stop container {}", short(id)))(e)),
+        }
+    }
+
+    /// What the engine kept of the container's output since `since` (epoch seconds, 0 for
+    /// all), as lines with the engine's nanosecond time of each; at most the last `tail`
+    /// lines when given.
+    pub(crate) async fn logged_lines(
+        &self,
+        id: &str,
+        since: i64,
+        tail: Option<usize>,
+    ) -> Result<Vec<(i128, String)>, DockerError> {
+        let options = bollard::query_parameters::LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .since(i32::try_from(since).unwrap_or(0))
+            .tail(&tail.map_or("all".to_string(), |n| n.to_string()))
+            .build();
+        let mut stream = self.client.logs(id, Some(options));
+        let mut text = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(output) => text.extend_from_slice(&output.into_bytes()),
+                Err(e) if gone(&e) => break,
+                Err(e) => return Err(op(format!("read the logs of container {}", short(id)))(e)),
+            }
+        }
+        let text = String::from_utf8_lossy(&text);
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let (stamp, message) = line.split_once(' ').unwrap_or((line, ""));
+                let at = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+                Some((at.unix_timestamp_nanos(), message.to_string()))
+            })
+            .collect())
+    }
+
+    /// Containers of state directory `home` carrying every `label=value` given.
+    pub(crate) async fn containers_matching(
+        &self,
+        labels: &[(&str, &str)],
+        home: &str,
+    ) -> Result<Vec<String>, DockerError> {
+        let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        wanted.push(format!("{HOME_LABEL}={home}"));
+        let filters = HashMap::from([("label".to_string(), wanted)]);
+        Ok(self
+            .client
+            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
+            .await
+            .map_err(op("list containers"))?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect())
+    }
+
+    /// Containers carrying `label` (any value) of state directory `home`: `(id, label value)`.
+    pub(crate) async fn containers_labelled(
+        &self,
+        label: &str,
+        home: &str,
+    ) -> Result<Vec<(String, String)>, DockerError> {
+        let filters = HashMap::from([("label".to_string(), vec![label.to_string(), format!("{HOME_LABEL}={home}")])]);
+        Ok(self
+            .client
+            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
+            .await
+            .map_err(op("list containers"))?
+            .into_iter()
+            .filter_map(|c| {
+                let value = c.labels.as_ref()?.get(label)?.clone();
+                Some((c.id?, value))
+            })
+            .collect())
     }
 }
 

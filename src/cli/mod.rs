@@ -2,6 +2,8 @@
 //! their causes, and map outcomes to exit codes (0 Completed, 1 Failed or Stopped, 2 invalid
 //! request or smlocal error, 130 interrupted).
 
+mod hosting;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use smlocal::{
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "smlocal",
     version,
-    about = "Run SageMaker training jobs on this machine, in Docker, exactly as SageMaker runs them"
+    about = "Run SageMaker training jobs and endpoints on this machine, in Docker, exactly as SageMaker runs them"
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -37,9 +39,9 @@ enum Command {
     },
     /// List jobs, newest first, filtered as ListTrainingJobs filters.
     List(ListArgs),
-    /// Print a job's logs, each line prefixed by its host.
+    /// Print a job's logs, each line prefixed by its host (or an endpoint's, by its stream).
     Logs {
-        /// The TrainingJobName.
+        /// The TrainingJobName, or an EndpointName.
         name: String,
         /// Keep printing new lines until the job ends (works while another terminal runs it).
         #[arg(long, short)]
@@ -77,6 +79,20 @@ enum Command {
     /// grace, artifacts collected, status Stopped.
     Stop {
         /// The TrainingJobName.
+        name: String,
+    },
+    /// Deploy a model.tar.gz as an endpoint (CreateModel, CreateEndpointConfig and
+    /// CreateEndpoint in one): its containers run `IMAGE serve` and it is InService once
+    /// `GET /ping` answers. The endpoint keeps running after this command returns.
+    Deploy(hosting::DeployArgs),
+    /// Send one request to an endpoint, as InvokeEndpoint does, and print the answer.
+    Invoke(hosting::InvokeArgs),
+    /// List the endpoints (made here or through smlocal serve) and their status.
+    Endpoints,
+    /// Delete an endpoint: its containers get SIGTERM (SIGKILL after 30 s) and are removed;
+    /// the configuration and model `smlocal deploy` made under its name go too. Its logs stay.
+    DeleteEndpoint {
+        /// The EndpointName.
         name: String,
     },
 }
@@ -148,6 +164,10 @@ struct ServeArgs {
     /// `sagemaker_submit_directory`. Off by default: on SageMaker they come from the role.
     #[arg(long)]
     pass_aws_credentials: bool,
+    /// Seconds an endpoint's container may take to answer an invocation before the client
+    /// gets ModelError (SageMaker: 60).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    invocation_timeout: u64,
     /// A folder whose `file://` URIs requests may name (repeatable). Without it every
     /// `file://` URI is refused: a client (or a web page that reaches this port) could
     /// otherwise stage, and read back through the logs, any folder of this machine.
@@ -250,6 +270,10 @@ pub(crate) async fn main(cli: Cli) -> ExitCode {
         Command::Cache { action } => cache(action),
         Command::Stop { name } => stop(&name),
         Command::Serve(args) => serve(args).await,
+        Command::Deploy(args) => hosting::deploy(args).await,
+        Command::Invoke(args) => hosting::invoke(args).await,
+        Command::Endpoints => hosting::endpoints().await,
+        Command::DeleteEndpoint { name } => hosting::delete_endpoint(&name).await,
     };
     match result {
         Ok(code) => code,
@@ -590,10 +614,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
             "smlocal: warning: listening on {address}: anyone who can reach it can create jobs on this machine (add --require-signature)"
         );
     }
-    println!("smlocal: serving the SageMaker training API on {url}");
+    println!("smlocal: serving the SageMaker training and hosting APIs on {url}");
     std::io::stdout().flush()?;
     eprintln!(
-        "smlocal: jobs and logs are in {}; point clients here with\n  export AWS_ENDPOINT_URL_SAGEMAKER={url} AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={url}",
+        "smlocal: jobs, endpoints and logs are in {}; point clients here with\n  export AWS_ENDPOINT_URL_SAGEMAKER={url} AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={url} AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={url}",
         store.root().display()
     );
     if let Some(signatures) = &signatures {
@@ -609,11 +633,24 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
             }
         );
     }
+    let hosting_config = smlocal::HostingConfig {
+        invocation_timeout: Duration::from_secs(args.invocation_timeout.max(1)),
+        pass_credentials: args.pass_aws_credentials,
+        ..smlocal::HostingConfig::new(config.settings.clone())
+    };
+    let hosting = smlocal::Hosting::new(store.clone(), docker.clone(), storage.clone(), hosting_config);
+    // Endpoints a previous server left: in service again, or Failed with the reason.
+    tokio::spawn({
+        let hosting = hosting.clone();
+        async move { hosting.reconcile().await }
+    });
     let queue = Arc::new(Queue::new(Services { state: store, docker, storage }, config));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone(), config_hurry, Duration::from_secs(args.stop_grace)));
-    smlocal::serve(listener, queue.clone(), signatures, shutdown).await;
+    let api = Arc::new(smlocal::Api { queue: queue.clone(), hosting: hosting.clone() });
+    smlocal::serve(listener, api, signatures, shutdown).await;
     queue.shut_down().await;
+    hosting.shut_down().await;
     eprintln!("smlocal: server stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -665,7 +702,12 @@ fn list(args: ListArgs) -> Result<ExitCode> {
 
 async fn logs(name: &str, follow: bool, host: Option<&str>) -> Result<ExitCode> {
     let store = StateDir::from_env();
-    store.load(name)?;
+    match store.load(name) {
+        Ok(_) => {}
+        // Not a job: an endpoint's group, when there is one of that name.
+        Err(StateError::NotFound(_)) if host.is_none() => return hosting::endpoint_logs(name, follow).await,
+        Err(e) => return Err(e.into()),
+    }
     let logs_dir = store.logs_dir(name);
     if let Some(h) = host {
         let known = smlocal::log_hosts(&logs_dir);

@@ -331,6 +331,7 @@ impl<'a> Cluster<'a> {
             cpuset,
             network: network.to_string(),
             pids_limit: pids_limit(host.instance.vcpu),
+            publish: None,
         }
     }
 
@@ -418,7 +419,7 @@ impl Drop for Cluster<'_> {
 /// 4,096 tasks (processes and threads) per container, and 256 per vCPU on larger
 /// instances: data loaders, BLAS pools and MPI ranks fit, a fork bomb does not take the
 /// workstation.
-fn pids_limit(vcpu: u32) -> i64 {
+pub(crate) fn pids_limit(vcpu: u32) -> i64 {
     4096.max(256 * i64::from(vcpu))
 }
 

@@ -4,7 +4,7 @@
 //! artifacts, and keep the record current at every step ([`outcome`]). A failed or stopped
 //! job is a [`JobOutcome`]; `Err` means smlocal itself could not do its part.
 
-mod cluster;
+pub(crate) mod cluster;
 mod outcome;
 mod supervise;
 

@@ -1,11 +1,14 @@
-//! The two CloudWatch Logs calls that read a training job's logs, as SageMaker publishes them:
-//! group `/aws/sagemaker/TrainingJobs`, one stream per host named `<job>/<host>-<epoch>`
-//! (the job's creation time in seconds). Events are the host's log lines with the
+//! The two CloudWatch Logs calls that read a training job's or an endpoint's logs, as
+//! SageMaker publishes them: group `/aws/sagemaker/TrainingJobs`, one stream per host named
+//! `<job>/<host>-<epoch>` (the job's creation time in seconds); group
+//! `/aws/sagemaker/Endpoints/<name>`, one stream per instance, `<variant>/<instance-id>`. Events are the host's log lines with the
 //! millisecond each was printed ([`crate::logs::index`]). Tokens are line positions in the
 //! host's log, so they stay valid while the log grows: `f/N` reads forward from line N, `b/N`
 //! backward before it; a page costs one read however long the log is.
 
 use super::{ApiError, ApiResult};
+use crate::hosting::Hosting;
+use crate::hosting::logs::GROUP_PREFIX;
 use crate::logs;
 use crate::logs::index::Reader;
 use crate::state::record::Record;
@@ -42,13 +45,41 @@ fn number(body: &Value, field: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
-fn check_group(body: &Value) -> Result<(), ApiError> {
+/// The two kinds of log group.
+enum Group {
+    TrainingJobs,
+    Endpoint(String),
+}
+
+impl Group {
+    fn name(&self) -> String {
+        match self {
+            Group::TrainingJobs => LOG_GROUP.to_string(),
+            Group::Endpoint(name) => format!("{GROUP_PREFIX}{name}"),
+        }
+    }
+}
+
+fn check_group(body: &Value) -> Result<Group, ApiError> {
     let group = string(body, "logGroupName")?.or(string(body, "logGroupIdentifier")?);
     match group {
-        Some(LOG_GROUP) => Ok(()),
+        Some(LOG_GROUP) => Ok(Group::TrainingJobs),
+        Some(g) if g.starts_with(GROUP_PREFIX) => Ok(Group::Endpoint(g[GROUP_PREFIX.len()..].to_string())),
         Some(_) => Err(not_found("group")),
         None => Err(ApiError::new("InvalidParameterException", "logGroupName is required")),
     }
+}
+
+/// An endpoint's streams, brought up to date with what its containers printed.
+async fn endpoint_streams(hosting: &Hosting, endpoint: &str) -> Result<Vec<Stream>, ApiError> {
+    if let Ok(record) = hosting.endpoint(endpoint) {
+        crate::hosting::logs::sync_endpoint(hosting, &record).await;
+    }
+    let streams = hosting.store.log_streams(endpoint);
+    if streams.is_empty() && hosting.endpoint(endpoint).is_err() {
+        return Err(not_found("group"));
+    }
+    Ok(streams.into_iter().map(|(name, log)| Stream { name, log }).collect())
 }
 
 /// One stream: its name and the host log it reads.
@@ -80,27 +111,41 @@ fn unreadable(stream: &str, e: std::io::Error) -> ApiError {
     ApiError::internal(format!("cannot read the log of {stream}: {e}"))
 }
 
-pub(super) fn describe_log_streams(store: &StateDir, body: Value) -> ApiResult {
-    check_group(&body)?;
-    let prefix = string(&body, "logStreamNamePrefix")?.unwrap_or_default();
-    let descending = body.get("descending").and_then(Value::as_bool).unwrap_or(false);
-    let limit = number(&body, "limit")?.map_or(MAX_STREAMS, |l| l.clamp(1, MAX_STREAMS as i64) as usize);
-    let after = string(&body, "nextToken")?;
+pub(super) async fn describe_log_streams(store: &StateDir, hosting: &Hosting, body: Value) -> ApiResult {
+    let group = check_group(&body)?;
+    let all = match &group {
+        Group::Endpoint(endpoint) => endpoint_streams(hosting, endpoint).await?,
+        Group::TrainingJobs => training_streams(store, &body)?,
+    };
+    describe_streams(all, &group.name(), &body)
+}
+
+/// The training jobs' streams a DescribeLogStreams request may list.
+fn training_streams(store: &StateDir, body: &Value) -> Result<Vec<Stream>, ApiError> {
+    let prefix = string(body, "logStreamNamePrefix")?.unwrap_or_default();
     // `<job>/...` names one job: no need to read every record.
     let records: Vec<Record> = match prefix.split_once('/') {
         Some((job, _)) => store.load(job).into_iter().collect(),
         None => store.list()?,
     };
-    let mut streams: Vec<(Stream, Option<(i64, i64)>)> = records
-        .iter()
-        .flat_map(|r| streams_of(store, r))
+    Ok(records.iter().flat_map(|r| streams_of(store, r)).collect())
+}
+
+/// One page of a group's streams, filtered, ordered and paged as the request asks.
+fn describe_streams(all: Vec<Stream>, group_name: &str, body: &Value) -> ApiResult {
+    let prefix = string(body, "logStreamNamePrefix")?.unwrap_or_default();
+    let descending = body.get("descending").and_then(Value::as_bool).unwrap_or(false);
+    let limit = number(body, "limit")?.map_or(MAX_STREAMS, |l| l.clamp(1, MAX_STREAMS as i64) as usize);
+    let after = string(body, "nextToken")?;
+    let mut streams: Vec<(Stream, Option<(i64, i64)>)> = all
+        .into_iter()
         .filter(|s| s.name.starts_with(prefix))
         .map(|s| {
             let span = span(&s);
             (s, span)
         })
         .collect();
-    match string(&body, "orderBy")? {
+    match string(body, "orderBy")? {
         Some("LastEventTime") => streams.sort_by_key(|(s, span)| (span.map_or(0, |(_, last)| last), s.name.clone())),
         _ => streams.sort_by(|a, b| a.0.name.cmp(&b.0.name)),
     }
@@ -124,7 +169,7 @@ pub(super) fn describe_log_streams(store: &StateDir, body: Value) -> ApiResult {
             let mut v = json!({
                 "logStreamName": s.name,
                 "creationTime": span.map_or(0, |(first, _)| first),
-                "arn": format!("arn:aws:logs:::log-group:{LOG_GROUP}:log-stream:{}", s.name),
+                "arn": format!("arn:aws:logs:::log-group:{group_name}:log-stream:{}", s.name),
                 "storedBytes": 0,
             });
             if let Some((first, last)) = span {
@@ -170,17 +215,30 @@ fn parse_cursor(token: &str) -> Result<Cursor, ApiError> {
     }
 }
 
-pub(super) fn get_log_events(store: &StateDir, body: Value) -> ApiResult {
-    check_group(&body)?;
+pub(super) async fn get_log_events(store: &StateDir, hosting: &Hosting, body: Value) -> ApiResult {
+    let group = check_group(&body)?;
     let name = string(&body, "logStreamName")?
         .ok_or_else(|| ApiError::new("InvalidParameterException", "logStreamName is required"))?;
-    let stream = find_stream(store, name)?;
+    let stream = match &group {
+        Group::TrainingJobs => find_stream(store, name)?,
+        Group::Endpoint(endpoint) => endpoint_streams(hosting, endpoint)
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| not_found("stream"))?,
+    };
+    events_of(&stream, &body)
+}
+
+/// One page of a stream's events, as the request's times, direction and token ask.
+fn events_of(stream: &Stream, body: &Value) -> ApiResult {
+    let name = stream.name.as_str();
     let reader = Reader::open(&stream.log).map_err(|e| unreadable(name, e))?;
-    let start = number(&body, "startTime")?;
-    let end = number(&body, "endTime")?;
-    let limit = number(&body, "limit")?.map_or(MAX_EVENTS, |l| l.clamp(1, MAX_EVENTS as i64) as usize) as u64;
+    let start = number(body, "startTime")?;
+    let end = number(body, "endTime")?;
+    let limit = number(body, "limit")?.map_or(MAX_EVENTS, |l| l.clamp(1, MAX_EVENTS as i64) as usize) as u64;
     let from_head = body.get("startFromHead").and_then(Value::as_bool).unwrap_or(false);
-    let cursor = match string(&body, "nextToken")? {
+    let cursor = match string(body, "nextToken")? {
         Some(token) => parse_cursor(token)?,
         None if from_head => Cursor::Forward(0),
         None => Cursor::Backward(reader.len()),
@@ -225,6 +283,17 @@ pub(super) fn get_log_events(store: &StateDir, body: Value) -> ApiResult {
 mod tests {
     use super::*;
     use crate::logs::index::Writer;
+
+    fn get_log_events(store: &StateDir, body: Value) -> ApiResult {
+        check_group(&body)?;
+        let name = body["logStreamName"].as_str().unwrap_or_default().to_string();
+        events_of(&find_stream(store, &name)?, &body)
+    }
+
+    fn describe_log_streams(store: &StateDir, body: Value) -> ApiResult {
+        let group = check_group(&body)?;
+        describe_streams(training_streams(store, &body)?, &group.name(), &body)
+    }
 
     fn store_with_log(lines: usize) -> (tempfile::TempDir, StateDir, String) {
         let dir = tempfile::tempdir().unwrap();

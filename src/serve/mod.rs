@@ -1,7 +1,8 @@
-//! `smlocal serve`: the SageMaker training API and the CloudWatch Logs calls the SDK makes,
-//! on this machine, so boto3, the AWS CLI and the SageMaker Python SDK work unchanged against
-//! `http://127.0.0.1:PORT`. AWS JSON 1.1: `POST /`, the operation in `X-Amz-Target`, errors
-//! as HTTP 400 with `__type` and `message`. By default signatures are accepted without being
+//! `smlocal serve`: the SageMaker training and hosting APIs, the SageMaker runtime
+//! (InvokeEndpoint) and the CloudWatch calls the SDK makes, on this machine, so boto3, the AWS
+//! CLI and the SageMaker Python SDK work unchanged against `http://127.0.0.1:PORT`. AWS JSON
+//! 1.1: `POST /`, the operation in `X-Amz-Target`, errors as HTTP 400 with `__type` and
+//! `message`; the runtime is rest-json on `POST /endpoints/<name>/invocations`. By default signatures are accepted without being
 //! checked (the server answers this machine's loopback clients only, never a web page);
 //! `--require-signature` checks them (`auth.rs`), for a machine shared with other users.
 
@@ -9,9 +10,11 @@ pub(crate) mod auth;
 pub(crate) mod queue;
 
 mod cloudwatch;
+mod hosting;
 mod monitoring;
 mod training;
 
+use crate::hosting::Hosting;
 use crate::serve::auth::Signatures;
 use crate::serve::queue::Queue;
 use crate::spec::{AwsErrorKind, SpecError};
@@ -94,12 +97,25 @@ impl From<StateError> for ApiError {
 
 pub(crate) type ApiResult = Result<Value, ApiError>;
 
+/// A response body: whole, or streamed (the runtime's event stream).
+pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub(crate) fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// What the server answers for: training jobs and hosting, over one state directory.
+pub struct Api {
+    pub queue: Arc<Queue>,
+    pub hosting: Arc<Hosting>,
+}
+
 /// Serves the API on `listener` until `shutdown`, then lets every open connection finish
 /// the request it is serving (as mini-redis drains its connections) before returning.
 /// With `signatures`, every API request must be signed by one of its key pairs.
 pub async fn serve(
     listener: TcpListener,
-    queue: Arc<Queue>,
+    api: Arc<Api>,
     signatures: Option<Arc<Signatures>>,
     shutdown: CancellationToken,
 ) {
@@ -131,13 +147,13 @@ pub async fn serve(
                 continue;
             }
         };
-        let (queue, shutdown, signatures) = (queue.clone(), shutdown.clone(), signatures.clone());
+        let (api, shutdown, signatures) = (api.clone(), shutdown.clone(), signatures.clone());
         connections.spawn(async move {
             // Held while the connection lives.
             let _place = place;
             let service = hyper::service::service_fn(move |request| {
-                let (queue, signatures) = (queue.clone(), signatures.clone());
-                async move { Ok::<_, Infallible>(handle(&queue, listen, signatures.as_deref(), request).await) }
+                let (api, signatures) = (api.clone(), signatures.clone());
+                async move { Ok::<_, Infallible>(handle(&api, listen, signatures.as_deref(), request).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let connection = hyper::server::conn::http1::Builder::new()
@@ -163,14 +179,25 @@ pub async fn serve(
 }
 
 async fn handle(
-    queue: &Queue,
+    api: &Api,
     listen: IpAddr,
     signatures: Option<&Signatures>,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     if let Err(refused) = same_machine(&request, listen) {
         tracing::warn!("refused a request: {}", refused.message);
         return Wire::Json.respond(Err(refused));
+    }
+    // The runtime (rest-json, signing name `sagemaker`) is told apart by its path.
+    if request.method() == hyper::Method::POST
+        && let Some((endpoint, stream)) = hosting::runtime_route(request.uri().path())
+    {
+        let (parts, body) = request.into_parts();
+        let check = |parts: &hyper::http::request::Parts, bytes: &Bytes| match signatures {
+            Some(signatures) => signatures.check(parts, bytes),
+            None => Ok(()),
+        };
+        return hosting::invoke(&api.hosting, endpoint, stream, parts, body, check).await;
     }
     // AWS JSON names the operation in X-Amz-Target; Smithy RPC v2 CBOR (botocore's protocol
     // for CloudWatch) in the path. Either way the request is read, its signature checked, and
@@ -199,7 +226,7 @@ async fn handle(
                     tracing::warn!("refused a request: {}", refused.message);
                     Err(refused)
                 }
-                (Ok(body), Ok(())) => dispatch(queue, &operation, body).await,
+                (Ok(body), Ok(())) => dispatch(api, &operation, body).await,
                 (Err(e), Ok(())) => Err(e),
             };
             match &result {
@@ -238,22 +265,22 @@ impl Wire {
     }
 
     /// The answer (the value, or `__type` and `message`) in this protocol.
-    fn respond(self, result: ApiResult) -> Response<Full<Bytes>> {
+    fn respond(self, result: ApiResult) -> Response<Body> {
         let (status, body) = match result {
             Ok(value) => (StatusCode::OK, value),
             Err(e) => (e.status, json!({"__type": e.kind, "message": e.message})),
         };
         let builder = Response::builder().status(status).header("x-amzn-requestid", request_id());
         let response = match self {
-            Wire::Json => builder
-                .header("content-type", "application/x-amz-json-1.1")
-                .body(Full::new(Bytes::from(body.to_string()))),
+            Wire::Json => {
+                builder.header("content-type", "application/x-amz-json-1.1").body(full(Bytes::from(body.to_string())))
+            }
             Wire::Cbor => builder
                 .header("content-type", "application/cbor")
                 .header("smithy-protocol", "rpc-v2-cbor")
-                .body(Full::new(Bytes::from(monitoring::to_cbor(&body)))),
+                .body(full(Bytes::from(monitoring::to_cbor(&body)))),
         };
-        response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        response.unwrap_or_else(|_| Response::new(full(Bytes::new())))
     }
 }
 
@@ -317,20 +344,25 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
-async fn dispatch(queue: &Queue, target: &str, body: Value) -> ApiResult {
+async fn dispatch(api: &Api, target: &str, body: Value) -> ApiResult {
+    let queue = &api.queue;
+    let body = match hosting::dispatch(&api.hosting, target, body).await {
+        Ok(answer) => return answer,
+        Err(body) => body,
+    };
     match target {
         "SageMaker.CreateTrainingJob" => training::create(queue, body).await,
         "SageMaker.DescribeTrainingJob" => training::describe(queue, body),
         "SageMaker.ListTrainingJobs" => training::list(queue, body),
         "SageMaker.StopTrainingJob" => training::stop(queue, body),
-        "Logs_20140328.DescribeLogStreams" => cloudwatch::describe_log_streams(queue.store(), body),
-        "Logs_20140328.GetLogEvents" => cloudwatch::get_log_events(queue.store(), body),
+        "Logs_20140328.DescribeLogStreams" => cloudwatch::describe_log_streams(queue.store(), &api.hosting, body).await,
+        "Logs_20140328.GetLogEvents" => cloudwatch::get_log_events(queue.store(), &api.hosting, body).await,
         "GraniteServiceVersion20100801.GetMetricStatistics" => monitoring::get_metric_statistics(queue.store(), body),
         "GraniteServiceVersion20100801.ListMetrics" => monitoring::list_metrics(queue.store(), body),
         other => Err(ApiError::new(
             "UnknownOperationException",
             format!(
-                "smlocal serve does not implement {other}; it answers SageMaker.CreateTrainingJob, DescribeTrainingJob, ListTrainingJobs, StopTrainingJob, Logs_20140328.DescribeLogStreams, GetLogEvents and CloudWatch's GetMetricStatistics, ListMetrics"
+                "smlocal serve does not implement {other}; it answers SageMaker.CreateTrainingJob, DescribeTrainingJob, ListTrainingJobs, StopTrainingJob, Create/Describe/List/Delete Model and EndpointConfig, Create/Describe/List/Update/Delete Endpoint, the runtime's InvokeEndpoint, Logs_20140328.DescribeLogStreams, GetLogEvents and CloudWatch's GetMetricStatistics, ListMetrics"
             ),
         )),
     }

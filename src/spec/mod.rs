@@ -19,6 +19,9 @@ pub enum AwsErrorKind {
     ResourceInUse,
     /// A resource the request names is not there (CloudWatch Logs' word for it).
     ResourceNotFound,
+    /// The request asks for more than this machine can give (an instance bigger than the
+    /// memory left beside the reserve).
+    ResourceLimitExceeded,
     /// smlocal's own trouble, not the request's.
     Internal,
 }
@@ -30,6 +33,7 @@ impl AwsErrorKind {
             AwsErrorKind::Validation => "ValidationException",
             AwsErrorKind::ResourceInUse => "ResourceInUse",
             AwsErrorKind::ResourceNotFound => "ResourceNotFoundException",
+            AwsErrorKind::ResourceLimitExceeded => "ResourceLimitExceeded",
             AwsErrorKind::Internal => "InternalFailure",
         }
     }

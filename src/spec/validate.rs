@@ -206,7 +206,8 @@ fn check_string(shape_name: &str, shape: &Value, s: &str, at: &Where, out: &mut 
 /// instance type `local` (the SageMaker SDK's name for "this machine").
 fn extension_allows(shape_name: &str, s: &str) -> bool {
     match shape_name {
-        "S3Uri" => s.starts_with("file://"),
+        // `Url` is ModelDataUrl's shape, `S3ModelUri` ModelDataSource's.
+        "S3Uri" | "Url" | "S3ModelUri" => s.starts_with("file://"),
         "TrainingInstanceType" => s == "local",
         _ => false,
     }

@@ -11,6 +11,12 @@
 //! - one metric line per epoch (`epoch=N train_mse=X`) for `MetricDefinitions`,
 //! - on bad input, a reason in `/opt/ml/output/failure` and a non-zero exit,
 //! - on SIGTERM, the model trained so far is saved and the process exits 0.
+//!
+//! Started with `serve` it follows the inference contract instead: it loads
+//! `/opt/ml/model/model.json`, listens on port 8080, answers `GET /ping` and predicts for
+//! `POST /invocations` (CSV rows of features, with or without the target column; or JSON
+//! `{"instances": [[...], ...]}`), one prediction per line (`text/csv`) or as JSON
+//! (`Accept: application/json`). A payload it cannot read is a 400 that says why.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -226,8 +232,11 @@ fn fail(root: &Path, reason: &str) -> ! {
 fn main() {
     let root = ml_root();
     let mode = std::env::args().nth(1).unwrap_or_default();
+    if mode == "serve" {
+        serve(&root);
+    }
     if mode != "train" {
-        fail(&root, &format!("ClientError: this image only trains; it was started with '{mode}' instead of 'train'"));
+        fail(&root, &format!("ClientError: this image trains and serves; it was started with '{mode}' instead of 'train' or 'serve'"));
     }
     unsafe {
         libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
@@ -360,4 +369,99 @@ fn main() {
         fail(&root, &format!("AlgorithmError: cannot write the model: {e}"));
     }
     println!("model written to {}", root.join("model/model.json").display());
+}
+
+/// A trained model as `model.json` holds it.
+struct Model {
+    weights: Vec<f64>,
+    bias: f64,
+    target_column: usize,
+}
+
+fn load_model(root: &Path) -> Result<Model, String> {
+    let path = root.join("model/model.json");
+    let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let weights: Vec<f64> = v["weights"]
+        .as_array()
+        .ok_or_else(|| format!("{} has no weights", path.display()))?
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    Ok(Model {
+        weights,
+        bias: v["bias"].as_f64().unwrap_or(0.0),
+        target_column: v["target_column"].as_u64().unwrap_or(0) as usize,
+    })
+}
+
+/// The rows of a request: CSV lines or JSON instances; a row one longer than the model's
+/// features still holds the target column, which is dropped.
+fn rows(model: &Model, content_type: &str, body: &[u8]) -> Result<Vec<Vec<f64>>, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the payload is not UTF-8 text".to_string())?;
+    let raw: Vec<Vec<f64>> = if content_type.starts_with("application/json") {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("the payload is not JSON: {e}"))?;
+        let instances = v.get("instances").unwrap_or(&v);
+        instances
+            .as_array()
+            .ok_or("JSON payloads are {\"instances\": [[x1, x2, ...], ...]}")?
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .map(|r| r.iter().filter_map(serde_json::Value::as_f64).collect())
+                    .ok_or_else(|| "each instance is a list of numbers".to_string())
+            })
+            .collect::<Result<_, _>>()?
+    } else if content_type.is_empty() || content_type.starts_with("text/csv") {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, line)| {
+                line.split(',')
+                    .map(|c| c.trim().parse::<f64>().map_err(|_| format!("line {}: '{}' is not a number", i + 1, c.trim())))
+                    .collect()
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        return Err(format!("unsupported content type '{content_type}'; send text/csv or application/json"));
+    };
+    let n = model.weights.len();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, mut row)| {
+            if row.len() == n + 1 && model.target_column < row.len() {
+                row.remove(model.target_column);
+            }
+            if row.len() == n { Ok(row) } else { Err(format!("row {} has {} values; the model takes {n} features", i + 1, row.len())) }
+        })
+        .collect()
+}
+
+fn serve(root: &Path) -> ! {
+    use sample_algorithms::http::{self, Response};
+    let model = load_model(root).unwrap_or_else(|e| {
+        eprintln!("linear-regression serve: {e}");
+        std::process::exit(1)
+    });
+    println!("linear-regression serving a model of {} features", model.weights.len());
+    http::serve(8080, move |request| match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/ping") => Response::new(200, "text/plain", "ok\n"),
+        ("POST", "/invocations") => {
+            let content_type = request.header("content-type").unwrap_or_default();
+            match rows(&model, content_type, &request.body) {
+                Ok(rows) => {
+                    let predictions: Vec<f64> = rows.iter().map(|x| predict(&model.weights, model.bias, x)).collect();
+                    if request.header("accept").is_some_and(|a| a.starts_with("application/json")) {
+                        let body = serde_json::json!({"predictions": predictions});
+                        Response::new(200, "application/json", body.to_string())
+                    } else {
+                        let body: String = predictions.iter().map(|p| format!("{p}\n")).collect();
+                        Response::new(200, "text/csv", body)
+                    }
+                }
+                Err(reason) => Response::new(400, "text/plain", format!("{reason}\n")),
+            }
+        }
+        _ => Response::new(404, "text/plain", "not found\n"),
+    })
 }

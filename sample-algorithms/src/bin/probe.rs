@@ -37,6 +37,8 @@
 //!   alloc-share F        allocate F (0..1) of the container's memory limit, and keep it
 //!   hostname-in-hosts    fail (as an algorithm that trusts /etc/hostname would) unless the
 //!                        host name is one of resourceconfig.json's hosts
+//!   serve                the inference side (what SageMaker passes to a hosting image):
+//!                        port 8080, behaving as the environment says (see `serve` below)
 //! Started as `probe -c "STEP ARG ..."` (a shell-form ENTRYPOINT), the steps are one string.
 //! `{host}` in any argument becomes the current host from resourceconfig.json.
 //! Without `on-term`, SIGTERM is ignored, as it is for any PID 1 with no handler.
@@ -73,7 +75,7 @@ fn arity(step: &str) -> usize {
     match step {
         "write" | "append" | "symlink" | "copy" => 2,
         "send" => 3,
-        "train" | "env" | "args" | "may-fail" | "all" | "hostname-in-hosts" => 0,
+        "train" | "serve" | "env" | "args" | "may-fail" | "all" | "hostname-in-hosts" => 0,
         "only-if-unreachable" => 2,
         _ => 1,
     }
@@ -329,6 +331,7 @@ fn main() {
                     Ok(())
                 })
             }
+            "serve" => serve(),
             "listen-forever" => {
                 let port: u16 = take(1, &mut i)[0].parse().unwrap_or(0);
                 std::net::TcpListener::bind(("0.0.0.0", port)).map(|l| {
@@ -398,4 +401,67 @@ fn main() {
         }
         std::io::Write::flush(&mut std::io::stdout()).ok();
     }
+}
+
+/// The inference side, as the container's `Environment` says:
+/// - `PROBE_PING`: `ok` (default); `never` (every ping answers 500); `after:SECS` (500 until
+///   then); `exit:CODE` (exits at once, never listening).
+/// - `PROBE_INVOKE`: `echo` (default: the body back, with its content type); `headers` (the
+///   request's headers as JSON); `id` (the container's host name); `crash` (exits in the
+///   middle of the request); `sleep:SECS` (then echo); `status:CODE` (answers CODE);
+///   `stream:N` (N chunks `part I`, 100 ms apart).
+/// Every request prints `probe: invoked (N bytes)`.
+fn serve() -> ! {
+    use sample_algorithms::http::{self, Body, Response};
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let (ping, invoke) = (env("PROBE_PING", "ok"), env("PROBE_INVOKE", "echo"));
+    if let Some(code) = ping.strip_prefix("exit:") {
+        println!("probe: exiting before serving");
+        std::process::exit(code.parse().unwrap_or(1));
+    }
+    let started = Instant::now();
+    let healthy_after = ping.strip_prefix("after:").and_then(|s| s.parse().ok()).map(Duration::from_secs_f64);
+    let hostname = fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
+    http::serve(8080, move |request| match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/ping") => {
+            let healthy = match (ping.as_str(), healthy_after) {
+                ("never", _) => false,
+                (_, Some(after)) => started.elapsed() >= after,
+                _ => true,
+            };
+            if healthy { Response::new(200, "text/plain", "") } else { Response::new(500, "text/plain", "not ready") }
+        }
+        ("POST", "/invocations") => {
+            println!("probe: invoked ({} bytes)", request.body.len());
+            let content_type = request.header("content-type").unwrap_or("application/octet-stream").to_string();
+            let (mode, arg) = invoke.split_once(':').unwrap_or((invoke.as_str(), ""));
+            match mode {
+                "headers" => {
+                    let map: serde_json::Map<String, serde_json::Value> =
+                        request.headers.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+                    Response::new(200, "application/json", serde_json::Value::Object(map).to_string())
+                }
+                "id" => Response::new(200, "text/plain", hostname.clone()),
+                "crash" => {
+                    println!("probe: crashing mid-request");
+                    std::process::exit(3)
+                }
+                "sleep" => {
+                    std::thread::sleep(Duration::from_secs_f64(arg.parse().unwrap_or(1.0)));
+                    Response::new(200, &content_type, request.body.clone())
+                }
+                "status" => {
+                    let code = arg.parse().unwrap_or(500);
+                    Response::new(code, "text/plain", format!("probe failed with {code}"))
+                }
+                "stream" => {
+                    let n: usize = arg.parse().unwrap_or(3);
+                    let chunks = (1..=n).map(|i| format!("part {i}\n").into_bytes()).collect();
+                    Response { body: Body::Chunks(chunks, Duration::from_millis(100)), ..Response::new(200, "text/plain", "") }
+                }
+                _ => Response::new(200, &content_type, request.body.clone()),
+            }
+        }
+        _ => Response::new(404, "text/plain", "not found"),
+    })
 }
