@@ -520,6 +520,12 @@ impl Docker {
         }))
     }
 
+    /// The process ID, on this machine, of the container's PID 1 while it runs.
+    pub(crate) async fn init_pid(&self, id: &str) -> Option<i64> {
+        let inspected = self.client.inspect_container(id, None).await.ok()?;
+        inspected.state?.pid.filter(|p| *p > 0)
+    }
+
     /// The image ID a name refers to now (`sha256:…`).
     pub(crate) async fn image_id(&self, image: &str) -> Result<String, DockerError> {
         match self.client.inspect_image(image).await {

@@ -89,7 +89,7 @@ mod tree;
 // Everything else is `pub(crate)`, so the compiler reports what nothing uses.
 pub use crate::artifacts::stream as stream_archive;
 pub use crate::cache::{Cache, Progress};
-pub use crate::check::{Check, CheckError, CheckOptions, CheckResult, Verdict, check, junit};
+pub use crate::check::{Check, CheckError, CheckOptions, CheckResult, ServeOptions, Verdict, check, junit};
 pub use crate::cleanup::{Cleaned, clean_up};
 pub use crate::docker::Docker;
 pub use crate::hosting::runtime::InvokeError;

@@ -63,15 +63,22 @@ fn reason(status: u16) -> &'static str {
 
 /// Serves on `0.0.0.0:port` until SIGTERM, then exits the process.
 pub fn serve(port: u16, handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> ! {
+    serve_on("0.0.0.0", port, true, handler)
+}
+
+/// [`serve`] on `address`; with `on_term` false SIGTERM is ignored (as a PID 1 without a
+/// handler would), for contract tests.
+pub fn serve_on(address: &str, port: u16, on_term: bool, handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> ! {
+    let disposition = if on_term { on_sigterm as *const () as libc::sighandler_t } else { libc::SIG_IGN };
     unsafe {
-        libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, disposition);
     }
-    let listener = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
-        eprintln!("serve: cannot listen on 0.0.0.0:{port}: {e}");
+    let listener = TcpListener::bind((address, port)).unwrap_or_else(|e| {
+        eprintln!("serve: cannot listen on {address}:{port}: {e}");
         std::process::exit(1)
     });
     listener.set_nonblocking(true).ok();
-    println!("serving on 0.0.0.0:{port}");
+    println!("serving on {address}:{port}");
     let handler = Arc::new(handler);
     let busy = Arc::new(AtomicUsize::new(0));
     while !TERMINATED.load(Ordering::SeqCst) {

@@ -1,11 +1,13 @@
 //! `smlocal check IMAGE`: runs an algorithm image through short jobs and judges it against
 //! the training contract, one named check at a time, so a team finds contract mistakes in
 //! seconds instead of after a cloud job has started and failed. [`lab`] runs the jobs,
-//! [`judge`] turns what they left into verdicts, [`junit`] reports them for CI.
+//! [`judge`] turns what they left into verdicts, [`junit`] reports them for CI. With
+//! `--serve`, [`serve`] checks the inference contract instead (one container, `IMAGE serve`).
 
 mod judge;
 mod junit;
 mod lab;
+mod serve;
 
 pub use self::junit::junit;
 
@@ -30,9 +32,20 @@ pub enum Check {
     Memory,
     TwoHosts,
     Pid1,
+    // The inference contract (`--serve`).
+    Serve,
+    Listen,
+    Ping,
+    Invocations,
+    BadPayload,
+    ServeSigterm,
 }
 
 impl Check {
+    /// The inference contract's checks, in the order they are reported.
+    pub const SERVE: [Check; 6] =
+        [Check::Serve, Check::Listen, Check::Ping, Check::Invocations, Check::BadPayload, Check::ServeSigterm];
+
     pub const ALL: [Check; 9] = [
         Check::Train,
         Check::Model,
@@ -57,6 +70,12 @@ impl Check {
             Check::Memory => "memory",
             Check::TwoHosts => "two-hosts",
             Check::Pid1 => "pid1",
+            Check::Serve => "serve",
+            Check::Listen => "listen",
+            Check::Ping => "ping",
+            Check::Invocations => "invocations",
+            Check::BadPayload => "bad-payload",
+            Check::ServeSigterm => "serve-sigterm",
         }
     }
 
@@ -76,6 +95,12 @@ impl Check {
             Check::Memory => "it stays well inside the instance type's memory",
             Check::TwoHosts => "it runs as 2 hosts, taking its identity from resourceconfig.json, not /etc/hostname",
             Check::Pid1 => "its entrypoint is exec form, so PID 1 receives signals; reports the image size",
+            Check::Serve => "the image starts with the argument `serve` and keeps running",
+            Check::Listen => "it listens on port 8080 of every interface, not only the container's loopback",
+            Check::Ping => "GET /ping answers 200 within 2 s each time, and within 4 minutes of start",
+            Check::Invocations => "POST /invocations answers the sample payload with a 2xx within 60 s",
+            Check::BadPayload => "a payload it cannot read is a 4xx with a reason, not a 5xx or a crash",
+            Check::ServeSigterm => "it exits within 30 s of SIGTERM, as endpoint updates and deletes require",
         }
     }
 
@@ -89,12 +114,16 @@ impl std::str::FromStr for Check {
     type Err = CheckError;
 
     fn from_str(name: &str) -> Result<Self, CheckError> {
-        Check::ALL.into_iter().find(|c| c.name() == name).ok_or_else(|| CheckError::UnknownCheck { name: name.into() })
+        Check::ALL
+            .into_iter()
+            .chain(Check::SERVE)
+            .find(|c| c.name() == name)
+            .ok_or_else(|| CheckError::UnknownCheck { name: name.into() })
     }
 }
 
 fn check_names() -> String {
-    Check::ALL.map(Check::name).join(", ")
+    format!("{}; with --serve: {}", Check::ALL.map(Check::name).join(", "), Check::SERVE.map(Check::name).join(", "))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +180,18 @@ pub struct CheckOptions {
     pub invalid_hyperparameters: Option<Map<String, Value>>,
     pub settings: Settings,
     pub log: LogSink,
+    /// Check the inference contract instead of the training one.
+    pub serve: Option<ServeOptions>,
+}
+
+/// What the serving checks send.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The model (`.tar.gz`, local or S3) mounted at /opt/ml/model; none leaves it empty.
+    pub model: Option<String>,
+    /// The sample request for the `invocations` check, and its content type.
+    pub payload: Vec<u8>,
+    pub content_type: String,
 }
 
 /// Runs the selected checks against `image`, in the order of [`Check::ALL`]. The plain run
@@ -161,9 +202,13 @@ pub async fn check(
     storage: &Storage,
     options: &CheckOptions,
 ) -> Result<Vec<CheckResult>, CheckError> {
+    let family = if options.serve.is_some() { &Check::SERVE[..] } else { &Check::ALL[..] };
     let selected: Vec<Check> =
-        Check::ALL.into_iter().filter(|c| options.only.as_ref().is_none_or(|only| only.contains(c))).collect();
+        family.iter().copied().filter(|c| options.only.as_ref().is_none_or(|only| only.contains(c))).collect();
     let image_info = docker.image_info(image).await?;
+    if let Some(serving) = &options.serve {
+        return serve::check(image, docker, storage, options, serving, &selected).await;
+    }
     let scratch = tempfile::Builder::new()
         .prefix("smlocal-check-")
         .tempdir()
@@ -206,6 +251,8 @@ pub async fn check(
             Check::Isolation => isolation.clone().unwrap_or_else(not_evaluated),
             Check::TwoHosts => two_hosts.clone().unwrap_or_else(not_evaluated),
             Check::Pid1 => judge::pid1(&image_info, lab.entrypoint()),
+            // The serving checks run only with --serve (above).
+            _ => continue,
         };
         results.push(result);
     }
@@ -231,7 +278,7 @@ mod tests {
 
     #[test]
     fn every_check_has_one_name_that_parses_back() {
-        for check in Check::ALL {
+        for check in Check::ALL.into_iter().chain(Check::SERVE) {
             assert_eq!(check.name().parse::<Check>().unwrap(), check);
             assert!(!check.about().is_empty());
         }

@@ -211,6 +211,19 @@ struct CheckArgs {
     /// Scale memory caps down to fit this machine instead of refusing.
     #[arg(long)]
     oversubscribe: bool,
+    /// Check the inference contract (`IMAGE serve`, /ping, /invocations, SIGTERM) instead
+    /// of the training one.
+    #[arg(long)]
+    serve: bool,
+    /// With --serve: the model.tar.gz (a path, file:// or s3:// URI) mounted at /opt/ml/model.
+    #[arg(long, value_name = "MODEL.tar.gz", requires = "serve")]
+    model: Option<String>,
+    /// With --serve: the sample request body the `invocations` check sends (default `1,2`).
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    payload: Option<String>,
+    /// With --serve: the sample request's content type.
+    #[arg(long, value_name = "TYPE", default_value = "text/csv")]
+    content_type: String,
 }
 
 #[derive(clap::Args)]
@@ -786,22 +799,41 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         invalid_hyperparameters,
         settings: settings(args.memory_reserve.as_deref(), args.oversubscribe, &storage)?,
         log: Arc::new(|_, _| {}),
+        serve: match args.serve {
+            false => None,
+            true => Some(smlocal::ServeOptions {
+                model: match &args.model {
+                    Some(m) if m.contains("://") => Some(m.clone()),
+                    Some(m) => Some(format!(
+                        "file://{}",
+                        std::fs::canonicalize(m).with_context(|| format!("--model '{m}'"))?.display()
+                    )),
+                    None => None,
+                },
+                payload: match &args.payload {
+                    Some(path) => std::fs::read(path).with_context(|| format!("--payload '{path}'"))?,
+                    None => b"1,2\n".to_vec(),
+                },
+                content_type: args.content_type.clone(),
+            }),
+        },
     };
     let docker = Docker::connect().await?;
     let started = std::time::Instant::now();
-    eprintln!("smlocal: checking {} against the SageMaker training contract", args.image);
+    let contract = if args.serve { "inference" } else { "training" };
+    eprintln!("smlocal: checking {} against the SageMaker {contract} contract", args.image);
     let results = smlocal::check(&args.image, &docker, &storage, &options).await?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<11} {:<5} {:>6}  EVIDENCE / FIX", "CHECK", "RESULT", "SECS")?;
+    writeln!(out, "{:<13} {:<5} {:>6}  EVIDENCE / FIX", "CHECK", "RESULT", "SECS")?;
     for r in &results {
         let verdict = match r.verdict {
             Verdict::Pass => "PASS",
             Verdict::Warn => "WARN",
             Verdict::Fail => "FAIL",
         };
-        writeln!(out, "{:<11} {:<6} {:>5.1}  {}", r.check.name(), verdict, r.seconds, r.evidence)?;
+        writeln!(out, "{:<13} {:<6} {:>5.1}  {}", r.check.name(), verdict, r.seconds, r.evidence)?;
         if r.verdict != Verdict::Pass && !r.fix.is_empty() {
-            writeln!(out, "{:<25}fix: {}", "", r.fix)?;
+            writeln!(out, "{:<27}fix: {}", "", r.fix)?;
         }
     }
     let failed = results.iter().filter(|r| r.verdict == Verdict::Fail).count();

@@ -237,7 +237,7 @@ async fn wait_healthy(h: &Hosting, endpoint: &str, plan: &Planned, instance: &In
             && let Ok(answer) = h.runtime.client().get(&url).timeout(PING_TIMEOUT).send().await
             && answer.status() == reqwest::StatusCode::OK
         {
-            tracing::info!(endpoint, "instance {} of {} is healthy", instance.id, plan.name);
+            tracing::info!("instance {} of {} is healthy", instance.id, plan.name);
             return Ok(());
         }
         match h.docker.state(&instance.container).await {
@@ -266,11 +266,11 @@ pub(crate) async fn retire(h: &Hosting, endpoint: &str, generation: u32, variant
         variants.iter().flat_map(|v| v.instances.iter().map(move |i| (v, i))).map(|(variant, instance)| async move {
             super::logs::sync(h, endpoint, &variant.name, instance).await;
             if let Err(e) = h.docker.stop(&instance.container, h.config.stop_grace).await {
-                tracing::warn!(endpoint, "{e}");
+                tracing::warn!("{e}");
             }
             super::logs::sync(h, endpoint, &variant.name, instance).await;
             if let Err(e) = h.docker.remove_container(&instance.container).await {
-                tracing::warn!(endpoint, "{e}");
+                tracing::warn!("{e}");
             }
         });
     futures::future::join_all(stops).await;
@@ -281,7 +281,7 @@ pub(crate) async fn retire(h: &Hosting, endpoint: &str, generation: u32, variant
         let _ = h.docker.remove_container(&id).await;
     }
     if let Err(e) = h.docker.remove_network(&network_name(endpoint, generation)).await {
-        tracing::warn!(endpoint, "{e}");
+        tracing::warn!("{e}");
     }
     for variant in variants {
         let _ = std::fs::remove_dir_all(h.store.model_dir(endpoint, generation, &variant.name));

@@ -216,3 +216,51 @@ impl Drop for Stop {
         let _ = std::process::Command::new("docker").args(["rm", "-f", &self.0]).output();
     }
 }
+
+/// The probe's serving mode with `ENV` lines, as an image.
+fn serving_image(name: &str, env: &[(&str, &str)]) -> String {
+    let tag = format!("smlocal/check-serve-{name}:test");
+    let lines: String = env.iter().map(|(k, v)| format!("ENV {k}={v}\n")).collect();
+    build(&tag, &format!("FROM {PROBE_IMAGE}\n{lines}"));
+    tag
+}
+
+#[test]
+fn check_serve_passes_the_sample_model_and_catches_each_broken_server() {
+    let (sm, bucket) = with_data("check-serve");
+    let job = format!("check-serve-{}", unique());
+    let trained = sm.train(&sample_request(&job, &bucket, 3), &[]);
+    assert_eq!(trained.code, 0, "{trained:?}");
+    let model = bucket.uri(&format!("output/{job}/output/model.tar.gz"));
+    let junit = sm.home.path().join("serve.xml");
+    let (code, text, results) =
+        check(&sm, SAMPLE_IMAGE, &["--serve", "--model", &model, "--junit", junit.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["serve", "listen", "ping", "invocations", "bad-payload", "serve-sigterm"], "{text}");
+    assert_eq!(with(&results, "PASS").len(), 6, "{text}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("tests=\"6\"") && xml.contains("failures=\"0\""), "{xml}");
+
+    // One defect each, caught by its own check.
+    let exits = serving_image("exits", &[("PROBE_PING", "exit:1")]);
+    let (code, text, results) = check(&sm, &exits, &["--serve"]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(with(&results, "FAIL"), BTreeSet::from(["serve".to_string()]), "{text}");
+    assert!(text.contains("exited with code 1"), "{text}");
+
+    // The probe echoes whatever it gets: garbage is a 200.
+    let lenient = serving_image("lenient", &[]);
+    let (_, text, results) = check(&sm, &lenient, &["--serve"]);
+    assert_eq!(with(&results, "FAIL"), BTreeSet::from(["bad-payload".to_string()]), "{text}");
+
+    let stubborn = serving_image("stubborn", &[("PROBE_TERM", "ignore"), ("PROBE_INVOKE", "status:400")]);
+    let (_, text, results) = check(&sm, &stubborn, &["--serve", "--only", "ping,bad-payload,serve-sigterm"]);
+    assert_eq!(with(&results, "FAIL"), BTreeSet::from(["serve-sigterm".to_string()]), "{text}");
+    assert_eq!(with(&results, "PASS"), BTreeSet::from(["ping".to_string(), "bad-payload".to_string()]), "{text}");
+
+    let inward = serving_image("inward", &[("PROBE_LISTEN", "127.0.0.1")]);
+    let (_, text, results) = check(&sm, &inward, &["--serve", "--only", "listen,ping"]);
+    assert_eq!(with(&results, "FAIL"), BTreeSet::from(["listen".to_string(), "ping".to_string()]), "{text}");
+    assert!(text.contains("one address only"), "{text}");
+}

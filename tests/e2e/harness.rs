@@ -527,6 +527,7 @@ pub(crate) fn python_with(sm: &Smlocal, server: &Server, script: &str, args: &[&
         // A home of its own: no ~/.aws or SageMaker config of the user's leaks in.
         .env("HOME", sm.home.path())
         .env("AWS_ENDPOINT_URL_SAGEMAKER", &server.url)
+        .env("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", &server.url)
         .env("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", &server.url)
         .env("AWS_ENDPOINT_URL_CLOUDWATCH", &server.url)
         .env("AWS_ENDPOINT_URL_S3", &s3().endpoint)

@@ -8,6 +8,7 @@ mod contract;
 mod distributed;
 mod harness;
 mod hostile;
+mod hosting;
 mod outcomes;
 mod packaging;
 mod s3_server;

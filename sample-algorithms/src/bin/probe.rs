@@ -409,7 +409,9 @@ fn main() {
 /// - `PROBE_INVOKE`: `echo` (default: the body back, with its content type); `headers` (the
 ///   request's headers as JSON); `id` (the container's host name); `crash` (exits in the
 ///   middle of the request); `sleep:SECS` (then echo); `status:CODE` (answers CODE);
-///   `stream:N` (N chunks `part I`, 100 ms apart).
+///   `stream:N` (N chunks `part I`, 100 ms apart); `attributes` (the mode is the request's
+///   `X-Amzn-SageMaker-Custom-Attributes`, `mode=status:400` say, else echo).
+/// - `PROBE_LISTEN`: the address to bind (default 0.0.0.0); `PROBE_TERM=ignore` ignores SIGTERM.
 /// Every request prints `probe: invoked (N bytes)`.
 fn serve() -> ! {
     use sample_algorithms::http::{self, Body, Response};
@@ -422,7 +424,9 @@ fn serve() -> ! {
     let started = Instant::now();
     let healthy_after = ping.strip_prefix("after:").and_then(|s| s.parse().ok()).map(Duration::from_secs_f64);
     let hostname = fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
-    http::serve(8080, move |request| match (request.method.as_str(), request.path.as_str()) {
+    let address = env("PROBE_LISTEN", "0.0.0.0");
+    let on_term = env("PROBE_TERM", "handle") != "ignore";
+    http::serve_on(&address, 8080, on_term, move |request| match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/ping") => {
             let healthy = match (ping.as_str(), healthy_after) {
                 ("never", _) => false,
@@ -434,7 +438,15 @@ fn serve() -> ! {
         ("POST", "/invocations") => {
             println!("probe: invoked ({} bytes)", request.body.len());
             let content_type = request.header("content-type").unwrap_or("application/octet-stream").to_string();
-            let (mode, arg) = invoke.split_once(':').unwrap_or((invoke.as_str(), ""));
+            let chosen = match invoke.as_str() {
+                "attributes" => request
+                    .header("x-amzn-sagemaker-custom-attributes")
+                    .and_then(|a| a.strip_prefix("mode="))
+                    .unwrap_or("echo")
+                    .to_string(),
+                other => other.to_string(),
+            };
+            let (mode, arg) = chosen.split_once(':').unwrap_or((chosen.as_str(), ""));
             match mode {
                 "headers" => {
                     let map: serde_json::Map<String, serde_json::Value> =
