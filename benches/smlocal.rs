@@ -6,7 +6,10 @@
 //!   c. packaging a model folder (half random, half text) into model.tar.gz, against
 //!      `tar -c | pigz -6` writing the same tree to disk;
 //!   d. the sample job from the SageMaker SDK's `Estimator.fit()` through `smlocal serve`,
-//!      against the same job under `smlocal train` (only with `SMLOCAL_SDK_PYTHON`).
+//!      against the same job under `smlocal train` (only with `SMLOCAL_SDK_PYTHON`);
+//!   e. InvokeEndpoint through `smlocal serve` against the same request sent straight to the
+//!      container's port: latency p50/p99 one request at a time, and requests/s with 32
+//!      clients at once.
 //!
 //! `cargo bench --bench smlocal` runs the full sizes (1 GiB); `-- --tiny` runs small ones
 //! (what CI does to keep the benchmark working); `-- a c` runs only those.
@@ -57,7 +60,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 
     // `-- a c` runs only those benchmarks.
-    let picked: Vec<String> = std::env::args().skip(1).filter(|a| ["a", "b", "c", "d"].contains(&a.as_str())).collect();
+    let picked: Vec<String> = std::env::args().skip(1).filter(|a| ["a", "b", "c", "d", "e"].contains(&a.as_str())).collect();
     let run = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
     println!("{:<44} {:>12} {:>12} {:>8}", "benchmark", "smlocal", "floor", "ratio");
     if run("a") {
@@ -72,6 +75,91 @@ fn main() {
     if run("d") {
         sdk_fit(&size);
     }
+    if run("e") {
+        rt.block_on(invoke_latency(root.path(), tiny));
+    }
+}
+
+/// e. InvokeEndpoint's added latency: the probe's echo endpoint, one keep-alive client,
+/// through `smlocal serve` and straight to the container's published port.
+async fn invoke_latency(root: &Path, tiny: bool) {
+    let sm = harness::Smlocal::new();
+    let server = sm.serve(&[]);
+    let model = root.join("invoke-model.tar.gz");
+    let made = Command::new("tar").arg("-czf").arg(&model).args(["-C", "/", "--files-from", "/dev/null"]).status();
+    assert!(made.is_ok_and(|s| s.success()), "tar");
+    let deployed = sm
+        .command()
+        .args(["deploy", &model.display().to_string(), "--image", "smlocal/probe:latest", "--name", "bench"])
+        .args(["--instance-type", "ml.c5.large"])
+        .output()
+        .expect("smlocal deploy");
+    assert!(deployed.status.success(), "{deployed:?}");
+    let port = Command::new("docker")
+        .args(["ps", "-q", "--filter", "label=smlocal.endpoint=bench"])
+        .args(["--filter", &format!("label=smlocal.home={}", sm.home.path().display())])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|id| {
+            let out = Command::new("docker").args(["port", id.trim(), "8080/tcp"]).output().ok()?;
+            String::from_utf8(out.stdout).ok()?.trim().rsplit(':').next()?.parse::<u16>().ok()
+        })
+        .expect("the endpoint's published port");
+    let direct = format!("http://127.0.0.1:{port}/invocations");
+    let through = format!("{}/endpoints/bench/invocations", server.url);
+    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let n = if tiny { 200 } else { 2000 };
+    let body = bytes::Bytes::from_static(b"1,2,3\n");
+    let sequential = |url: String| {
+        let (client, body) = (client.clone(), body.clone());
+        async move {
+            let mut times = Vec::with_capacity(n);
+            for i in 0..n + 50 {
+                let started = Instant::now();
+                let answer = client.post(&url).header("content-type", "text/csv").body(body.clone()).send().await;
+                let ok = match answer {
+                    Ok(a) => a.status().is_success() && a.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                assert!(ok, "a request to {url} failed");
+                // The first 50 warm the connection and the route.
+                if i >= 50 {
+                    times.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            (times[times.len() / 2], times[times.len() * 99 / 100])
+        }
+    };
+    let (floor_p50, floor_p99) = sequential(direct.clone()).await;
+    let (ours_p50, ours_p99) = sequential(through.clone()).await;
+    row("e. invoke latency p50 (ms) vs direct", ours_p50, floor_p50, " ms");
+    println!("{:<44} {:>+10.3} ms", "   added at p50", ours_p50 - floor_p50);
+    row("   invoke latency p99 (ms) vs direct", ours_p99, floor_p99, " ms");
+    let concurrent = |url: String| {
+        let (client, body) = (client.clone(), body.clone());
+        async move {
+            let started = Instant::now();
+            let per_client = n / 16;
+            let clients = (0..32).map(|_| {
+                let (client, body, url) = (client.clone(), body.clone(), url.clone());
+                tokio::spawn(async move {
+                    for _ in 0..per_client {
+                        let answer = client.post(&url).header("content-type", "text/csv").body(body.clone()).send().await;
+                        assert!(answer.is_ok_and(|a| a.status().is_success()), "a request to {url} failed");
+                    }
+                })
+            });
+            futures::future::join_all(clients).await;
+            (32 * per_client) as f64 / started.elapsed().as_secs_f64()
+        }
+    };
+    let floor_rps = concurrent(direct).await;
+    let ours_rps = concurrent(through).await;
+    row("   requests/s, 32 clients, vs direct", ours_rps, floor_rps, " /s");
+    let deleted = sm.command().args(["delete-endpoint", "bench"]).output().expect("delete-endpoint");
+    assert!(deleted.status.success(), "{deleted:?}");
 }
 
 /// d. What an SDK user waits for: `fit(wait=True, logs=True)` from call to return, through

@@ -112,7 +112,7 @@ async fn deploy(h: &Hosting, endpoint: &str, generation: u32, config: &Definitio
             started.push(start_variant(h, endpoint, generation, variant, &network, &labels).await?);
         }
         let checks = planned.iter().zip(&started).flat_map(|(plan, variant)| {
-            variant.instances.iter().map(move |instance| wait_healthy(h, endpoint, plan, instance))
+            variant.instances.iter().map(move |instance| wait_healthy(h, plan, instance))
         });
         let shutdown = h.shutdown_token();
         tokio::select! {
@@ -220,7 +220,7 @@ async fn start_variant(
 }
 
 /// Pings the instance until it answers 200, its container exits, or the startup limit.
-async fn wait_healthy(h: &Hosting, endpoint: &str, plan: &Planned, instance: &Instance) -> Result<(), Failed> {
+async fn wait_healthy(h: &Hosting, plan: &Planned, instance: &Instance) -> Result<(), Failed> {
     let deadline = tokio::time::Instant::now() + plan.startup_limit;
     let url = format!("http://127.0.0.1:{}/ping", instance.port);
     let failed = |detail: String| async move {
