@@ -60,7 +60,8 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 
     // `-- a c` runs only those benchmarks.
-    let picked: Vec<String> = std::env::args().skip(1).filter(|a| ["a", "b", "c", "d", "e"].contains(&a.as_str())).collect();
+    let picked: Vec<String> =
+        std::env::args().skip(1).filter(|a| ["a", "b", "c", "d", "e"].contains(&a.as_str())).collect();
     let run = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
     println!("{:<44} {:>12} {:>12} {:>8}", "benchmark", "smlocal", "floor", "ratio");
     if run("a") {
@@ -146,7 +147,8 @@ async fn invoke_latency(root: &Path, tiny: bool) {
                 let (client, body, url) = (client.clone(), body.clone(), url.clone());
                 tokio::spawn(async move {
                     for _ in 0..per_client {
-                        let answer = client.post(&url).header("content-type", "text/csv").body(body.clone()).send().await;
+                        let answer =
+                            client.post(&url).header("content-type", "text/csv").body(body.clone()).send().await;
                         assert!(answer.is_ok_and(|a| a.status().is_success()), "a request to {url} failed");
                     }
                 })

@@ -1,6 +1,7 @@
 //! smlocal runs Amazon SageMaker training jobs on a workstation, in Docker, exactly as
 //! SageMaker runs them: the real `CreateTrainingJob` request in, `model.tar.gz` out where
-//! SageMaker would put it, and a record that reads like `DescribeTrainingJob`.
+//! SageMaker would put it, and a record that reads like `DescribeTrainingJob`; then hosts
+//! the model as SageMaker endpoints do.
 //!
 //! # Layout
 //!
@@ -51,12 +52,25 @@
 //! - [`cleanup`]: leftovers of runs whose smlocal process died: Docker objects removed,
 //!   records marked `Failed`.
 //!
+//! Hosting:
+//! - [`hosting`]: models, endpoint configurations and endpoints (DESIGN §12): `store.rs` the
+//!   records, `control.rs` the control-plane operations in AWS's words, `deploy.rs` one
+//!   deployment's containers and the endpoint's transitions (and what a restart finds),
+//!   `model_data.rs` the model's artifacts into the endpoint's folder, `runtime.rs`
+//!   InvokeEndpoint's routing and errors (`eventstream.rs` its streamed framing), `logs.rs`
+//!   the containers' output as CloudWatch streams.
+//!
 //! Front ends:
-//! - [`serve`]: `smlocal serve`: `mod.rs` HTTP, routing and AWS errors; `training.rs` and
-//!   `cloudwatch.rs` one AWS service each; `queue.rs` admits jobs and runs them in the
+//! - [`serve`]: `smlocal serve`: `mod.rs` HTTP, routing and AWS errors; `training.rs`,
+//!   `hosting.rs` (with the runtime's path), `cloudwatch.rs` and `monitoring.rs` one AWS
+//!   service each; `auth.rs` SigV4 checks; `queue.rs` admits jobs and runs them in the
 //!   background.
 //! - [`check`]: `smlocal check IMAGE`, built on [`run`]: `mod.rs` the checks and their order,
-//!   `lab.rs` the jobs they run, `judge.rs` the verdicts, `junit.rs` the report.
+//!   `lab.rs` the jobs they run, `judge.rs` the verdicts, `junit.rs` the report; `serve.rs`
+//!   the inference contract's checks (`--serve`).
+//!
+//! The binary's `src/cli/`: `mod.rs` the training and server commands, `hosting.rs` deploy,
+//! invoke, endpoints and delete-endpoint.
 //!
 //! The library installs no signal handlers: [`run()`] takes a shutdown token, and the
 //! binary (`src/main.rs`, `src/cli.rs`) turns Ctrl-C into it.

@@ -126,6 +126,21 @@ impl Hosting {
     pub(crate) fn create_endpoint_config(&self, body: Value) -> Answer {
         spec::check("CreateEndpointConfigInput", &body)?;
         let name = text(&body, "EndpointConfigName");
+        // What a workstation endpoint cannot be: said now, not found out at the first request.
+        for (field, what) in [
+            ("AsyncInferenceConfig", "asynchronous inference (InvokeEndpointAsync)"),
+            ("ShadowProductionVariants", "shadow variants"),
+            ("ExplainerConfig", "SageMaker Clarify explanations"),
+        ] {
+            if body.get(field).is_some() {
+                return Err(HostingError::Validation(format!(
+                    "{field}: smlocal does not serve {what}; remove it to host the variants as a real-time endpoint"
+                )));
+            }
+        }
+        if body.get("DataCaptureConfig").is_some() {
+            tracing::warn!("{name}: DataCaptureConfig is kept in the record, but smlocal captures no requests");
+        }
         let variants = body.get("ProductionVariants").and_then(Value::as_array).cloned().unwrap_or_default();
         let mut account = None;
         let mut seen = std::collections::HashSet::new();

@@ -341,3 +341,34 @@ fn the_cli_deploys_a_trained_model_invokes_lists_and_deletes_it() {
     let listed = sm.command().arg("endpoints").output().unwrap();
     assert!(!String::from_utf8_lossy(&listed.stdout).contains(&name));
 }
+
+#[test]
+fn an_uncompressed_model_prefix_is_mounted_as_is_and_an_archive_that_climbs_out_fails_the_endpoint() {
+    let sm = Smlocal::new();
+    let _sweep = Sweep(&sm);
+    let bucket = s3().bucket(&format!("models-{}", unique()));
+    bucket.put("raw/config.json", b"{\"k\": 1}");
+    bucket.put("raw/sub/weights.bin", b"0123456789");
+    let server = sm.serve(&[]);
+    let name = format!("raw-{}", unique());
+    let prefix = format!("prefix:{}", bucket.uri("raw/"));
+    let described = hosting(&sm, &server, &["deploy", &name, PROBE, &prefix, &env(&[("PROBE_INVOKE", "attributes")])]);
+    assert_eq!(described["EndpointStatus"], "InService", "{described:#}");
+    let read = |path: &str| {
+        let mode = json!({"CustomAttributes": format!("mode=cat:{path}")}).to_string();
+        hosting(&sm, &server, &["invoke", &name, "1", &mode])
+    };
+    assert_eq!(read("/opt/ml/model/sub/weights.bin")["Body"], "0123456789");
+    assert_eq!(read("/opt/ml/model/config.json")["Body"], "{\"k\": 1}");
+
+    let evil = bucket.uri("evil/model.tar.gz");
+    hosting(&sm, &server, &["evil-archive", &evil]);
+    let climbing = format!("evil-{}", unique());
+    let described = hosting(&sm, &server, &["deploy", &climbing, PROBE, &evil, &env(&[])]);
+    assert_eq!(described["EndpointStatus"], "Failed", "{described:#}");
+    let reason = described["FailureReason"].as_str().unwrap();
+    assert!(reason.starts_with("Failed to download model data for container"), "{reason}");
+    assert!(reason.contains("'../evil'"), "{reason}");
+    let written: Vec<_> = paths_below(sm.home.path()).into_iter().filter(|p| p.ends_with("evil")).collect();
+    assert!(written.is_empty(), "the entry was written: {written:?}");
+}

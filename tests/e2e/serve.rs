@@ -382,6 +382,25 @@ fn with_require_signature_only_requests_signed_by_an_accepted_key_pair_are_serve
     assert!(refused.stdout.contains("UnrecognizedClientException"), "{refused:?}");
     let (status, body) = post(&server, Some("SageMaker.ListTrainingJobs"), "{}");
     assert_eq!((status, body["__type"].as_str()), (403, Some("MissingAuthenticationTokenException")), "{body}");
+
+    // The runtime (rest-json, signed for `sagemaker` too) on the same port, the same rules.
+    let signed = python(&sm, &server, "hosting_calls.py", &["invoke", "no-such-endpoint", "1"]);
+    assert!(signed.stdout.contains("\"ValidationError\""), "a signed invocation reaches the runtime: {signed:?}");
+    let forged = python_with(&sm, &server, "hosting_calls.py", &["invoke", "no-such-endpoint", "1"], &wrong);
+    assert!(forged.stdout.contains("InvalidSignatureException"), "{forged:?}");
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "POST /endpoints/x/invocations HTTP/1.1\r\nHost: {address}\r\nContent-Length: 1\r\nConnection: close\r\n\r\n1"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 403") && response.contains("MissingAuthenticationTokenException"),
+        "{response}"
+    );
     wait_for(&sm, &name, "finished", |r| r["TrainingJobStatus"] != "InProgress");
 }
 

@@ -409,7 +409,8 @@ fn main() {
 /// - `PROBE_INVOKE`: `echo` (default: the body back, with its content type); `headers` (the
 ///   request's headers as JSON); `id` (the container's host name); `crash` (exits in the
 ///   middle of the request); `sleep:SECS` (then echo); `status:CODE` (answers CODE);
-///   `stream:N` (N chunks `part I`, 100 ms apart); `attributes` (the mode is the request's
+///   `stream:N` (N chunks `part I`, 100 ms apart); `cat:PATH` (the file, or 404);
+///   `attributes` (the mode is the request's
 ///   `X-Amzn-SageMaker-Custom-Attributes`, `mode=status:400` say, else echo).
 /// - `PROBE_LISTEN`: the address to bind (default 0.0.0.0); `PROBE_TERM=ignore` ignores SIGTERM.
 /// Every request prints `probe: invoked (N bytes)`.
@@ -454,6 +455,10 @@ fn serve() -> ! {
                     Response::new(200, "application/json", serde_json::Value::Object(map).to_string())
                 }
                 "id" => Response::new(200, "text/plain", hostname.clone()),
+                "cat" => match fs::read(arg) {
+                    Ok(bytes) => Response::new(200, "application/octet-stream", bytes),
+                    Err(e) => Response::new(404, "text/plain", format!("{arg}: {e}")),
+                },
                 "crash" => {
                     println!("probe: crashing mid-request");
                     std::process::exit(3)

@@ -15,6 +15,11 @@ per invocation, each printing JSON.
     hosting_calls.py logs NAME                 -> every stream's messages
     hosting_calls.py delete NAME               -> DeleteEndpoint, then DescribeEndpoint's error
     hosting_calls.py lists PREFIX              -> ListModels / ListEndpointConfigs / ListEndpoints names
+                                                  and the refusals of impossible requests
+    hosting_calls.py evil-archive S3_URI       -> uploads a model.tar.gz with an entry '../evil'
+
+MODEL_URL is a ModelDataUrl, `-` for none, or `prefix:S3_URI` for an uncompressed
+ModelDataSource (S3Prefix, CompressionType None).
 
 Clients are configured only by AWS_ENDPOINT_URL_SAGEMAKER(_RUNTIME) and the credentials.
 """
@@ -53,7 +58,10 @@ def call(fn, **kwargs):
 
 def create_model(name, image, model_url, env):
     container = {"Image": image, "Environment": env}
-    if model_url != "-":
+    if model_url.startswith("prefix:"):
+        container["ModelDataSource"] = {"S3DataSource": {
+            "S3Uri": model_url[len("prefix:"):], "S3DataType": "S3Prefix", "CompressionType": "None"}}
+    elif model_url != "-":
         container["ModelDataUrl"] = model_url
     sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer=container)
 
@@ -165,7 +173,28 @@ def main(command, *args):
             "model_again": call(sm.create_model, ModelName=f"{args[0]}", ExecutionRoleArn=ROLE,
                                 PrimaryContainer={"Image": "smlocal/probe:latest"}),
             "unknown_endpoint": call(sm.describe_endpoint, EndpointName="no-such-endpoint"),
+            "missing_image": call(sm.create_model, ModelName=f"{args[0]}-noimage", ExecutionRoleArn=ROLE,
+                                  PrimaryContainer={"Image": "smlocal/no-such-image:latest"}),
+            "async_config": call(sm.create_endpoint_config, EndpointConfigName=f"{args[0]}-async",
+                                 ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": args[0],
+                                                      "InstanceType": "ml.c5.large", "InitialInstanceCount": 1}],
+                                 AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://b/async/"}}),
+            "unknown_model": call(sm.create_endpoint_config, EndpointConfigName=f"{args[0]}-nomodel",
+                                  ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "no-such-model",
+                                                       "InstanceType": "ml.c5.large", "InitialInstanceCount": 1}]),
         }
+    if command == "evil-archive":
+        import io
+        import tarfile
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            data = b"escaped"
+            info = tarfile.TarInfo("../evil")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        bucket, key = args[0][len("s3://"):].split("/", 1)
+        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+        return {"uploaded": args[0]}
     raise SystemExit(f"unknown command {command}")
 
 
