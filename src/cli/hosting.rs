@@ -142,6 +142,9 @@ pub(super) async fn deploy(args: DeployArgs) -> Result<ExitCode> {
     eprintln!("smlocal: endpoint {name} is InService");
     eprintln!("  invoke it:   smlocal invoke {name} FILE --content-type text/csv");
     eprintln!("  through the API (smlocal serve on PORT): POST http://127.0.0.1:PORT/endpoints/{name}/invocations");
+    for (variant, instance, port) in hosting.instance_ports(&name) {
+        eprintln!("  {variant}/{instance} directly: POST http://127.0.0.1:{port}/invocations");
+    }
     eprintln!("  its logs:    smlocal logs {name}; remove it: smlocal delete-endpoint {name}");
     Ok(ExitCode::SUCCESS)
 }

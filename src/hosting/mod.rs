@@ -220,6 +220,16 @@ impl Hosting {
         Ok(lines.into_iter().map(|(_, s, m)| (s, m)).collect())
     }
 
+    /// Where each instance of an endpoint answers directly: `(variant, instance, port)`.
+    pub fn instance_ports(&self, endpoint: &str) -> Vec<(String, String, u16)> {
+        let record = self.store.load::<store::EndpointRecord>(store::Kind::Endpoint, endpoint).ok().flatten();
+        record
+            .iter()
+            .flat_map(|r| &r.variants)
+            .flat_map(|v| v.instances.iter().map(move |i| (v.name.clone(), i.id.clone(), i.port)))
+            .collect()
+    }
+
     /// Whether an endpoint of that name has a record (for the CLI's `logs`, which reads
     /// jobs and endpoints).
     pub fn has_endpoint(&self, name: &str) -> bool {
