@@ -11,6 +11,7 @@ OPERATIONS = [
     "CreateModel", "DescribeModel", "ListModels", "DeleteModel",
     "CreateEndpointConfig", "DescribeEndpointConfig", "ListEndpointConfigs", "DeleteEndpointConfig",
     "CreateEndpoint", "DescribeEndpoint", "ListEndpoints", "UpdateEndpoint", "DeleteEndpoint",
+    "CreateTransformJob", "DescribeTransformJob", "ListTransformJobs", "StopTransformJob",
 ]
 rel = "botocore/data/sagemaker/2017-07-24/service-2.json.gz"
 path = os.path.join(os.path.dirname(os.path.dirname(botocore.__file__)), rel)

@@ -68,7 +68,12 @@ pub fn serve(port: u16, handler: impl Fn(&Request) -> Response + Send + Sync + '
 
 /// [`serve`] on `address`; with `on_term` false SIGTERM is ignored (as a PID 1 without a
 /// handler would), for contract tests.
-pub fn serve_on(address: &str, port: u16, on_term: bool, handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> ! {
+pub fn serve_on(
+    address: &str,
+    port: u16,
+    on_term: bool,
+    handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+) -> ! {
     let disposition = if on_term { on_sigterm as *const () as libc::sighandler_t } else { libc::SIG_IGN };
     unsafe {
         libc::signal(libc::SIGTERM, disposition);
@@ -115,7 +120,11 @@ fn connection(stream: TcpStream, handler: &dyn Fn(&Request) -> Response, busy: &
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
-                let _ = write_response(&mut writer, &Response::new(400, "text/plain", format!("bad request: {e}\n")), false);
+                let _ = write_response(
+                    &mut writer,
+                    &Response::new(400, "text/plain", format!("bad request: {e}\n")),
+                    false,
+                );
                 return;
             }
         };
@@ -179,7 +188,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Req
 }
 
 fn write_response(writer: &mut TcpStream, response: &Response, close: bool) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {} {}\r\nContent-Type: {}\r\n", response.status, reason(response.status), response.content_type);
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type
+    );
     for (name, value) in &response.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }

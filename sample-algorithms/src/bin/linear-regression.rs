@@ -236,7 +236,12 @@ fn main() {
         serve(&root);
     }
     if mode != "train" {
-        fail(&root, &format!("ClientError: this image trains and serves; it was started with '{mode}' instead of 'train' or 'serve'"));
+        fail(
+            &root,
+            &format!(
+                "ClientError: this image trains and serves; it was started with '{mode}' instead of 'train' or 'serve'"
+            ),
+        );
     }
     unsafe {
         libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
@@ -381,7 +386,8 @@ struct Model {
 fn load_model(root: &Path) -> Result<Model, String> {
     let path = root.join("model/model.json");
     let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
     let weights: Vec<f64> = v["weights"]
         .as_array()
         .ok_or_else(|| format!("{} has no weights", path.display()))?
@@ -418,7 +424,9 @@ fn rows(model: &Model, content_type: &str, body: &[u8]) -> Result<Vec<Vec<f64>>,
             .enumerate()
             .map(|(i, line)| {
                 line.split(',')
-                    .map(|c| c.trim().parse::<f64>().map_err(|_| format!("line {}: '{}' is not a number", i + 1, c.trim())))
+                    .map(|c| {
+                        c.trim().parse::<f64>().map_err(|_| format!("line {}: '{}' is not a number", i + 1, c.trim()))
+                    })
                     .collect()
             })
             .collect::<Result<_, _>>()?
@@ -432,7 +440,11 @@ fn rows(model: &Model, content_type: &str, body: &[u8]) -> Result<Vec<Vec<f64>>,
             if row.len() == n + 1 && model.target_column < row.len() {
                 row.remove(model.target_column);
             }
-            if row.len() == n { Ok(row) } else { Err(format!("row {} has {} values; the model takes {n} features", i + 1, row.len())) }
+            if row.len() == n {
+                Ok(row)
+            } else {
+                Err(format!("row {} has {} values; the model takes {n} features", i + 1, row.len()))
+            }
         })
         .collect()
 }

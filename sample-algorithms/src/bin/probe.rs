@@ -413,6 +413,7 @@ fn main() {
 ///   `attributes` (the mode is the request's
 ///   `X-Amzn-SageMaker-Custom-Attributes`, `mode=status:400` say, else echo).
 /// - `PROBE_LISTEN`: the address to bind (default 0.0.0.0); `PROBE_TERM=ignore` ignores SIGTERM.
+///
 /// Every request prints `probe: invoked (N bytes)`.
 fn serve() -> ! {
     use sample_algorithms::http::{self, Body, Response};
@@ -474,7 +475,10 @@ fn serve() -> ! {
                 "stream" => {
                     let n: usize = arg.parse().unwrap_or(3);
                     let chunks = (1..=n).map(|i| format!("part {i}\n").into_bytes()).collect();
-                    Response { body: Body::Chunks(chunks, Duration::from_millis(100)), ..Response::new(200, "text/plain", "") }
+                    Response {
+                        body: Body::Chunks(chunks, Duration::from_millis(100)),
+                        ..Response::new(200, "text/plain", "")
+                    }
                 }
                 _ => Response::new(200, &content_type, request.body.clone()),
             }

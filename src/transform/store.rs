@@ -1,0 +1,225 @@
+//! Transform jobs in the state directory: `transform-jobs/<name>/` with `record.json`
+//! (written beside and renamed over: never half-written), the instances' logs, the model
+//! folder the containers mount, and the markers a runner and a stop request leave.
+
+use crate::state::record::now;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// `TransformJobStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum TransformStatus {
+    InProgress,
+    Completed,
+    Failed,
+    Stopping,
+    Stopped,
+}
+
+impl TransformStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TransformStatus::InProgress => "InProgress",
+            TransformStatus::Completed => "Completed",
+            TransformStatus::Failed => "Failed",
+            TransformStatus::Stopping => "Stopping",
+            TransformStatus::Stopped => "Stopped",
+        }
+    }
+
+    pub(crate) fn is_terminal(self) -> bool {
+        matches!(self, TransformStatus::Completed | TransformStatus::Failed | TransformStatus::Stopped)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TransformRecord {
+    pub name: String,
+    pub arn: String,
+    pub status: TransformStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    pub creation_time: f64,
+    pub last_modified_time: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<f64>,
+    /// The request as it came (Describe echoes it), without its tags.
+    pub request: Map<String, Value>,
+    /// The settings the job ran with, once known (the request's, else the container's,
+    /// else the defaults).
+    #[serde(default)]
+    pub resolved: Map<String, Value>,
+}
+
+impl TransformRecord {
+    pub(crate) fn new(name: &str, arn: &str, request: Map<String, Value>) -> Self {
+        let t = now();
+        TransformRecord {
+            name: name.into(),
+            arn: arn.into(),
+            status: TransformStatus::InProgress,
+            failure_reason: None,
+            creation_time: t,
+            last_modified_time: t,
+            start_time: None,
+            end_time: None,
+            request,
+            resolved: Map::new(),
+        }
+    }
+
+    pub(crate) fn end(&mut self, status: TransformStatus, reason: Option<String>) {
+        self.status = status;
+        self.failure_reason = reason;
+        self.end_time = Some(now());
+        self.last_modified_time = now();
+    }
+
+    /// DescribeTransformJob's answer.
+    pub(crate) fn description(&self) -> Value {
+        let mut out = self.request.clone();
+        for (k, v) in &self.resolved {
+            out.insert(k.clone(), v.clone());
+        }
+        out.insert("TransformJobArn".into(), json!(self.arn));
+        out.insert("TransformJobStatus".into(), json!(self.status.as_str()));
+        out.insert("CreationTime".into(), json!(self.creation_time));
+        if let Some(t) = self.start_time {
+            out.insert("TransformStartTime".into(), json!(t));
+        }
+        if let Some(t) = self.end_time {
+            out.insert("TransformEndTime".into(), json!(t));
+        }
+        if let Some(reason) = &self.failure_reason {
+            out.insert("FailureReason".into(), json!(reason));
+        }
+        Value::Object(out)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransformStoreError {
+    #[error("the transform job record '{}' is unreadable: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot {action} '{}': {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TransformStoreError + 'a {
+    move |source| TransformStoreError::Io { action, path: path.to_path_buf(), source }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TransformStore {
+    root: PathBuf,
+}
+
+impl TransformStore {
+    pub(crate) fn new(state_root: &Path) -> Self {
+        TransformStore { root: state_root.join("transform-jobs") }
+    }
+
+    pub(crate) fn job_dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub(crate) fn model_dir(&self, name: &str) -> PathBuf {
+        self.job_dir(name).join("model")
+    }
+
+    /// `transform-jobs/<name>/logs/<instance>.log`: stream `<name>/<instance>`.
+    pub(crate) fn log_path(&self, name: &str, instance: &str) -> PathBuf {
+        self.job_dir(name).join("logs").join(format!("{instance}.log"))
+    }
+
+    pub(crate) fn log_streams(&self, name: &str) -> Vec<(String, PathBuf)> {
+        let mut streams: Vec<(String, PathBuf)> = std::fs::read_dir(self.job_dir(name).join("logs"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| {
+                        let file = e.ok()?.file_name().into_string().ok()?;
+                        let instance = file.strip_suffix(".log")?.to_string();
+                        Some((format!("{name}/{instance}"), self.log_path(name, &instance)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        streams.sort();
+        streams
+    }
+
+    fn stop_marker(&self, name: &str) -> PathBuf {
+        self.job_dir(name).join("stop-requested")
+    }
+
+    pub(crate) fn request_stop(&self, name: &str) -> Result<(), TransformStoreError> {
+        let path = self.stop_marker(name);
+        std::fs::write(&path, b"").map_err(io("write", &path))
+    }
+
+    pub(crate) fn stop_requested(&self, name: &str) -> bool {
+        self.stop_marker(name).exists()
+    }
+
+    /// Reserves the name and writes the first record; `false` when the name is taken.
+    pub(crate) fn create(&self, record: &TransformRecord) -> Result<bool, TransformStoreError> {
+        std::fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        let dir = self.job_dir(&record.name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(io("create", &dir)(e)),
+        }
+        self.save(record)?;
+        Ok(true)
+    }
+
+    pub(crate) fn save(&self, record: &TransformRecord) -> Result<(), TransformStoreError> {
+        let dir = self.job_dir(&record.name);
+        let path = dir.join("record.json");
+        let text = serde_json::to_vec_pretty(record)
+            .map_err(|e| TransformStoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("write", &path))?;
+        tmp.write_all(&text).and_then(|_| tmp.as_file().sync_all()).map_err(io("write", &path))?;
+        tmp.persist(&path).map_err(|e| io("write", &path)(e.error))?;
+        Ok(())
+    }
+
+    pub(crate) fn load(&self, name: &str) -> Result<Option<TransformRecord>, TransformStoreError> {
+        if !crate::hosting::store::is_name(name) {
+            return Ok(None);
+        }
+        let path = self.job_dir(name).join("record.json");
+        match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|e| TransformStoreError::Corrupt { path, reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    pub(crate) fn list(&self) -> Vec<TransformRecord> {
+        let names: Vec<String> = std::fs::read_dir(&self.root)
+            .map(|e| e.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.iter().filter_map(|n| self.load(n).ok().flatten()).collect()
+    }
+
+    /// A lock held by the process running the job while it runs.
+    pub(crate) fn claim(&self, name: &str) -> Option<std::fs::File> {
+        let path = self.job_dir(name).join("runner.lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).ok()?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+        Some(file)
+    }
+}
