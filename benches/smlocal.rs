@@ -9,7 +9,10 @@
 //!      against the same job under `smlocal train` (only with `SMLOCAL_SDK_PYTHON`);
 //!   e. InvokeEndpoint through `smlocal serve` against the same request sent straight to the
 //!      container's port: latency p50/p99 one request at a time, and requests/s with 32
-//!      clients at once.
+//!      clients at once;
+//!   f. batch transform of 1,000,000 CSV lines (4 objects, `MultiRecord`, 1 MB batches, the
+//!      sample's own 2 requests in flight), whole `smlocal transform` process, against a
+//!      client posting the same batches straight to an already running container.
 //!
 //! `cargo bench --bench smlocal` runs the full sizes (1 GiB); `-- --tiny` runs small ones
 //! (what CI does to keep the benchmark working); `-- a c` runs only those.
@@ -61,7 +64,7 @@ fn main() {
 
     // `-- a c` runs only those benchmarks.
     let picked: Vec<String> =
-        std::env::args().skip(1).filter(|a| ["a", "b", "c", "d", "e"].contains(&a.as_str())).collect();
+        std::env::args().skip(1).filter(|a| ["a", "b", "c", "d", "e", "f"].contains(&a.as_str())).collect();
     let run = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
     println!("{:<44} {:>12} {:>12} {:>8}", "benchmark", "smlocal", "floor", "ratio");
     if run("a") {
@@ -79,6 +82,106 @@ fn main() {
     if run("e") {
         rt.block_on(invoke_latency(root.path(), tiny));
     }
+    if run("f") {
+        rt.block_on(batch_transform(root.path(), tiny));
+    }
+}
+
+/// f. Records/s of a batch transform against the same batches posted directly.
+async fn batch_transform(root: &Path, tiny: bool) {
+    let lines = if tiny { 20_000 } else { 1_000_000 };
+    let bucket = harness::s3().bucket(&format!("bench-transform-{}", harness::unique()));
+    let mut objects = Vec::new();
+    for part in 0..4 {
+        let text: String = (0..lines / 4).map(|i| format!("{},{}\n", (i + part) % 97, i % 13)).collect();
+        bucket.put(&format!("in/part-{part}.csv"), text.as_bytes());
+        objects.push(text);
+    }
+    // A model the sample serves, packed as training would.
+    let model_dir = root.join("transform-model");
+    std::fs::create_dir_all(&model_dir).expect("model dir");
+    std::fs::write(model_dir.join("model.json"), r#"{"weights": [0.5, -0.25], "bias": 0.1, "target_column": 0}"#)
+        .expect("model.json");
+    let archive = root.join("transform-model.tar.gz");
+    let packed = Command::new("tar").arg("-czf").arg(&archive).arg("-C").arg(&model_dir).arg("model.json").status();
+    assert!(packed.is_ok_and(|s| s.success()), "tar");
+
+    let sm = harness::Smlocal::new();
+    let server = sm.serve(&["--allow-file-root", &root.display().to_string()]);
+    let create = serde_json::json!({"ModelName": "bench", "ExecutionRoleArn": "arn:aws:iam::123456789012:role/R",
+        "PrimaryContainer": {"Image": harness::SAMPLE_IMAGE, "ModelDataUrl": format!("file://{}", archive.display())}});
+    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let created = client
+        .post(&server.url)
+        .header("x-amz-target", "SageMaker.CreateModel")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(create.to_string())
+        .send()
+        .await
+        .expect("CreateModel");
+    assert!(created.status().is_success(), "CreateModel: {:?}", created.text().await);
+    drop(server);
+    let request = serde_json::json!({
+        "TransformJobName": "bench-transform", "ModelName": "bench", "MaxPayloadInMB": 1,
+        "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": bucket.uri("in/")}},
+                           "ContentType": "text/csv", "SplitType": "Line"},
+        "TransformOutput": {"S3OutputPath": bucket.uri("out/"), "AssembleWith": "Line"},
+        "TransformResources": {"InstanceType": "ml.c5.large", "InstanceCount": 1},
+    });
+    let file = root.join("transform-request.json");
+    std::fs::write(&file, request.to_string()).expect("request");
+    let ours = time(|| {
+        let out = sm.command().args(["transform", "--unique-name"]).arg(&file).output().expect("smlocal transform");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    });
+
+    // The floor: the same container, already up, and the same 1 MB batches, 2 in flight.
+    let started = Command::new("docker")
+        .args(["run", "-d", "--rm", "-p", "127.0.0.1::8080", "-v"])
+        .arg(format!("{}:/opt/ml/model:ro", model_dir.display()))
+        .args([harness::SAMPLE_IMAGE, "serve"])
+        .output()
+        .expect("docker run");
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_string();
+    let port: u16 = Command::new("docker")
+        .args(["port", &id, "8080/tcp"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().rsplit(':').next()?.parse().ok())
+        .expect("the container's port");
+    let url = format!("http://127.0.0.1:{port}/invocations");
+    while client.get(format!("http://127.0.0.1:{port}/ping")).send().await.is_err() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut batches = Vec::new();
+    for text in &objects {
+        let mut batch = String::new();
+        for line in text.split_inclusive('\n') {
+            if batch.len() + line.len() > 1 << 20 {
+                batches.push(std::mem::take(&mut batch));
+            }
+            batch.push_str(line);
+        }
+        batches.push(batch);
+    }
+    let floor_started = Instant::now();
+    let answered: Vec<usize> = futures::stream::iter(batches)
+        .map(|body| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let answer = client.post(&url).header("content-type", "text/csv").body(body).send().await.expect("post");
+                answer.bytes().await.expect("answer").len()
+            }
+        })
+        .buffered(2)
+        .collect()
+        .await;
+    let floor = floor_started.elapsed().as_secs_f64();
+    assert!(answered.iter().all(|n| *n > 0));
+    let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+    let (ours_rate, floor_rate) = (lines as f64 / ours, lines as f64 / floor);
+    row("f. transform records/s vs direct batches", ours_rate, floor_rate, " /s");
+    println!("{:<44} {:>10.2} s {:>10.2} s", "   (seconds: whole smlocal process, direct)", ours, floor);
 }
 
 /// e. InvokeEndpoint's added latency: the probe's echo endpoint, one keep-alive client,

@@ -97,6 +97,7 @@ mod spec;
 mod stage;
 mod state;
 mod storage;
+mod transform;
 mod tree;
 
 // The public surface: what the `smlocal` binary, the benchmark and the end-to-end tests use.
@@ -123,4 +124,5 @@ pub use crate::state::listing::{ListQuery, page as list_page};
 pub use crate::state::record::{Failure, FailureKind, Record, Secondary, Status};
 pub use crate::state::{StateDir, StateError};
 pub use crate::storage::{S3Config, Storage};
+pub use crate::transform::{TransformOutcome, TransformProgress};
 pub use crate::tree::{Beneath, TreeError};

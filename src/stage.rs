@@ -446,7 +446,7 @@ pub(crate) async fn resolve(storage: &Storage, channel: &ChannelPlan) -> Result<
 }
 
 /// A manifest is a JSON array: `{"prefix": "s3://bucket/path/"}` then keys relative to it.
-fn parse_manifest(bytes: &[u8]) -> Result<(String, Vec<String>), String> {
+pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<(String, Vec<String>), String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let items = value.as_array().ok_or("expected a JSON array: [{\"prefix\": \"s3://...\"}, \"key1\", ...]")?;
     let prefix = items

@@ -252,3 +252,86 @@ mod tests {
         assert_eq!(base_name("123.dkr.ecr.us-east-1.amazonaws.com/my_model:1.0"), "my-model");
     }
 }
+
+#[derive(clap::Args)]
+pub(super) struct TransformArgs {
+    /// The CreateTransformJob request file, or `-` for standard input.
+    request: String,
+    /// Append `-YYYY-MM-DD-HH-MM-SS-mmm` to `TransformJobName`, as the SageMaker SDK does.
+    #[arg(long)]
+    unique_name: bool,
+}
+
+/// `smlocal transform REQUEST.json`: the job in the foreground, its containers' lines
+/// prefixed by instance, a progress line (objects, records, bytes), Ctrl-C stops it.
+pub(super) async fn transform(args: TransformArgs) -> Result<ExitCode> {
+    use std::sync::atomic::Ordering;
+    let text = super::read_request(&args.request)?;
+    let mut request: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: the request is not valid JSON", args.request))?;
+    if args.unique_name
+        && let Some(name) = request.get("TransformJobName").and_then(Value::as_str)
+    {
+        let unique = smlocal::unique_name(name, time::OffsetDateTime::now_utc());
+        request["TransformJobName"] = json!(unique);
+    }
+    let hosting = hosting().await?;
+    let name = hosting.admit_transform_job(&request)?;
+    eprintln!("smlocal: starting transform job {name}");
+    let progress = Arc::new(smlocal::TransformProgress::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sink: smlocal::LogSink = Arc::new(|instance: &str, line: &str| {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{instance} | {line}");
+    });
+    let reporter = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                eprintln!(
+                    "smlocal: {}/{} objects, {} records, {} read, {:.0} s",
+                    progress.objects_done.load(Ordering::Relaxed),
+                    progress.objects_total.load(Ordering::Relaxed),
+                    progress.records.load(Ordering::Relaxed),
+                    smlocal::human_bytes(progress.bytes.load(Ordering::Relaxed)),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (stop, interrupted) = (stop.clone(), interrupted.clone());
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted.store(true, Ordering::SeqCst);
+                eprintln!("smlocal: stopping (Ctrl-C)");
+                stop.cancel();
+            }
+        });
+    }
+    let started = std::time::Instant::now();
+    let outcome = hosting.run_transform_job(&name, progress.clone(), Some(sink), stop).await;
+    reporter.abort();
+    let Some(outcome) = outcome else { bail!("the transform job {name} is being run by another process") };
+    eprintln!(
+        "smlocal: {name} {} in {:.1}s: {} objects, {} records",
+        outcome.status,
+        started.elapsed().as_secs_f64(),
+        progress.objects_done.load(Ordering::Relaxed),
+        progress.records.load(Ordering::Relaxed)
+    );
+    if let Some(reason) = &outcome.failure_reason {
+        eprintln!("smlocal: FailureReason: {reason}");
+    }
+    if outcome.status == "Completed" {
+        eprintln!("smlocal: output: {}", outcome.output_path);
+    }
+    Ok(match (interrupted.load(Ordering::SeqCst), outcome.status.as_str()) {
+        (true, _) => ExitCode::from(130),
+        (_, "Completed") => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}

@@ -89,6 +89,9 @@ enum Command {
     Invoke(hosting::InvokeArgs),
     /// List the endpoints (made here or through smlocal serve) and their status.
     Endpoints,
+    /// Run a CreateTransformJob request (batch transform: every object of the input scored
+    /// by the model's serving container, `<S3OutputPath>/<key>.out`) in the foreground.
+    Transform(hosting::TransformArgs),
     /// Delete an endpoint: its containers get SIGTERM (SIGKILL after 30 s) and are removed;
     /// the configuration and model `smlocal deploy` made under its name go too. Its logs stay.
     DeleteEndpoint {
@@ -286,6 +289,7 @@ pub(crate) async fn main(cli: Cli) -> ExitCode {
         Command::Deploy(args) => hosting::deploy(args).await,
         Command::Invoke(args) => hosting::invoke(args).await,
         Command::Endpoints => hosting::endpoints().await,
+        Command::Transform(args) => hosting::transform(args).await,
         Command::DeleteEndpoint { name } => hosting::delete_endpoint(&name).await,
     };
     match result {

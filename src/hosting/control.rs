@@ -360,12 +360,12 @@ pub(crate) fn model_containers(request: &Value) -> Vec<&Value> {
 }
 
 /// One resource in a listing, with what its filters and sort keys read.
-struct Row {
-    name: String,
-    created: f64,
-    modified: f64,
-    status: Option<&'static str>,
-    summary: Value,
+pub(crate) struct Row {
+    pub name: String,
+    pub created: f64,
+    pub modified: f64,
+    pub status: Option<&'static str>,
+    pub summary: Value,
 }
 
 impl Row {
@@ -385,7 +385,7 @@ fn time_field(body: &Value, field: &str) -> Option<f64> {
 }
 
 /// The List* operations' shared filters, order and pages (`NextToken` is the position).
-fn page(mut rows: Vec<Row>, body: &Value, member: &str) -> Answer {
+pub(crate) fn page(mut rows: Vec<Row>, body: &Value, member: &str) -> Answer {
     if let Some(part) = body.get("NameContains").and_then(Value::as_str) {
         let part = part.to_ascii_lowercase();
         rows.retain(|r| r.name.to_ascii_lowercase().contains(&part));

@@ -33,7 +33,7 @@ fn network_name(endpoint: &str, generation: u32) -> String {
 }
 
 /// An EC2-style instance ID, unique per endpoint, deployment, variant and index.
-fn instance_id(endpoint: &str, generation: u32, variant: &str, index: usize) -> String {
+pub(crate) fn instance_id(endpoint: &str, generation: u32, variant: &str, index: usize) -> String {
     let digest =
         sha2::Sha256::digest(format!("{endpoint}/{generation}/{variant}/{index}/{}", crate::state::record::now()));
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -221,26 +221,37 @@ async fn start_variant(
 
 /// Pings the instance until it answers 200, its container exits, or the startup limit.
 async fn wait_healthy(h: &Hosting, plan: &Planned, instance: &Instance) -> Result<(), Failed> {
-    let deadline = tokio::time::Instant::now() + plan.startup_limit;
-    let url = format!("http://127.0.0.1:{}/ping", instance.port);
+    match until_healthy(h, &instance.container, instance.port, plan.startup_limit).await {
+        Ok(()) => {
+            tracing::info!("instance {} of {} is healthy", instance.id, plan.name);
+            Ok(())
+        }
+        Err(detail) => Err(Failed(format!(
+            "The primary container for production variant {} did not pass the ping health check. Please check CloudWatch logs for this endpoint. ({detail})",
+            plan.name
+        ))),
+    }
+}
+
+/// Pings a serving container on `port` until it answers 200 (Ok), or says why not: it
+/// exited or was removed, or `limit` passed; with the container's last lines.
+pub(crate) async fn until_healthy(h: &Hosting, container: &str, port: u16, limit: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let url = format!("http://127.0.0.1:{port}/ping");
     let failed = |detail: String| async move {
-        let tail = h.docker.logged_lines(&instance.container, 0, Some(TAIL_LINES)).await.unwrap_or_default();
+        let tail = h.docker.logged_lines(container, 0, Some(TAIL_LINES)).await.unwrap_or_default();
         let lines: Vec<String> = tail.into_iter().map(|(_, l)| l).collect();
         let tail = if lines.is_empty() { String::new() } else { format!("; its last lines: {}", lines.join(" | ")) };
-        Failed(format!(
-            "The primary container for production variant {} did not pass the ping health check. Please check CloudWatch logs for this endpoint. ({detail}{tail})",
-            plan.name
-        ))
+        format!("{detail}{tail}")
     };
     loop {
-        if instance.port != 0
+        if port != 0
             && let Ok(answer) = h.runtime.client().get(&url).timeout(PING_TIMEOUT).send().await
             && answer.status() == reqwest::StatusCode::OK
         {
-            tracing::info!("instance {} of {} is healthy", instance.id, plan.name);
             return Ok(());
         }
-        match h.docker.state(&instance.container).await {
+        match h.docker.state(container).await {
             Ok(ContainerState::Running) => {}
             Ok(ContainerState::Stopped(exit)) => {
                 return Err(failed(format!("the container exited with code {} before it was healthy", exit.code)).await);
@@ -251,7 +262,7 @@ async fn wait_healthy(h: &Hosting, plan: &Planned, instance: &Instance) -> Resul
         if tokio::time::Instant::now() >= deadline {
             return Err(failed(format!(
                 "GET /ping did not answer 200 within {} s, the variant's ContainerStartupHealthCheckTimeoutInSeconds",
-                plan.startup_limit.as_secs()
+                limit.as_secs()
             ))
             .await);
         }

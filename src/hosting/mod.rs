@@ -71,6 +71,8 @@ pub enum HostingError {
     Validation(String),
     #[error("{0}")]
     LimitExceeded(String),
+    #[error("{0}")]
+    InUse(String),
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
@@ -85,6 +87,7 @@ impl HostingError {
             HostingError::Validation(_) | HostingError::Spec(_) => AwsErrorKind::Validation,
             HostingError::Docker(DockerError::ImageMissing(_)) => AwsErrorKind::Validation,
             HostingError::LimitExceeded(_) => AwsErrorKind::ResourceLimitExceeded,
+            HostingError::InUse(_) => AwsErrorKind::ResourceInUse,
             HostingError::Store(_) | HostingError::Docker(_) => AwsErrorKind::Internal,
         }
     }
@@ -167,6 +170,10 @@ impl Hosting {
             "ListEndpoints" => self.list_endpoints(body),
             "UpdateEndpoint" => self.update_endpoint(body),
             "DeleteEndpoint" => self.delete_endpoint(body),
+            "CreateTransformJob" => self.create_transform_job(body),
+            "DescribeTransformJob" => self.describe_transform_job(body),
+            "ListTransformJobs" => self.list_transform_jobs(body),
+            "StopTransformJob" => self.stop_transform_job(body),
             _ => return Err(body),
         })
     }
@@ -174,6 +181,7 @@ impl Hosting {
     /// Brings every endpoint in line with its containers after a restart (see
     /// [`deploy::reconcile`]).
     pub async fn reconcile(self: &Arc<Self>) {
+        self.reconcile_transform_jobs().await;
         deploy::reconcile(self.clone()).await;
     }
 

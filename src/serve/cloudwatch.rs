@@ -16,6 +16,18 @@ use crate::state::{StateDir, StateError};
 use serde_json::{Value, json};
 
 pub(super) const LOG_GROUP: &str = "/aws/sagemaker/TrainingJobs";
+/// Transform jobs' group: one stream per instance, `<job>/<instance-id>`.
+const TRANSFORM_GROUP: &str = "/aws/sagemaker/TransformJobs";
+
+/// A transform job's streams, or every job's when the prefix names none.
+fn transform_streams(hosting: &Hosting, prefix: &str) -> Vec<Stream> {
+    let store = crate::transform::store::TransformStore::new(hosting.state.root());
+    let names: Vec<String> = match prefix.split_once('/') {
+        Some((job, _)) => vec![job.to_string()],
+        None => store.list().into_iter().map(|r| r.name).collect(),
+    };
+    names.iter().flat_map(|n| store.log_streams(n)).map(|(name, log)| Stream { name, log }).collect()
+}
 
 /// DescribeLogStreams' largest page, and the count up to which it never pages.
 const MAX_STREAMS: usize = 50;
@@ -48,6 +60,7 @@ fn number(body: &Value, field: &str) -> Result<Option<i64>, ApiError> {
 /// The two kinds of log group.
 enum Group {
     TrainingJobs,
+    TransformJobs,
     Endpoint(String),
 }
 
@@ -55,6 +68,7 @@ impl Group {
     fn name(&self) -> String {
         match self {
             Group::TrainingJobs => LOG_GROUP.to_string(),
+            Group::TransformJobs => TRANSFORM_GROUP.to_string(),
             Group::Endpoint(name) => format!("{GROUP_PREFIX}{name}"),
         }
     }
@@ -64,6 +78,7 @@ fn check_group(body: &Value) -> Result<Group, ApiError> {
     let group = string(body, "logGroupName")?.or(string(body, "logGroupIdentifier")?);
     match group {
         Some(LOG_GROUP) => Ok(Group::TrainingJobs),
+        Some(TRANSFORM_GROUP) => Ok(Group::TransformJobs),
         Some(g) if g.starts_with(GROUP_PREFIX) => Ok(Group::Endpoint(g[GROUP_PREFIX.len()..].to_string())),
         Some(_) => Err(not_found("group")),
         None => Err(ApiError::new("InvalidParameterException", "logGroupName is required")),
@@ -116,6 +131,7 @@ pub(super) async fn describe_log_streams(store: &StateDir, hosting: &Hosting, bo
     let all = match &group {
         Group::Endpoint(endpoint) => endpoint_streams(hosting, endpoint).await?,
         Group::TrainingJobs => training_streams(store, &body)?,
+        Group::TransformJobs => transform_streams(hosting, string(&body, "logStreamNamePrefix")?.unwrap_or_default()),
     };
     describe_streams(all, &group.name(), &body)
 }
@@ -221,6 +237,9 @@ pub(super) async fn get_log_events(store: &StateDir, hosting: &Hosting, body: Va
         .ok_or_else(|| ApiError::new("InvalidParameterException", "logStreamName is required"))?;
     let stream = match &group {
         Group::TrainingJobs => find_stream(store, name)?,
+        Group::TransformJobs => {
+            transform_streams(hosting, name).into_iter().find(|s| s.name == name).ok_or_else(|| not_found("stream"))?
+        }
         Group::Endpoint(endpoint) => endpoint_streams(hosting, endpoint)
             .await?
             .into_iter()

@@ -21,7 +21,9 @@ pub(crate) struct JsonPath {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("'{path}' is not a JSONPath batch transform supports ({why}); use e.g. $, $.features, $[1:] or $['id','features']")]
+#[error(
+    "'{path}' is not a JSONPath batch transform supports ({why}); use e.g. $, $.features, $[1:] or $['id','features']"
+)]
 pub(crate) struct PathError {
     path: String,
     why: &'static str,
@@ -88,7 +90,8 @@ fn element(value: &Value, i: i64) -> Option<&Value> {
 
 fn quoted(text: &str) -> Option<String> {
     let t = text.trim();
-    let inner = t.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')).or_else(|| t.strip_prefix('"')?.strip_suffix('"'))?;
+    let inner =
+        t.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')).or_else(|| t.strip_prefix('"')?.strip_suffix('"'))?;
     Some(inner.to_string())
 }
 

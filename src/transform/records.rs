@@ -32,7 +32,9 @@ impl Split {
 pub(crate) enum RecordError {
     #[error("it is not {format}: {why} at byte {at}")]
     Malformed { format: &'static str, why: &'static str, at: usize },
-    #[error("record {index} is {size} bytes, more than MaxPayloadInMB ({max} bytes) allows; raise MaxPayloadInMB or split the input finer")]
+    #[error(
+        "record {index} is {size} bytes, more than MaxPayloadInMB ({max} bytes) allows; raise MaxPayloadInMB or split the input finer"
+    )]
     TooLarge { index: usize, size: usize, max: usize },
 }
 
@@ -41,7 +43,7 @@ const RECORDIO_MAGIC: u32 = 0xced7_230a;
 /// The byte ranges of the records of `bytes`. Empty lines are not records.
 pub(crate) fn split(bytes: &[u8], split: Split) -> Result<Vec<Range<usize>>, RecordError> {
     match split {
-        Split::None => Ok(if bytes.is_empty() { Vec::new() } else { vec![0..bytes.len()] }),
+        Split::None => Ok(if bytes.is_empty() { Vec::new() } else { std::iter::once(0..bytes.len()).collect() }),
         Split::Line => {
             let mut records = Vec::new();
             let mut start = 0;

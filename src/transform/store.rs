@@ -102,7 +102,7 @@ impl TransformRecord {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TransformStoreError {
+pub(crate) enum TransformStoreError {
     #[error("the transform job record '{}' is unreadable: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot {action} '{}': {source}", path.display())]

@@ -16,4 +16,5 @@ mod serve;
 mod staging;
 mod story;
 mod toolkit;
+mod transform;
 mod validation;

@@ -16,7 +16,9 @@
 //! `/opt/ml/model/model.json`, listens on port 8080, answers `GET /ping` and predicts for
 //! `POST /invocations` (CSV rows of features, with or without the target column; or JSON
 //! `{"instances": [[...], ...]}`), one prediction per line (`text/csv`) or as JSON
-//! (`Accept: application/json`). A payload it cannot read is a 400 that says why.
+//! (`Accept: application/json`). A payload it cannot read is a 400 that says why. For batch
+//! transform it asks for 2 requests in flight and 1 MB multi-record batches
+//! (`GET /execution-parameters`).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -458,6 +460,12 @@ fn serve(root: &Path) -> ! {
     println!("linear-regression serving a model of {} features", model.weights.len());
     http::serve(8080, move |request| match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/ping") => Response::new(200, "text/plain", "ok\n"),
+        // What batch transform uses when the request leaves these out.
+        ("GET", "/execution-parameters") => Response::new(
+            200,
+            "application/json",
+            r#"{"MaxConcurrentTransforms": 2, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 1}"#,
+        ),
         ("POST", "/invocations") => {
             let content_type = request.header("content-type").unwrap_or_default();
             match rows(&model, content_type, &request.body) {

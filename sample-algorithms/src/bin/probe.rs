@@ -409,7 +409,7 @@ fn main() {
 /// - `PROBE_INVOKE`: `echo` (default: the body back, with its content type); `headers` (the
 ///   request's headers as JSON); `id` (the container's host name); `crash` (exits in the
 ///   middle of the request); `sleep:SECS` (then echo); `status:CODE` (answers CODE);
-///   `stream:N` (N chunks `part I`, 100 ms apart); `cat:PATH` (the file, or 404);
+///   `stream:N` (N chunks `part I`, 100 ms apart); `cat:PATH` (the file, or 404); `length` (the body's size);
 ///   `attributes` (the mode is the request's
 ///   `X-Amzn-SageMaker-Custom-Attributes`, `mode=status:400` say, else echo).
 /// - `PROBE_LISTEN`: the address to bind (default 0.0.0.0); `PROBE_TERM=ignore` ignores SIGTERM.
@@ -456,6 +456,7 @@ fn serve() -> ! {
                     Response::new(200, "application/json", serde_json::Value::Object(map).to_string())
                 }
                 "id" => Response::new(200, "text/plain", hostname.clone()),
+                "length" => Response::new(200, "text/plain", request.body.len().to_string()),
                 "cat" => match fs::read(arg) {
                     Ok(bytes) => Response::new(200, "application/octet-stream", bytes),
                     Err(e) => Response::new(404, "text/plain", format!("{arg}: {e}")),
