@@ -59,6 +59,9 @@
 //!   `model_data.rs` the model's artifacts into the endpoint's folder, `runtime.rs`
 //!   InvokeEndpoint's routing and errors (`eventstream.rs` its streamed framing), `logs.rs`
 //!   the containers' output as CloudWatch streams.
+//! - [`transform`]: batch transform: `plan.rs` the request typed, `records.rs` objects into
+//!   records and batches, `jsonpath.rs` the filters, `run.rs` one job start to record,
+//!   `store.rs` the records.
 //!
 //! Front ends:
 //! - [`serve`]: `smlocal serve`: `mod.rs` HTTP, routing and AWS errors; `training.rs`,
@@ -70,7 +73,7 @@
 //!   the inference contract's checks (`--serve`).
 //!
 //! The binary's `src/cli/`: `mod.rs` the training and server commands, `hosting.rs` deploy,
-//! invoke, endpoints and delete-endpoint.
+//! invoke, endpoints, delete-endpoint and transform.
 //!
 //! The library installs no signal handlers: [`run()`] takes a shutdown token, and the
 //! binary (`src/main.rs`, `src/cli.rs`) turns Ctrl-C into it.
