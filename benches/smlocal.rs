@@ -126,7 +126,7 @@ async fn batch_transform(root: &Path, tiny: bool) {
         "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": bucket.uri("in/")}},
                            "ContentType": "text/csv", "SplitType": "Line"},
         "TransformOutput": {"S3OutputPath": bucket.uri("out/"), "AssembleWith": "Line"},
-        "TransformResources": {"InstanceType": "ml.c5.large", "InstanceCount": 1},
+        "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
     });
     let file = root.join("transform-request.json");
     std::fs::write(&file, request.to_string()).expect("request");
@@ -169,7 +169,8 @@ async fn batch_transform(root: &Path, tiny: bool) {
         .map(|body| {
             let (client, url) = (client.clone(), url.clone());
             async move {
-                let answer = client.post(&url).header("content-type", "text/csv").body(body).send().await.expect("post");
+                let answer =
+                    client.post(&url).header("content-type", "text/csv").body(body).send().await.expect("post");
                 answer.bytes().await.expect("answer").len()
             }
         })

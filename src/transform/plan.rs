@@ -123,7 +123,7 @@ mod tests {
             "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}},
                                "ContentType": "text/csv", "SplitType": "Line", "CompressionType": "Gzip"},
             "TransformOutput": {"S3OutputPath": "s3://b/out", "AssembleWith": "Line"},
-            "TransformResources": {"InstanceType": "ml.c5.large", "InstanceCount": 2},
+            "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 2},
             "DataProcessing": {"InputFilter": "$[1:]", "JoinSource": "Input"}
         });
         let plan = Plan::of(request.as_object().unwrap()).unwrap();

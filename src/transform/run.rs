@@ -245,7 +245,9 @@ async fn execute(
             .iter()
             .skip(i)
             .step_by(instances.len())
-            .map(|object| Box::pin(transform_object(h, plan, settings, instance, permits.clone(), object, progress, stop)))
+            .map(|object| {
+                Box::pin(transform_object(h, plan, settings, instance, permits.clone(), object, progress, stop))
+            })
             .collect();
         async move { futures::stream::iter(work).buffer_unordered(settings.concurrency).try_collect::<Vec<()>>().await }
     });

@@ -49,7 +49,7 @@ fn request(name: &str, model: &str, input: &str, output: &str, extra: Value) -> 
         "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input}},
                            "ContentType": "text/csv", "SplitType": "Line"},
         "TransformOutput": {"S3OutputPath": output, "AssembleWith": "Line"},
-        "TransformResources": {"InstanceType": "ml.c5.large", "InstanceCount": 1},
+        "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
     });
     for (k, v) in extra.as_object().unwrap() {
         match (r.get_mut(k), v) {
