@@ -83,12 +83,12 @@ fn main() {
         rt.block_on(invoke_latency(root.path(), tiny));
     }
     if run("f") {
-        rt.block_on(batch_transform(root.path(), tiny));
+        batch_transform(root.path(), tiny, &rt);
     }
 }
 
 /// f. Records/s of a batch transform against the same batches posted directly.
-async fn batch_transform(root: &Path, tiny: bool) {
+fn batch_transform(root: &Path, tiny: bool, rt: &tokio::runtime::Runtime) {
     let lines = if tiny { 20_000 } else { 1_000_000 };
     let bucket = harness::s3().bucket(&format!("bench-transform-{}", harness::unique()));
     let mut objects = Vec::new();
@@ -111,15 +111,17 @@ async fn batch_transform(root: &Path, tiny: bool) {
     let create = serde_json::json!({"ModelName": "bench", "ExecutionRoleArn": "arn:aws:iam::123456789012:role/R",
         "PrimaryContainer": {"Image": harness::SAMPLE_IMAGE, "ModelDataUrl": format!("file://{}", archive.display())}});
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
-    let created = client
-        .post(&server.url)
-        .header("x-amz-target", "SageMaker.CreateModel")
-        .header("content-type", "application/x-amz-json-1.1")
-        .body(create.to_string())
-        .send()
-        .await
-        .expect("CreateModel");
-    assert!(created.status().is_success(), "CreateModel: {:?}", created.text().await);
+    rt.block_on(async {
+        let created = client
+            .post(&server.url)
+            .header("x-amz-target", "SageMaker.CreateModel")
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(create.to_string())
+            .send()
+            .await
+            .expect("CreateModel");
+        assert!(created.status().is_success(), "CreateModel: {:?}", created.text().await);
+    });
     drop(server);
     let request = serde_json::json!({
         "TransformJobName": "bench-transform", "ModelName": "bench", "MaxPayloadInMB": 1,
@@ -150,9 +152,11 @@ async fn batch_transform(root: &Path, tiny: bool) {
         .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().rsplit(':').next()?.parse().ok())
         .expect("the container's port");
     let url = format!("http://127.0.0.1:{port}/invocations");
-    while client.get(format!("http://127.0.0.1:{port}/ping")).send().await.is_err() {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    rt.block_on(async {
+        while client.get(format!("http://127.0.0.1:{port}/ping")).send().await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
     let mut batches = Vec::new();
     for text in &objects {
         let mut batch = String::new();
@@ -165,7 +169,7 @@ async fn batch_transform(root: &Path, tiny: bool) {
         batches.push(batch);
     }
     let floor_started = Instant::now();
-    let answered: Vec<usize> = futures::stream::iter(batches)
+    let answered: Vec<usize> = rt.block_on(futures::stream::iter(batches)
         .map(|body| {
             let (client, url) = (client.clone(), url.clone());
             async move {
@@ -175,14 +179,23 @@ async fn batch_transform(root: &Path, tiny: bool) {
             }
         })
         .buffered(2)
-        .collect()
-        .await;
+        .collect::<Vec<usize>>());
     let floor = floor_started.elapsed().as_secs_f64();
     assert!(answered.iter().all(|n| *n > 0));
     let _ = Command::new("docker").args(["rm", "-f", &id]).output();
     let (ours_rate, floor_rate) = (lines as f64 / ours, lines as f64 / floor);
     row("f. transform records/s vs direct batches", ours_rate, floor_rate, " /s");
     println!("{:<44} {:>10.2} s {:>10.2} s", "   (seconds: whole smlocal process, direct)", ours, floor);
+    // SDK local mode reads local folders: the same objects on disk.
+    let local_in = root.join("transform-local-in");
+    std::fs::create_dir_all(&local_in).expect("input dir");
+    for (part, text) in objects.iter().enumerate() {
+        std::fs::write(local_in.join(format!("part-{part}.csv")), text).expect("input");
+    }
+    let args = ["transform", harness::SAMPLE_IMAGE, &archive.display().to_string(), &local_in.display().to_string()];
+    if let Some(sdk) = sdk_seconds(&args, root, 1) {
+        row("   vs SageMaker SDK local mode (records/s)", ours_rate, lines as f64 / sdk, " /s");
+    }
 }
 
 /// e. InvokeEndpoint's added latency: the probe's echo endpoint, one keep-alive client,

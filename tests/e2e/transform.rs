@@ -150,6 +150,17 @@ fn records_split_by_recordio_and_json_lines_filtered_and_joined_as_aws_defines()
     let out = String::from_utf8(bucket.get("rio-out/data.rec.out").unwrap()).unwrap();
     // Each request is one whole record, frames and padding included.
     assert_eq!(out, "12\n36\n24\n", "{out}");
+    // The same object named by a manifest: its output is named by its manifest entry.
+    let manifest = json!([{"prefix": bucket.uri("rio/")}, "data.rec"]).to_string();
+    bucket.put("m/list.manifest", manifest.as_bytes());
+    let name = format!("tj-man-{}", unique());
+    let extra = json!({"BatchStrategy": "SingleRecord",
+                       "TransformInput": {"SplitType": "RecordIO", "ContentType": "application/x-recordio",
+                                          "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": bucket.uri("m/list.manifest")}}}});
+    let req = request(&name, &length, &bucket.uri("rio/"), &bucket.uri("man-out/"), extra);
+    let described = transform(&sm, &server, &["run", &request_file(&sm, &req)]);
+    assert_eq!(described["TransformJobStatus"], "Completed", "{described:#}");
+    assert_eq!(String::from_utf8(bucket.get("man-out/data.rec.out").unwrap()).unwrap(), "12\n36\n24\n");
 
     let echo = format!("echo-{}", unique());
     transform(&sm, &server, &["model", &echo, PROBE_IMAGE, "-", "{}"]);
