@@ -504,6 +504,13 @@ impl Docker {
             .and_then(|bindings| bindings.iter().find_map(|b| b.host_port.as_deref()?.parse().ok())))
     }
 
+    /// The container's IPv4 address on `network`.
+    pub(crate) async fn address_on(&self, id: &str, network: &str) -> Option<String> {
+        let inspected = self.client.inspect_container(id, None).await.ok()?;
+        let networks = inspected.network_settings?.networks?;
+        networks.get(network)?.ip_address.clone().filter(|a| !a.is_empty())
+    }
+
     pub(crate) async fn state(&self, id: &str) -> Result<ContainerState, DockerError> {
         let inspected = match self.client.inspect_container(id, None).await {
             Ok(i) => i,

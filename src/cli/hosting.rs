@@ -142,8 +142,8 @@ pub(super) async fn deploy(args: DeployArgs) -> Result<ExitCode> {
     eprintln!("smlocal: endpoint {name} is InService");
     eprintln!("  invoke it:   smlocal invoke {name} FILE --content-type text/csv");
     eprintln!("  through the API (smlocal serve on PORT): POST http://127.0.0.1:PORT/endpoints/{name}/invocations");
-    for (variant, instance, port) in hosting.instance_ports(&name) {
-        eprintln!("  {variant}/{instance} directly: POST http://127.0.0.1:{port}/invocations");
+    for (variant, instance, url) in hosting.instance_urls(&name) {
+        eprintln!("  {variant}/{instance} directly: POST {url}/invocations");
     }
     eprintln!("  its logs:    smlocal logs {name}; remove it: smlocal delete-endpoint {name}");
     Ok(ExitCode::SUCCESS)
@@ -327,6 +327,13 @@ pub(super) async fn transform(args: TransformArgs) -> Result<ExitCode> {
         eprintln!("smlocal: FailureReason: {reason}");
     }
     if outcome.status == "Completed" {
+        let millis = progress.transform_millis.load(Ordering::Relaxed).max(1);
+        let records = progress.records.load(Ordering::Relaxed);
+        eprintln!(
+            "smlocal: transformed {records} records in {:.2} s once the containers were up ({:.0} records/s)",
+            millis as f64 / 1000.0,
+            records as f64 * 1000.0 / millis as f64
+        );
         eprintln!("smlocal: output: {}", outcome.output_path);
     }
     Ok(match (interrupted.load(Ordering::SeqCst), outcome.status.as_str()) {

@@ -42,6 +42,8 @@ pub(crate) fn instance_id(endpoint: &str, generation: u32, variant: &str, index:
 
 /// What one variant of a configuration runs.
 struct Planned {
+    /// The model's EnableNetworkIsolation: its containers get an internal network.
+    isolated: bool,
     name: String,
     model: Definition,
     container: Value,
@@ -76,6 +78,7 @@ fn plan(h: &Hosting, config: &Definition) -> Result<Vec<Planned>, String> {
                 .and_then(Value::as_u64)
                 .map_or(STARTUP_LIMIT, Duration::from_secs);
             Ok(Planned {
+                isolated: model.request.get("EnableNetworkIsolation").and_then(Value::as_bool).unwrap_or(false),
                 name,
                 model,
                 container,
@@ -103,13 +106,17 @@ async fn deploy(h: &Hosting, endpoint: &str, generation: u32, config: &Definitio
         (HOME_LABEL.to_string(), h.home()),
     ]);
     let mut started: Vec<Variant> = Vec::new();
+    // A network-isolated model's containers get an internal network (no route out); this
+    // machine still reaches them at their own addresses on it, which ports cannot be
+    // published from.
+    let isolated = planned.iter().any(|p| p.isolated);
     let result = async {
         h.docker
-            .create_network(&network, labels.clone(), false)
+            .create_network(&network, labels.clone(), isolated)
             .await
             .map_err(|e| Failed(format!("cannot make the endpoint's network: {e}")))?;
         for variant in &planned {
-            started.push(start_variant(h, endpoint, generation, variant, &network, &labels).await?);
+            started.push(start_variant(h, endpoint, generation, variant, &network, &labels, isolated).await?);
         }
         let checks = planned.iter().zip(&started).flat_map(|(plan, variant)| {
             variant.instances.iter().map(move |instance| wait_healthy(h, plan, instance))
@@ -138,6 +145,7 @@ async fn start_variant(
     plan: &Planned,
     network: &str,
     labels: &HashMap<String, String>,
+    isolated: bool,
 ) -> Result<Variant, Failed> {
     let data = ModelData::of(&plan.container);
     let model_dir = h.store.model_dir(endpoint, generation, &plan.name);
@@ -191,11 +199,11 @@ async fn start_variant(
             cpuset: None,
             network: network.to_string(),
             pids_limit: crate::run::cluster::pids_limit(plan.instance.vcpu),
-            publish: Some(CONTAINER_PORT),
+            publish: (!isolated).then_some(CONTAINER_PORT),
         };
         let container = h.docker.create_container(&spec).await.map_err(|e| Failed(e.to_string()))?;
         // Recorded before it starts, so a failure from here on retires it too.
-        let mut instance = Instance { id, container, port: 0 };
+        let mut instance = Instance { id, container, port: 0, address: "127.0.0.1".into() };
         let begun = h.docker.start(&instance.container).await;
         if let Err(e) = begun {
             let _ = h.docker.remove_container(&instance.container).await;
@@ -204,8 +212,7 @@ async fn start_variant(
                 plan.name
             )));
         }
-        instance.port =
-            h.docker.published_port(&instance.container, CONTAINER_PORT).await.ok().flatten().unwrap_or_default();
+        locate(h, &mut instance, network, isolated).await;
         instances.push(instance);
     }
     Ok(Variant {
@@ -219,9 +226,23 @@ async fn start_variant(
     })
 }
 
+/// Where a started instance answers: its published port, or its own address when isolated.
+pub(crate) async fn locate(h: &Hosting, instance: &mut Instance, network: &str, isolated: bool) {
+    if isolated {
+        if let Some(address) = h.docker.address_on(&instance.container, network).await {
+            instance.address = address;
+            instance.port = CONTAINER_PORT;
+        }
+    } else {
+        instance.address = "127.0.0.1".into();
+        instance.port =
+            h.docker.published_port(&instance.container, CONTAINER_PORT).await.ok().flatten().unwrap_or_default();
+    }
+}
+
 /// Pings the instance until it answers 200, its container exits, or the startup limit.
 async fn wait_healthy(h: &Hosting, plan: &Planned, instance: &Instance) -> Result<(), Failed> {
-    match until_healthy(h, &instance.container, instance.port, plan.startup_limit).await {
+    match until_healthy(h, &instance.container, &instance.url(), plan.startup_limit).await {
         Ok(()) => {
             tracing::info!("instance {} of {} is healthy", instance.id, plan.name);
             Ok(())
@@ -235,9 +256,10 @@ async fn wait_healthy(h: &Hosting, plan: &Planned, instance: &Instance) -> Resul
 
 /// Pings a serving container on `port` until it answers 200 (Ok), or says why not: it
 /// exited or was removed, or `limit` passed; with the container's last lines.
-pub(crate) async fn until_healthy(h: &Hosting, container: &str, port: u16, limit: Duration) -> Result<(), String> {
+pub(crate) async fn until_healthy(h: &Hosting, container: &str, base: &str, limit: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + limit;
-    let url = format!("http://127.0.0.1:{port}/ping");
+    let url = format!("{base}/ping");
+    let located = !base.ends_with(":0");
     let failed = |detail: String| async move {
         let tail = h.docker.logged_lines(container, 0, Some(TAIL_LINES)).await.unwrap_or_default();
         let lines: Vec<String> = tail.into_iter().map(|(_, l)| l).collect();
@@ -245,7 +267,7 @@ pub(crate) async fn until_healthy(h: &Hosting, container: &str, port: u16, limit
         format!("{detail}{tail}")
     };
     loop {
-        if port != 0
+        if located
             && let Ok(answer) = h.runtime.client().get(&url).timeout(PING_TIMEOUT).send().await
             && answer.status() == reqwest::StatusCode::OK
         {
@@ -464,10 +486,10 @@ async fn revive(h: &Hosting, record: &mut EndpointRecord) {
                         ));
                         continue;
                     }
-                    // The engine may publish it on another port this time.
-                    if let Ok(Some(port)) = h.docker.published_port(&instance.container, CONTAINER_PORT).await {
-                        instance.port = port;
-                    }
+                    // The engine may publish it on another port (or address) this time.
+                    let network = network_name(&record.name, record.generation);
+                    let isolated = instance.address != "127.0.0.1";
+                    locate(h, instance, &network, isolated).await;
                     changed = true;
                 }
                 Ok(ContainerState::Gone) => lost.push(format!(

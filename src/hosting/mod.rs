@@ -228,13 +228,13 @@ impl Hosting {
         Ok(lines.into_iter().map(|(_, s, m)| (s, m)).collect())
     }
 
-    /// Where each instance of an endpoint answers directly: `(variant, instance, port)`.
-    pub fn instance_ports(&self, endpoint: &str) -> Vec<(String, String, u16)> {
+    /// Where each instance of an endpoint answers directly: `(variant, instance, base URL)`.
+    pub fn instance_urls(&self, endpoint: &str) -> Vec<(String, String, String)> {
         let record = self.store.load::<store::EndpointRecord>(store::Kind::Endpoint, endpoint).ok().flatten();
         record
             .iter()
             .flat_map(|r| &r.variants)
-            .flat_map(|v| v.instances.iter().map(move |i| (v.name.clone(), i.id.clone(), i.port)))
+            .flat_map(|v| v.instances.iter().map(move |i| (v.name.clone(), i.id.clone(), i.url())))
             .collect()
     }
 

@@ -107,7 +107,7 @@ impl InvokeError {
 }
 
 struct RouteInstance {
-    port: u16,
+    url: String,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -217,7 +217,10 @@ impl Runtime {
                 instances: v
                     .instances
                     .iter()
-                    .map(|i| RouteInstance { port: i.port, in_flight: self.counter(&i.container) })
+                    .map(|i| RouteInstance {
+                        url: format!("{}/invocations", i.url()),
+                        in_flight: self.counter(&i.container),
+                    })
                     .collect(),
                 next: AtomicUsize::new(0),
             })
@@ -286,11 +289,7 @@ impl Runtime {
                 log_stream_arn: Some(format!("arn:aws:logs:{region}:{account}:log-group:{GROUP_PREFIX}{}", route.name)),
             }
         };
-        let mut request = self
-            .client
-            .post(format!("http://127.0.0.1:{}/invocations", instance.port))
-            .timeout(self.timeout)
-            .body(invocation.body.clone());
+        let mut request = self.client.post(&instance.url).timeout(self.timeout).body(invocation.body.clone());
         for (name, value) in &invocation.headers {
             request = request.header(*name, value);
         }

@@ -99,8 +99,23 @@ pub(crate) struct Instance {
     /// EC2-style, as CloudWatch names the stream (`AllTraffic/i-…`).
     pub id: String,
     pub container: String,
-    /// The host port (on 127.0.0.1) the container's 8080 is published on.
+    /// The host port (on 127.0.0.1) the container's 8080 is published on, or 8080 itself
+    /// when the model is network-isolated and reached at the container's own address.
     pub port: u16,
+    /// Where the port is: 127.0.0.1, or the container's address on its internal network.
+    #[serde(default = "loopback")]
+    pub address: String,
+}
+
+fn loopback() -> String {
+    "127.0.0.1".into()
+}
+
+impl Instance {
+    /// The instance's base URL (`http://127.0.0.1:32768`).
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}:{}", self.address, self.port)
+    }
 }
 
 /// A production variant as deployed.

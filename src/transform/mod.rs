@@ -33,6 +33,8 @@ pub struct TransformProgress {
     pub objects_done: AtomicU64,
     pub records: AtomicU64,
     pub bytes: AtomicU64,
+    /// Milliseconds from the first request to the last output written (the containers up).
+    pub transform_millis: AtomicU64,
 }
 
 pub(crate) fn store_of(h: &Hosting) -> TransformStore {

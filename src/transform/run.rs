@@ -52,7 +52,8 @@ struct Settings {
 struct Instance {
     id: String,
     container: String,
-    port: u16,
+    /// `http://127.0.0.1:PORT`, or the container's own address when the model is isolated.
+    base: String,
 }
 
 /// One object to transform and where its output goes.
@@ -161,7 +162,8 @@ async fn execute(
     let limits =
         resources::limits(&instance, &h.config.settings.host, (usable as f64 / instance.memory_bytes as f64).min(1.0));
     let labels = HashMap::from([(TRANSFORM_LABEL.to_string(), name.clone()), (HOME_LABEL.to_string(), h.home())]);
-    h.docker.create_network(network, labels.clone(), false).await.map_err(|e| failed(e.to_string()))?;
+    let isolated = model.request.get("EnableNetworkIsolation").and_then(Value::as_bool).unwrap_or(false);
+    h.docker.create_network(network, labels.clone(), isolated).await.map_err(|e| failed(e.to_string()))?;
 
     let mut env = vec![
         format!("AWS_REGION={}", h.region()),
@@ -201,23 +203,29 @@ async fn execute(
             cpuset: None,
             network: network.to_string(),
             pids_limit: crate::run::cluster::pids_limit(instance.vcpu),
-            publish: Some(PORT),
+            publish: (!isolated).then_some(PORT),
         };
         let container = h.docker.create_container(&spec).await.map_err(|e| failed(e.to_string()))?;
-        instances.push(Instance { id: id.clone(), container: container.clone(), port: 0 });
+        instances.push(Instance { id: id.clone(), container: container.clone(), base: "http://127.0.0.1:0".into() });
         let output = h.docker.attach(&container).await.map_err(|e| failed(e.to_string()))?;
         tokio::spawn(follow(output, store.log_path(&name, &id), id.clone(), sink.clone()));
         h.docker
             .start(&container)
             .await
             .map_err(|e| failed(format!("ClientError: the container cannot start: {e}")))?;
-        let port = h.docker.published_port(&container, PORT).await.ok().flatten().unwrap_or_default();
+        let base = if isolated {
+            let address = h.docker.address_on(&container, network).await.unwrap_or_default();
+            format!("http://{address}:{PORT}")
+        } else {
+            let port = h.docker.published_port(&container, PORT).await.ok().flatten().unwrap_or_default();
+            format!("http://127.0.0.1:{port}")
+        };
         if let Some(last) = instances.last_mut() {
-            last.port = port;
+            last.base = base;
         }
     }
     let healthy = futures::future::join_all(
-        instances.iter().map(|i| crate::hosting::deploy::until_healthy(h, &i.container, i.port, STARTUP_LIMIT)),
+        instances.iter().map(|i| crate::hosting::deploy::until_healthy(h, &i.container, &i.base, STARTUP_LIMIT)),
     );
     let healthy = tokio::select! {
         all = healthy => all,
@@ -252,7 +260,9 @@ async fn execute(
         async move { futures::stream::iter(work).buffer_unordered(settings.concurrency).try_collect::<Vec<()>>().await }
     });
     // A stop reaches every object, which aborts its upload before the lanes end.
+    let phase = std::time::Instant::now();
     let done = futures::future::try_join_all(lanes).await;
+    progress.transform_millis.store(phase.elapsed().as_millis() as u64, Ordering::Relaxed);
     if stop.is_cancelled() {
         return Err(Ended::Stopped);
     }
@@ -297,7 +307,7 @@ async fn follow(
 /// The request's settings, else what the container's `/execution-parameters` says, else
 /// SageMaker's defaults (1 in flight, `MultiRecord`, 6 MB).
 async fn resolve(h: &Hosting, plan: &Plan, instance: &Instance) -> Result<Settings, String> {
-    let url = format!("http://127.0.0.1:{}/execution-parameters", instance.port);
+    let url = format!("{}/execution-parameters", instance.base);
     let asked = match h.runtime.client().get(&url).timeout(Duration::from_secs(2)).send().await {
         Ok(answer) if answer.status().is_success() => {
             answer.bytes().await.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
@@ -456,7 +466,7 @@ async fn transform_object(
 /// One request to the container, retried on a dropped connection or a timeout as
 /// `ModelClientConfig.InvocationsMaxRetries` allows; a non-2xx answer is the job's failure.
 async fn post(h: &Hosting, plan: &Plan, instance: &Instance, body: Bytes, chunked: bool) -> Result<Bytes, String> {
-    let url = format!("http://127.0.0.1:{}/invocations", instance.port);
+    let url = format!("{}/invocations", instance.base);
     let mut attempt = 0;
     loop {
         let mut request = h.runtime.client().post(&url).timeout(plan.invocation_timeout);

@@ -343,7 +343,7 @@ fn the_cli_deploys_a_trained_model_invokes_lists_and_deletes_it() {
 }
 
 #[test]
-fn an_uncompressed_model_prefix_is_mounted_as_is_and_an_archive_that_climbs_out_fails_the_endpoint() {
+fn an_uncompressed_isolated_model_prefix_is_mounted_as_is_and_an_archive_that_climbs_out_fails_the_endpoint() {
     let sm = Smlocal::new();
     let _sweep = Sweep(&sm);
     let bucket = s3().bucket(&format!("models-{}", unique()));
@@ -352,8 +352,19 @@ fn an_uncompressed_model_prefix_is_mounted_as_is_and_an_archive_that_climbs_out_
     let server = sm.serve(&[]);
     let name = format!("raw-{}", unique());
     let prefix = format!("prefix:{}", bucket.uri("raw/"));
-    let described = hosting(&sm, &server, &["deploy", &name, PROBE, &prefix, &env(&[("PROBE_INVOKE", "attributes")])]);
+    let attributes = env(&[("PROBE_INVOKE", "attributes")]);
+    let described = hosting(&sm, &server, &["deploy", &name, PROBE, &prefix, &attributes, "1", "1", "isolated"]);
     assert_eq!(described["EndpointStatus"], "InService", "{described:#}");
+    // EnableNetworkIsolation: an internal network, no published port, and still invoked.
+    let ids = endpoint_containers(&sm);
+    let inspect = |format: &str, what: &str| {
+        let out = Command::new("docker").args(["inspect", "--format", format, what]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let network = inspect("{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}", &ids[0]);
+    assert_eq!(inspect("{{.Internal}}", &network), "true", "{network}");
+    let bindings = inspect("{{json .HostConfig.PortBindings}}", &ids[0]);
+    assert!(bindings == "null" || bindings == "{}", "a port was published: {bindings}");
     let read = |path: &str| {
         let mode = json!({"CustomAttributes": format!("mode=cat:{path}")}).to_string();
         hosting(&sm, &server, &["invoke", &name, "1", &mode])

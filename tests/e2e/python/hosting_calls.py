@@ -1,10 +1,11 @@
 """boto3's `sagemaker` and `sagemaker-runtime` clients against `smlocal serve`, one scenario
 per invocation, each printing JSON.
 
-    hosting_calls.py deploy NAME IMAGE MODEL_URL ENV_JSON [COUNT] [VARIANTS]
+    hosting_calls.py deploy NAME IMAGE MODEL_URL ENV_JSON [COUNT] [VARIANTS] [isolated]
         -> CreateModel + CreateEndpointConfig + CreateEndpoint, then the botocore waiter;
            prints the description (or the waiter's last description when it failed).
-           VARIANTS > 1 makes that many variants of weight 1 (v1, v2, ...).
+           VARIANTS > 1 makes that many variants of weight 1 (v1, v2, ...); `isolated` sets
+           the model's EnableNetworkIsolation.
     hosting_calls.py invoke NAME BODY_BYTES [HEADERS_JSON] -> the answer or the error
     hosting_calls.py invoke-many NAME N        -> the bodies of N invocations in order
     hosting_calls.py stream NAME ATTRIBUTES    -> the PayloadPart chunks of a streamed answer
@@ -56,18 +57,19 @@ def call(fn, **kwargs):
         return error(e)
 
 
-def create_model(name, image, model_url, env):
+def create_model(name, image, model_url, env, isolated=False):
     container = {"Image": image, "Environment": env}
     if model_url.startswith("prefix:"):
         container["ModelDataSource"] = {"S3DataSource": {
             "S3Uri": model_url[len("prefix:"):], "S3DataType": "S3Prefix", "CompressionType": "None"}}
     elif model_url != "-":
         container["ModelDataUrl"] = model_url
-    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer=container)
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer=container,
+                    EnableNetworkIsolation=isolated)
 
 
-def deploy(name, image, model_url, env, count=1, variants=1):
-    create_model(name, image, model_url, env)
+def deploy(name, image, model_url, env, count=1, variants=1, isolated=False):
+    create_model(name, image, model_url, env, isolated)
     production = [{
         "VariantName": "AllTraffic" if variants == 1 else f"v{i + 1}",
         "ModelName": name,
@@ -104,7 +106,8 @@ def main(command, *args):
         name, image, model_url, env = args[:4]
         count = int(args[4]) if len(args) > 4 else 1
         variants = int(args[5]) if len(args) > 5 else 1
-        return deploy(name, image, model_url, json.loads(env), count, variants)
+        isolated = len(args) > 6 and args[6] == "isolated"
+        return deploy(name, image, model_url, json.loads(env), count, variants, isolated)
     if command == "invoke":
         headers = json.loads(args[2]) if len(args) > 2 else {}
         return invoke(args[0], b"x" * int(args[1]) if args[1].isdigit() else args[1].encode(), headers)
