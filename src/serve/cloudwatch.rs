@@ -26,7 +26,13 @@ fn transform_streams(hosting: &Hosting, prefix: &str) -> Vec<Stream> {
         Some((job, _)) => vec![job.to_string()],
         None => store.list().into_iter().map(|r| r.name).collect(),
     };
-    names.iter().flat_map(|n| store.log_streams(n)).map(|(name, log)| Stream { name, log }).collect()
+    names
+        .iter()
+        .flat_map(|n| {
+            let account = store.load(n).ok().flatten().map(|r| account_of(&r.arn)).unwrap_or_default();
+            store.log_streams(n).into_iter().map(move |(name, log)| Stream { name, log, account: account.clone() })
+        })
+        .collect()
 }
 
 /// DescribeLogStreams' largest page, and the count up to which it never pages.
@@ -34,11 +40,11 @@ const MAX_STREAMS: usize = 50;
 /// GetLogEvents' largest (and default) page.
 const MAX_EVENTS: usize = 10_000;
 
-fn not_found(what: &str) -> ApiError {
+pub(super) fn not_found(what: &str) -> ApiError {
     ApiError::new("ResourceNotFoundException", format!("The specified log {what} does not exist."))
 }
 
-fn string<'a>(body: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
+pub(super) fn string<'a>(body: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -46,7 +52,7 @@ fn string<'a>(body: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError>
     }
 }
 
-fn number(body: &Value, field: &str) -> Result<Option<i64>, ApiError> {
+pub(super) fn number(body: &Value, field: &str) -> Result<Option<i64>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -87,20 +93,51 @@ fn check_group(body: &Value) -> Result<Group, ApiError> {
 
 /// An endpoint's streams, brought up to date with what its containers printed.
 async fn endpoint_streams(hosting: &Hosting, endpoint: &str) -> Result<Vec<Stream>, ApiError> {
+    let mut account = String::new();
     if let Ok(record) = hosting.endpoint(endpoint) {
         crate::hosting::logs::sync_endpoint(hosting, &record).await;
+        account = account_of(&record.arn);
     }
     let streams = hosting.store.log_streams(endpoint);
     if streams.is_empty() && hosting.endpoint(endpoint).is_err() {
         return Err(not_found("group"));
     }
-    Ok(streams.into_iter().map(|(name, log)| Stream { name, log }).collect())
+    Ok(streams.into_iter().map(|(name, log)| Stream { name, log, account: account.clone() }).collect())
 }
 
 /// One stream: its name and the host log it reads.
-struct Stream {
-    name: String,
-    log: std::path::PathBuf,
+pub(super) struct Stream {
+    pub name: String,
+    pub log: std::path::PathBuf,
+    /// The account of the job or endpoint it belongs to (for its ARN).
+    pub account: String,
+}
+
+/// The account an ARN names, else the one smlocal uses when none is known.
+fn account_of(arn: &str) -> String {
+    arn.split(':').nth(4).filter(|a| !a.is_empty()).unwrap_or("000000000000").to_string()
+}
+
+/// Every stream of the request's group whose name starts with `prefix`.
+pub(super) async fn group_streams(
+    store: &StateDir,
+    hosting: &Hosting,
+    body: &Value,
+    prefix: &str,
+) -> Result<(String, Vec<Stream>), ApiError> {
+    let group = check_group(body)?;
+    let all = match &group {
+        Group::Endpoint(endpoint) => endpoint_streams(hosting, endpoint).await?,
+        Group::TrainingJobs => {
+            let records: Vec<Record> = match prefix.split_once('/') {
+                Some((job, _)) => store.load(job).into_iter().collect(),
+                None => store.list()?,
+            };
+            records.iter().flat_map(|r| streams_of(store, r)).collect()
+        }
+        Group::TransformJobs => transform_streams(hosting, prefix),
+    };
+    Ok((group.name(), all.into_iter().filter(|s| s.name.starts_with(prefix)).collect()))
 }
 
 fn stream_name(record: &Record, host: &str) -> String {
@@ -111,7 +148,11 @@ fn streams_of(store: &StateDir, record: &Record) -> Vec<Stream> {
     let dir = store.logs_dir(&record.training_job_name);
     logs::hosts(&dir)
         .into_iter()
-        .map(|host| Stream { name: stream_name(record, &host), log: store.log_path(&record.training_job_name, &host) })
+        .map(|host| Stream {
+            name: stream_name(record, &host),
+            log: store.log_path(&record.training_job_name, &host),
+            account: account_of(&record.training_job_arn),
+        })
         .collect()
 }
 
@@ -133,7 +174,7 @@ pub(super) async fn describe_log_streams(store: &StateDir, hosting: &Hosting, bo
         Group::TrainingJobs => training_streams(store, &body)?,
         Group::TransformJobs => transform_streams(hosting, string(&body, "logStreamNamePrefix")?.unwrap_or_default()),
     };
-    describe_streams(all, &group.name(), &body)
+    describe_streams(all, &group.name(), hosting.region(), &body)
 }
 
 /// The training jobs' streams a DescribeLogStreams request may list.
@@ -148,8 +189,14 @@ fn training_streams(store: &StateDir, body: &Value) -> Result<Vec<Stream>, ApiEr
 }
 
 /// One page of a group's streams, filtered, ordered and paged as the request asks.
-fn describe_streams(all: Vec<Stream>, group_name: &str, body: &Value) -> ApiResult {
+fn describe_streams(all: Vec<Stream>, group_name: &str, region: &str, body: &Value) -> ApiResult {
     let prefix = string(body, "logStreamNamePrefix")?.unwrap_or_default();
+    if !prefix.is_empty() && string(body, "orderBy")? == Some("LastEventTime") {
+        return Err(ApiError::new(
+            "InvalidParameterException",
+            "Cannot order by LastEventTime with a logStreamNamePrefix.",
+        ));
+    }
     let descending = body.get("descending").and_then(Value::as_bool).unwrap_or(false);
     let limit = number(body, "limit")?.map_or(MAX_STREAMS, |l| l.clamp(1, MAX_STREAMS as i64) as usize);
     let after = string(body, "nextToken")?;
@@ -185,7 +232,7 @@ fn describe_streams(all: Vec<Stream>, group_name: &str, body: &Value) -> ApiResu
             let mut v = json!({
                 "logStreamName": s.name,
                 "creationTime": span.map_or(0, |(first, _)| first),
-                "arn": format!("arn:aws:logs:::log-group:{group_name}:log-stream:{}", s.name),
+                "arn": format!("arn:aws:logs:{region}:{}:log-group:{group_name}:log-stream:{}", s.account, s.name),
                 "storedBytes": 0,
             });
             if let Some((first, last)) = span {
@@ -311,7 +358,7 @@ mod tests {
 
     fn describe_log_streams(store: &StateDir, body: Value) -> ApiResult {
         let group = check_group(&body)?;
-        describe_streams(training_streams(store, &body)?, &group.name(), &body)
+        describe_streams(training_streams(store, &body)?, &group.name(), "us-west-2", &body)
     }
 
     fn store_with_log(lines: usize) -> (tempfile::TempDir, StateDir, String) {

@@ -11,6 +11,8 @@ pub(crate) mod queue;
 
 mod cloudwatch;
 mod hosting;
+mod iam;
+mod log_filter;
 mod monitoring;
 mod training;
 
@@ -199,6 +201,28 @@ async fn handle(
         };
         return hosting::invoke(&api.hosting, endpoint, stream, parts, body, check).await;
     }
+    // IAM's Query protocol: a form-encoded POST naming its Action.
+    let form_encoded = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if request.method() == hyper::Method::POST && form_encoded && !request.headers().contains_key("x-amz-target") {
+        let (parts, body) = request.into_parts();
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(e) => return Wire::Json.respond(Err(e)),
+        };
+        if let Some(signatures) = signatures
+            && let Err(refused) = signatures.check(&parts, &body)
+        {
+            tracing::warn!("refused a request: {}", refused.message);
+            return Wire::Json.respond(Err(refused));
+        }
+        let fields = iam::form(&body);
+        tracing::debug!("IAM {:?}", fields.iter().find(|(k, _)| k == "Action"));
+        return iam::answer(&fields);
+    }
     // AWS JSON names the operation in X-Amz-Target; Smithy RPC v2 CBOR (botocore's protocol
     // for CloudWatch) in the path. Either way the request is read, its signature checked, and
     // the answer sent in the protocol it came in.
@@ -357,12 +381,13 @@ async fn dispatch(api: &Api, target: &str, body: Value) -> ApiResult {
         "SageMaker.StopTrainingJob" => training::stop(queue, body),
         "Logs_20140328.DescribeLogStreams" => cloudwatch::describe_log_streams(queue.store(), &api.hosting, body).await,
         "Logs_20140328.GetLogEvents" => cloudwatch::get_log_events(queue.store(), &api.hosting, body).await,
+        "Logs_20140328.FilterLogEvents" => log_filter::filter_log_events(queue.store(), &api.hosting, body).await,
         "GraniteServiceVersion20100801.GetMetricStatistics" => monitoring::get_metric_statistics(queue.store(), body),
         "GraniteServiceVersion20100801.ListMetrics" => monitoring::list_metrics(queue.store(), body),
         other => Err(ApiError::new(
             "UnknownOperationException",
             format!(
-                "smlocal serve does not implement {other}; it answers SageMaker.CreateTrainingJob, DescribeTrainingJob, ListTrainingJobs, StopTrainingJob, Create/Describe/List/Delete Model and EndpointConfig, Create/Describe/List/Update/Delete Endpoint, the runtime's InvokeEndpoint, Logs_20140328.DescribeLogStreams, GetLogEvents and CloudWatch's GetMetricStatistics, ListMetrics"
+                "smlocal serve does not implement {other}; it answers SageMaker.CreateTrainingJob, DescribeTrainingJob, ListTrainingJobs, StopTrainingJob, Create/Describe/List/Delete Model and EndpointConfig, Create/Describe/List/Update/Delete Endpoint, Create/Describe/List/Stop TransformJob, the runtime's InvokeEndpoint, Logs_20140328.DescribeLogStreams, GetLogEvents, FilterLogEvents and CloudWatch's GetMetricStatistics, ListMetrics"
             ),
         )),
     }

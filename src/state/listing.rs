@@ -20,6 +20,10 @@ pub struct ListQuery {
     pub sort_order: Option<String>,
     pub max_results: Option<usize>,
     pub next_token: Option<String>,
+    /// No job here has a warm pool or a training plan, so these match nothing, as on AWS
+    /// for jobs without them.
+    pub warm_pool_status_equals: Option<String>,
+    pub training_plan_arn_equals: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -86,8 +90,10 @@ pub fn page(records: Vec<Record>, query: &ListQuery, default_max: usize) -> Resu
     let descending = query.sort_order.as_deref() != Some("Ascending");
     let after = query.next_token.as_deref().map(|t| parse_token(t, sort_by)).transpose()?;
     let needle = query.name_contains.as_deref().map(str::to_lowercase);
+    let unmatched = query.warm_pool_status_equals.is_some() || query.training_plan_arn_equals.is_some();
     let mut matching: Vec<((Key, String), Record)> = records
         .into_iter()
+        .filter(|_| !unmatched)
         .filter(|r| query.status_equals.as_deref().is_none_or(|s| r.training_job_status.as_str() == s))
         .filter(|r| needle.as_deref().is_none_or(|n| r.training_job_name.to_lowercase().contains(n)))
         .filter(|r| query.creation_time_after.is_none_or(|t| r.creation_time > t))

@@ -191,7 +191,14 @@ impl StateDir {
             }
             Err(e) => return Err(io("read", &path)(e)),
         };
-        serde_json::from_slice(&text).map_err(|e| StateError::Corrupt { path, reason: e.to_string() })
+        let mut record: Record =
+            serde_json::from_slice(&text).map_err(|e| StateError::Corrupt { path, reason: e.to_string() })?;
+        // A stop is `Stopping` from the moment it is asked for, as on AWS, though the runner
+        // writes it only once it acts on it (a poll later).
+        if record.training_job_status == Status::InProgress && self.stop_requested(name) {
+            record.stopping("Stopping the training job");
+        }
+        Ok(record)
     }
 
     /// Asks the process running `name` to stop it, as StopTrainingJob does. The runner looks

@@ -484,29 +484,41 @@ pub(crate) fn sdk_python() -> PathBuf {
             if let Some(python) = std::env::var_os("SMLOCAL_SDK_PYTHON") {
                 return PathBuf::from(python);
             }
-            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv");
-            let python = venv.join("bin/python");
-            std::fs::create_dir_all(venv.parent().expect("target")).expect("create target/");
-            // The benchmark may be making the same environment: one at a time.
-            let lock = std::fs::File::create(venv.with_extension("lock")).expect("create the venv lock");
-            lock.lock().expect("lock the venv");
-            // Made again when the pinned versions change.
-            let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/python/requirements.txt");
-            let wanted = std::fs::read_to_string(&requirements).expect("read requirements.txt");
-            let ready = venv.join(".smlocal-ready");
-            if std::fs::read_to_string(&ready).ok().as_deref() != Some(wanted.as_str()) {
-                let made = Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv).status();
-                assert!(made.is_ok_and(|s| s.success()), "python3 -m venv {} failed", venv.display());
-                let installed = Command::new(&python)
-                    .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-                    .arg(&requirements)
-                    .status();
-                assert!(installed.is_ok_and(|s| s.success()), "pip install -r {} failed", requirements.display());
-                std::fs::write(&ready, wanted).expect("mark the venv ready");
-            }
-            python
+            venv("sdk-venv", "requirements.txt")
         })
         .clone()
+}
+
+/// A Python with the SageMaker SDK v3 and the AWS CLI v1 (`requirements-v3.txt`), made once
+/// under `target/sdk3-venv` as [`sdk_python`] makes its own.
+pub(crate) fn sdk3_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| venv("sdk3-venv", "requirements-v3.txt")).clone()
+}
+
+/// `target/NAME/bin/python` with `tests/e2e/python/REQUIREMENTS` installed from PyPI, made
+/// again when the pinned versions change. Fails loudly when it cannot be made.
+fn venv(name: &str, requirements: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(name);
+    let python = venv.join("bin/python");
+    std::fs::create_dir_all(venv.parent().expect("target")).expect("create target/");
+    // The benchmark may be making the same environment: one at a time.
+    let lock = std::fs::File::create(venv.with_extension("lock")).expect("create the venv lock");
+    lock.lock().expect("lock the venv");
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/python").join(requirements);
+    let wanted = std::fs::read_to_string(&requirements).expect("read the requirements");
+    let ready = venv.join(".smlocal-ready");
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(wanted.as_str()) {
+        let made = Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv).status();
+        assert!(made.is_ok_and(|s| s.success()), "python3 -m venv {} failed", venv.display());
+        let installed = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements)
+            .status();
+        assert!(installed.is_ok_and(|s| s.success()), "pip install -r {} failed", requirements.display());
+        std::fs::write(&ready, wanted).expect("mark the venv ready");
+    }
+    python
 }
 
 /// Runs `tests/e2e/python/SCRIPT` with the SDK's Python, configured only through the
@@ -518,12 +530,34 @@ pub(crate) fn python(sm: &Smlocal, server: &Server, script: &str, args: &[&str])
 
 /// [`python`] with some variables set otherwise (other credentials, say).
 pub(crate) fn python_with(sm: &Smlocal, server: &Server, script: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    client_with(sm, server, &sdk_python(), script, args, env)
+}
+
+/// Runs SCRIPT (or, for `aws`, the AWS CLI) from the SDK v3 environment, with
+/// `AWS_ENDPOINT_URL_IAM` at the server too and every connection but 127.0.0.1 refused in
+/// the client process (`python/loopback/sitecustomize.py`).
+pub(crate) fn client_v3(sm: &Smlocal, server: &Server, script: &str, args: &[&str]) -> Run {
+    let python = sdk3_python();
+    let loopback = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/python/loopback");
+    let loopback = loopback.display().to_string();
+    let env = [("AWS_ENDPOINT_URL_IAM", server.url.as_str()), ("PYTHONPATH", loopback.as_str())];
+    client_with(sm, server, &python, script, args, &env)
+}
+
+fn client_with(sm: &Smlocal, server: &Server, python: &Path, script: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/python");
-    let output = Command::new(sdk_python())
-        .arg(scripts.join(script))
+    let mut command = if script == "aws" {
+        Command::new(python.with_file_name("aws"))
+    } else {
+        let mut c = Command::new(python);
+        c.arg(scripts.join(script));
+        c
+    };
+    let path = format!("{}:{}", python.parent().expect("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let output = command
         .args(args)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PATH", path)
         // A home of its own: no ~/.aws or SageMaker config of the user's leaks in.
         .env("HOME", sm.home.path())
         .env("AWS_ENDPOINT_URL_SAGEMAKER", &server.url)

@@ -4,6 +4,7 @@
 
 mod cache;
 mod check;
+mod clients;
 mod contract;
 mod distributed;
 mod harness;

@@ -7,6 +7,10 @@
     boto3_calls.py list NAME_CONTAINS SIZE    -> the names the paginator walks, SIZE per page
     boto3_calls.py stop NAME                  -> {} or the error
     boto3_calls.py describe NAME              -> the description or the error
+    boto3_calls.py follow NAME                -> every line FilterLogEvents gives while the job
+                                                 runs, followed as `aws logs tail --follow` does
+                                                 (from the last event's time, deduplicated by
+                                                 eventId), until it has ended
 
 Endpoints come from AWS_ENDPOINT_URL_SAGEMAKER and AWS_ENDPOINT_URL_CLOUDWATCH_LOGS only.
 """
@@ -85,6 +89,26 @@ def main(command, *args):
             sizes.append(len(page["TrainingJobSummaries"]))
             names += [s["TrainingJobName"] for s in page["TrainingJobSummaries"]]
         return {"names": names, "pages": sizes}
+    if command == "follow":
+        import time
+        seen, lines, start, ended = set(), [], 0, False
+        while True:
+            kwargs = {"logGroupName": GROUP, "logStreamNamePrefix": f"{args[0]}/", "startTime": start}
+            while True:
+                page = logs.filter_log_events(**kwargs)
+                for event in page["events"]:
+                    if event["eventId"] not in seen:
+                        seen.add(event["eventId"])
+                        lines.append(event["message"])
+                        start = max(start, event["timestamp"])
+                if "nextToken" not in page:
+                    break
+                kwargs["nextToken"] = page["nextToken"]
+            if ended:
+                return lines
+            status = sm.describe_training_job(TrainingJobName=args[0])["TrainingJobStatus"]
+            ended = status in ("Completed", "Failed", "Stopped")
+            time.sleep(0.3)
     if command == "stop":
         return call(sm.stop_training_job, TrainingJobName=args[0])
     if command == "describe":
