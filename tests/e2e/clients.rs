@@ -22,7 +22,14 @@ fn the_sagemaker_sdk_v3_model_trainer_and_sagemaker_core_run_unchanged() {
         &sm,
         &server,
         "sdk_v3.py",
-        &[SAMPLE_IMAGE, &bucket.uri("data/train/"), &bucket.uri("v3-out"), &bucket.name, &local.display().to_string()],
+        &[
+            SAMPLE_IMAGE,
+            &bucket.uri("data/train/"),
+            &bucket.uri("v3-out"),
+            &bucket.name,
+            &local.join("part.csv").display().to_string(),
+            PROBE_IMAGE,
+        ],
     );
     assert_eq!(run.code, 0, "{run:?}");
     let jobs: Vec<&str> = run.stdout.lines().filter_map(|l| l.strip_prefix("job=")).collect();
@@ -39,6 +46,7 @@ fn the_sagemaker_sdk_v3_model_trainer_and_sagemaker_core_run_unchanged() {
     );
     assert!(value(&run, "core_get=").starts_with(&format!("{local_job} Completed s3://")), "{run:?}");
     assert!(value(&run, "core_all=").contains(two), "{run:?}");
+    assert_eq!(value(&run, "core_stopped="), "Stopped", "{run:?}");
 }
 
 #[test]
