@@ -435,4 +435,19 @@ mod tests {
         let none = describe_log_streams(&store, json!({"logGroupName": LOG_GROUP, "logStreamNamePrefix": "nope/"}));
         assert_eq!(none.unwrap()["logStreams"], json!([]));
     }
+
+    #[test]
+    fn stream_arns_name_region_and_account_and_last_event_order_takes_no_prefix() {
+        let (_dir, store, stream) = store_with_log(1);
+        let listed = describe_log_streams(&store, json!({"logGroupName": LOG_GROUP})).unwrap();
+        let arn = listed["logStreams"][0]["arn"].as_str().unwrap().to_string();
+        // The record's ARN is "arn" (no account): the default account stands in.
+        assert_eq!(arn, format!("arn:aws:logs:us-west-2:000000000000:log-group:{LOG_GROUP}:log-stream:{stream}"));
+        let err = describe_log_streams(
+            &store,
+            json!({"logGroupName": LOG_GROUP, "logStreamNamePrefix": "job/", "orderBy": "LastEventTime"}),
+        )
+        .unwrap_err();
+        assert_eq!(err.message, "Cannot order by LastEventTime with a logStreamNamePrefix.");
+    }
 }
