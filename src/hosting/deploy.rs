@@ -163,44 +163,27 @@ async fn start_variant(
         Err(_) => return Err(Failed("the model data took over an hour to download".into())),
     }
     let resolved = h.docker.image_id(&plan.image).await.map_err(|e| Failed(e.to_string()))?;
-    let limits = resources::limits(&plan.instance, &h.config.settings.host, {
-        let usable = resources::usable_memory(&h.config.settings.host, h.config.settings.reserve);
-        (usable as f64 / plan.instance.memory_bytes as f64).min(1.0)
-    });
-    let mut env: Vec<String> = vec![
-        format!("AWS_REGION={}", h.region()),
-        // Credentials reach a container only when passed, never from a metadata service.
-        "AWS_EC2_METADATA_DISABLED=true".into(),
-    ];
-    if h.config.pass_credentials {
-        env.extend(h.storage.credentials().into_iter().map(|(k, v)| format!("{k}={v}")));
-        if let Some(url) = h.storage.endpoint().filter(|e| crate::relay::loopback_target(e).is_none()) {
-            env.push(format!("AWS_ENDPOINT_URL_S3={url}"));
-        }
-    }
+    let mut env: Vec<String> = Vec::new();
     if let Some(vars) = plan.container.get("Environment").and_then(Value::as_object) {
         env.extend(vars.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())));
     }
     let mut instances = Vec::new();
     for index in 0..plan.count {
         let id = instance_id(endpoint, generation, &plan.name, index);
-        let spec = ContainerSpec {
-            name: format!("smlocal-ep-{endpoint}-{generation}-{}-{}", plan.name, index + 1),
-            hostname: id.clone(),
-            alias: id.clone(),
-            image: plan.image.clone(),
-            entrypoint: None,
-            args: vec!["serve".into()],
-            env: env.clone(),
-            binds: vec![format!("{}:/opt/ml/model:ro", model_dir.display())],
-            labels: labels.clone(),
-            memory_bytes: limits.memory_bytes as i64,
-            nano_cpus: limits.nano_cpus,
-            cpuset: None,
-            network: network.to_string(),
-            pids_limit: crate::run::cluster::pids_limit(plan.instance.vcpu),
-            publish: (!isolated).then_some(CONTAINER_PORT),
-        };
+        let spec = serving_spec(
+            h,
+            ServingContainer {
+                name: format!("smlocal-ep-{endpoint}-{generation}-{}-{}", plan.name, index + 1),
+                id: id.clone(),
+                image: &plan.image,
+                model_dir: &model_dir,
+                env: env.clone(),
+                labels,
+                instance: &plan.instance,
+                network,
+                isolated,
+            },
+        );
         let container = h.docker.create_container(&spec).await.map_err(|e| Failed(e.to_string()))?;
         // Recorded before it starts, so a failure from here on retires it too.
         let mut instance = Instance { id, container, port: 0, address: "127.0.0.1".into() };
@@ -224,6 +207,58 @@ async fn start_variant(
         instance_type: plan.instance.instance_type.clone(),
         instances,
     })
+}
+
+/// One serving container to make: an endpoint's instance or a transform job's.
+pub(crate) struct ServingContainer<'a> {
+    pub name: String,
+    pub id: String,
+    pub image: &'a str,
+    pub model_dir: &'a std::path::Path,
+    /// The model's (and the job's) own variables, `NAME=VALUE`.
+    pub env: Vec<String>,
+    pub labels: &'a HashMap<String, String>,
+    pub instance: &'a resources::InstanceSpec,
+    pub network: &'a str,
+    pub isolated: bool,
+}
+
+/// `IMAGE serve` with the model read-only at /opt/ml/model, the instance's caps (scaled to
+/// what the machine leaves beside its reserve), the platform's variables and, when asked,
+/// this process's credentials; its 8080 published unless the model is isolated.
+pub(crate) fn serving_spec(h: &Hosting, c: ServingContainer<'_>) -> ContainerSpec {
+    let host = &h.config.settings.host;
+    let usable = resources::usable_memory(host, h.config.settings.reserve);
+    let limits = resources::limits(c.instance, host, (usable as f64 / c.instance.memory_bytes as f64).min(1.0));
+    let mut env: Vec<String> = vec![
+        format!("AWS_REGION={}", h.region()),
+        // Credentials reach a container only when passed, never from a metadata service.
+        "AWS_EC2_METADATA_DISABLED=true".into(),
+    ];
+    if h.config.pass_credentials {
+        env.extend(h.storage.credentials().into_iter().map(|(k, v)| format!("{k}={v}")));
+        if let Some(url) = h.storage.endpoint().filter(|e| crate::relay::loopback_target(e).is_none()) {
+            env.push(format!("AWS_ENDPOINT_URL_S3={url}"));
+        }
+    }
+    env.extend(c.env);
+    ContainerSpec {
+        name: c.name,
+        hostname: c.id.clone(),
+        alias: c.id,
+        image: c.image.to_string(),
+        entrypoint: None,
+        args: vec!["serve".into()],
+        env,
+        binds: vec![format!("{}:/opt/ml/model:ro", c.model_dir.display())],
+        labels: c.labels.clone(),
+        memory_bytes: limits.memory_bytes as i64,
+        nano_cpus: limits.nano_cpus,
+        cpuset: None,
+        network: c.network.to_string(),
+        pids_limit: crate::run::cluster::pids_limit(c.instance.vcpu),
+        publish: (!c.isolated).then_some(CONTAINER_PORT),
+    }
 }
 
 /// Where a started instance answers: its published port, or its own address when isolated.
@@ -337,7 +372,7 @@ pub(crate) async fn create(h: Arc<Hosting>, name: String) {
             Ok(config) => deploy(&h, &name, 1, &config).await,
             Err(e) => Err(Failed(e.to_string())),
         };
-        // Read again: only this process writes while it holds the lock, but keep the times.
+        // Only the lock holder writes the record now: the copy read above is current.
         record.generation = 1;
         match outcome {
             Ok(variants) => {

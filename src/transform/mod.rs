@@ -90,7 +90,7 @@ impl Hosting {
         let mut kept = request;
         kept.remove("Tags");
         let record = TransformRecord::new(&name, &arn, kept);
-        if !store_of(self).create(&record).map_err(|e| HostingError::Validation(e.to_string()))? {
+        if !store_of(self).create(&record).map_err(HostingError::Store)? {
             return Err(HostingError::InUse(format!(
                 "Transform job names must be unique within an AWS account and region, and a transform job with this name already exists ({arn})"
             )));
@@ -132,7 +132,7 @@ impl Hosting {
     pub(crate) fn describe_transform_job(&self, body: Value) -> Result<Value, HostingError> {
         spec::check("DescribeTransformJobRequest", &body)?;
         let name = text(&body, "TransformJobName");
-        let record = store_of(self).load(name).map_err(|e| HostingError::Validation(e.to_string()))?;
+        let record = store_of(self).load(name).map_err(HostingError::Store)?;
         Ok(record.ok_or_else(|| Self::transform_missing(name))?.description())
     }
 
@@ -171,17 +171,14 @@ impl Hosting {
         spec::check("StopTransformJobRequest", &body)?;
         let name = text(&body, "TransformJobName");
         let store = store_of(self);
-        let mut record = store
-            .load(name)
-            .map_err(|e| HostingError::Validation(e.to_string()))?
-            .ok_or_else(|| Self::transform_missing(name))?;
+        let mut record = store.load(name).map_err(HostingError::Store)?.ok_or_else(|| Self::transform_missing(name))?;
         if record.status.is_terminal() {
             return Err(HostingError::Validation(format!(
                 "The transform job {name} is already {}; there is nothing to stop",
                 record.status.as_str()
             )));
         }
-        store.request_stop(name).map_err(|e| HostingError::Validation(e.to_string()))?;
+        store.request_stop(name).map_err(HostingError::Store)?;
         record.status = TransformStatus::Stopping;
         record.last_modified_time = crate::state::record::now();
         let _ = store.save(&record);

@@ -10,7 +10,7 @@ use super::jsonpath::{self, JsonPath};
 use super::records;
 use super::store::{TransformRecord, TransformStatus};
 use super::{TransformProgress, plan::Plan};
-use crate::docker::{ContainerSpec, HOME_LABEL};
+use crate::docker::HOME_LABEL;
 use crate::hosting::Hosting;
 use crate::hosting::model_data::{self, ModelData};
 use crate::hosting::store::Kind;
@@ -158,18 +158,11 @@ async fn execute(
     })?;
     let instance = resources::instance(&plan.instance_type, &h.config.settings.host)
         .map_err(|e| failed(format!("ClientError: {e}")))?;
-    let usable = resources::usable_memory(&h.config.settings.host, h.config.settings.reserve);
-    let limits =
-        resources::limits(&instance, &h.config.settings.host, (usable as f64 / instance.memory_bytes as f64).min(1.0));
     let labels = HashMap::from([(TRANSFORM_LABEL.to_string(), name.clone()), (HOME_LABEL.to_string(), h.home())]);
     let isolated = model.request.get("EnableNetworkIsolation").and_then(Value::as_bool).unwrap_or(false);
     h.docker.create_network(network, labels.clone(), isolated).await.map_err(|e| failed(e.to_string()))?;
 
-    let mut env = vec![
-        format!("AWS_REGION={}", h.region()),
-        "AWS_EC2_METADATA_DISABLED=true".to_string(),
-        "SAGEMAKER_BATCH=true".to_string(),
-    ];
+    let mut env = vec!["SAGEMAKER_BATCH=true".to_string()];
     if let Some(n) = plan.concurrency {
         env.push(format!("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS={n}"));
     }
@@ -188,23 +181,20 @@ async fn execute(
 
     for index in 0..plan.count {
         let id = crate::hosting::deploy::instance_id(&name, 0, "transform", index);
-        let spec = ContainerSpec {
-            name: format!("smlocal-tj-{name}-{}", index + 1),
-            hostname: id.clone(),
-            alias: id.clone(),
-            image: image.clone(),
-            entrypoint: None,
-            args: vec!["serve".into()],
-            env: env.clone(),
-            binds: vec![format!("{}:/opt/ml/model:ro", model_dir.display())],
-            labels: labels.clone(),
-            memory_bytes: limits.memory_bytes as i64,
-            nano_cpus: limits.nano_cpus,
-            cpuset: None,
-            network: network.to_string(),
-            pids_limit: crate::run::cluster::pids_limit(instance.vcpu),
-            publish: (!isolated).then_some(PORT),
-        };
+        let spec = crate::hosting::deploy::serving_spec(
+            h,
+            crate::hosting::deploy::ServingContainer {
+                name: format!("smlocal-tj-{name}-{}", index + 1),
+                id: id.clone(),
+                image: &image,
+                model_dir: &model_dir,
+                env: env.clone(),
+                labels: &labels,
+                instance: &instance,
+                network,
+                isolated,
+            },
+        );
         let container = h.docker.create_container(&spec).await.map_err(|e| failed(e.to_string()))?;
         instances.push(Instance { id: id.clone(), container: container.clone(), base: "http://127.0.0.1:0".into() });
         let output = h.docker.attach(&container).await.map_err(|e| failed(e.to_string()))?;

@@ -101,18 +101,8 @@ impl TransformRecord {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TransformStoreError {
-    #[error("the transform job record '{}' is unreadable: {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
-    #[error("cannot {action} '{}': {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// The hosting records' error: the same two ways a record can be unusable.
+pub(crate) use crate::hosting::store::HostingStoreError as TransformStoreError;
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TransformStoreError + 'a {
     move |source| TransformStoreError::Io { action, path: path.to_path_buf(), source }

@@ -640,3 +640,9 @@ pub(crate) fn held_mid_upload(sm: &Smlocal, server: &S3Server, job: &str) -> (st
     server.pause();
     (child, big)
 }
+
+/// What the sample model (its model.json) predicts for one row of features.
+pub(crate) fn sample_prediction(model: &Value, row: &[f64]) -> f64 {
+    let weights: Vec<f64> = model["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect();
+    weights.iter().zip(row).map(|(w, x)| w * x).sum::<f64>() + model["bias"].as_f64().unwrap()
+}

@@ -50,12 +50,6 @@ fn env(pairs: &[(&str, &str)]) -> String {
     Value::Object(map).to_string()
 }
 
-/// A prediction of the sample model for one row, from its model.json.
-fn predict(model: &Value, row: &[f64]) -> f64 {
-    let weights: Vec<f64> = model["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect();
-    weights.iter().zip(row).map(|(w, x)| w * x).sum::<f64>() + model["bias"].as_f64().unwrap()
-}
-
 #[test]
 fn the_sagemaker_sdk_trains_deploys_predicts_and_deletes_through_the_server() {
     let sm = Smlocal::new();
@@ -76,7 +70,7 @@ fn the_sagemaker_sdk_trains_deploys_predicts_and_deletes_through_the_server() {
     let model: Value = serde_json::from_slice(&file_entry(&tar_entries(&tarball), "model.json")).unwrap();
     let predictions: Vec<Vec<String>> = serde_json::from_str(&value("predictions=")).unwrap();
     let got: Vec<f64> = predictions.iter().map(|row| row[0].parse().unwrap()).collect();
-    let want = [predict(&model, &[1.0, 2.0]), predict(&model, &[-1.0, 0.5])];
+    let want = [sample_prediction(&model, &[1.0, 2.0]), sample_prediction(&model, &[-1.0, 0.5])];
     for (g, w) in got.iter().zip(want) {
         assert!((g - w).abs() < 1e-9, "the endpoint predicted {got:?}, the model says {want:?}");
     }
@@ -317,7 +311,7 @@ fn the_cli_deploys_a_trained_model_invokes_lists_and_deletes_it() {
     let weights: Value = serde_json::from_slice(&file_entry(&tar_entries(&tarball), "model.json")).unwrap();
     let got: Vec<f64> = String::from_utf8_lossy(&answered.stdout).lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(got.len(), 2, "{answered:?}");
-    assert!((got[0] - predict(&weights, &[1.0, 2.0])).abs() < 1e-9, "{got:?}");
+    assert!((got[0] - sample_prediction(&weights, &[1.0, 2.0])).abs() < 1e-9, "{got:?}");
     let bad = sm.command().args(["invoke", &name, "-"]).stdin(std::process::Stdio::null()).output().unwrap();
     assert!(bad.status.success(), "an empty body is zero rows: {bad:?}");
     let mut wrong = sm

@@ -21,11 +21,6 @@ fn trained(sm: &Smlocal, bucket: &Bucket) -> (String, Value) {
     (bucket.uri(&key), model)
 }
 
-fn predict(model: &Value, row: &[f64]) -> f64 {
-    let weights: Vec<f64> = model["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).collect();
-    weights.iter().zip(row).map(|(w, x)| w * x).sum::<f64>() + model["bias"].as_f64().unwrap()
-}
-
 fn rows(n: usize, seed: usize) -> (String, Vec<[f64; 2]>) {
     let rows: Vec<[f64; 2]> =
         (0..n).map(|i| [((i + seed) % 7) as f64 - 3.0, ((i * 3 + seed) % 5) as f64 * 0.5]).collect();
@@ -38,7 +33,7 @@ fn assert_predictions(bucket: &Bucket, key: &str, model: &Value, expected: &[[f6
     let lines: Vec<f64> = String::from_utf8(out).unwrap().lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(lines.len(), expected.len(), "{key}: one output record per input record");
     for (i, (got, row)) in lines.iter().zip(expected).enumerate() {
-        assert!((got - predict(model, row)).abs() < 1e-9, "{key} record {}: {got} for {row:?}", i + 1);
+        assert!((got - sample_prediction(model, row)).abs() < 1e-9, "{key} record {}: {got} for {row:?}", i + 1);
     }
 }
 
