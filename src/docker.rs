@@ -591,6 +591,18 @@ impl Docker {
             .collect())
     }
 
+    /// Containers (any state) whose labels pass every label filter (`key` or `key=value`).
+    async fn containers_filtered(
+        &self,
+        wanted: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+        let filters = HashMap::from([("label".to_string(), wanted)]);
+        self.client
+            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
+            .await
+            .map_err(op("list containers"))
+    }
+
     /// Containers of state directory `home` carrying every `label=value` given.
     pub(crate) async fn containers_matching(
         &self,
@@ -599,15 +611,7 @@ impl Docker {
     ) -> Result<Vec<String>, DockerError> {
         let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         wanted.push(format!("{HOME_LABEL}={home}"));
-        let filters = HashMap::from([("label".to_string(), wanted)]);
-        Ok(self
-            .client
-            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
-            .await
-            .map_err(op("list containers"))?
-            .into_iter()
-            .filter_map(|c| c.id)
-            .collect())
+        Ok(self.containers_filtered(wanted).await?.into_iter().filter_map(|c| c.id).collect())
     }
 
     /// Containers carrying `label` (any value) of state directory `home`: `(id, label value)`.
@@ -616,12 +620,10 @@ impl Docker {
         label: &str,
         home: &str,
     ) -> Result<Vec<(String, String)>, DockerError> {
-        let filters = HashMap::from([("label".to_string(), vec![label.to_string(), format!("{HOME_LABEL}={home}")])]);
+        let wanted = vec![label.to_string(), format!("{HOME_LABEL}={home}")];
         Ok(self
-            .client
-            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
-            .await
-            .map_err(op("list containers"))?
+            .containers_filtered(wanted)
+            .await?
             .into_iter()
             .filter_map(|c| {
                 let value = c.labels.as_ref()?.get(label)?.clone();

@@ -249,33 +249,14 @@ impl HostingStore {
         streams
     }
 
-    fn write(&self, path: &Path, value: &impl Serialize, fresh: bool) -> Result<bool, HostingStoreError> {
-        let dir = path.parent().unwrap_or(&self.root);
-        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-        let text = serde_json::to_vec_pretty(value)
-            .map_err(|e| HostingStoreError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("write", path))?;
-        tmp.write_all(&text).and_then(|_| tmp.as_file().sync_all()).map_err(io("write", path))?;
-        if fresh {
-            // Linking never replaces: the name is taken by whoever links first.
-            return match tmp.persist_noclobber(path) {
-                Ok(_) => Ok(true),
-                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(io("write", path)(e.error)),
-            };
-        }
-        tmp.persist(path).map_err(|e| io("write", path)(e.error))?;
-        Ok(true)
-    }
-
     /// Writes a new record; `false` when one of that name exists.
     pub(crate) fn create(&self, kind: Kind, name: &str, value: &impl Serialize) -> Result<bool, HostingStoreError> {
-        self.write(&self.path(kind, name), value, true)
+        write_record(&self.path(kind, name), value, true)
     }
 
     /// Replaces a record (atomically).
     pub(crate) fn save_endpoint(&self, record: &EndpointRecord) -> Result<(), HostingStoreError> {
-        self.write(&self.path(Kind::Endpoint, &record.name), record, false).map(drop)
+        write_record(&self.path(Kind::Endpoint, &record.name), record, false).map(drop)
     }
 
     pub(crate) fn load<T: serde::de::DeserializeOwned>(
@@ -337,6 +318,28 @@ impl HostingStore {
             Err(e) => Err(io("remove", &path)(e)),
         }
     }
+}
+
+/// Writes a record beside `path` and renames (or, `fresh`, links) it into place, so a
+/// reader sees the old record or the new one, never a mix; `false` when `fresh` and a record
+/// is there already. Shared by the hosting and transform-job records.
+pub(crate) fn write_record(path: &Path, value: &impl Serialize, fresh: bool) -> Result<bool, HostingStoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let text = serde_json::to_vec_pretty(value)
+        .map_err(|e| HostingStoreError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("write", path))?;
+    tmp.write_all(&text).and_then(|_| tmp.as_file().sync_all()).map_err(io("write", path))?;
+    if fresh {
+        // Linking never replaces: the name is taken by whoever links first.
+        return match tmp.persist_noclobber(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io("write", path)(e.error)),
+        };
+    }
+    tmp.persist(path).map_err(|e| io("write", path)(e.error))?;
+    Ok(true)
 }
 
 fn read_names(dir: &Path) -> Vec<String> {

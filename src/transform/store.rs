@@ -5,7 +5,6 @@
 use crate::state::record::now;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// `TransformJobStatus`.
@@ -174,14 +173,8 @@ impl TransformStore {
     }
 
     pub(crate) fn save(&self, record: &TransformRecord) -> Result<(), TransformStoreError> {
-        let dir = self.job_dir(&record.name);
-        let path = dir.join("record.json");
-        let text = serde_json::to_vec_pretty(record)
-            .map_err(|e| TransformStoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("write", &path))?;
-        tmp.write_all(&text).and_then(|_| tmp.as_file().sync_all()).map_err(io("write", &path))?;
-        tmp.persist(&path).map_err(|e| io("write", &path)(e.error))?;
-        Ok(())
+        let path = self.job_dir(&record.name).join("record.json");
+        crate::hosting::store::write_record(&path, record, false).map(drop)
     }
 
     pub(crate) fn load(&self, name: &str) -> Result<Option<TransformRecord>, TransformStoreError> {
