@@ -123,7 +123,7 @@ pub use crate::serve::queue::{CreateError, Queue, QueueConfig};
 pub use crate::serve::{Api, serve};
 pub use crate::spec::{AwsErrorKind, SpecError, from_value, unique_name};
 pub use crate::stage::{StagedObject, shard, stage};
-pub use crate::state::listing::{ListQuery, page as list_page};
+pub use crate::state::listing::{ListQuery, Page as ListPage};
 pub use crate::state::record::{Failure, FailureKind, Record, Secondary, Status};
 pub use crate::state::{StateDir, StateError};
 pub use crate::storage::{S3Config, Storage};

@@ -696,21 +696,23 @@ fn list(args: ListArgs) -> Result<ExitCode> {
         max_results: args.max_results,
         ..Default::default()
     };
-    let matching = smlocal::list_page(StateDir::from_env().list()?, &query, usize::MAX)?.records;
+    let matching = StateDir::from_env().list_page(&query, usize::MAX)?.summaries;
     let mut out = std::io::stdout().lock();
-    for r in matching {
-        let created = time::OffsetDateTime::from_unix_timestamp(r.creation_time as i64)
+    for s in matching {
+        let number = |field: &str| s.get(field).and_then(serde_json::Value::as_f64);
+        let text = |field: &str| s.get(field).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+        let creation = number("CreationTime").unwrap_or(0.0);
+        let created = time::OffsetDateTime::from_unix_timestamp(creation as i64)
             .ok()
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
             .unwrap_or_default();
-        let took =
-            r.training_end_time.map(|end| format!("{:.1}s", end - r.creation_time)).unwrap_or_else(|| "-".into());
+        let took = number("TrainingEndTime").map(|end| format!("{:.1}s", end - creation)).unwrap_or_else(|| "-".into());
         writeln!(
             out,
             "{:<40} {:<11} {:<20} {:>8}  {created}",
-            r.training_job_name,
-            r.training_job_status.to_string(),
-            r.secondary_status.to_string(),
+            text("TrainingJobName"),
+            text("TrainingJobStatus"),
+            text("SecondaryStatus"),
             took
         )?;
     }

@@ -6,6 +6,7 @@ use super::store::{Definition, EndpointRecord, EndpointStatus, Kind};
 use super::{Hosting, HostingError, deploy};
 use crate::resources;
 use crate::spec;
+use crate::state::listing::{ListError, ListQuery, Page};
 use crate::state::record::now;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -105,11 +106,7 @@ impl Hosting {
 
     pub(crate) fn list_models(&self, body: Value) -> Answer {
         spec::check("ListModelsInput", &body)?;
-        let models: Vec<Definition> = self.store.list(Kind::Model)?;
-        let rows = models
-            .iter()
-            .map(|m| Row::of(m, json!({"ModelName": m.name, "ModelArn": m.arn, "CreationTime": m.creation_time})));
-        page(rows.collect(), &body, "Models")
+        listed(self.store.page(Kind::Model, &list_query(&body)), "Models")
     }
 
     pub(crate) fn delete_model(&self, body: Value) -> Answer {
@@ -204,14 +201,7 @@ impl Hosting {
 
     pub(crate) fn list_endpoint_configs(&self, body: Value) -> Answer {
         spec::check("ListEndpointConfigsInput", &body)?;
-        let configs: Vec<Definition> = self.store.list(Kind::EndpointConfig)?;
-        let rows = configs.iter().map(|c| {
-            Row::of(
-                c,
-                json!({"EndpointConfigName": c.name, "EndpointConfigArn": c.arn, "CreationTime": c.creation_time}),
-            )
-        });
-        page(rows.collect(), &body, "EndpointConfigs")
+        listed(self.store.page(Kind::EndpointConfig, &list_query(&body)), "EndpointConfigs")
     }
 
     pub(crate) fn delete_endpoint_config(&self, body: Value) -> Answer {
@@ -285,24 +275,7 @@ impl Hosting {
 
     pub(crate) fn list_endpoints(&self, body: Value) -> Answer {
         spec::check("ListEndpointsInput", &body)?;
-        let endpoints: Vec<EndpointRecord> = self.store.list(Kind::Endpoint)?;
-        let rows = endpoints
-            .iter()
-            .map(|e| Row {
-                name: e.name.clone(),
-                created: e.creation_time,
-                modified: e.last_modified_time,
-                status: Some(e.status.as_str()),
-                summary: json!({
-                    "EndpointName": e.name,
-                    "EndpointArn": e.arn,
-                    "CreationTime": e.creation_time,
-                    "LastModifiedTime": e.last_modified_time,
-                    "EndpointStatus": e.status.as_str(),
-                }),
-            })
-            .collect();
-        page(rows, &body, "Endpoints")
+        listed(self.store.page(Kind::Endpoint, &list_query(&body)), "Endpoints")
     }
 
     pub(crate) fn update_endpoint(self: &Arc<Self>, body: Value) -> Answer {
@@ -359,21 +332,6 @@ pub(crate) fn model_containers(request: &Value) -> Vec<&Value> {
     }
 }
 
-/// One resource in a listing, with what its filters and sort keys read.
-pub(crate) struct Row {
-    pub name: String,
-    pub created: f64,
-    pub modified: f64,
-    pub status: Option<&'static str>,
-    pub summary: Value,
-}
-
-impl Row {
-    fn of(d: &Definition, summary: Value) -> Row {
-        Row { name: d.name.clone(), created: d.creation_time, modified: d.creation_time, status: None, summary }
-    }
-}
-
 fn time_field(body: &Value, field: &str) -> Option<f64> {
     match body.get(field)? {
         Value::Number(n) => n.as_f64(),
@@ -384,45 +342,31 @@ fn time_field(body: &Value, field: &str) -> Option<f64> {
     }
 }
 
-/// The List* operations' shared filters, order and pages (`NextToken` is the position).
-pub(crate) fn page(mut rows: Vec<Row>, body: &Value, member: &str) -> Answer {
-    if let Some(part) = body.get("NameContains").and_then(Value::as_str) {
-        let part = part.to_ascii_lowercase();
-        rows.retain(|r| r.name.to_ascii_lowercase().contains(&part));
+/// The List* operations' shared filters, order and page (times as epoch seconds or RFC 3339).
+pub(crate) fn list_query(body: &Value) -> ListQuery {
+    let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_string);
+    ListQuery {
+        creation_time_after: time_field(body, "CreationTimeAfter"),
+        creation_time_before: time_field(body, "CreationTimeBefore"),
+        last_modified_time_after: time_field(body, "LastModifiedTimeAfter"),
+        last_modified_time_before: time_field(body, "LastModifiedTimeBefore"),
+        name_contains: text("NameContains"),
+        status_equals: text("StatusEquals"),
+        sort_by: text("SortBy"),
+        sort_order: text("SortOrder"),
+        max_results: body.get("MaxResults").and_then(Value::as_u64).map(|m| m as usize),
+        next_token: text("NextToken"),
+        ..ListQuery::default()
     }
-    let bound = |field: &str, keep: &dyn Fn(&Row, f64) -> bool, rows: &mut Vec<Row>| {
-        if let Some(t) = time_field(body, field) {
-            rows.retain(|r| keep(r, t));
-        }
-    };
-    bound("CreationTimeBefore", &|r, t| r.created < t, &mut rows);
-    bound("CreationTimeAfter", &|r, t| r.created > t, &mut rows);
-    bound("LastModifiedTimeBefore", &|r, t| r.modified < t, &mut rows);
-    bound("LastModifiedTimeAfter", &|r, t| r.modified > t, &mut rows);
-    if let Some(status) = body.get("StatusEquals").and_then(Value::as_str) {
-        rows.retain(|r| r.status == Some(status));
-    }
-    match body.get("SortBy").and_then(Value::as_str) {
-        Some("Name") => rows.sort_by(|a, b| a.name.cmp(&b.name)),
-        Some("Status") => rows.sort_by(|a, b| a.status.cmp(&b.status).then(a.name.cmp(&b.name))),
-        _ => rows.sort_by(|a, b| a.created.total_cmp(&b.created).then(a.name.cmp(&b.name))),
-    }
-    if body.get("SortOrder").and_then(Value::as_str) != Some("Ascending") {
-        rows.reverse();
-    }
-    let start = match body.get("NextToken").and_then(Value::as_str) {
-        None => 0,
-        Some(token) => {
-            token.parse::<usize>().map_err(|_| HostingError::Validation(format!("Invalid pagination token {token}")))?
-        }
-    };
-    let max = body.get("MaxResults").and_then(Value::as_u64).unwrap_or(10) as usize;
-    let more = rows.len() > start + max;
-    let listed: Vec<Value> = rows.into_iter().skip(start).take(max).map(|r| r.summary).collect();
+}
+
+/// A page as the List* operations answer it: the summaries under `member`, and `NextToken`.
+pub(crate) fn listed(page: Result<Page, ListError>, member: &str) -> Answer {
+    let page = page.map_err(|e| HostingError::Validation(e.to_string()))?;
     let mut out = Map::new();
-    out.insert(member.into(), Value::Array(listed));
-    if more {
-        out.insert("NextToken".into(), json!((start + max).to_string()));
+    out.insert(member.into(), Value::Array(page.summaries));
+    if let Some(token) = page.next_token {
+        out.insert("NextToken".into(), json!(token));
     }
     Ok(Value::Object(out))
 }
@@ -431,28 +375,16 @@ pub(crate) fn page(mut rows: Vec<Row>, body: &Value, member: &str) -> Answer {
 mod tests {
     use super::*;
 
-    fn rows(names: &[(&str, f64)]) -> Vec<Row> {
-        names
-            .iter()
-            .map(|(n, t)| Row { name: n.to_string(), created: *t, modified: *t, status: None, summary: json!(n) })
-            .collect()
-    }
-
     #[test]
-    fn listings_are_newest_first_filtered_and_paged() {
-        let all = || rows(&[("a-one", 1.0), ("b-two", 2.0), ("c-one", 3.0)]);
-        let got = page(all(), &json!({}), "X").unwrap();
-        assert_eq!(got["X"], json!(["c-one", "b-two", "a-one"]));
-        let got =
-            page(all(), &json!({"NameContains": "ONE", "SortBy": "Name", "SortOrder": "Ascending"}), "X").unwrap();
-        assert_eq!(got["X"], json!(["a-one", "c-one"]));
-        let first = page(all(), &json!({"MaxResults": 2}), "X").unwrap();
-        assert_eq!(first["X"], json!(["c-one", "b-two"]));
-        let rest = page(all(), &json!({"MaxResults": 2, "NextToken": first["NextToken"]}), "X").unwrap();
-        assert_eq!(rest["X"], json!(["a-one"]));
-        assert!(rest.get("NextToken").is_none());
-        let got = page(all(), &json!({"CreationTimeAfter": 1.5}), "X").unwrap();
-        assert_eq!(got["X"], json!(["c-one", "b-two"]));
+    fn list_requests_read_as_queries() {
+        let q = list_query(&json!({"NameContains": "one", "CreationTimeAfter": "2026-01-01T00:00:00Z",
+            "LastModifiedTimeBefore": 5.5, "MaxResults": 2, "SortBy": "Name"}));
+        assert_eq!(q.name_contains.as_deref(), Some("one"));
+        assert_eq!(q.creation_time_after, Some(1_767_225_600.0));
+        assert_eq!(q.last_modified_time_before, Some(5.5));
+        assert_eq!((q.max_results, q.sort_by.as_deref()), (Some(2), Some("Name")));
+        let bad = listed(Err(ListError::Token("x".into())), "Models").unwrap_err();
+        assert!(bad.to_string().contains("Invalid pagination token"), "{bad}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! containers mount; the instances' logs in `hosting/logs/<name>/`, which outlive the endpoint. Every record is written beside its place and renamed
 //! over it (never half-written); creating one is `O_EXCL`, which is what reserves a name.
 
+use crate::state::index::{self, Index, Records, Row};
+use crate::state::listing::{ListError, ListQuery, Page};
 use crate::state::record::now;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -179,6 +181,80 @@ impl EndpointRecord {
 #[derive(Debug, Clone)]
 pub(crate) struct HostingStore {
     root: PathBuf,
+    /// What the List operations read; kept beside every write.
+    index: std::sync::Arc<Index>,
+}
+
+/// One kind of hosting record, as the index reads them.
+struct Listed<'a>(&'a HostingStore, Kind);
+
+impl Records for Listed<'_> {
+    fn kind(&self) -> index::Kind {
+        match self.1 {
+            Kind::Model => index::Kind::Model,
+            Kind::EndpointConfig => index::Kind::EndpointConfig,
+            Kind::Endpoint => index::Kind::Endpoint,
+        }
+    }
+
+    fn folder(&self) -> PathBuf {
+        self.0.folder(self.1)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0.names(self.1)
+    }
+
+    fn row(&self, name: &str) -> Option<Row> {
+        let loaded = match self.1 {
+            Kind::Endpoint => self.0.load::<EndpointRecord>(self.1, name).map(|r| r.map(|e| e.row())),
+            kind => self.0.load::<Definition>(kind, name).map(|r| r.map(|d| d.row(kind))),
+        };
+        loaded.unwrap_or_else(|e| {
+            tracing::warn!("not listing {name}: {e}");
+            None
+        })
+    }
+}
+
+impl Definition {
+    /// The model or configuration as ListModels / ListEndpointConfigs summarise it.
+    fn row(&self, kind: Kind) -> Row {
+        let (name, arn) = match kind {
+            Kind::EndpointConfig => ("EndpointConfigName", "EndpointConfigArn"),
+            _ => ("ModelName", "ModelArn"),
+        };
+        let mut summary = Map::new();
+        summary.insert(name.into(), Value::from(self.name.clone()));
+        summary.insert(arn.into(), Value::from(self.arn.clone()));
+        summary.insert("CreationTime".into(), Value::from(self.creation_time));
+        Row {
+            name: self.name.clone(),
+            created: self.creation_time,
+            modified: self.creation_time,
+            status: String::new(),
+            summary: Value::Object(summary),
+        }
+    }
+}
+
+impl EndpointRecord {
+    /// The endpoint as ListEndpoints summarises it.
+    fn row(&self) -> Row {
+        Row {
+            name: self.name.clone(),
+            created: self.creation_time,
+            modified: self.last_modified_time,
+            status: self.status.as_str().into(),
+            summary: serde_json::json!({
+                "EndpointName": self.name,
+                "EndpointArn": self.arn,
+                "CreationTime": self.creation_time,
+                "LastModifiedTime": self.last_modified_time,
+                "EndpointStatus": self.status.as_str(),
+            }),
+        }
+    }
 }
 
 /// What AWS allows in a model, config or endpoint name (`^[a-zA-Z0-9](-*[a-zA-Z0-9])*`,
@@ -193,7 +269,7 @@ pub(crate) fn is_name(name: &str) -> bool {
 
 impl HostingStore {
     pub(crate) fn new(state_root: &Path) -> Self {
-        HostingStore { root: state_root.join("hosting") }
+        HostingStore { root: state_root.join("hosting"), index: std::sync::Arc::new(Index::new(state_root)) }
     }
 
     fn folder(&self, kind: Kind) -> PathBuf {
@@ -251,12 +327,42 @@ impl HostingStore {
 
     /// Writes a new record; `false` when one of that name exists.
     pub(crate) fn create(&self, kind: Kind, name: &str, value: &impl Serialize) -> Result<bool, HostingStoreError> {
-        write_record(&self.path(kind, name), value, true)
+        self.indexed(kind, name, || write_record(&self.path(kind, name), value, true))
     }
 
     /// Replaces a record (atomically).
     pub(crate) fn save_endpoint(&self, record: &EndpointRecord) -> Result<(), HostingStoreError> {
-        write_record(&self.path(Kind::Endpoint, &record.name), record, false).map(drop)
+        self.indexed(Kind::Endpoint, &record.name, || {
+            write_record(&self.path(Kind::Endpoint, &record.name), record, false).map(drop)
+        })
+    }
+
+    /// Runs a change of `name`'s record with the index's row following it.
+    fn indexed<T>(&self, kind: Kind, name: &str, change: impl FnOnce() -> T) -> T {
+        let listed = Listed(self, kind);
+        let intent = self.index.intend(&listed, name);
+        let changed = change();
+        self.index.wrote(&listed, intent, name, listed.row(name).as_ref());
+        changed
+    }
+
+    /// The page of `kind` that `query` asks for (ListModels, ListEndpointConfigs,
+    /// ListEndpoints), from the index.
+    pub(crate) fn page(&self, kind: Kind, query: &ListQuery) -> Result<Page, ListError> {
+        // AWS's default page size.
+        self.index.page(&Listed(self, kind), query, 10)
+    }
+
+    /// The names of every record of a kind.
+    fn names(&self, kind: Kind) -> Vec<String> {
+        read_names(&self.folder(kind))
+            .into_iter()
+            .filter_map(|n| match kind {
+                Kind::Endpoint => Some(n),
+                _ => n.strip_suffix(".json").map(str::to_string),
+            })
+            .filter(|n| is_name(n))
+            .collect()
     }
 
     pub(crate) fn load<T: serde::de::DeserializeOwned>(
@@ -283,13 +389,7 @@ impl HostingStore {
 
     /// Every record of a kind, in name order (unreadable ones are reported and skipped).
     pub(crate) fn list<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>, HostingStoreError> {
-        let mut names: Vec<String> = read_names(&self.folder(kind))
-            .into_iter()
-            .filter_map(|n| match kind {
-                Kind::Endpoint => Some(n),
-                _ => n.strip_suffix(".json").map(str::to_string),
-            })
-            .collect();
+        let mut names = self.names(kind);
         names.sort();
         let mut records = Vec::new();
         for name in names {
@@ -308,10 +408,10 @@ impl HostingStore {
             return Ok(false);
         }
         let path = self.path(kind, name);
-        let removed = match kind {
+        let removed = self.indexed(kind, name, || match kind {
             Kind::Endpoint => std::fs::remove_dir_all(self.endpoint_dir(name)),
             _ => std::fs::remove_file(&path),
-        };
+        });
         match removed {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

@@ -4,7 +4,7 @@ use super::{ApiError, ApiResult};
 use crate::run::RunError;
 use crate::serve::queue::{CreateError, Queue};
 use crate::spec;
-use crate::state::listing::{self, ListQuery};
+use crate::state::listing::ListQuery;
 use serde_json::{Value, json};
 
 fn name(body: &Value) -> &str {
@@ -37,27 +37,9 @@ pub(super) fn stop(queue: &Queue, body: Value) -> ApiResult {
 pub(super) fn list(queue: &Queue, body: Value) -> ApiResult {
     spec::check("ListTrainingJobsRequest", &body)?;
     let query: ListQuery = serde_json::from_value(body).map_err(|e| ApiError::validation(e.to_string()))?;
-    let records = queue.store().list()?;
     // AWS's default page size.
-    let page = listing::page(records, &query, 10).map_err(|e| ApiError::validation(e.to_string()))?;
-    let summaries: Vec<Value> = page
-        .records
-        .iter()
-        .map(|r| {
-            let mut s = json!({
-                "TrainingJobName": r.training_job_name,
-                "TrainingJobArn": r.training_job_arn,
-                "CreationTime": r.creation_time,
-                "LastModifiedTime": r.last_modified_time,
-                "TrainingJobStatus": r.training_job_status,
-                "SecondaryStatus": r.secondary_status,
-            });
-            if let Some(end) = r.training_end_time {
-                s["TrainingEndTime"] = json!(end);
-            }
-            s
-        })
-        .collect();
+    let page = queue.store().list_page(&query, 10)?;
+    let summaries = page.summaries;
     let mut out = json!({ "TrainingJobSummaries": summaries });
     if let Some(token) = page.next_token {
         out["NextToken"] = json!(token);

@@ -2,13 +2,17 @@
 //! record (written atomically: never half-written), its logs and, while it runs, its work
 //! files. Creating the folder is what reserves a job name, so two runs cannot share one.
 
+pub(crate) mod index;
 pub(crate) mod listing;
 pub(crate) mod record;
 
 use crate::spec::AwsErrorKind;
+use crate::state::index::{Index, Kind, Records, Row};
+use crate::state::listing::{ListError, ListQuery, Page};
 use crate::state::record::{Record, Status};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -22,6 +26,8 @@ pub enum StateError {
     AlreadyEnded { name: String, status: Status },
     #[error("the training job {0} is still running; stop it first (smlocal stop {0})")]
     StillRunning(String),
+    #[error(transparent)]
+    List(#[from] ListError),
     #[error("the job record '{}' is unreadable: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot {action} '{}': {source}", path.display())]
@@ -38,7 +44,10 @@ impl StateError {
         match self {
             StateError::ResourceInUse { .. } => AwsErrorKind::ResourceInUse,
             // SageMaker answers an unknown or finished job with ValidationException.
-            StateError::NotFound(_) | StateError::AlreadyEnded { .. } | StateError::StillRunning(_) => {
+            StateError::NotFound(_)
+            | StateError::AlreadyEnded { .. }
+            | StateError::StillRunning(_)
+            | StateError::List(_) => {
                 AwsErrorKind::Validation
             }
             StateError::Corrupt { .. } | StateError::Io { .. } => AwsErrorKind::Internal,
@@ -59,6 +68,47 @@ const RUNNER_PID: &str = "runner.pid";
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// What ListTrainingJobs (and the other List operations) read; kept beside every write.
+    index: Arc<Index>,
+}
+
+/// The training jobs' records, as the index reads them.
+struct TrainingJobs<'a>(&'a StateDir);
+
+impl Records for TrainingJobs<'_> {
+    fn kind(&self) -> Kind {
+        Kind::TrainingJob
+    }
+
+    fn folder(&self) -> PathBuf {
+        self.0.root.join("jobs")
+    }
+
+    fn names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.folder()) else { return Vec::new() };
+        entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| is_job_name(n)).collect()
+    }
+
+    fn row(&self, name: &str) -> Option<Row> {
+        match self.0.load(name) {
+            Ok(record) => Some(row_of(&record)),
+            Err(StateError::NotFound(_)) => None,
+            Err(e) => {
+                tracing::warn!("not listing job {name}: {e}");
+                None
+            }
+        }
+    }
+}
+
+fn row_of(record: &Record) -> Row {
+    Row {
+        name: record.training_job_name.clone(),
+        created: record.creation_time,
+        modified: record.last_modified_time,
+        status: record.training_job_status.as_str().into(),
+        summary: record.summary(),
+    }
 }
 
 impl StateDir {
@@ -67,7 +117,7 @@ impl StateDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root: PathBuf = root.into();
         let root = std::path::absolute(&root).unwrap_or(root);
-        StateDir { root }
+        StateDir { index: Arc::new(Index::new(&root)), root }
     }
 
     /// `$SMLOCAL_HOME`, else `~/.smlocal`.
@@ -129,15 +179,23 @@ impl StateDir {
     pub fn create(&self, record: &Record) -> Result<PathBuf, StateError> {
         let jobs = self.root.join("jobs");
         std::fs::create_dir_all(&jobs).map_err(io("create", &jobs))?;
-        let dir = self.job_dir(&record.training_job_name);
+        let name = &record.training_job_name;
+        let dir = self.job_dir(name);
+        let intent = self.index.intend(&TrainingJobs(self), name);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(StateError::ResourceInUse { arn: record.training_job_arn.clone() });
+            Err(e) => {
+                // The mark is cleared with the row of whatever record is there.
+                self.index.wrote(&TrainingJobs(self), intent, name, TrainingJobs(self).row(name).as_ref());
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    return Err(StateError::ResourceInUse { arn: record.training_job_arn.clone() });
+                }
+                return Err(io("create", &dir)(e));
             }
-            Err(e) => return Err(io("create", &dir)(e)),
         }
-        self.save(record)?;
+        let written = self.save_record(record);
+        self.index.wrote(&TrainingJobs(self), intent, name, written.is_ok().then(|| row_of(record)).as_ref());
+        written?;
         // Best effort: a disk too full for it is too full for the job anyway.
         if let Err(e) = std::fs::write(dir.join(RESERVE), vec![0u8; RESERVE_BYTES]) {
             tracing::debug!("no space reserve for {}: {e}", record.training_job_name);
@@ -153,7 +211,20 @@ impl StateDir {
     /// Writes the record beside its final place and renames it over, so a reader sees the
     /// old record or the new one, never a mix.
     /// When the disk is full, the job's space reserve is given up and the save tried again.
+    /// The index's row follows the record.
     pub fn save(&self, record: &Record) -> Result<(), StateError> {
+        let name = &record.training_job_name;
+        let intent = self.index.intend(&TrainingJobs(self), name);
+        let written = self.save_record(record);
+        let row = match &written {
+            Ok(()) => Some(row_of(record)),
+            Err(_) => TrainingJobs(self).row(name),
+        };
+        self.index.wrote(&TrainingJobs(self), intent, name, row.as_ref());
+        written
+    }
+
+    fn save_record(&self, record: &Record) -> Result<(), StateError> {
         match self.write_record(record) {
             Err(StateError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::StorageFull
@@ -209,7 +280,11 @@ impl StateDir {
             return Err(StateError::AlreadyEnded { name: name.into(), status: record.training_job_status });
         }
         let marker = self.job_dir(name).join(STOP_MARKER);
-        std::fs::write(&marker, b"").map_err(io("write", &marker))?;
+        let intent = self.index.intend(&TrainingJobs(self), name);
+        let marked = std::fs::write(&marker, b"").map_err(io("write", &marker));
+        // Listed as Stopping from now on, as it is described.
+        self.index.wrote(&TrainingJobs(self), intent, name, TrainingJobs(self).row(name).as_ref());
+        marked?;
         Ok(record)
     }
 
@@ -259,7 +334,16 @@ impl StateDir {
             return Err(StateError::StillRunning(name.into()));
         }
         let dir = self.job_dir(name);
-        std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
+        let intent = self.index.intend(&TrainingJobs(self), name);
+        let removed = std::fs::remove_dir_all(&dir).map_err(io("remove", &dir));
+        self.index.wrote(&TrainingJobs(self), intent, name, TrainingJobs(self).row(name).as_ref());
+        removed
+    }
+
+    /// The page of training jobs `query` asks for (ListTrainingJobs), from the index;
+    /// `default_max` is the page size when the query names none.
+    pub fn list_page(&self, query: &ListQuery, default_max: usize) -> Result<Page, StateError> {
+        Ok(self.index.page(&TrainingJobs(self), query, default_max)?)
     }
 
     pub fn stop_requested(&self, name: &str) -> bool {

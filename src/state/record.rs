@@ -222,6 +222,22 @@ impl Record {
         }
     }
 
+    /// The job as ListTrainingJobs summarises it.
+    pub fn summary(&self) -> Value {
+        let mut s = serde_json::json!({
+            "TrainingJobName": self.training_job_name,
+            "TrainingJobArn": self.training_job_arn,
+            "CreationTime": self.creation_time,
+            "LastModifiedTime": self.last_modified_time,
+            "TrainingJobStatus": self.training_job_status,
+            "SecondaryStatus": self.secondary_status,
+        });
+        if let Some(end) = self.training_end_time {
+            s["TrainingEndTime"] = serde_json::json!(end);
+        }
+        s
+    }
+
     /// Moves to a new secondary status, closing the previous one.
     pub fn enter(&mut self, secondary: Secondary, message: impl Into<String>) {
         let t = now();

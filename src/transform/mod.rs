@@ -15,7 +15,7 @@ mod records;
 pub(crate) mod run;
 pub(crate) mod store;
 
-use crate::hosting::control::{Row, page};
+use crate::hosting::control::{list_query, listed};
 use crate::hosting::store::Kind;
 use crate::hosting::{Hosting, HostingError};
 use crate::logs::LogSink;
@@ -138,33 +138,7 @@ impl Hosting {
 
     pub(crate) fn list_transform_jobs(&self, body: Value) -> Result<Value, HostingError> {
         spec::check("ListTransformJobsRequest", &body)?;
-        let rows = store_of(self)
-            .list()
-            .into_iter()
-            .map(|r| {
-                let mut summary = json!({
-                    "TransformJobName": r.name,
-                    "TransformJobArn": r.arn,
-                    "CreationTime": r.creation_time,
-                    "LastModifiedTime": r.last_modified_time,
-                    "TransformJobStatus": r.status.as_str(),
-                });
-                if let Some(end) = r.end_time {
-                    summary["TransformEndTime"] = json!(end);
-                }
-                if let Some(reason) = &r.failure_reason {
-                    summary["FailureReason"] = json!(reason);
-                }
-                Row {
-                    name: r.name.clone(),
-                    created: r.creation_time,
-                    modified: r.last_modified_time,
-                    status: Some(r.status.as_str()),
-                    summary,
-                }
-            })
-            .collect();
-        page(rows, &body, "TransformJobSummaries")
+        listed(store_of(self).page(&list_query(&body)), "TransformJobSummaries")
     }
 
     pub(crate) fn stop_transform_job(&self, body: Value) -> Result<Value, HostingError> {

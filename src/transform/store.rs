@@ -2,6 +2,8 @@
 //! (written beside and renamed over: never half-written), the instances' logs, the model
 //! folder the containers mount, and the markers a runner and a stop request leave.
 
+use crate::state::index::{Index, Kind, Records, Row};
+use crate::state::listing::{ListError, ListQuery, Page};
 use crate::state::record::now;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -110,11 +112,65 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 #[derive(Debug, Clone)]
 pub(crate) struct TransformStore {
     root: PathBuf,
+    /// What ListTransformJobs reads; kept beside every write.
+    index: std::sync::Arc<Index>,
+}
+
+impl Records for TransformStore {
+    fn kind(&self) -> Kind {
+        Kind::TransformJob
+    }
+
+    fn folder(&self) -> PathBuf {
+        self.root.clone()
+    }
+
+    fn names(&self) -> Vec<String> {
+        std::fs::read_dir(&self.root)
+            .map(|e| e.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    fn row(&self, name: &str) -> Option<Row> {
+        match self.load(name) {
+            Ok(record) => record.map(|r| r.row()),
+            Err(e) => {
+                tracing::warn!("not listing transform job {name}: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl TransformRecord {
+    /// The job as ListTransformJobs summarises it.
+    fn row(&self) -> Row {
+        let mut summary = serde_json::json!({
+            "TransformJobName": self.name,
+            "TransformJobArn": self.arn,
+            "CreationTime": self.creation_time,
+            "LastModifiedTime": self.last_modified_time,
+            "TransformJobStatus": self.status.as_str(),
+        });
+        if let Some(end) = self.end_time {
+            summary["TransformEndTime"] = serde_json::json!(end);
+        }
+        if let Some(reason) = &self.failure_reason {
+            summary["FailureReason"] = serde_json::json!(reason);
+        }
+        Row {
+            name: self.name.clone(),
+            created: self.creation_time,
+            modified: self.last_modified_time,
+            status: self.status.as_str().into(),
+            summary,
+        }
+    }
 }
 
 impl TransformStore {
     pub(crate) fn new(state_root: &Path) -> Self {
-        TransformStore { root: state_root.join("transform-jobs") }
+        TransformStore { root: state_root.join("transform-jobs"), index: std::sync::Arc::new(Index::new(state_root)) }
     }
 
     pub(crate) fn job_dir(&self, name: &str) -> PathBuf {
@@ -163,18 +219,32 @@ impl TransformStore {
     pub(crate) fn create(&self, record: &TransformRecord) -> Result<bool, TransformStoreError> {
         std::fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
         let dir = self.job_dir(&record.name);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(io("create", &dir)(e)),
-        }
-        self.save(record)?;
-        Ok(true)
+        let intent = self.index.intend(self, &record.name);
+        let created = match std::fs::create_dir(&dir) {
+            Ok(()) => self.write(record).map(|()| true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io("create", &dir)(e)),
+        };
+        self.index.wrote(self, intent, &record.name, self.row(&record.name).as_ref());
+        created
     }
 
     pub(crate) fn save(&self, record: &TransformRecord) -> Result<(), TransformStoreError> {
+        let intent = self.index.intend(self, &record.name);
+        let written = self.write(record);
+        self.index.wrote(self, intent, &record.name, self.row(&record.name).as_ref());
+        written
+    }
+
+    fn write(&self, record: &TransformRecord) -> Result<(), TransformStoreError> {
         let path = self.job_dir(&record.name).join("record.json");
         crate::hosting::store::write_record(&path, record, false).map(drop)
+    }
+
+    /// The page of transform jobs `query` asks for (ListTransformJobs), from the index.
+    pub(crate) fn page(&self, query: &ListQuery) -> Result<Page, ListError> {
+        // AWS's default page size.
+        self.index.page(self, query, 10)
     }
 
     pub(crate) fn load(&self, name: &str) -> Result<Option<TransformRecord>, TransformStoreError> {
@@ -192,9 +262,7 @@ impl TransformStore {
     }
 
     pub(crate) fn list(&self) -> Vec<TransformRecord> {
-        let names: Vec<String> = std::fs::read_dir(&self.root)
-            .map(|e| e.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
-            .unwrap_or_default();
+        let names = self.names();
         names.iter().filter_map(|n| self.load(n).ok().flatten()).collect()
     }
 
