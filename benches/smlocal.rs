@@ -13,6 +13,9 @@
 //!   f. batch transform of 1,000,000 CSV lines (4 objects, `MultiRecord`, 1 MB batches, the
 //!      sample's own 2 requests in flight), whole `smlocal transform` process, against a
 //!      client posting the same batches straight to an already running container.
+//!   g, h, i. at scale (`scale/mod.rs`): staging from a server 20 ms away against the ideal
+//!      and boto3; the store with 100,000 jobs; Describe under 64 clients; packaging
+//!      100,000 small files.
 //!
 //! `cargo bench --bench smlocal` runs the full sizes (1 GiB); `-- --tiny` runs small ones
 //! (what CI does to keep the benchmark working); `-- a c` runs only those.
@@ -31,6 +34,8 @@ mod harness;
 #[allow(dead_code)]
 #[path = "../tests/e2e/s3_server.rs"]
 mod s3_server;
+#[path = "scale/mod.rs"]
+mod scale;
 
 struct Size {
     objects: usize,
@@ -63,8 +68,10 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 
     // `-- a c` runs only those benchmarks.
-    let picked: Vec<String> =
-        std::env::args().skip(1).filter(|a| ["a", "b", "c", "d", "e", "f"].contains(&a.as_str())).collect();
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| ["a", "b", "c", "d", "e", "f", "g", "h", "i"].contains(&a.as_str()))
+        .collect();
     let run = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
     println!("{:<44} {:>12} {:>12} {:>8}", "benchmark", "smlocal", "floor", "ratio");
     if run("a") {
@@ -84,6 +91,15 @@ fn main() {
     }
     if run("f") {
         batch_transform(root.path(), tiny, &rt);
+    }
+    if run("g") {
+        rt.block_on(scale::latency_staging(root.path(), tiny));
+    }
+    if run("h") {
+        rt.block_on(scale::store_at_scale(tiny));
+    }
+    if run("i") {
+        rt.block_on(scale::many_small_files(root.path(), tiny));
     }
 }
 

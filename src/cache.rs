@@ -14,8 +14,6 @@ use std::time::SystemTime;
 
 /// How long downloads may receive nothing before smlocal says so (at most).
 const STALL_NOTICE: std::time::Duration = std::time::Duration::from_secs(10);
-/// Requests in flight at once, objects and ranges together.
-pub(crate) const PARALLEL_REQUESTS: usize = 8;
 /// Objects at least this big are fetched in ranges, several at once.
 const RANGED_FROM: u64 = 32 << 20;
 const RANGE: u64 = 16 << 20;
@@ -221,7 +219,7 @@ impl Cache {
         let (mut seen, mut quiet_since) = (progress.fetched.load(Ordering::Relaxed), tokio::time::Instant::now());
         let mut reported = false;
         loop {
-            while in_flight.len() < PARALLEL_REQUESTS {
+            while in_flight.len() < storage.parallel_requests() {
                 if let Some((i, fetching, range)) = ranges.pop_front() {
                     let w: &Wanted = &wanted[i];
                     in_flight.push(async move { fetching.part(storage, w, range, progress, self).await });
@@ -395,7 +393,7 @@ impl Fetching {
         cache: &Cache,
     ) -> Result<(), StorageError> {
         let offset = range.as_ref().map(|r| r.start).unwrap_or(0);
-        // Opened for this range only: at most PARALLEL_REQUESTS files are open at once.
+        // Opened for this range only: at most `SMLOCAL_S3_REQUESTS` files are open at once.
         let file = std::fs::OpenOptions::new().write(true).open(&self.part).map_err(cache_io(&self.part))?;
         let n = storage.download_part(&w.uri, range, w.info.etag.as_deref(), &file, offset).await?;
         drop(file);

@@ -282,7 +282,7 @@ async fn with_info(storage: &Storage, objects: &[StagedObject]) -> Result<Vec<Wa
     // The first failure ends the lookups (the rest are cancelled): a dead or frozen server
     // fails the channel once, not once per object.
     let mut wanted: Vec<Wanted> =
-        futures::stream::iter(lookups).buffered(crate::cache::PARALLEL_REQUESTS).try_collect().await?;
+        futures::stream::iter(lookups).buffered(storage.parallel_requests()).try_collect().await?;
     wanted.dedup_by(|a, b| a.uri == b.uri);
     Ok(wanted)
 }
@@ -506,7 +506,7 @@ async fn fetch_all(
             }
         })
         .collect();
-    let mut downloads = futures::stream::iter(downloads).buffer_unordered(crate::cache::PARALLEL_REQUESTS);
+    let mut downloads = futures::stream::iter(downloads).buffer_unordered(storage.parallel_requests());
     let mut total = 0;
     while let Some(result) = downloads.next().await {
         total += result.map_err(|source| StageError::Storage { channel: channel.name.clone(), source })?;

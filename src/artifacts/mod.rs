@@ -205,9 +205,11 @@ async fn files(storage: &Storage, sources: &[(String, Beneath)], prefix: &str) -
         }
     }
     // Collected first so the stream is `Send` (see `stage::with_info`).
+    // Fewer than staging's requests: each upload buffers a multipart part in memory.
+    const UPLOADS_IN_FLIGHT: usize = 8;
     let uploads: Vec<_> = uploads.iter().map(|(src, uri)| storage.upload(src, uri)).collect();
     let results: Vec<Result<(), StorageError>> =
-        futures::stream::iter(uploads).buffer_unordered(crate::cache::PARALLEL_REQUESTS).collect().await;
+        futures::stream::iter(uploads).buffer_unordered(UPLOADS_IN_FLIGHT).collect().await;
     results.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(packed)
 }

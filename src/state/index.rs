@@ -156,7 +156,10 @@ impl Index {
             };
             match result {
                 Err(e) if attempt == 0 && is_corrupt(&e) => {
-                    tracing::warn!("the index {} is damaged ({e}); rebuilding it from the records", self.path.display());
+                    tracing::warn!(
+                        "the index {} is damaged ({e}); rebuilding it from the records",
+                        self.path.display()
+                    );
                     *open = None;
                     self.discard();
                 }
@@ -250,9 +253,8 @@ impl Index {
         let folder = records.folder();
         let mtime = folder_mtime(&folder);
         let (synced, pending) = self.with(|c| {
-            let synced: Option<Option<i64>> = c
-                .query_row("SELECT folder_mtime FROM synced WHERE kind = ?1", [kind], |r| r.get(0))
-                .optional()?;
+            let synced: Option<Option<i64>> =
+                c.query_row("SELECT folder_mtime FROM synced WHERE kind = ?1", [kind], |r| r.get(0)).optional()?;
             let pending: i64 = c.query_row("SELECT count(*) FROM pending WHERE kind = ?1", [kind], |r| r.get(0))?;
             Ok((synced, pending))
         })?;
@@ -331,7 +333,9 @@ impl Index {
             Ok(page) => Ok(page),
             Err(e) => {
                 tracing::warn!("{e}; reading every record instead");
-                match in_memory(records).map_err(Failure::Sql).and_then(|c| select(&c, records.kind(), query, default_max))
+                match in_memory(records)
+                    .map_err(Failure::Sql)
+                    .and_then(|c| select(&c, records.kind(), query, default_max))
                 {
                     Ok(page) => Ok(page),
                     Err(Failure::List(e)) => Err(e),
@@ -374,7 +378,8 @@ fn in_memory(records: &dyn Records) -> rusqlite::Result<Connection> {
 fn select(conn: &Connection, kind: Kind, query: &ListQuery, default_max: usize) -> Result<Page, Failure> {
     let sort_by = query.sort_by.as_deref().unwrap_or("CreationTime");
     let descending = query.sort_order.as_deref() != Some("Ascending");
-    let after = query.next_token.as_deref().map(|t| listing::parse_token(t, sort_by)).transpose().map_err(Failure::List)?;
+    let after =
+        query.next_token.as_deref().map(|t| listing::parse_token(t, sort_by)).transpose().map_err(Failure::List)?;
     if query.warm_pool_status_equals.is_some() || query.training_plan_arn_equals.is_some() {
         return Ok(Page { summaries: Vec::new(), next_token: None });
     }
@@ -445,10 +450,7 @@ fn upsert(tx: &rusqlite::Transaction<'_>, kind: &str, row: &Row) -> rusqlite::Re
 }
 
 fn is_corrupt(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-    )
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
 }
 
 #[cfg(test)]
@@ -525,7 +527,11 @@ mod tests {
             ListQuery { sort_by: Some("Name".into()), sort_order: Some("Ascending".into()), ..Default::default() };
         let sorted: Vec<String> = (0..10).map(|i| format!("job-{i}")).collect();
         assert_eq!(all(&index, &files, by_name), sorted);
-        let failed = ListQuery { status_equals: Some("Failed".into()), name_contains: Some("JOB-".into()), ..Default::default() };
+        let failed = ListQuery {
+            status_equals: Some("Failed".into()),
+            name_contains: Some("JOB-".into()),
+            ..Default::default()
+        };
         assert_eq!(all(&index, &files, failed), ["job-7", "job-3", "job-9", "job-5", "job-1"]);
         let by_status = ListQuery { sort_by: Some("Status".into()), ..Default::default() };
         let got = all(&index, &files, by_status);
@@ -544,7 +550,10 @@ mod tests {
         files.write(&index, "newest", 9.0, "InProgress");
         let query = ListQuery { max_results: Some(2), next_token: first.next_token, ..Default::default() };
         let rest = index.page(&files, &query, 10).unwrap();
-        assert_eq!(rest.summaries, [json!({"Name": "b", "Status": "Completed"}), json!({"Name": "a", "Status": "Completed"})]);
+        assert_eq!(
+            rest.summaries,
+            [json!({"Name": "b", "Status": "Completed"}), json!({"Name": "a", "Status": "Completed"})]
+        );
         assert_eq!(rest.next_token, None);
     }
 

@@ -47,9 +47,7 @@ impl StateError {
             StateError::NotFound(_)
             | StateError::AlreadyEnded { .. }
             | StateError::StillRunning(_)
-            | StateError::List(_) => {
-                AwsErrorKind::Validation
-            }
+            | StateError::List(_) => AwsErrorKind::Validation,
             StateError::Corrupt { .. } | StateError::Io { .. } => AwsErrorKind::Internal,
         }
     }

@@ -101,7 +101,14 @@ pub struct S3Config {
     /// server's next bytes before it fails. A frozen server fails staging in this time,
     /// not after every object has waited its own.
     pub read_timeout: Duration,
+    /// `SMLOCAL_S3_REQUESTS` (default 64): requests in flight at once while staging (objects,
+    /// ranges and listing pages). Enough to hide a real S3's 10-50 ms to first byte; a
+    /// local server is no slower for it.
+    pub parallel_requests: usize,
 }
+
+/// The default of [`S3Config::parallel_requests`].
+pub(crate) const PARALLEL_REQUESTS: usize = 64;
 
 /// The default of [`S3Config::read_timeout`], object_store's own request timeout.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,6 +128,10 @@ impl S3Config {
                 .and_then(|v| v.parse::<f64>().ok())
                 .filter(|s| *s > 0.0)
                 .map_or(READ_TIMEOUT, Duration::from_secs_f64),
+            parallel_requests: var("SMLOCAL_S3_REQUESTS")
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+                .map_or(PARALLEL_REQUESTS, |n| n.min(1024)),
         }
     }
 }
@@ -133,6 +144,7 @@ impl Default for S3Config {
             allow_http: false,
             credentials: Vec::new(),
             read_timeout: READ_TIMEOUT,
+            parallel_requests: PARALLEL_REQUESTS,
         }
     }
 }
@@ -273,6 +285,11 @@ impl Storage {
         self.inner.config.endpoint.as_deref()
     }
 
+    /// How many requests staging keeps in flight.
+    pub(crate) fn parallel_requests(&self) -> usize {
+        self.inner.config.parallel_requests
+    }
+
     /// How long a request may wait for the server's next bytes.
     pub(crate) fn read_timeout(&self) -> Duration {
         self.inner.config.read_timeout
@@ -315,7 +332,7 @@ impl Storage {
             .with_connect_timeout(Duration::from_secs(5))
             .with_read_timeout(config.read_timeout)
             .with_timeout(Duration::from_secs(600))
-            .with_pool_max_idle_per_host(64);
+            .with_pool_max_idle_per_host(config.parallel_requests);
         let mut builder =
             AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry).with_client_options(options);
         if let Some(region) = &config.region {
@@ -370,7 +387,9 @@ impl Storage {
         match &location {
             Location::S3 { bucket, key } => {
                 let rest = self.clients(bucket, uri)?.rest;
-                rest.list_objects(bucket, key).await.map_err(|e| self.rest_error(uri, e))
+                rest.list_objects(bucket, key, self.inner.config.parallel_requests)
+                    .await
+                    .map_err(|e| self.rest_error(uri, e))
             }
             Location::Local { path } => self.list_local(uri, path).await,
         }

@@ -35,6 +35,52 @@ fn region_hint(region: &Option<String>) -> String {
     region.as_ref().map(|r| format!("; the bucket is in {r}: set AWS_REGION={r}")).unwrap_or_default()
 }
 
+/// Keys starting with `prefix`, after `after` and before `before` (each when given).
+#[derive(Debug, Clone, PartialEq)]
+struct KeyRange {
+    prefix: String,
+    after: Option<String>,
+    before: Option<String>,
+}
+
+/// The last character of a run of characters of one kind (`'9'` for a digit), if `c` is in
+/// one.
+fn run_end(c: char) -> Option<char> {
+    match c {
+        '0'..='9' => Some('9'),
+        'a'..='z' => Some('z'),
+        'A'..='Z' => Some('Z'),
+        _ => None,
+    }
+}
+
+impl KeyRange {
+    /// The rest of this range after a truncated page that ended at `last`: disjoint but for
+    /// edges, together covering every key of the range after `last`.
+    fn split(&self, last: &str) -> Vec<KeyRange> {
+        let Some(next) = last.get(self.prefix.len()..).and_then(|rest| rest.chars().next()) else {
+            // The last key is the prefix itself: nothing to split on; the next page.
+            return vec![KeyRange { after: Some(last.to_string()), ..self.clone() }];
+        };
+        let before = |key: &str| self.before.as_deref().is_none_or(|b| key < b);
+        let deeper = format!("{}{next}", self.prefix);
+        let mut ranges = vec![KeyRange { prefix: deeper, after: Some(last.to_string()), before: self.before.clone() }];
+        let end = run_end(next).unwrap_or(next);
+        for c in (next..=end).skip(1) {
+            let prefix = format!("{}{c}", self.prefix);
+            if before(&prefix) {
+                ranges.push(KeyRange { prefix, after: None, before: self.before.clone() });
+            }
+        }
+        // Everything past the run: keys after `<prefix><end>` and all its extensions.
+        let after = format!("{}{end}{}", self.prefix, char::MAX);
+        if before(&after) {
+            ranges.push(KeyRange { prefix: self.prefix.clone(), after: Some(after), before: self.before.clone() });
+        }
+        ranges
+    }
+}
+
 /// An unfinished multipart upload.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PendingUpload {
@@ -57,37 +103,73 @@ pub(crate) struct Rest {
 
 impl Rest {
     /// Every object whose key starts with `prefix` (S3's string-prefix rule), exactly as
-    /// listed: keys are never re-encoded or trimmed.
-    pub(crate) async fn list_objects(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, RestError> {
+    /// listed: keys are never re-encoded or trimmed, in key order.
+    ///
+    /// A listing of more than one page is split as its pages arrive, so up to
+    /// `parallel` pages are requested at once where the key space allows: the rest of a
+    /// range after a truncated page is the keys that extend the last key's next character,
+    /// one range per following character of the same kind (digits, lower- or upper-case
+    /// letters, whose keys are usually numbered or named alike), and one range for all the
+    /// keys after those. Ranges that overlap only at their edges are deduplicated.
+    pub(crate) async fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        parallel: usize,
+    ) -> Result<Vec<ObjectInfo>, RestError> {
+        use futures::StreamExt;
         let mut found = Vec::new();
-        let mut token: Option<String> = None;
+        let mut waiting = vec![KeyRange { prefix: prefix.to_string(), after: None, before: None }];
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
-            let mut query = vec![("list-type", "2".to_string()), ("prefix", prefix.to_string())];
-            query.push(("encoding-type", "url".to_string()));
-            if let Some(t) = &token {
-                query.push(("continuation-token", t.clone()));
+            while in_flight.len() < parallel.max(1) {
+                let Some(range) = waiting.pop() else { break };
+                in_flight.push(async move {
+                    let page = self.list_page(bucket, &range.prefix, range.after.as_deref()).await;
+                    (range, page)
+                });
             }
-            let body = self.send("GET", bucket, "", &query).await?;
-            let doc = roxmltree::Document::parse(&body).map_err(|e| RestError::BadAnswer(e.to_string()))?;
-            let root = doc.root_element();
-            let url_encoded = child_text(root, "EncodingType").is_some_and(|e| e.eq_ignore_ascii_case("url"));
-            for contents in root.children().filter(|n| n.has_tag_name("Contents")) {
-                let Some(key) = child_text(contents, "Key") else { continue };
-                let key = if url_encoded { sigv4::percent_decode(key) } else { key.to_string() };
-                let size = child_text(contents, "Size").and_then(|s| s.parse().ok()).unwrap_or(0);
-                let etag =
-                    child_text(contents, "ETag").map(|e| e.trim_matches('"').to_string()).filter(|e| !e.is_empty());
-                let modified_ms = child_text(contents, "LastModified").map(epoch_ms).unwrap_or(0);
-                found.push(ObjectInfo { key, size, etag, modified_ms });
-            }
-            token = child_text(root, "NextContinuationToken").map(str::to_string);
-            let truncated = child_text(root, "IsTruncated").is_some_and(|t| t == "true");
-            if !truncated || token.is_none() {
-                break;
+            let Some((range, page)) = in_flight.next().await else { break };
+            let (objects, truncated) = page?;
+            let Some(last) = objects.last().map(|o| o.key.clone()) else { continue };
+            let beyond = range.before.as_deref().is_some_and(|b| last.as_str() >= b);
+            found.extend(objects.into_iter().filter(|o| range.before.as_deref().is_none_or(|b| o.key.as_str() < b)));
+            if truncated && !beyond {
+                waiting.extend(range.split(&last));
             }
         }
         found.sort_by(|a, b| a.key.cmp(&b.key));
+        found.dedup_by(|a, b| a.key == b.key);
         Ok(found)
+    }
+
+    /// One page of keys under `prefix` after `after`, and whether more follow.
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<ObjectInfo>, bool), RestError> {
+        let mut query = vec![("list-type", "2".to_string()), ("prefix", prefix.to_string())];
+        query.push(("encoding-type", "url".to_string()));
+        if let Some(after) = after {
+            query.push(("start-after", after.to_string()));
+        }
+        let body = self.send("GET", bucket, "", &query).await?;
+        let doc = roxmltree::Document::parse(&body).map_err(|e| RestError::BadAnswer(e.to_string()))?;
+        let root = doc.root_element();
+        let url_encoded = child_text(root, "EncodingType").is_some_and(|e| e.eq_ignore_ascii_case("url"));
+        let mut found = Vec::new();
+        for contents in root.children().filter(|n| n.has_tag_name("Contents")) {
+            let Some(key) = child_text(contents, "Key") else { continue };
+            let key = if url_encoded { sigv4::percent_decode(key) } else { key.to_string() };
+            let size = child_text(contents, "Size").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let etag = child_text(contents, "ETag").map(|e| e.trim_matches('"').to_string()).filter(|e| !e.is_empty());
+            let modified_ms = child_text(contents, "LastModified").map(epoch_ms).unwrap_or(0);
+            found.push(ObjectInfo { key, size, etag, modified_ms });
+        }
+        let truncated = child_text(root, "IsTruncated").is_some_and(|t| t == "true");
+        Ok((found, truncated))
     }
 
     /// The unfinished multipart uploads of keys starting with `prefix`.
@@ -256,6 +338,34 @@ mod tests {
         assert_eq!(sigv4::percent_decode("train/sub/"), "train/sub/");
         assert_eq!(sigv4::percent_decode("a%2F%2Fb%20%23%C3%BC+x"), "a//b #ü x");
         assert_eq!(epoch_ms("2009-10-12T17:50:30.000Z"), 1_255_369_830_000);
+    }
+
+    #[test]
+    fn a_truncated_listing_splits_into_ranges_that_cover_the_rest() {
+        let range = KeyRange { prefix: "data/".into(), after: None, before: None };
+        let parts = range.split("data/part-00999");
+        assert_eq!(parts[0], KeyRange { prefix: "data/p".into(), after: Some("data/part-00999".into()), before: None });
+        let siblings: Vec<&str> = parts[1..parts.len() - 1].iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(
+            siblings,
+            ["data/q", "data/r", "data/s", "data/t", "data/u", "data/v", "data/w", "data/x", "data/y", "data/z"]
+        );
+        let tail = parts.last().unwrap();
+        assert_eq!((tail.prefix.as_str(), tail.after.as_deref()), ("data/", Some("data/z\u{10FFFF}")));
+        // Every key after the page's last falls in some range.
+        let within = |r: &KeyRange, k: &str| {
+            k.starts_with(&r.prefix)
+                && r.after.as_deref().is_none_or(|a| k > a)
+                && r.before.as_deref().is_none_or(|b| k < b)
+        };
+        for key in ["data/part-01000", "data/part-1", "data/q", "data/zz", "data/{x", "data/\u{e9}t\u{e9}", "data/Part"]
+        {
+            let covered = parts.iter().any(|r| within(r, key));
+            assert_eq!(covered, key > "data/part-00999", "{key}");
+        }
+        let numbered = KeyRange { prefix: "data/part-".into(), after: Some("data/part-0".into()), before: None };
+        let next = numbered.split("data/part-07");
+        assert_eq!(next.iter().filter(|r| r.after.is_none()).count(), 9, "digits 1 to 9 at once: {next:?}");
     }
 
     #[test]

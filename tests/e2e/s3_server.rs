@@ -25,6 +25,8 @@ pub(crate) struct S3Server {
 
 #[derive(Default)]
 struct Control {
+    /// Added before every answer (a far server's time to first byte).
+    latency: std::time::Duration,
     paused: AtomicBool,
     resumed: tokio::sync::Notify,
     stopped: tokio_util::sync::CancellationToken,
@@ -35,9 +37,19 @@ impl S3Server {
     /// test's runtime.
     pub(crate) fn start() -> S3Server {
         let root = tempfile::Builder::new().prefix("smlocal-s3-").tempdir().expect("tempdir").keep();
-        let control = Arc::new(Control::default());
+        S3Server::on(root, Control::default(), Arc::new(Mutex::new(Extra::default())))
+    }
+
+    /// A second server over the same buckets that waits `latency` before every answer, as
+    /// a far S3 does (AWS: 10-50 ms to first byte).
+    #[allow(dead_code)]
+    pub(crate) fn with_latency(&self, latency: std::time::Duration) -> S3Server {
+        S3Server::on(self.root.clone(), Control { latency, ..Control::default() }, self.extra.clone())
+    }
+
+    fn on(root: PathBuf, control: Control, extra: Arc<Mutex<Extra>>) -> S3Server {
+        let control = Arc::new(control);
         let (tx, rx) = std::sync::mpsc::channel();
-        let extra = Arc::new(Mutex::new(Extra::default()));
         let (fs_root, ctl, ext) = (root.clone(), control.clone(), extra.clone());
         std::thread::spawn(move || {
             let rt =
@@ -102,6 +114,9 @@ async fn serve(
         let response = hyper::service::Service::call(&service, req);
         let ctl = ctl.clone();
         async move {
+            if !ctl.latency.is_zero() {
+                tokio::time::sleep(ctl.latency).await;
+            }
             while ctl.paused.load(Ordering::SeqCst) {
                 let resumed = ctl.resumed.notified();
                 if !ctl.paused.load(Ordering::SeqCst) {
