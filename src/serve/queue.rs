@@ -190,11 +190,18 @@ async fn wait_for_slot(
         Err(why) => why,
     };
     record.enter(Secondary::Pending, why);
+    // In line at once, before the record is saved: the queue's order is then the order of
+    // the Pending transitions' start times, which clients can read.
+    let take = slots.take(memory_mib);
+    tokio::pin!(take);
+    if let std::task::Poll::Ready(slot) = futures::poll!(&mut take) {
+        return slot.map(|slot| (record, slot));
+    }
     if let Err(e) = store.save(&record) {
         tracing::warn!("{e}");
     }
     tokio::select! {
-        slot = slots.take(memory_mib) => slot.map(|slot| (record, slot)),
+        slot = &mut take => slot.map(|slot| (record, slot)),
         () = run::stop_requested(store, &record.training_job_name) => {
             stopped(record, store)
         }

@@ -13,6 +13,7 @@ mod hosting;
 mod outcomes;
 mod packaging;
 mod s3_server;
+mod scale;
 mod serve;
 mod staging;
 mod story;

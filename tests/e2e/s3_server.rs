@@ -277,13 +277,14 @@ impl S3 for Plus {
         let bucket = req.input.bucket.clone();
         let prefix = req.input.prefix.clone().unwrap_or_default();
         let first_page = req.input.continuation_token.is_none();
+        let after = req.input.start_after.clone().unwrap_or_default();
         let mut response = self.fs.list_objects_v2(req).await?;
         if first_page {
             let markers: Vec<Object> = self
                 .extra()
                 .markers
                 .iter()
-                .filter(|((b, k), _)| *b == bucket && k.starts_with(&prefix))
+                .filter(|((b, k), _)| *b == bucket && k.starts_with(&prefix) && *k > after)
                 .map(|((_, k), at)| Object {
                     key: Some(k.clone()),
                     size: Some(0),

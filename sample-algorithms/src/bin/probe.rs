@@ -293,6 +293,27 @@ fn main() {
                 println!("{}", serde_json::to_string(&all).unwrap_or_default());
                 Ok(())
             }
+            "count-files" => {
+                // Every regular file below DIR, and their bytes: what a channel holds.
+                let top = std::path::PathBuf::from(&take(1, &mut i)[0]);
+                let counted = (|| -> std::io::Result<(u64, u64)> {
+                    let (mut files, mut bytes) = (0u64, 0u64);
+                    let mut todo = vec![top];
+                    while let Some(dir) = todo.pop() {
+                        for entry in fs::read_dir(&dir)?.flatten() {
+                            let meta = entry.metadata()?;
+                            if meta.is_dir() {
+                                todo.push(entry.path());
+                            } else if meta.is_file() {
+                                files += 1;
+                                bytes += meta.len();
+                            }
+                        }
+                    }
+                    Ok((files, bytes))
+                })();
+                counted.map(|(files, bytes)| println!("files={files} bytes={bytes}"))
+            }
             "sleep" => {
                 let secs: f64 = take(1, &mut i)[0].parse().unwrap_or(0.0);
                 let end = Instant::now() + Duration::from_secs_f64(secs);

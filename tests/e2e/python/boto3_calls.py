@@ -7,6 +7,9 @@
     boto3_calls.py list NAME_CONTAINS SIZE    -> the names the paginator walks, SIZE per page
     boto3_calls.py stop NAME                  -> {} or the error
     boto3_calls.py describe NAME              -> the description or the error
+    boto3_calls.py hammer NAME N              -> N DescribeTrainingJob and GetLogEvents calls at
+                                                 once (N threads, N connections): {"ok", "errors"}
+    boto3_calls.py stop-all NAME_CONTAINS     -> stops every listed job not yet ended: {"stopped"}
     boto3_calls.py follow NAME                -> every line FilterLogEvents gives while the job
                                                  runs, followed as `aws logs tail --follow` does
                                                  (from the last event's time, deduplicated by
@@ -111,6 +114,40 @@ def main(command, *args):
             time.sleep(0.3)
     if command == "stop":
         return call(sm.stop_training_job, TrainingJobName=args[0])
+    if command == "hammer":
+        import threading
+        from botocore.config import Config
+        n = int(args[1])
+        config = Config(max_pool_connections=n, retries={"max_attempts": 1, "mode": "standard"})
+        client = boto3.client("sagemaker", config=config)
+        log_client = boto3.client("logs", config=config)
+        stream = logs.describe_log_streams(logGroupName=GROUP, logStreamNamePrefix=args[0] + "/")["logStreams"][0][
+            "logStreamName"]
+        barrier = threading.Barrier(n)
+
+        def one(i):
+            barrier.wait()
+            try:
+                if i % 2:
+                    client.describe_training_job(TrainingJobName=args[0])
+                else:
+                    log_client.get_log_events(logGroupName=GROUP, logStreamName=stream, startFromHead=True)
+                return None
+            except Exception as e:  # every failure is reported, whatever its kind
+                return repr(e)
+
+        with ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(one, range(n)))
+        errors = [r for r in results if r is not None]
+        return {"ok": n - len(errors), "errors": errors[:5]}
+    if command == "stop-all":
+        stopped = 0
+        for page in sm.get_paginator("list_training_jobs").paginate(NameContains=args[0]):
+            for s in page["TrainingJobSummaries"]:
+                if s["TrainingJobStatus"] == "InProgress":
+                    call(sm.stop_training_job, TrainingJobName=s["TrainingJobName"])
+                    stopped += 1
+        return {"stopped": stopped}
     if command == "describe":
         return json.loads(json.dumps(call(sm.describe_training_job, TrainingJobName=args[0]), default=str))
     raise SystemExit(f"unknown command {command}")
