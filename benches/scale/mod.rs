@@ -101,6 +101,20 @@ pub(crate) async fn latency_staging(root: &Path, tiny: bool) {
         }
         None => println!("   boto3: no Python with boto3 (target/sdk-venv could not be made)"),
     }
+    // Many tiny objects: the cost per object, where bytes do not matter.
+    let (small, bucket) = (if tiny { 500 } else { 10_000 }, "bench-far-small");
+    let store = harness::s3().bucket(bucket).store();
+    upload(&store, prefix, small, 1 << 10).await;
+    let uri = format!("s3://{bucket}/{prefix}/");
+    let near = smlocal_stage(root, &harness::s3().endpoint, &uri, "near-small").await;
+    let ours = smlocal_stage(root, &far.endpoint, &uri, "far-small").await;
+    let requests = small.div_ceil(1000) + small;
+    let ideal = near.max(requests.div_ceil(in_flight) as f64 * LATENCY.as_secs_f64());
+    println!("   {small} objects of 1 KiB, server 20 ms per request ({:.0} objects/s)", small as f64 / ours);
+    row("   smlocal vs the latency-bound ideal (s)", ours, ideal, " s");
+    if let Some(boto3) = boto3_stage(root, &far.endpoint, bucket, prefix, 16, "far-small") {
+        row("   smlocal vs boto3, 16 threads (s)", ours, boto3, " s");
+    }
     far.stop();
     moto_staging(root, count, bytes).await;
 }
@@ -188,10 +202,11 @@ pub(crate) async fn store_at_scale(tiny: bool) {
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
     let call = |target: &'static str, body: serde_json::Value| {
         let (client, url) = (client.clone(), server.url.clone());
+        let target = if target.contains('.') { target.to_string() } else { format!("SageMaker.{target}") };
         async move {
             let answer = client
                 .post(&url)
-                .header("x-amz-target", format!("SageMaker.{target}"))
+                .header("x-amz-target", &target)
                 .header("content-type", "application/x-amz-json-1.1")
                 .body(body.to_string())
                 .send()
@@ -236,6 +251,46 @@ pub(crate) async fn store_at_scale(tiny: bool) {
     assert_eq!(seen, jobs, "the pagination saw every job once");
     row(&format!("   all {jobs} jobs, 100 a page (s), vs a scan"), all, scan, " s");
 
+    // GetLogEvents on a log of 10 million lines against one of 10: the first page, a page
+    // from the middle (by token) and the last page.
+    let lines = if tiny { 100_000 } else { 10_000_000 };
+    let (long, short) = ("bench-job-000001", "bench-job-000002");
+    let written = time(|| {
+        write_log(&home.join("jobs").join(long).join("logs"), lines);
+        write_log(&home.join("jobs").join(short).join("logs"), 10);
+    });
+    println!("   logs of {lines} and 10 lines written in {written:.1} s");
+    let group = "/aws/sagemaker/TrainingJobs";
+    let mut per_log = Vec::new();
+    for job in [long, short] {
+        let streams = call(
+            "Logs_20140328.DescribeLogStreams",
+            serde_json::json!({"logGroupName": group, "logStreamNamePrefix": format!("{job}/")}),
+        )
+        .await;
+        let stream = streams["logStreams"][0]["logStreamName"].as_str().expect("a stream").to_string();
+        let page = |extra: serde_json::Value| {
+            let mut body = serde_json::json!({"logGroupName": group, "logStreamName": stream, "limit": 100});
+            if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+                b.extend(e.clone());
+            }
+            body
+        };
+        let mut times = Vec::new();
+        for _ in 0..10 {
+            let t = Instant::now();
+            let first = call("Logs_20140328.GetLogEvents", page(serde_json::json!({"startFromHead": true}))).await;
+            let token = first["nextForwardToken"].as_str().unwrap_or_default().to_string();
+            call("Logs_20140328.GetLogEvents", page(serde_json::json!({"nextToken": token}))).await;
+            let last = call("Logs_20140328.GetLogEvents", page(serde_json::json!({}))).await;
+            assert!(last["events"].as_array().is_some_and(|e| !e.is_empty()), "the last page has events");
+            times.push(t.elapsed().as_secs_f64() * 1e3 / 3.0);
+        }
+        times.sort_by(f64::total_cmp);
+        per_log.push(times[times.len() / 2]);
+    }
+    row(&format!("   GetLogEvents page, {lines} vs 10 lines (ms)"), per_log[0], per_log[1], " ms");
+
     // Describe under 64 clients, against a bare server answering the same bytes.
     let body =
         call("DescribeTrainingJob", serde_json::json!({"TrainingJobName": "bench-job-000007"})).await.to_string();
@@ -245,6 +300,25 @@ pub(crate) async fn store_at_scale(tiny: bool) {
     let floor = concurrent_latency(&client, &bare, 64, per_client).await;
     row("   Describe p50, 64 clients (ms) vs bare HTTP", ours.0, floor.0, " ms");
     row("   Describe p99, 64 clients (ms) vs bare HTTP", ours.1, floor.1, " ms");
+}
+
+/// A host's log of `lines` lines as the job's log sink leaves it: `algo-1.log` and its index
+/// (per line: the ms it was printed and where it starts, 16 bytes little-endian).
+fn write_log(dir: &Path, lines: usize) {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).expect("logs dir");
+    let mut log = std::io::BufWriter::new(std::fs::File::create(dir.join("algo-1.log")).expect("log"));
+    let mut index = std::io::BufWriter::new(std::fs::File::create(dir.join("algo-1.index")).expect("index"));
+    let mut offset = 0u64;
+    for i in 0..lines {
+        let line = format!("epoch={} step={i} loss={:.6}\n", i / 1000, 1.0 / (1.0 + i as f64));
+        index.write_all(&(1_700_000_000_000i64 + i as i64).to_le_bytes()).expect("index");
+        index.write_all(&offset.to_le_bytes()).expect("index");
+        log.write_all(line.as_bytes()).expect("log");
+        offset += line.len() as u64;
+    }
+    log.flush().expect("log");
+    index.flush().expect("index");
 }
 
 /// p50 and p99 of DescribeTrainingJob with `clients` sending at once, `per_client` each.
@@ -330,4 +404,54 @@ pub(crate) async fn many_small_files(root: &Path, tiny: bool) {
     } else {
         println!("i. model.tar.gz of {files} small files: {ours:.3} s (no pigz for a floor)");
     }
+
+    // One sparse file (a preallocated checkpoint, say): streamed, memory bounded.
+    let size: u64 = if tiny { 256 << 20 } else { 20 << 30 };
+    let sparse = root.join("sparse-model");
+    std::fs::create_dir_all(&sparse).expect("dir");
+    let file = std::fs::File::create(sparse.join("weights.bin")).expect("sparse file");
+    file.set_len(size).expect("sparse length");
+    drop(file);
+    let before = rss_kib();
+    let out = root.join("sparse-ours/model.tar.gz");
+    let sources = vec![("algo-1".to_string(), smlocal::Beneath::folder(&sparse))];
+    // The process's memory sampled while it packs: the most it held above where it began.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(rss_kib());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            most
+        })
+    };
+    let t = Instant::now();
+    smlocal::stream_archive(&storage, sources, &format!("file://{}", out.display())).await.expect("pack sparse");
+    let ours = t.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let grew = sampler.join().unwrap_or(0).saturating_sub(before);
+    let cmd = format!("tar -cf - -C {} . | pigz -6 > {}", sparse.display(), root.join("sparse-floor.tar.gz").display());
+    let t = Instant::now();
+    let ok = Command::new("bash").args(["-c", &cmd]).status().is_ok_and(|s| s.success());
+    let floor = t.elapsed().as_secs_f64();
+    let gib = size as f64 / f64::from(1 << 30);
+    if ok {
+        row(&format!("   one sparse file of {gib:.2} GiB (s)"), ours, floor, " s");
+    }
+    println!("{:<44} {:>10} MiB the most memory it added while packing", "", grew / 1024);
+    let _ = std::fs::remove_dir_all(&sparse);
+    let _ = std::fs::remove_file(&out);
+}
+
+/// This process's resident memory now (VmRSS), in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }

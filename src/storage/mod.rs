@@ -103,12 +103,21 @@ pub struct S3Config {
     pub read_timeout: Duration,
     /// `SMLOCAL_S3_REQUESTS` (default 64): requests in flight at once while staging (objects,
     /// ranges and listing pages). Enough to hide a real S3's 10-50 ms to first byte; a
-    /// local server is no slower for it.
+    /// local server is no slower for it. Fewer when the open-file limit is low.
     pub parallel_requests: usize,
 }
 
 /// The default of [`S3Config::parallel_requests`].
 pub(crate) const PARALLEL_REQUESTS: usize = 64;
+
+/// How many requests this process's open-file limit leaves room for: a request in flight
+/// holds a connection, its cache entry's lock and its partial file, and the listing's idle
+/// connections stay open beside them (4 each); 32 are kept for everything else (logs, the
+/// Docker socket, the index). A process limited to 96 files still stages, 16 at a time.
+fn requests_the_descriptors_allow() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    usize::try_from(limit.saturating_sub(32) / 4).unwrap_or(usize::MAX).max(4)
+}
 
 /// The default of [`S3Config::read_timeout`], object_store's own request timeout.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,7 +140,8 @@ impl S3Config {
             parallel_requests: var("SMLOCAL_S3_REQUESTS")
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|n| *n > 0)
-                .map_or(PARALLEL_REQUESTS, |n| n.min(1024)),
+                .map_or(PARALLEL_REQUESTS, |n| n.min(1024))
+                .min(requests_the_descriptors_allow()),
         }
     }
 }

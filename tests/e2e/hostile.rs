@@ -158,6 +158,12 @@ fn cleanup_goes_on_past_what_it_cannot_remove_and_spares_running_containers_it_c
     let home = sm.home.path().display().to_string();
     let docker = |args: &[&str]| {
         let out = std::process::Command::new("docker").args(args).output().expect("docker");
+        // A busy engine's refusal says why here, not as a container that seems to have died.
+        assert!(
+            out.status.success() || args[0] == "rm" || args[0] == "network" && args[1] == "rm",
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let tag = unique();
