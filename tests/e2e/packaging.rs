@@ -84,3 +84,42 @@ fn compression_type_none_uploads_the_model_files_one_by_one() {
         bucket.uri("output/nocompress-job/output/model/")
     );
 }
+
+#[test]
+fn a_sparse_twenty_gib_model_file_is_archived_as_holes_and_extracts_whole() {
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("sparse-{}", unique()));
+    bucket.put("train/a.csv", b"1\n");
+    let size: u64 = 20 << 30;
+    let steps = ["sparse", "/opt/ml/model/weights.bin", &size.to_string(), "write", "/opt/ml/model/tail.txt", "end"];
+    let started = std::time::Instant::now();
+    let run = sm.train(&probe_request("sparse-job", &bucket, &steps), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let took = started.elapsed();
+    let bytes = bucket.get("output/sparse-job/output/model.tar.gz").unwrap();
+    // A GNU sparse entry: the map of where data is, none of the 20 GiB of holes.
+    assert!(bytes.len() < 64 << 10, "{} bytes for a file that is all holes", bytes.len());
+    assert!(took < std::time::Duration::from_secs(60), "packing read the holes: {took:?}");
+    let archive = sm.home.path().join("sparse.tar.gz");
+    std::fs::write(&archive, &bytes).unwrap();
+    // Python's tarfile (what the SDK and AWS's toolkit extract with) sees the whole file.
+    let script = r#"
+import sys, tarfile
+with tarfile.open(sys.argv[1], "r:gz") as t:
+    w = t.getmember("weights.bin")
+    f = t.extractfile(w)
+    f.seek(w.size - 4096)
+    tail = f.read()
+    print(w.size, w.issparse(), len(tail), tail.count(0), t.extractfile("tail.txt").read().decode())
+"#;
+    let python = Command::new("python3").args(["-c", script]).arg(&archive).output().expect("python3");
+    assert!(python.status.success(), "tarfile: {}", String::from_utf8_lossy(&python.stderr));
+    assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), format!("{size} True 4096 4096 end"));
+    // GNU tar extracts it as holes again.
+    let out = tempfile::tempdir().unwrap();
+    let extracted = Command::new("tar").arg("-xzf").arg(&archive).arg("-C").arg(out.path()).status().unwrap();
+    assert!(extracted.success());
+    let meta = std::fs::metadata(out.path().join("weights.bin")).unwrap();
+    assert_eq!(meta.len(), size);
+    assert!(std::os::unix::fs::MetadataExt::blocks(&meta) < 1024, "extracted with its holes");
+}

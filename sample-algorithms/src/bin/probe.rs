@@ -73,7 +73,7 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
 /// How many arguments each step takes, so steps for other hosts can be skipped.
 fn arity(step: &str) -> usize {
     match step {
-        "write" | "append" | "symlink" | "copy" => 2,
+        "write" | "append" | "symlink" | "copy" | "sparse" => 2,
         "send" => 3,
         "train" | "serve" | "env" | "args" | "may-fail" | "all" | "hostname-in-hosts" => 0,
         "only-if-unreachable" => 2,
@@ -292,6 +292,12 @@ fn main() {
                 let all: Vec<String> = std::env::args().collect();
                 println!("{}", serde_json::to_string(&all).unwrap_or_default());
                 Ok(())
+            }
+            "sparse" => {
+                // A file of SIZE bytes that is all hole: nothing written, nothing on disk.
+                let a = take(2, &mut i);
+                let size: u64 = a[1].parse().unwrap_or(0);
+                fs::File::create(&a[0]).and_then(|f| f.set_len(size))
             }
             "count-files" => {
                 // Every regular file below DIR, and their bytes: what a channel holds.
