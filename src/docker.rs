@@ -374,7 +374,14 @@ impl Docker {
             .into_iter()
             .filter_map(|c| {
                 use bollard::models::ContainerSummaryStateEnum as State;
-                let alive = matches!(c.state, Some(State::RUNNING | State::PAUSED | State::RESTARTING));
+                // Created moments ago counts as alive: its `docker run` may be about to start
+                // it (another process's, whose state directory this one cannot judge).
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                let starting = c.state == Some(State::CREATED) && c.created.is_some_and(|t| now - t < 120);
+                let alive = starting || matches!(c.state, Some(State::RUNNING | State::PAUSED | State::RESTARTING));
                 Some((c.id?, Owner { alive, ..owner(c.labels) }))
             })
             .collect();
@@ -646,7 +653,8 @@ pub struct Labelled {
 pub struct Owner {
     pub job: String,
     pub home: String,
-    /// For a container: whether it is running (or paused, or restarting).
+    /// For a container: whether it is running (or paused, or restarting, or was created in
+    /// the last two minutes and may be about to start).
     pub alive: bool,
 }
 

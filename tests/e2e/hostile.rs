@@ -171,7 +171,9 @@ fn cleanup_goes_on_past_what_it_cannot_remove_and_spares_running_containers_it_c
     // (not smlocal's) is still attached to it.
     let net = format!("smlocal-ghost-{tag}");
     docker(&["network", "create", "--label", "smlocal.job=ghost", "--label", &format!("smlocal.home={home}"), &net]);
-    let holder = docker(&["run", "-d", "--network", &net, PROBE_IMAGE, "sleep", "120"]);
+    // Both outlive the test by far (removed at its end): on a busy machine the job below can
+    // take minutes, and an exited container of an unseen state directory is anyone's to remove.
+    let holder = docker(&["run", "-d", "--network", &net, PROBE_IMAGE, "sleep", "1800"]);
     // A running container of a state directory this process cannot see.
     let foreign = docker(&[
         "run",
@@ -182,7 +184,7 @@ fn cleanup_goes_on_past_what_it_cannot_remove_and_spares_running_containers_it_c
         "smlocal.home=/not/visible/here",
         PROBE_IMAGE,
         "sleep",
-        "120",
+        "1800",
     ]);
     // A job whose runner died.
     assert_eq!(sm.train(&probe_request("orphan-job", &bucket, &["train"]), &[]).code, 0);
