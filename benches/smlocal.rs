@@ -20,9 +20,7 @@
 //! `cargo bench --bench smlocal` runs the full sizes (1 GiB); `-- --tiny` runs small ones
 //! (what CI does to keep the benchmark working); `-- a c` runs only those.
 
-use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use futures::StreamExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -434,40 +432,11 @@ fn docker_run() -> Command {
 async fn staging(root: &Path, size: &Size) {
     let bucket = "bench-data";
     let store = harness::s3().bucket(bucket).store();
-    let payload = harness::pseudo_random(size.object_bytes, 7);
-    futures::stream::iter(0..size.objects)
-        .map(|i| {
-            let (store, mut bytes) = (store.clone(), payload.clone());
-            bytes[0] = i as u8;
-            async move { store.put(&StorePath::from(format!("data/part-{i:05}.bin")), PutPayload::from(bytes)).await }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("upload the benchmark data");
+    scale::upload(&store, "data", size.objects, size.object_bytes).await;
     let total = (size.objects * size.object_bytes) as f64;
 
     // The floor: list, then 8 GETs at a time straight to files, with the same client library.
-    let floor_dir = root.join("floor");
-    std::fs::create_dir_all(&floor_dir).expect("floor dir");
-    let started = Instant::now();
-    let listed: Vec<_> = store.list(Some(&StorePath::from("data"))).try_collect().await.expect("list");
-    futures::stream::iter(listed)
-        .map(|meta| {
-            let (store, dir) = (store.clone(), floor_dir.clone());
-            async move {
-                let got = store.get(&meta.location).await?;
-                let bytes = got.bytes().await?;
-                tokio::fs::write(dir.join(meta.location.filename().unwrap_or("x")), bytes)
-                    .await
-                    .map_err(|e| object_store::Error::Generic { store: "bench", source: Box::new(e) })
-            }
-        })
-        .buffer_unordered(8)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("plain download");
-    let floor = started.elapsed().as_secs_f64();
+    let floor = scale::raw_floor(root, &harness::s3().endpoint, bucket, "data", 8, "b").await;
 
     let home = root.join("staging-home");
     let job = plan_staging_job(&format!("s3://{bucket}/data/"));

@@ -366,6 +366,8 @@ impl Docker {
                 alive: false,
             }
         };
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let containers = self
             .client
             .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
@@ -376,10 +378,6 @@ impl Docker {
                 use bollard::models::ContainerSummaryStateEnum as State;
                 // Created moments ago counts as alive: its `docker run` may be about to start
                 // it (another process's, whose state directory this one cannot judge).
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0);
                 let starting = c.state == Some(State::CREATED) && c.created.is_some_and(|t| now - t < 120);
                 let alive = starting || matches!(c.state, Some(State::RUNNING | State::PAUSED | State::RESTARTING));
                 Some((c.id?, Owner { alive, ..owner(c.labels) }))

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// What each request costs at the far server.
 const LATENCY: Duration = Duration::from_millis(20);
 
-async fn upload(store: &Arc<dyn ObjectStore>, prefix: &str, count: usize, bytes: usize) {
+pub(crate) async fn upload(store: &Arc<dyn ObjectStore>, prefix: &str, count: usize, bytes: usize) {
     let payload = harness::pseudo_random(bytes, 11);
     futures::stream::iter(0..count)
         .map(|i| {
@@ -51,7 +51,14 @@ async fn smlocal_stage(root: &Path, endpoint: &str, uri: &str, tag: &str) -> f64
 
 /// The raw floor: list, then `parallel` plain GETs at a time straight to files, with the
 /// same client library smlocal uses (object_store), no cache, no links.
-async fn raw_floor(root: &Path, endpoint: &str, bucket: &str, prefix: &str, parallel: usize, tag: &str) -> f64 {
+pub(crate) async fn raw_floor(
+    root: &Path,
+    endpoint: &str,
+    bucket: &str,
+    prefix: &str,
+    parallel: usize,
+    tag: &str,
+) -> f64 {
     let store: Arc<dyn ObjectStore> = Arc::new(
         object_store::aws::AmazonS3Builder::new()
             .with_endpoint(endpoint)

@@ -412,7 +412,11 @@ fn select(conn: &Connection, kind: Kind, query: &ListQuery, default_max: usize) 
     }
     if let Some((key, name)) = &after {
         let cmp = if descending { "<" } else { ">" };
-        bound(&format!(" AND ({column}, name) {cmp} (?, "), key.to_sql());
+        let key = match key {
+            listing::Key::Number(n) => Sql::Real(*n),
+            listing::Key::Text(t) => Sql::Text(t.clone()),
+        };
+        bound(&format!(" AND ({column}, name) {cmp} (?, "), key);
         bound("?)", Sql::Text(name.clone()));
     }
     let order = if descending { "DESC" } else { "ASC" };

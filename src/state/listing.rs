@@ -46,15 +46,6 @@ pub(crate) enum Key {
     Text(String),
 }
 
-impl Key {
-    pub(crate) fn to_sql(&self) -> rusqlite::types::Value {
-        match self {
-            Key::Number(n) => rusqlite::types::Value::Real(*n),
-            Key::Text(t) => rusqlite::types::Value::Text(t.clone()),
-        }
-    }
-}
-
 pub(crate) fn token(sort_by: &str, position: &(Key, String)) -> String {
     let key = match &position.0 {
         Key::Number(n) => format!("n{n}"),
