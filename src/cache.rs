@@ -294,6 +294,43 @@ impl Cache {
         })))
     }
 
+    /// The entry of an object already here, opened for reading (an open file stays readable
+    /// whatever eviction does after), marked as just used; `None` when it is not here.
+    pub(crate) fn open_present(&self, uri: &str, info: &ObjectInfo) -> Option<std::fs::File> {
+        let entry = self.path_of(uri, info);
+        let file = std::fs::File::open(&entry).ok()?;
+        touch(&entry);
+        Some(file)
+    }
+
+    /// Starts writing an object into the cache as it streams past (Pipe mode reads it from
+    /// S3 once and keeps it for the next epoch and the next job). `None` when it is already
+    /// here or another fetcher holds it, or the cache cannot take it: the stream goes on
+    /// without a copy.
+    pub(crate) fn begin_fill(&self, uri: &str, info: &ObjectInfo) -> Option<Filler> {
+        let name = self.path_of(uri, info).file_name()?.to_string_lossy().into_owned();
+        for dir in [self.root.join(OBJECTS), self.root.join("tmp"), self.root.join(LOCKS)] {
+            std::fs::create_dir_all(&dir).ok()?;
+        }
+        if info.size > self.max_bytes {
+            return None;
+        }
+        let lock = EntryLock::acquire(&self.root.join(LOCKS).join(&name), false).ok()??;
+        let entry = self.root.join(OBJECTS).join(&name);
+        if entry.exists() {
+            return None;
+        }
+        let seq = PART_SEQ.fetch_add(1, Ordering::Relaxed);
+        let part = self.root.join("tmp").join(format!("{name}.{}.{seq}.partial", std::process::id()));
+        let file = std::fs::File::create(&part).ok()?;
+        Some(Filler { entry, part, size: info.size, written: 0, file: Some(file), _lock: lock })
+    }
+
+    /// Evicts least recently used entries past the size limit (after fills, which do not).
+    pub(crate) fn trim(&self) {
+        self.evict(&[]);
+    }
+
     pub fn usage(&self) -> Usage {
         let entries = self.entries();
         Usage { entries: entries.len(), bytes: entries.iter().map(|e| e.1).sum() }
@@ -417,6 +454,49 @@ impl Fetching {
 impl Drop for Fetching {
     fn drop(&mut self) {
         if !self.committed.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_file(&self.part);
+        }
+    }
+}
+
+/// An object entering the cache while it streams to a reader (see [`Cache::begin_fill`]).
+/// It becomes the entry only when every byte of it has arrived; dropped before that (an
+/// early close, an error), its temporary file is deleted.
+pub(crate) struct Filler {
+    entry: PathBuf,
+    part: PathBuf,
+    size: u64,
+    written: u64,
+    /// None once a write failed: the stream goes on, the entry is not made.
+    file: Option<std::fs::File>,
+    _lock: EntryLock,
+}
+
+impl Filler {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        if let Some(file) = &mut self.file {
+            match file.write_all(bytes) {
+                Ok(()) => self.written += bytes.len() as u64,
+                Err(e) => {
+                    tracing::debug!("cache: not keeping {}: {e}", self.entry.display());
+                    self.file = None;
+                }
+            }
+        }
+    }
+
+    /// Names the entry, if all of it was written.
+    pub(crate) fn commit(mut self) {
+        if self.file.take().is_some() && self.written == self.size && std::fs::rename(&self.part, &self.entry).is_ok() {
+            self.written = u64::MAX;
+        }
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        if self.written != u64::MAX {
             let _ = std::fs::remove_file(&self.part);
         }
     }

@@ -31,12 +31,12 @@ pub enum JobError {
     )]
     DataSource { index: usize, channel: String },
     #[error(
-        "InputDataConfig[{index}].DataSource.S3DataSource.S3DataType '{data_type}' is not supported yet; use S3Prefix or ManifestFile"
+        "InputDataConfig[{index}].DataSource.S3DataSource.S3DataType '{data_type}' is not supported; use S3Prefix, ManifestFile or AugmentedManifestFile"
     )]
     DataType { index: usize, data_type: String },
-    /// `field` is where the mode was set (the algorithm's default or a channel's own).
-    #[error("{field} '{mode:?}' is not supported yet; use File (or FastFile, which smlocal stages as File)")]
-    InputMode { field: String, mode: InputMode },
+    /// A channel whose settings do not go together, in AWS's words where AWS has them.
+    #[error("InputDataConfig[{index}] (channel '{channel}'): {reason}")]
+    Channel { index: usize, channel: String, reason: String },
     #[error(transparent)]
     Resources(#[from] resources::ResourceError),
     /// The cluster does not fit this machine's memory beyond the reserve.
@@ -141,6 +141,8 @@ pub(crate) const DEFAULT_CHECKPOINT_PATH: &str = "/opt/ml/checkpoints";
 pub enum DataType {
     S3Prefix,
     ManifestFile,
+    /// JSON Lines whose `AttributeNames` are sent (Pipe mode only).
+    AugmentedManifestFile,
 }
 
 #[derive(Debug, Clone)]
@@ -151,8 +153,13 @@ pub struct ChannelPlan {
     pub sharded: bool,
     pub content_type: Option<String>,
     pub record_wrapper: RecordWrapper,
-    /// How the algorithm sees the channel: always File today (FastFile is staged as File).
+    /// How the algorithm sees the channel: files (File), files it cannot change (FastFile),
+    /// or a FIFO per epoch (Pipe).
     pub input_mode: InputMode,
+    /// `CompressionType: Gzip`: Pipe mode decompresses each object into the FIFO.
+    pub gzip: bool,
+    /// `AttributeNames` of an augmented manifest, in the order they are sent.
+    pub attribute_names: Vec<String>,
     pub shuffle_seed: Option<i64>,
     /// Instance groups that receive this channel; empty means all.
     pub groups: Vec<String>,
@@ -235,7 +242,6 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
             return Err(JobError::NoTrainingImage);
         }
     };
-    check_input_mode(algo.training_input_mode, "AlgorithmSpecification.TrainingInputMode", &mut notices)?;
 
     for (i, metric) in algo.metric_definitions.iter().enumerate() {
         if let Err(e) = regex::Regex::new(&metric.regex) {
@@ -276,17 +282,47 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         let data_type = match s3.s3_data_type.as_str() {
             "S3Prefix" => DataType::S3Prefix,
             "ManifestFile" => DataType::ManifestFile,
+            "AugmentedManifestFile" => DataType::AugmentedManifestFile,
             other => {
                 return Err(JobError::DataType { index: i, data_type: other.to_string() });
             }
         };
         let input_mode = c.input_mode.unwrap_or(algo.training_input_mode);
-        check_input_mode(input_mode, &format!("InputDataConfig[{i}].InputMode"), &mut notices)?;
-        if c.compression_type.as_deref().is_some_and(|t| t != "None") {
-            notices.push(format!(
-                "InputDataConfig[{i}].CompressionType applies to Pipe mode only; channel '{}' is staged as stored",
-                c.channel_name
+        let refuse = |reason: &str| JobError::Channel { index: i, channel: c.channel_name.clone(), reason: reason.into() };
+        match (&data_type, input_mode) {
+            (DataType::AugmentedManifestFile, InputMode::File | InputMode::FastFile) => {
+                return Err(refuse("AugmentedManifestFile can only be used if the Channel's input mode is Pipe."));
+            }
+            (DataType::ManifestFile, InputMode::FastFile) => {
+                return Err(refuse(
+                    "FastFile mode supports S3DataType S3Prefix only; use File or Pipe mode for a ManifestFile",
+                ));
+            }
+            _ => {}
+        }
+        if data_type == DataType::AugmentedManifestFile && s3.attribute_names.is_empty() {
+            return Err(refuse(
+                "an AugmentedManifestFile needs S3DataSource.AttributeNames: the attributes of each line to send, in order",
             ));
+        }
+        if data_type != DataType::AugmentedManifestFile && !s3.attribute_names.is_empty() {
+            return Err(refuse("S3DataSource.AttributeNames applies to an AugmentedManifestFile only"));
+        }
+        let gzip = c.compression_type.as_deref() == Some("Gzip");
+        let record_wrapper = c.record_wrapper_type.unwrap_or(RecordWrapper::None);
+        if input_mode != InputMode::Pipe {
+            if gzip {
+                notices.push(format!(
+                    "InputDataConfig[{i}].CompressionType applies to Pipe mode only; channel '{}' is staged as stored",
+                    c.channel_name
+                ));
+            }
+            if record_wrapper == RecordWrapper::RecordIO {
+                notices.push(format!(
+                    "InputDataConfig[{i}].RecordWrapperType RecordIO applies to Pipe mode only; channel '{}' is staged as stored",
+                    c.channel_name
+                ));
+            }
         }
         for g in &s3.instance_group_names {
             if !groups.iter().any(|p| &p.name == g) {
@@ -302,8 +338,10 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
             data_type,
             sharded: s3.s3_data_distribution_type.as_deref() == Some("ShardedByS3Key"),
             content_type: c.content_type.clone(),
-            record_wrapper: c.record_wrapper_type.unwrap_or(RecordWrapper::None),
-            input_mode: InputMode::File,
+            record_wrapper,
+            input_mode,
+            gzip,
+            attribute_names: s3.attribute_names.clone(),
             shuffle_seed: c.shuffle_config.as_ref().map(|s| s.seed),
             groups: s3.instance_group_names.clone(),
         });
@@ -382,17 +420,6 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
 /// The job belongs to the account of the role it runs as (`arn:aws:iam::123456789012:role/R`).
 fn account(role_arn: &str) -> &str {
     role_arn.split(':').nth(4).filter(|a| !a.is_empty()).unwrap_or("000000000000")
-}
-
-fn check_input_mode(mode: InputMode, field: &str, notices: &mut Vec<String>) -> Result<(), JobError> {
-    match mode {
-        InputMode::File => Ok(()),
-        InputMode::FastFile => {
-            notices.push(format!("{field} FastFile is staged as File mode: the algorithm sees the same files"));
-            Ok(())
-        }
-        mode @ InputMode::Pipe => Err(JobError::InputMode { field: field.to_string(), mode }),
-    }
 }
 
 /// Hosts `algo-1`..`algo-N` in group order, as SageMaker numbers them, each capped at its
@@ -624,9 +651,43 @@ mod tests {
     }
 
     #[test]
-    fn pipe_mode_is_refused_with_the_way_out() {
-        let err = plan(request(|v| v["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe")), &settings())
-            .unwrap_err();
-        assert!(err.to_string().contains("'Pipe' is not supported yet; use File"), "{err}");
+    fn input_modes_are_planned_per_channel_with_aws_s_refusals() {
+        let job = plan(request(|v| v["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe")), &settings())
+            .unwrap();
+        assert_eq!(job.channels[0].input_mode, InputMode::Pipe);
+        let job = plan(
+            request(|v| {
+                v["InputDataConfig"][0]["InputMode"] = json!("FastFile");
+                v["InputDataConfig"][0]["CompressionType"] = json!("Gzip");
+            }),
+            &settings(),
+        )
+        .unwrap();
+        assert_eq!(job.channels[0].input_mode, InputMode::FastFile);
+        assert!(job.notices.iter().any(|n| n.contains("CompressionType applies to Pipe mode only")), "{:?}", job.notices);
+        let augmented = |mode: &'static str, names: Value| {
+            move |v: &mut Value| {
+                v["AlgorithmSpecification"]["TrainingInputMode"] = json!(mode);
+                let s3 = &mut v["InputDataConfig"][0]["DataSource"]["S3DataSource"];
+                s3["S3DataType"] = json!("AugmentedManifestFile");
+                s3["AttributeNames"] = names;
+            }
+        };
+        let err = plan(request(augmented("File", json!(["source-ref"]))), &settings()).unwrap_err().to_string();
+        assert!(err.ends_with("AugmentedManifestFile can only be used if the Channel's input mode is Pipe."), "{err}");
+        let err = plan(request(augmented("Pipe", json!([]))), &settings()).unwrap_err().to_string();
+        assert!(err.contains("needs S3DataSource.AttributeNames"), "{err}");
+        let job = plan(request(augmented("Pipe", json!(["source-ref", "label"]))), &settings()).unwrap();
+        assert_eq!(job.channels[0].attribute_names, ["source-ref", "label"]);
+        let err = plan(
+            request(|v| {
+                v["InputDataConfig"][0]["InputMode"] = json!("FastFile");
+                v["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataType"] = json!("ManifestFile");
+            }),
+            &settings(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("FastFile mode supports S3DataType S3Prefix only"), "{err}");
     }
 }

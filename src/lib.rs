@@ -20,6 +20,10 @@
 //! Inputs:
 //! - [`stage`]: each host's `/opt/ml` tree: the three config files and the channel data.
 //! - [`cache`]: the content cache of S3 inputs, with parallel ranged downloads.
+//! - [`pipe`]: Pipe mode: a FIFO per channel and epoch, fed while the algorithm reads it:
+//!   `mod.rs` the feeds and their epochs, `order.rs` who gets what in which epoch,
+//!   `source.rs` an object's bytes from the cache or as they arrive, `recordio.rs` the
+//!   framing, `manifest.rs` augmented manifests, `fifo.rs` the FIFO's writing end.
 //! - [`checkpoints`]: `CheckpointConfig`: restore before start, sync while training.
 //! - [`tree`]: walking a folder on this machine without following symbolic links (shared by
 //!   the archives, the checkpoint syncer and channel copies).
@@ -90,6 +94,7 @@ mod hosting;
 mod job;
 mod logs;
 mod metrics;
+mod pipe;
 mod plot;
 mod relay;
 mod resources;
@@ -122,7 +127,8 @@ pub use crate::serve::auth::{KeyFileError, Signatures};
 pub use crate::serve::queue::{CreateError, Queue, QueueConfig};
 pub use crate::serve::{Api, serve};
 pub use crate::spec::{AwsErrorKind, SpecError, from_value, unique_name};
-pub use crate::stage::{StagedObject, shard, stage};
+pub use crate::pipe::{EpochReport, PipeReport};
+pub use crate::stage::{Staged, StagedObject, shard, stage};
 pub use crate::state::listing::{ListQuery, Page as ListPage};
 pub use crate::state::record::{Failure, FailureKind, Record, Secondary, Status};
 pub use crate::state::{StateDir, StateError};

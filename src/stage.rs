@@ -6,6 +6,8 @@
 
 use crate::cache::{Cache, Progress, Wanted};
 use crate::job::{ChannelPlan, DataType, HostPlan, Job};
+use crate::pipe::{Feed, Item};
+use crate::spec::InputMode;
 use crate::storage::{Location, ObjectInfo, Storage, StorageError};
 use crate::tree::{Beneath, EntryKind, TreeError};
 use futures::{StreamExt, TryStreamExt};
@@ -127,7 +129,7 @@ impl HostTree {
 /// into the cache, laid out as the channel) with its writes going to `upper`, so the cache is
 /// never written through a channel folder and no byte is copied (DESIGN §5).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChannelMount {
+pub(crate) struct ChannelMount {
     pub host: String,
     pub channel: String,
     pub lower: PathBuf,
@@ -141,22 +143,31 @@ pub struct ChannelMount {
 impl ChannelMount {
     /// The fallback where overlays are not available: a private copy in the host's
     /// `/opt/ml/input/data/<channel>`.
-    pub fn copy_into(&self, work: &Path) -> Result<(), StageError> {
+    pub(crate) fn copy_into(&self, work: &Path) -> Result<(), StageError> {
         let dest = HostTree::new(work, &self.host).channel(&self.channel);
         copy_tree(&self.lower, &dest)
     }
 }
 
+/// What staging leaves for the run: the channels to mount, and the Pipe channels' feeds
+/// (their `_0` FIFOs made).
+#[derive(Debug, Default)]
+pub struct Staged {
+    pub(crate) mounts: Vec<ChannelMount>,
+    pub(crate) feeds: Vec<Feed>,
+}
+
 /// Makes every host's tree and fills it: S3 channels through the cache (as overlay mounts),
-/// `file://` channels as private copies.
+/// `file://` channels as private copies, Pipe channels as FIFOs their feeds will write.
 pub async fn stage(
     job: &Job,
     work: &Path,
     storage: &Storage,
     cache: &Cache,
     progress: &Progress,
-) -> Result<Vec<ChannelMount>, StageError> {
+) -> Result<Staged, StageError> {
     let mut mounts = Vec::new();
+    let mut feeds = Vec::new();
     for host in &job.hosts {
         let tree = HostTree::new(work, &host.name);
         for dir in tree.folders() {
@@ -177,6 +188,10 @@ pub async fn stage(
     }
     for channel in &job.channels {
         let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };
+        if channel.input_mode == InputMode::Pipe {
+            feeds.extend(plan_feeds(job, work, storage, cache, channel).await?);
+            continue;
+        }
         let objects = resolve(storage, channel).await?;
         // `<channel>-manifest`: the prefix, then every object of the channel (not the shard).
         let mut manifest = format!("{}\n", channel.uri);
@@ -231,7 +246,57 @@ pub async fn stage(
             }
         }
     }
-    Ok(mounts)
+    Ok(Staged { mounts, feeds })
+}
+
+/// A Pipe channel: what it sends (objects, or an augmented manifest's lines, checked now so
+/// a bad line fails the job before it starts) and a feed per host it serves, with `_0` made.
+async fn plan_feeds(
+    job: &Job,
+    work: &Path,
+    storage: &Storage,
+    cache: &Cache,
+    channel: &ChannelPlan,
+) -> Result<Vec<Feed>, StageError> {
+    let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };
+    let items: Vec<Item> = match channel.data_type {
+        DataType::AugmentedManifestFile => {
+            let bytes = storage.read(&channel.uri).await.map_err(storage_err)?;
+            let lines = crate::pipe::manifest::parse(&bytes, &channel.attribute_names).map_err(|e| {
+                StageError::Manifest { channel: channel.name.clone(), uri: channel.uri.clone(), reason: e.to_string() }
+            })?;
+            lines.into_iter().map(Item::Line).collect()
+        }
+        DataType::S3Prefix | DataType::ManifestFile => {
+            let mut objects = resolve(storage, channel).await?;
+            // The base order of the sharding rule: objects sorted by URI.
+            objects.sort_by(|a, b| a.uri.cmp(&b.uri));
+            objects.into_iter().map(|o| Item::Object { uri: o.uri, info: o.info }).collect()
+        }
+    };
+    let known: u64 = items.iter().map(|i| if let Item::Object { info: Some(info), .. } = i { info.size } else { 0 }).sum();
+    let items = std::sync::Arc::new(items);
+    let receivers: Vec<&HostPlan> = job.hosts.iter().filter(|h| serves(channel, h)).collect();
+    let mut feeds = Vec::new();
+    for (index, host) in receivers.iter().enumerate() {
+        let folder = HostTree::new(work, &host.name).root().join("input/data");
+        let feed = Feed {
+            host: host.name.clone(),
+            channel: channel.name.clone(),
+            folder,
+            items: items.clone(),
+            hosts: receivers.len(),
+            index,
+            sharded: channel.sharded,
+            seed: channel.shuffle_seed,
+            record_wrapper: channel.record_wrapper,
+            gzip: channel.gzip,
+            fill_cache: known <= cache.max_bytes(),
+        };
+        feed.prepare().map_err(|source| StageError::Io { path: feed.fifo(0), source })?;
+        feeds.push(feed);
+    }
+    Ok(feeds)
 }
 
 /// The other files SageMaker puts in `input/config` (DESIGN §14), each only when the request
@@ -336,7 +401,7 @@ pub fn shard(mut objects: Vec<StagedObject>, hosts: usize, seed: Option<i64>) ->
 
 /// Fisher–Yates driven by SplitMix64: the same seed gives the same order on every machine
 /// and every run, so users can predict which host gets which object.
-fn shuffle<T>(items: &mut [T], seed: u64) {
+pub(crate) fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -351,7 +416,7 @@ fn shuffle<T>(items: &mut [T], seed: u64) {
     }
 }
 
-fn serves(channel: &ChannelPlan, host: &HostPlan) -> bool {
+pub(crate) fn serves(channel: &ChannelPlan, host: &HostPlan) -> bool {
     channel.groups.is_empty() || channel.groups.contains(&host.group)
 }
 
@@ -412,6 +477,13 @@ pub(crate) async fn resolve(storage: &Storage, channel: &ChannelPlan) -> Result<
                     .ok_or_else(|| StageError::UnsafeKey { channel: channel.name.clone(), key: object.key.clone() })?;
                 out.push(StagedObject { uri: location.uri_of(&object.key), relative, info: Some(object) });
             }
+        }
+        DataType::AugmentedManifestFile => {
+            return Err(StageError::Manifest {
+                channel: channel.name.clone(),
+                uri: channel.uri.clone(),
+                reason: "an augmented manifest is sent in Pipe mode only".into(),
+            });
         }
         DataType::ManifestFile => {
             let bytes = storage.read(&channel.uri).await.map_err(storage_err)?;
@@ -594,6 +666,8 @@ mod tests {
             content_type: None,
             record_wrapper: crate::spec::RecordWrapper::None,
             input_mode: crate::spec::InputMode::File,
+            gzip: false,
+            attribute_names: vec![],
             shuffle_seed: None,
             groups: vec![],
         };

@@ -28,6 +28,7 @@ struct Container {
 /// A channel mounted from the cache as an overlay volume.
 struct Volume {
     host: String,
+    channel: String,
     name: String,
     /// Where it appears in the container.
     target: String,
@@ -119,7 +120,7 @@ impl<'a> Cluster<'a> {
                         .await
                     {
                         Ok(()) => {
-                            self.volumes.push(Volume { host: m.host.clone(), name, target: m.target.clone() });
+                            self.volumes.push(Volume { host: m.host.clone(), channel: m.channel.clone(), name, target: m.target.clone() });
                             continue;
                         }
                         Err(e) => {
@@ -297,7 +298,21 @@ impl<'a> Cluster<'a> {
         }
         env.extend(job.environment.iter().map(|(k, v)| format!("{k}={v}")));
         let mut binds = vec![format!("{}:/opt/ml", tree.root().display())];
-        binds.extend(self.volumes.iter().filter(|v| v.host == host.name).map(|v| format!("{}:{}", v.name, v.target)));
+        // A FastFile channel is read-only, as on SageMaker (its writes fail with EROFS):
+        // mounted so whether it is an overlay of the cache or a copy in the host's tree.
+        let fast_file = |channel: &str| {
+            job.channels.iter().any(|c| c.name == channel && c.input_mode == crate::spec::InputMode::FastFile)
+        };
+        for v in self.volumes.iter().filter(|v| v.host == host.name) {
+            let ro = if fast_file(&v.channel) { ":ro" } else { "" };
+            binds.push(format!("{}:{}{ro}", v.name, v.target));
+        }
+        for c in job.channels.iter().filter(|c| c.input_mode == crate::spec::InputMode::FastFile) {
+            if crate::stage::serves(c, host) && !self.volumes.iter().any(|v| v.host == host.name && v.channel == c.name)
+            {
+                binds.push(format!("{}:/opt/ml/input/data/{}:ro", tree.channel(&c.name).display(), c.name));
+            }
+        }
         // The default LocalPath is already inside the /opt/ml mount.
         if let Some(c) = &job.checkpoint
             && c.local_path.trim_end_matches('/') != crate::job::DEFAULT_CHECKPOINT_PATH

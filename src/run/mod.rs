@@ -18,7 +18,7 @@ use crate::job::Job;
 use crate::logs::LogSink;
 use crate::metrics::Recorder;
 use crate::spec::AwsErrorKind;
-use crate::stage::{self, ChannelMount, HostTree, StageError};
+use crate::stage::{self, HostTree, StageError, Staged};
 use crate::state::record::{Failure, FailureKind, Record, Secondary, StopReason};
 use crate::state::{StateDir, StateError};
 use crate::storage::{Storage, StorageError};
@@ -137,6 +137,8 @@ pub struct JobOutcome {
     pub kept_artifacts: Option<PathBuf>,
     /// Hosts that ignored SIGTERM until SIGKILL ended them.
     pub sigkilled: Vec<String>,
+    /// What each Pipe mode channel delivered to each host, epoch by epoch (the last attempt).
+    pub pipes: Vec<crate::pipe::PipeReport>,
 }
 
 /// How often a running job looks for a stop requested by `smlocal stop`.
@@ -258,14 +260,15 @@ impl Attempt<'_> {
             uploaded: false,
             kept_artifacts: None,
             sigkilled: Vec::new(),
+            pipes: Vec::new(),
         };
         let mut deadline = None;
         let mut attempt = 1;
-        let (ended, sigkilled) = loop {
+        let (ended, sigkilled, pipes, input_failure) = loop {
             record.enter(Secondary::Downloading, "Downloading input data");
             note(state, record);
-            let mounts = match self.prepare(work).await {
-                Ok(mounts) => mounts,
+            let staged = match self.prepare(work).await {
+                Ok(staged) => staged,
                 Err(Prepare::Stopped(cause)) => {
                     record.stop(StopReason::BeforeTraining);
                     state.save(record)?;
@@ -290,7 +293,10 @@ impl Attempt<'_> {
                 let dirs = job.hosts.iter().map(|h| HostTree::new(work, &h.name).tensorboard()).collect();
                 Syncer::new(&self.services.storage, &t.uri, dirs)
             });
-            let followers = match cluster.start(&mounts, work, state, &recorder).await {
+            // The feeds wait for their FIFOs to be opened; `_0` is already there.
+            let cache = Cache::new(state.root());
+            let feeds = crate::pipe::Feeds::start(staged.feeds, &self.services.storage, &cache);
+            let followers = match cluster.start(&staged.mounts, work, state, &recorder).await {
                 Ok(followers) => followers,
                 Err(e @ RunError::CannotStart { .. }) => {
                     let failure = Failure::new(
@@ -322,8 +328,16 @@ impl Attempt<'_> {
                 .then_some(self.options.interrupt_after)
                 .flatten()
                 .map(|d| tokio::time::Instant::now() + d);
-            let stops = Stops { shutdown: self.shutdown, requested: self.stop_requested, deadline, interrupt };
+            let stops = Stops {
+                shutdown: self.shutdown,
+                requested: self.stop_requested,
+                deadline,
+                interrupt,
+                input_failed: Some(feeds.failed()),
+            };
             let supervised = self.supervise(record, cluster, &stops).await;
+            let input_failure = feeds.failure();
+            let pipes = feeds.finish().await;
             // Every line the containers printed is in the logs before the job is reported.
             for f in followers {
                 let _ = f.await;
@@ -336,7 +350,7 @@ impl Attempt<'_> {
             }
             let (ended, sigkilled) = supervised?;
             if ended != Ended::Stopped(StopCause::Interrupted) {
-                break (ended, sigkilled);
+                break (ended, sigkilled, pipes, input_failure);
             }
             // A spot interruption, replayed: the instances are gone, the checkpoints are at
             // S3Uri, and the job starts over on fresh instances.
@@ -369,16 +383,23 @@ impl Attempt<'_> {
             let failure = Failure::new(kind, e.to_string());
             record.fail(&failure);
             state.save(record)?;
-            return Ok(JobOutcome { kept_artifacts: kept, sigkilled, ..done(record, Some(failure), interrupted()) });
+            return Ok(JobOutcome { kept_artifacts: kept, sigkilled, pipes, ..done(record, Some(failure), interrupted()) });
         }
         let interrupted = interrupted();
-        let failure = outcome::finish(record, job, ended, work).await;
+        let failure = if ended == Ended::InputFailed {
+            let reason = input_failure.unwrap_or_else(|| "ClientError: a Pipe mode channel could not be read".into());
+            let failure = Failure::new(FailureKind::ClientError, reason);
+            record.fail(&failure);
+            Some(failure)
+        } else {
+            outcome::finish(record, job, ended, work).await
+        };
         state.save(record)?;
-        Ok(JobOutcome { uploaded: true, sigkilled, ..done(record, failure, interrupted) })
+        Ok(JobOutcome { uploaded: true, sigkilled, pipes, ..done(record, failure, interrupted) })
     }
 
     /// Stages every host's `/opt/ml` and restores its checkpoints, unless a stop comes first.
-    async fn prepare(&self, work: &Path) -> Result<Vec<ChannelMount>, Prepare> {
+    async fn prepare(&self, work: &Path) -> Result<Staged, Prepare> {
         tokio::select! {
             staged = self.stage_inputs(work) => staged,
             () = self.shutdown.cancelled() => Err(Prepare::Stopped(StopCause::Shutdown)),
@@ -386,11 +407,11 @@ impl Attempt<'_> {
         }
     }
 
-    async fn stage_inputs(&self, work: &Path) -> Result<Vec<ChannelMount>, Prepare> {
+    async fn stage_inputs(&self, work: &Path) -> Result<Staged, Prepare> {
         let (job, storage) = (self.job, &self.services.storage);
         let client = |reason: String| Prepare::Client(Failure::new(FailureKind::ClientError, reason));
         let cache = Cache::new(self.services.state.root());
-        let mounts = stage::stage(job, work, storage, &cache, &self.options.progress)
+        let staged = stage::stage(job, work, storage, &cache, &self.options.progress)
             .await
             .map_err(|e| client(format!("ClientError: Data download failed: {e}")))?;
         if let Some(c) = &job.checkpoint {
@@ -404,7 +425,7 @@ impl Attempt<'_> {
                     .map_err(|e| client(format!("ClientError: Checkpoint download from {} failed: {e}", c.uri)))?;
             }
         }
-        Ok(mounts)
+        Ok(staged)
     }
 
     /// Waits for the attempt's end, records a stop as `Stopping`, and stops the hosts still
@@ -433,6 +454,9 @@ impl Attempt<'_> {
             Ended::Failed { host, .. } => tracing::warn!(
                 "{} failed; stopping the other hosts (SIGTERM now, SIGKILL after {grace}s)",
                 self.job.hosts[host].name
+            ),
+            Ended::InputFailed => tracing::warn!(
+                "a Pipe mode channel could not be read; stopping the hosts (SIGTERM now, SIGKILL after {grace}s)"
             ),
             Ended::Completed => {}
         }

@@ -22,6 +22,12 @@ const REPORTED: &str = "AlgorithmError: ";
 pub(super) async fn finish(record: &mut Record, job: &Job, ended: Ended, work: &Path) -> Option<Failure> {
     match ended {
         Ended::Completed => record.complete(),
+        // The run names the feed's reason (it is not the hosts' to tell).
+        Ended::InputFailed => {
+            let failure = Failure::new(FailureKind::ClientError, "ClientError: a Pipe mode channel could not be read");
+            record.fail(&failure);
+            return Some(failure);
+        }
         Ended::Stopped(StopCause::MaxRuntime) => {
             record.stop(StopReason::MaxRuntime(job.max_runtime.map(|d| d.as_secs()).unwrap_or(0)))
         }

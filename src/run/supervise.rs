@@ -42,6 +42,8 @@ pub(crate) enum Ended {
         exit: Exit,
     },
     Stopped(StopCause),
+    /// A Pipe mode feed could not read its channel: the job fails with its reason.
+    InputFailed,
 }
 
 /// What supervision needs of the running containers, host by host (in the job's order).
@@ -60,6 +62,8 @@ pub(crate) struct Stops<'a> {
     pub(crate) deadline: Option<Instant>,
     /// When to replay a spot interruption.
     pub(crate) interrupt: Option<Instant>,
+    /// Cancelled when a Pipe mode feed failed.
+    pub(crate) input_failed: Option<&'a CancellationToken>,
 }
 
 type Waits = futures::stream::FuturesUnordered<BoxFuture<'static, (usize, Result<Exit, DockerError>)>>;
@@ -97,7 +101,13 @@ impl<'h, H: Hosts> Supervisor<'h, H> {
             }
         };
         let (max_runtime, interrupt) = (at(stops.deadline), at(stops.interrupt));
-        tokio::pin!(max_runtime, interrupt);
+        let input_failed = async {
+            match stops.input_failed {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(max_runtime, interrupt, input_failed);
         while !self.waits.is_empty() {
             tokio::select! {
                 Some((i, exit)) = self.waits.next() => {
@@ -111,6 +121,7 @@ impl<'h, H: Hosts> Supervisor<'h, H> {
                 () = stops.requested.cancelled() => return Ok(Ended::Stopped(StopCause::Requested)),
                 () = &mut max_runtime => return Ok(Ended::Stopped(StopCause::MaxRuntime)),
                 () = &mut interrupt => return Ok(Ended::Stopped(StopCause::Interrupted)),
+                () = &mut input_failed => return Ok(Ended::InputFailed),
             }
         }
         Ok(Ended::Completed)
@@ -259,7 +270,7 @@ mod tests {
     async fn the_job_completes_when_every_host_exits_zero() {
         let hosts = FakeHosts::new(vec![host(Some(3), 0, true), host(Some(7), 0, true)]);
         let (shutdown, requested) = tokens();
-        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None };
+        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None, input_failed: None };
         let mut supervisor = Supervisor::new(&hosts);
         assert_eq!(supervisor.until_end(&stops).await.unwrap(), Ended::Completed);
         assert_eq!(hosts.started.elapsed().as_secs(), 7, "it waits for the slowest host");
@@ -272,7 +283,7 @@ mod tests {
         let hosts = FakeHosts::new(vec![host(None, 0, true), host(None, 0, false)]);
         let (shutdown, requested) = tokens();
         let deadline = Some(Instant::now() + Duration::from_secs(30));
-        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline, interrupt: None };
+        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline, interrupt: None, input_failed: None };
         let mut supervisor = Supervisor::new(&hosts);
         assert_eq!(supervisor.until_end(&stops).await.unwrap(), Ended::Stopped(StopCause::MaxRuntime));
         assert_eq!(hosts.started.elapsed().as_secs(), 30);
@@ -285,7 +296,7 @@ mod tests {
     async fn the_first_failure_ends_the_job_and_the_others_get_sigterm() {
         let hosts = FakeHosts::new(vec![host(None, 0, true), host(Some(5), 3, true), host(Some(9), 4, true)]);
         let (shutdown, requested) = tokens();
-        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None };
+        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None, input_failed: None };
         let mut supervisor = Supervisor::new(&hosts);
         let ended = supervisor.until_end(&stops).await.unwrap();
         assert_eq!(ended, Ended::Failed { host: 1, exit: Exit { code: 3, oom_killed: false } });
@@ -300,7 +311,7 @@ mod tests {
         let hosts = FakeHosts::new(vec![host(None, 0, false)]);
         let (shutdown, requested) = tokens();
         let deadline = Some(Instant::now() + Duration::from_secs(60));
-        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline, interrupt: None };
+        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline, interrupt: None, input_failed: None };
         let stopper = requested.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -316,7 +327,7 @@ mod tests {
     async fn a_second_interrupt_sigkills_without_waiting_out_the_grace() {
         let hosts = FakeHosts::new(vec![host(None, 0, false)]);
         let (shutdown, requested) = tokens();
-        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None };
+        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None, input_failed: None };
         let (first, hurry) = (shutdown.clone(), CancellationToken::new());
         let second = hurry.clone();
         tokio::spawn(async move {
@@ -336,7 +347,7 @@ mod tests {
         let hosts = FakeHosts::new(vec![host(Some(100), 0, true)]);
         let (shutdown, requested) = tokens();
         let interrupt = Some(Instant::now() + Duration::from_secs(4));
-        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt };
+        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt, input_failed: None };
         let mut supervisor = Supervisor::new(&hosts);
         assert_eq!(supervisor.until_end(&stops).await.unwrap(), Ended::Stopped(StopCause::Interrupted));
         assert!(supervisor.stop_rest(Duration::from_secs(120), &CancellationToken::new()).await.unwrap().is_empty());

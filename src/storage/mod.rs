@@ -2,7 +2,7 @@
 //! fetching an object to a file, uploading a file. `s3://` (AWS, MinIO, any S3-compatible
 //! server configured by the standard `AWS_*` variables) and `file://` behave alike.
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
@@ -234,6 +234,20 @@ impl Location {
     }
 }
 
+/// An object opened by [`Storage::open`].
+pub(crate) struct Opened {
+    pub(crate) info: ObjectInfo,
+    pub(crate) body: Body,
+}
+
+/// An opened object's bytes.
+pub(crate) enum Body {
+    /// From S3, chunk by chunk as the response arrives.
+    Stream(futures::stream::BoxStream<'static, Result<bytes::Bytes, StorageError>>),
+    /// A `file://` object.
+    File(std::fs::File),
+}
+
 /// One object found under a prefix. `key` is the full key (S3) or absolute path (local).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectInfo {
@@ -446,6 +460,35 @@ impl Storage {
                 std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
                 _ => StorageError::Io { action: "cannot read", path: path.into(), source },
             }),
+        }
+    }
+
+    /// Opens one object for a reader that must not wait for all of it (Pipe mode): its size
+    /// and version, and its bytes as they arrive. A `file://` object is the file itself.
+    pub(crate) async fn open(&self, uri: &str) -> Result<Opened, StorageError> {
+        match self.locate(uri)? {
+            Location::S3 { bucket, key } => {
+                let store = self.bucket(&bucket, uri)?;
+                let got = store.get(&key_path(&key)).await.map_err(|e| self.error(uri, e))?;
+                let info = ObjectInfo {
+                    key,
+                    size: got.meta.size,
+                    etag: got.meta.e_tag.clone(),
+                    modified_ms: got.meta.last_modified.timestamp_millis(),
+                };
+                let (storage, uri) = (self.clone(), uri.to_string());
+                let body = got.into_stream().map_err(move |e| storage.error(&uri, e)).boxed();
+                Ok(Opened { info, body: Body::Stream(body) })
+            }
+            Location::Local { path } => {
+                let not_found = |source: std::io::Error| match source.kind() {
+                    std::io::ErrorKind::NotFound => StorageError::NotFound { uri: uri.into() },
+                    _ => StorageError::Io { action: "cannot read", path: path.clone().into(), source },
+                };
+                let file = std::fs::File::open(&path).map_err(not_found)?;
+                let size = file.metadata().map_err(not_found)?.len();
+                Ok(Opened { info: ObjectInfo { key: path.clone(), size, etag: None, modified_ms: 0 }, body: Body::File(file) })
+            }
         }
     }
 
