@@ -288,7 +288,8 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
             }
         };
         let input_mode = c.input_mode.unwrap_or(algo.training_input_mode);
-        let refuse = |reason: &str| JobError::Channel { index: i, channel: c.channel_name.clone(), reason: reason.into() };
+        let refuse =
+            |reason: &str| JobError::Channel { index: i, channel: c.channel_name.clone(), reason: reason.into() };
         match (&data_type, input_mode) {
             (DataType::AugmentedManifestFile, InputMode::File | InputMode::FastFile) => {
                 return Err(refuse("AugmentedManifestFile can only be used if the Channel's input mode is Pipe."));
@@ -652,8 +653,8 @@ mod tests {
 
     #[test]
     fn input_modes_are_planned_per_channel_with_aws_s_refusals() {
-        let job = plan(request(|v| v["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe")), &settings())
-            .unwrap();
+        let job =
+            plan(request(|v| v["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe")), &settings()).unwrap();
         assert_eq!(job.channels[0].input_mode, InputMode::Pipe);
         let job = plan(
             request(|v| {
@@ -664,7 +665,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(job.channels[0].input_mode, InputMode::FastFile);
-        assert!(job.notices.iter().any(|n| n.contains("CompressionType applies to Pipe mode only")), "{:?}", job.notices);
+        assert!(
+            job.notices.iter().any(|n| n.contains("CompressionType applies to Pipe mode only")),
+            "{:?}",
+            job.notices
+        );
         let augmented = |mode: &'static str, names: Value| {
             move |v: &mut Value| {
                 v["AlgorithmSpecification"]["TrainingInputMode"] = json!(mode);

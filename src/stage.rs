@@ -274,7 +274,8 @@ async fn plan_feeds(
             objects.into_iter().map(|o| Item::Object { uri: o.uri, info: o.info }).collect()
         }
     };
-    let known: u64 = items.iter().map(|i| if let Item::Object { info: Some(info), .. } = i { info.size } else { 0 }).sum();
+    let known: u64 =
+        items.iter().map(|i| if let Item::Object { info: Some(info), .. } = i { info.size } else { 0 }).sum();
     let items = std::sync::Arc::new(items);
     let receivers: Vec<&HostPlan> = job.hosts.iter().filter(|h| serves(channel, h)).collect();
     let mut feeds = Vec::new();

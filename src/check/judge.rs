@@ -5,6 +5,7 @@
 use super::lab::{Baseline, LabError, completed};
 use super::{Check, CheckResult, Verdict, shorten};
 use crate::docker::{Change, ImageInfo};
+use crate::pipe::PipeReport;
 use crate::resources::human_bytes;
 use crate::run::JobOutcome;
 use crate::state::record::{FailureKind, Secondary, Status};
@@ -210,6 +211,49 @@ pub(super) fn two_hosts(outcome: &Result<JobOutcome, LabError>, log_tail: &str) 
     CheckResult::new(Check::TwoHosts, verdict, evidence, fix)
 }
 
+/// Pipe mode, judged from the plain run's feeds: the algorithm must open `<channel>_0` (and
+/// read it, or close it when it has what it needs), and a second epoch opens `_1`. An
+/// algorithm that never opens a FIFO is seen here whatever it waited for: the run ended
+/// (by its exit or MaxRuntimeInSeconds), never the check waiting on it.
+pub(super) fn pipe(b: &Baseline) -> CheckResult {
+    let Ok(outcome) = &b.outcome else {
+        return CheckResult::new(Check::Pipe, Verdict::Fail, "the plain run did not happen", "see the 'train' check");
+    };
+    let first_host: Vec<&PipeReport> =
+        outcome.pipes.iter().filter(|p| outcome.pipes.first().is_some_and(|f| f.host == p.host)).collect();
+    let never: Vec<String> =
+        first_host.iter().filter(|p| p.epochs.is_empty()).map(|p| format!("{}_0", p.channel)).collect();
+    if !never.is_empty() {
+        return CheckResult::new(
+            Check::Pipe,
+            Verdict::Fail,
+            format!(
+                "never opened /opt/ml/input/data/{} ({})",
+                never.join(", /opt/ml/input/data/"),
+                reason_or_status(outcome)
+            ),
+            "in Pipe mode a channel is the FIFO /opt/ml/input/data/<channel>_<epoch>, not a folder: open <channel>_0 and read it to its end, then <channel>_1 for the next epoch",
+        );
+    }
+    let epochs: Vec<String> = first_host
+        .iter()
+        .map(|p| {
+            let whole = p.epochs.iter().filter(|e| e.whole).count();
+            format!("{}: {} epoch(s) opened, {whole} read to the end", p.channel, p.epochs.len())
+        })
+        .collect();
+    if first_host.iter().all(|p| p.epochs.len() >= 2) {
+        CheckResult::new(Check::Pipe, Verdict::Pass, epochs.join("; "), "")
+    } else {
+        CheckResult::new(
+            Check::Pipe,
+            Verdict::Warn,
+            format!("{}: no second epoch", epochs.join("; ")),
+            "fine for a single pass; an algorithm that trains several epochs must open <channel>_1, <channel>_2, ... in turn (each appears as the one before is opened)",
+        )
+    }
+}
+
 pub(super) fn pid1(image: &ImageInfo, request_entrypoint: Option<Vec<String>>) -> CheckResult {
     let entrypoint = request_entrypoint.unwrap_or_else(|| image.entrypoint.clone());
     let shell = entrypoint.len() >= 2
@@ -284,6 +328,7 @@ mod tests {
             uploaded: true,
             kept_artifacts: None,
             sigkilled: Vec::new(),
+            pipes: Vec::new(),
         })
     }
 

@@ -122,6 +122,12 @@ impl<'a> Lab<'a> {
         Ok(lab)
     }
 
+    /// Whether the request reads any channel in Pipe mode (then the `pipe` check applies).
+    pub(super) fn uses_pipe(&self) -> bool {
+        self.prepare("probe", |_| {})
+            .is_ok_and(|job| job.channels.iter().any(|c| c.input_mode == crate::spec::InputMode::Pipe))
+    }
+
     pub(super) fn entrypoint(&self) -> Option<Vec<String>> {
         self.request["AlgorithmSpecification"]["ContainerEntrypoint"]
             .as_array()

@@ -32,6 +32,8 @@ pub enum Check {
     Memory,
     TwoHosts,
     Pid1,
+    /// Only when the request uses Pipe mode.
+    Pipe,
     // The inference contract (`--serve`).
     Serve,
     Listen,
@@ -46,7 +48,7 @@ impl Check {
     pub const SERVE: [Check; 6] =
         [Check::Serve, Check::Listen, Check::Ping, Check::Invocations, Check::BadPayload, Check::ServeSigterm];
 
-    pub const ALL: [Check; 9] = [
+    pub const ALL: [Check; 10] = [
         Check::Train,
         Check::Model,
         Check::Filesystem,
@@ -56,6 +58,7 @@ impl Check {
         Check::Memory,
         Check::TwoHosts,
         Check::Pid1,
+        Check::Pipe,
     ];
 
     /// The name `--only` takes and the table shows.
@@ -70,6 +73,7 @@ impl Check {
             Check::Memory => "memory",
             Check::TwoHosts => "two-hosts",
             Check::Pid1 => "pid1",
+            Check::Pipe => "pipe",
             Check::Serve => "serve",
             Check::Listen => "listen",
             Check::Ping => "ping",
@@ -95,6 +99,9 @@ impl Check {
             Check::Memory => "it stays well inside the instance type's memory",
             Check::TwoHosts => "it runs as 2 hosts, taking its identity from resourceconfig.json, not /etc/hostname",
             Check::Pid1 => "its entrypoint is exec form, so PID 1 receives signals; reports the image size",
+            Check::Pipe => {
+                "with a Pipe mode request: it opens <channel>_0 and reads it, then <channel>_1 for a second epoch"
+            }
             Check::Serve => "the image starts with the argument `serve` and keeps running",
             Check::Listen => "it listens on port 8080 of every interface, not only the container's loopback",
             Check::Ping => "GET /ping answers 200 within 2 s each time, and within 4 minutes of start",
@@ -251,6 +258,10 @@ pub async fn check(
             Check::Isolation => isolation.clone().unwrap_or_else(not_evaluated),
             Check::TwoHosts => two_hosts.clone().unwrap_or_else(not_evaluated),
             Check::Pid1 => judge::pid1(&image_info, lab.entrypoint()),
+            Check::Pipe => match baseline.as_ref() {
+                Some(b) if lab.uses_pipe() => judge::pipe(b),
+                _ => continue,
+            },
             // The serving checks run only with --serve (above).
             _ => continue,
         };

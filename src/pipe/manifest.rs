@@ -44,8 +44,8 @@ pub(crate) fn parse(bytes: &[u8], names: &[String]) -> Result<Vec<Line>, Manifes
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let fields: HashMap<String, &RawValue> = serde_json::from_slice(text)
-            .map_err(|e| ManifestError::NotAnObject { line, reason: e.to_string() })?;
+        let fields: HashMap<String, &RawValue> =
+            serde_json::from_slice(text).map_err(|e| ManifestError::NotAnObject { line, reason: e.to_string() })?;
         let mut attributes = Vec::with_capacity(names.len());
         for name in names {
             let raw = fields.get(name).ok_or_else(|| ManifestError::Missing { line, name: name.clone() })?;

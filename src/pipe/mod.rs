@@ -227,7 +227,12 @@ enum Written {
 }
 
 /// Epoch after epoch, until the job ends.
-fn run(feed: &Feed, mut sources: Sources, report: &Mutex<PipeReport>, cancel: &CancellationToken) -> Result<(), FeedError> {
+fn run(
+    feed: &Feed,
+    mut sources: Sources,
+    report: &Mutex<PipeReport>,
+    cancel: &CancellationToken,
+) -> Result<(), FeedError> {
     let fifo_err = |path: &std::path::Path| {
         let path = path.to_path_buf();
         move |source| FeedError::Fifo { path, source }
@@ -351,6 +356,9 @@ fn write_epoch(
     Ok(Written::Whole)
 }
 
+/// Writes bytes into the FIFO; `Some` when the epoch ended before they all went in.
+type Put<'a> = dyn FnMut(&[u8]) -> Result<Option<Written>, FeedError> + 'a;
+
 /// Copies `reader` out through `put`, a buffer at a time; with `expect`, exactly that many
 /// bytes must come (an object shorter than its listing is an error, not a short record).
 fn copy(
@@ -358,7 +366,7 @@ fn copy(
     expect: Option<u64>,
     uri: &str,
     buffer: &mut [u8],
-    put: &mut dyn FnMut(&[u8]) -> Result<Option<Written>, FeedError>,
+    put: &mut Put<'_>,
 ) -> Result<Option<Written>, FeedError> {
     let mut total = 0u64;
     loop {

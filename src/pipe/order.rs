@@ -6,7 +6,14 @@
 //! channel serves, so a shuffled channel is re-sharded every epoch.
 
 /// The indices (into the base order) host `host` of `hosts` receives in `epoch`, in order.
-pub(crate) fn epoch_share(items: usize, hosts: usize, host: usize, sharded: bool, seed: Option<i64>, epoch: u64) -> Vec<usize> {
+pub(crate) fn epoch_share(
+    items: usize,
+    hosts: usize,
+    host: usize,
+    sharded: bool,
+    seed: Option<i64>,
+    epoch: u64,
+) -> Vec<usize> {
     let mut order: Vec<usize> = (0..items).collect();
     if let Some(seed) = seed {
         crate::stage::shuffle(&mut order, seed.wrapping_add(epoch as i64) as u64);

@@ -50,8 +50,9 @@ impl Sources {
             }
         }
         let next = self.ahead.back().map(|(i, _)| i + 1).unwrap_or(at + 1).max(at + 1);
-        for i in next..pieces.len().min(at + 1 + AHEAD) {
-            if let Piece::Object { uri, info } = &pieces[i]
+        let window = pieces.iter().enumerate().take(at + 1 + AHEAD).skip(next);
+        for (i, piece) in window {
+            if let Piece::Object { uri, info } = piece
                 && !self.cached(uri, info.as_ref())
             {
                 let (storage, uri) = (self.storage.clone(), uri.clone());
@@ -60,7 +61,10 @@ impl Sources {
         }
         let (uri, info) = match &pieces[at] {
             Piece::Text(bytes) => {
-                return Ok(Opening { reader: Box::new(std::io::Cursor::new(bytes.clone())), size: Some(bytes.len() as u64) });
+                return Ok(Opening {
+                    reader: Box::new(std::io::Cursor::new(bytes.clone())),
+                    size: Some(bytes.len() as u64),
+                });
             }
             Piece::Object { uri, info } => (uri, info),
         };

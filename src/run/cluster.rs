@@ -120,7 +120,12 @@ impl<'a> Cluster<'a> {
                         .await
                     {
                         Ok(()) => {
-                            self.volumes.push(Volume { host: m.host.clone(), channel: m.channel.clone(), name, target: m.target.clone() });
+                            self.volumes.push(Volume {
+                                host: m.host.clone(),
+                                channel: m.channel.clone(),
+                                name,
+                                target: m.target.clone(),
+                            });
                             continue;
                         }
                         Err(e) => {

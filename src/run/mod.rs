@@ -383,7 +383,12 @@ impl Attempt<'_> {
             let failure = Failure::new(kind, e.to_string());
             record.fail(&failure);
             state.save(record)?;
-            return Ok(JobOutcome { kept_artifacts: kept, sigkilled, pipes, ..done(record, Some(failure), interrupted()) });
+            return Ok(JobOutcome {
+                kept_artifacts: kept,
+                sigkilled,
+                pipes,
+                ..done(record, Some(failure), interrupted())
+            });
         }
         let interrupted = interrupted();
         let failure = if ended == Ended::InputFailed {

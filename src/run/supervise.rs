@@ -270,7 +270,8 @@ mod tests {
     async fn the_job_completes_when_every_host_exits_zero() {
         let hosts = FakeHosts::new(vec![host(Some(3), 0, true), host(Some(7), 0, true)]);
         let (shutdown, requested) = tokens();
-        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None, input_failed: None };
+        let stops =
+            Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None, input_failed: None };
         let mut supervisor = Supervisor::new(&hosts);
         assert_eq!(supervisor.until_end(&stops).await.unwrap(), Ended::Completed);
         assert_eq!(hosts.started.elapsed().as_secs(), 7, "it waits for the slowest host");
@@ -296,7 +297,8 @@ mod tests {
     async fn the_first_failure_ends_the_job_and_the_others_get_sigterm() {
         let hosts = FakeHosts::new(vec![host(None, 0, true), host(Some(5), 3, true), host(Some(9), 4, true)]);
         let (shutdown, requested) = tokens();
-        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None, input_failed: None };
+        let stops =
+            Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None, input_failed: None };
         let mut supervisor = Supervisor::new(&hosts);
         let ended = supervisor.until_end(&stops).await.unwrap();
         assert_eq!(ended, Ended::Failed { host: 1, exit: Exit { code: 3, oom_killed: false } });
@@ -327,7 +329,8 @@ mod tests {
     async fn a_second_interrupt_sigkills_without_waiting_out_the_grace() {
         let hosts = FakeHosts::new(vec![host(None, 0, false)]);
         let (shutdown, requested) = tokens();
-        let stops = Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None, input_failed: None };
+        let stops =
+            Stops { shutdown: &shutdown, requested: &requested, deadline: None, interrupt: None, input_failed: None };
         let (first, hurry) = (shutdown.clone(), CancellationToken::new());
         let second = hurry.clone();
         tokio::spawn(async move {

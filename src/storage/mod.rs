@@ -487,7 +487,10 @@ impl Storage {
                 };
                 let file = std::fs::File::open(&path).map_err(not_found)?;
                 let size = file.metadata().map_err(not_found)?.len();
-                Ok(Opened { info: ObjectInfo { key: path.clone(), size, etag: None, modified_ms: 0 }, body: Body::File(file) })
+                Ok(Opened {
+                    info: ObjectInfo { key: path.clone(), size, etag: None, modified_ms: 0 },
+                    body: Body::File(file),
+                })
             }
         }
     }

@@ -12,6 +12,7 @@ mod hostile;
 mod hosting;
 mod outcomes;
 mod packaging;
+mod pipe;
 mod s3_server;
 mod scale;
 mod serve;

@@ -37,6 +37,12 @@
 //!   alloc-share F        allocate F (0..1) of the container's memory limit, and keep it
 //!   hostname-in-hosts    fail (as an algorithm that trusts /etc/hostname would) unless the
 //!                        host name is one of resourceconfig.json's hosts
+//!   pipe CHANNEL N DIR   read N epochs (or A..B: epochs A to B-1) of a Pipe mode channel (/opt/ml/input/data/CHANNEL_0,
+//!                        _1, ...; each waited for up to 10 s, as SageMaker's readers
+//!                        retry) to their end, each into DIR/CHANNEL_E (zeros as holes), and
+//!                        print "pipe CHANNEL_E bytes=B"
+//!   pipe-head CHANNEL E B  open CHANNEL_E, read B bytes, close it early; print what it did
+//!   exists PATH          print "exists PATH=true" or "=false"
 //!   serve                the inference side (what SageMaker passes to a hosting image):
 //!                        port 8080, behaving as the environment says (see `serve` below)
 //! Started as `probe -c "STEP ARG ..."` (a shell-form ENTRYPOINT), the steps are one string.
@@ -74,7 +80,7 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
 fn arity(step: &str) -> usize {
     match step {
         "write" | "append" | "symlink" | "copy" | "sparse" => 2,
-        "send" => 3,
+        "send" | "pipe" | "pipe-head" => 3,
         "train" | "serve" | "env" | "args" | "may-fail" | "all" | "hostname-in-hosts" => 0,
         "only-if-unreachable" => 2,
         _ => 1,
@@ -89,6 +95,45 @@ fn reachable(host: &str, port: u16) -> bool {
         .ok()
         .and_then(|mut a| a.next())
         .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+}
+
+/// Opens a Pipe mode FIFO of `/opt/ml/input/data`, waiting up to 10 s for it to appear (a
+/// FIFO that exists blocks the open until its writer comes).
+fn open_fifo(name: &str) -> std::io::Result<fs::File> {
+    let path = Path::new("/opt/ml/input/data").join(name);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        if Instant::now() > end {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} never appeared", path.display()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::File::open(&path)
+}
+
+/// Copies `from` to a new file `to`, leaving runs of zeros as holes; returns the bytes read.
+fn copy_sparse(from: &mut impl std::io::Read, to: &Path) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut out = fs::File::create(to)?;
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        if buffer[..n].iter().all(|b| *b == 0) {
+            out.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            out.write_all(&buffer[..n])?;
+        }
+        total += n as u64;
+    }
+    out.set_len(total)?;
+    Ok(total)
 }
 
 fn current_host() -> String {
@@ -298,6 +343,41 @@ fn main() {
                 let a = take(2, &mut i);
                 let size: u64 = a[1].parse().unwrap_or(0);
                 fs::File::create(&a[0]).and_then(|f| f.set_len(size))
+            }
+            "pipe" => {
+                let a = take(3, &mut i);
+                // N: epochs 0..N; A..B: epochs A to B-1 (after a `pipe-head`, say).
+                let epochs = match a[1].split_once("..") {
+                    Some((from, to)) => from.parse().unwrap_or(0)..to.parse().unwrap_or(0),
+                    None => 0..a[1].parse::<u64>().unwrap_or(1),
+                };
+                (|| -> std::io::Result<()> {
+                    fs::create_dir_all(&a[2])?;
+                    for epoch in epochs {
+                        let name = format!("{}_{epoch}", a[0]);
+                        let mut fifo = open_fifo(&name)?;
+                        let n = copy_sparse(&mut fifo, &Path::new(&a[2]).join(&name))?;
+                        println!("pipe {name} bytes={n}");
+                    }
+                    Ok(())
+                })()
+            }
+            "pipe-head" => {
+                let a = take(3, &mut i);
+                let want: usize = a[2].parse().unwrap_or(0);
+                let name = format!("{}_{}", a[0], a[1]);
+                open_fifo(&name).and_then(|mut fifo| {
+                    use std::io::Read;
+                    let mut head = vec![0u8; want];
+                    fifo.read_exact(&mut head)?;
+                    println!("pipe {name} closed after {want} bytes");
+                    Ok(())
+                })
+            }
+            "exists" => {
+                let path = take(1, &mut i).remove(0);
+                println!("exists {path}={}", Path::new(&path).exists());
+                Ok(())
             }
             "count-files" => {
                 // Every regular file below DIR, and their bytes: what a channel holds.
