@@ -264,3 +264,41 @@ fn check_serve_passes_the_sample_model_and_catches_each_broken_server() {
     assert_eq!(with(&results, "FAIL"), BTreeSet::from(["listen".to_string(), "ping".to_string()]), "{text}");
     assert!(text.contains("one address only"), "{text}");
 }
+
+#[test]
+fn the_pipe_check_wants_epoch_0_then_epoch_1_and_never_waits_on_a_reader() {
+    let sm = Smlocal::new();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("a.csv"), "1,2\n3,4\n").unwrap();
+    let request = serde_json::json!({
+        "TrainingJobName": "pipe-check",
+        "RoleArn": "arn:aws:iam::000000000000:role/SmlocalCheck",
+        "AlgorithmSpecification": {"TrainingImage": "x", "TrainingInputMode": "Pipe"},
+        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": format!("file://{}/", data.path().display())}}}],
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 120}
+    });
+    let file = sm.home.path().join("pipe-request.json");
+    std::fs::write(&file, request.to_string()).unwrap();
+    let steps = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let two = image("pipe-two-epochs", &steps(&["pipe", "train", "2", "/opt/ml/model"]));
+    let one = image("pipe-one-epoch", &steps(&["pipe", "train", "1", "/opt/ml/model"]));
+    // Reads its channel as File mode would: the folder is not there, the FIFO never opened.
+    let files = image("pipe-as-files", &steps(&["copy", "/opt/ml/input/data/train", "/opt/ml/model/train"]));
+    let only = ["--request", file.to_str().unwrap(), "--only", "train,pipe"];
+    let (_, text, results) = check(&sm, &two, &only);
+    assert_eq!(results, [("train".into(), "PASS".into()), ("pipe".into(), "PASS".into())], "{text}");
+    assert!(text.contains("2 epoch(s) opened, 2 read to the end"), "{text}");
+    let (_, text, results) = check(&sm, &one, &only);
+    assert_eq!(with(&results, "WARN"), BTreeSet::from(["pipe".to_string()]), "{text}");
+    let started = std::time::Instant::now();
+    let (code, text, results) = check(&sm, &files, &only);
+    assert_ne!(code, 0, "{text}");
+    assert_eq!(with(&results, "FAIL"), BTreeSet::from(["train".to_string(), "pipe".to_string()]), "{text}");
+    assert!(text.contains("never opened /opt/ml/input/data/train_0"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
+    // A File mode request has no pipe check to report.
+    let (_, text, results) = check(&sm, SAMPLE_IMAGE, &["--only", "train,pipe"]);
+    assert_eq!(results, [("train".into(), "PASS".into())], "{text}");
+}
