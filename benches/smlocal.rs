@@ -16,6 +16,8 @@
 //!   g, h, i. at scale (`scale/mod.rs`): staging from a server 20 ms away against the ideal
 //!      and boto3; the store with 100,000 jobs; Describe under 64 clients; packaging
 //!      100,000 small files.
+//!   j. Pipe mode (`pipe/mod.rs`): a FIFO fed from the cache against `cat` into a FIFO; the
+//!      first byte cold against 1% of the staging path.
 //!
 //! `cargo bench --bench smlocal` runs the full sizes (1 GiB); `-- --tiny` runs small ones
 //! (what CI does to keep the benchmark working); `-- a c` runs only those.
@@ -29,6 +31,8 @@ use std::time::Instant;
 #[allow(dead_code)]
 #[path = "../tests/e2e/harness.rs"]
 mod harness;
+#[path = "pipe/mod.rs"]
+mod pipe;
 #[allow(dead_code)]
 #[path = "../tests/e2e/s3_server.rs"]
 mod s3_server;
@@ -68,7 +72,7 @@ fn main() {
     // `-- a c` runs only those benchmarks.
     let picked: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| ["a", "b", "c", "d", "e", "f", "g", "h", "i"].contains(&a.as_str()))
+        .filter(|a| ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"].contains(&a.as_str()))
         .collect();
     let run = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
     println!("{:<44} {:>12} {:>12} {:>8}", "benchmark", "smlocal", "floor", "ratio");
@@ -98,6 +102,9 @@ fn main() {
     }
     if run("i") {
         rt.block_on(scale::many_small_files(root.path(), tiny));
+    }
+    if run("j") {
+        rt.block_on(pipe::pipe_mode(root.path(), tiny));
     }
 }
 

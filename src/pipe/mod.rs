@@ -112,6 +112,9 @@ pub(crate) enum FeedError {
     },
 }
 
+/// How long the end of a job waits for its feeds to stop.
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What one epoch of one feed delivered.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EpochReport {
@@ -200,15 +203,21 @@ impl Feeds {
     }
 
     /// Ends every feed (a reader still waiting is left with no writer) and reports them.
+    /// Called once the containers have exited, when no write can block; a feed that has not
+    /// ended within [`FINISH_WAIT`] all the same (a FIFO held open by something else) is
+    /// left to end on its own rather than hold the job.
     pub(crate) async fn finish(mut self) -> Vec<PipeReport> {
         self.cancel.cancel();
         let threads = std::mem::take(&mut self.threads);
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
+        let deadline = tokio::time::Instant::now() + FINISH_WAIT;
+        for t in threads {
+            while !t.is_finished() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
-        })
-        .await;
+            if !t.is_finished() {
+                tracing::warn!("a Pipe mode feed is still writing after its job ended; it is left to end alone");
+            }
+        }
         self.reports.iter().filter_map(|r| r.lock().ok().map(|r| r.clone())).collect()
     }
 }

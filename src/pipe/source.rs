@@ -85,7 +85,7 @@ impl Sources {
                     _ => self.handle.block_on(self.storage.open(uri)),
                 }
                 .map_err(|source| FeedError::Source { uri: uri.clone(), source })?;
-                self.stream(uri, opened)
+                self.stream(uri, info.as_ref(), opened)
             }
         };
         if !self.gzip {
@@ -100,12 +100,21 @@ impl Sources {
         info.is_some_and(|i| self.lookup.path_of(uri, i).exists())
     }
 
-    fn stream(&self, uri: &str, opened: Opened) -> Opening {
+    /// An object as it arrives, kept in the cache under the version the listing named (the
+    /// one the next epoch looks up: a listing and a GET need not both carry an ETag), or the
+    /// GET's own when nothing was listed. One whose size changed since it was listed is not
+    /// kept.
+    fn stream(&self, uri: &str, listed: Option<&ObjectInfo>, opened: Opened) -> Opening {
         let size = Some(opened.info.size);
+        let version = match listed {
+            Some(l) if l.size == opened.info.size => Some(l),
+            Some(_) => None,
+            None => Some(&opened.info),
+        };
         match opened.body {
             Body::File(file) => Opening { reader: Box::new(file), size },
             Body::Stream(stream) => {
-                let fill = self.cache.as_ref().and_then(|c| c.begin_fill(uri, &opened.info));
+                let fill = self.cache.as_ref().zip(version).and_then(|(c, v)| c.begin_fill(uri, v));
                 let reader =
                     StreamRead { handle: self.handle.clone(), stream, chunk: bytes::Bytes::new(), fill, done: false };
                 Opening { reader: Box::new(reader), size }

@@ -123,6 +123,12 @@ fn two_epochs_of_a_sharded_shuffled_channel_follow_the_rule_on_every_host() {
         assert_eq!(seen, keys.len());
     }
     assert_ne!(epochs_of_host_1[0], epochs_of_host_1[1], "the seed reshuffles every epoch");
+    // Epoch 0 streamed each object from S3 once (into the cache on the way); epoch 1, which
+    // dealt them to other hosts, read them from the cache.
+    let gets = crate::s3_server::object_gets(&bucket.name);
+    for k in &keys {
+        assert_eq!(gets.get(&format!("train/{k}")), Some(&1), "GETs of {k}: {gets:?}");
+    }
     // An unsharded, unshuffled channel: every host gets every object, in key order.
     for host in ["algo-1", "algo-2", "algo-3"] {
         assert_eq!(model_file(&bucket, "pipe-shard-job", &format!("{host}/val_0")), b"alpha;bravo;");

@@ -41,6 +41,9 @@
 //!                        _1, ...; each waited for up to 10 s, as SageMaker's readers
 //!                        retry) to their end, each into DIR/CHANNEL_E (zeros as holes), and
 //!                        print "pipe CHANNEL_E bytes=B"
+//!   pipe-time CHANNEL N  read N epochs, printing for each its bytes, the milliseconds from
+//!                        opening the FIFO to its first byte, and the seconds from the first
+//!                        byte to the end (the benchmark's reader)
 //!   pipe-head CHANNEL E B  open CHANNEL_E, read B bytes, close it early; print what it did
 //!   exists PATH          print "exists PATH=true" or "=false"
 //!   serve                the inference side (what SageMaker passes to a hosting image):
@@ -81,6 +84,7 @@ fn arity(step: &str) -> usize {
     match step {
         "write" | "append" | "symlink" | "copy" | "sparse" => 2,
         "send" | "pipe" | "pipe-head" => 3,
+        "pipe-time" => 2,
         "train" | "serve" | "env" | "args" | "may-fail" | "all" | "hostname-in-hosts" => 0,
         "only-if-unreachable" => 2,
         _ => 1,
@@ -358,6 +362,34 @@ fn main() {
                         let mut fifo = open_fifo(&name)?;
                         let n = copy_sparse(&mut fifo, &Path::new(&a[2]).join(&name))?;
                         println!("pipe {name} bytes={n}");
+                    }
+                    Ok(())
+                })()
+            }
+            "pipe-time" => {
+                let a = take(2, &mut i);
+                (|| -> std::io::Result<()> {
+                    use std::io::Read;
+                    for epoch in 0..a[1].parse::<u64>().unwrap_or(1) {
+                        let name = format!("{}_{epoch}", a[0]);
+                        let opened = Instant::now();
+                        let mut fifo = open_fifo(&name)?;
+                        let mut buffer = vec![0u8; 1 << 20];
+                        let (mut bytes, mut first) = (0u64, None);
+                        loop {
+                            let n = fifo.read(&mut buffer)?;
+                            if n == 0 {
+                                break;
+                            }
+                            first.get_or_insert_with(Instant::now);
+                            bytes += n as u64;
+                        }
+                        let first = first.unwrap_or_else(Instant::now);
+                        println!(
+                            "pipe-time {name} bytes={bytes} first_byte_ms={:.3} seconds={:.4}",
+                            (first - opened).as_secs_f64() * 1000.0,
+                            first.elapsed().as_secs_f64()
+                        );
                     }
                     Ok(())
                 })()
