@@ -400,3 +400,93 @@ fn copy(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn feed(dir: &std::path::Path, objects: &[(&str, &[u8])], record_wrapper: RecordWrapper) -> Feed {
+        let data = dir.join("objects");
+        std::fs::create_dir_all(&data).unwrap();
+        let items = objects
+            .iter()
+            .map(|(name, bytes)| {
+                std::fs::write(data.join(name), bytes).unwrap();
+                Item::Object { uri: format!("file://{}/{name}", data.display()), info: None }
+            })
+            .collect();
+        let folder = dir.join("input/data");
+        std::fs::create_dir_all(&folder).unwrap();
+        Feed {
+            host: "algo-1".into(),
+            channel: "train".into(),
+            folder,
+            items: Arc::new(items),
+            hosts: 1,
+            index: 0,
+            sharded: false,
+            seed: None,
+            record_wrapper,
+            gzip: false,
+            fill_cache: true,
+        }
+    }
+
+    fn read_all(path: PathBuf) -> Vec<u8> {
+        let mut out = Vec::new();
+        std::fs::File::open(path).unwrap().read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn epochs_are_made_one_at_a_time_and_an_early_close_ends_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        // Larger than the FIFO's buffer, so the early close finds the writer still writing.
+        let big = [b"alpha;".as_slice(), &vec![b'.'; 4 << 20]].concat();
+        let feed = feed(dir.path(), &[("a", &big), ("b", b"bravo;")], RecordWrapper::None);
+        feed.prepare().unwrap();
+        assert!(feed.fifo(0).exists() && !feed.fifo(1).exists());
+        let storage = Storage::new(Default::default());
+        let feeds = Feeds::start(vec![feed.clone()], &storage, &Cache::new(&dir.path().join("cache")));
+        let reader = tokio::task::spawn_blocking(move || {
+            let first = read_all(feed.fifo(0));
+            let (one, two) = (feed.fifo(1).exists(), feed.fifo(2).exists());
+            let mut early = std::fs::File::open(feed.fifo(1)).unwrap();
+            let mut three = [0u8; 3];
+            early.read_exact(&mut three).unwrap();
+            drop(early);
+            let third = read_all(feed.fifo(2));
+            (first, one, two, three, third)
+        });
+        let (first, one, two, three, third) = reader.await.unwrap();
+        let whole_epoch = [big.as_slice(), b"bravo;"].concat();
+        assert!(first == whole_epoch, "epoch 0 is every object, in order");
+        assert!(one && !two, "_1 is made when _0 is opened, _2 not yet");
+        assert_eq!(&three, b"alp");
+        assert!(third == whole_epoch, "epoch 2 is whole again");
+        assert!(feeds.failure().is_none());
+        let reports = feeds.finish().await;
+        let whole: Vec<bool> = reports[0].epochs.iter().map(|e| e.whole).collect();
+        assert_eq!(whole, [true, false, true]);
+        assert_eq!(reports[0].epochs[0].items, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_missing_object_fails_the_feed_with_its_uri() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut feed = feed(dir.path(), &[("a", b"x")], RecordWrapper::RecordIO);
+        let gone = format!("file://{}/objects/gone", dir.path().display());
+        feed.items = Arc::new(vec![Item::Object { uri: gone.clone(), info: None }]);
+        feed.prepare().unwrap();
+        let feeds = Feeds::start(vec![feed.clone()], &Storage::new(Default::default()), &Cache::new(dir.path()));
+        let got = tokio::task::spawn_blocking(move || read_all(feed.fifo(0))).await.unwrap();
+        assert!(got.is_empty());
+        tokio::time::timeout(std::time::Duration::from_secs(5), feeds.failed().cancelled()).await.unwrap();
+        let reason = feeds.failure().unwrap();
+        assert!(
+            reason.starts_with("ClientError: channel 'train' on algo-1: cannot read ") && reason.contains(&gone),
+            "{reason}"
+        );
+    }
+}

@@ -123,11 +123,25 @@ fn two_epochs_of_a_sharded_shuffled_channel_follow_the_rule_on_every_host() {
         assert_eq!(seen, keys.len());
     }
     assert_ne!(epochs_of_host_1[0], epochs_of_host_1[1], "the seed reshuffles every epoch");
-    // Epoch 0 streamed each object from S3 once (into the cache on the way); epoch 1, which
-    // dealt them to other hosts, read them from the cache.
+    // Each epoch deals an object to one host, which streams it once (into the cache on the
+    // way). Hosts run their epochs at their own pace, so another host's epoch 1 may want an
+    // object before epoch 0's stream of it has finished filling the cache: then it asks S3
+    // again, as every host on AWS does. Never more than once an epoch.
     let gets = crate::s3_server::object_gets(&bucket.name);
     for k in &keys {
-        assert_eq!(gets.get(&format!("train/{k}")), Some(&1), "GETs of {k}: {gets:?}");
+        let n = gets.get(&format!("train/{k}")).copied().unwrap_or(0);
+        assert!((1..=2).contains(&n), "GETs of {k}: {gets:?}");
+    }
+    // The same job again streams every epoch from the cache: not one GET.
+    let mut again = req.clone();
+    again["TrainingJobName"] = json!("pipe-shard-job-again");
+    again["OutputDataConfig"]["S3OutputPath"] = json!(bucket.uri("again"));
+    let run = sm.train(&again, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let warm = crate::s3_server::object_gets(&bucket.name);
+    for k in &keys {
+        let key = format!("train/{k}");
+        assert_eq!(warm.get(&key), gets.get(&key), "a warm run asked S3 for {k}: {warm:?}");
     }
     // An unsharded, unshuffled channel: every host gets every object, in key order.
     for host in ["algo-1", "algo-2", "algo-3"] {
