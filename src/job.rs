@@ -384,6 +384,24 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
 
     let compress = f.output_data_config.compression_type.as_deref() != Some("NONE");
     let name = f.training_job_name.clone();
+    // A built-in algorithm's metrics are SageMaker's to define: it fills them in (and
+    // DescribeTrainingJob shows them) when the request names none. A script run by the
+    // same image prints what its author chose, so it gets none.
+    let script_mode = f.hyper_parameters.contains_key("sagemaker_program");
+    let mut metric_definitions = algo.metric_definitions.clone();
+    let mut request = request;
+    if metric_definitions.is_empty()
+        && !script_mode
+        && let Some(defs) = crate::images::builtin_metric_definitions(&image)
+    {
+        let listed: Vec<Value> = defs.iter().map(|d| serde_json::json!({"Name": d.name, "Regex": d.regex})).collect();
+        if let Some(Value::Object(spec)) = request.raw.get_mut("AlgorithmSpecification") {
+            spec.insert("MetricDefinitions".into(), Value::Array(listed));
+        }
+        metric_definitions = defs;
+    }
+    let f = &request.fields;
+    let algo = f.algorithm_specification.as_ref().ok_or(JobError::NoAlgorithmSpecification)?;
     Ok(Job {
         arn: format!(
             "arn:aws:sagemaker:{}:{}:training-job/{}",
@@ -409,7 +427,7 @@ pub fn plan(request: Request, settings: &Settings) -> Result<Job, JobError> {
         compress,
         max_runtime: f.stopping_condition.as_ref().and_then(|s| s.max_runtime_in_seconds).map(Duration::from_secs),
         network_isolation: f.enable_network_isolation,
-        metric_definitions: algo.metric_definitions.clone(),
+        metric_definitions,
         checkpoint,
         tensorboard,
         notices,
@@ -536,6 +554,34 @@ mod tests {
         });
         edit(&mut v);
         spec::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn sagemaker_s_xgboost_gets_its_metric_definitions_unless_the_request_or_a_script_names_them() {
+        let xgboost = "683313688378.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-xgboost:1.7-1";
+        let job = plan(request(|v| v["AlgorithmSpecification"]["TrainingImage"] = json!(xgboost)), &settings()).unwrap();
+        assert!(job.metric_definitions.iter().any(|d| d.name == "validation:rmse"));
+        let shown = &job.request.raw["AlgorithmSpecification"]["MetricDefinitions"];
+        assert_eq!(shown.as_array().map(Vec::len), Some(job.metric_definitions.len()), "DescribeTrainingJob shows them");
+        let own = plan(
+            request(|v| {
+                v["AlgorithmSpecification"]["TrainingImage"] = json!(xgboost);
+                v["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "mine", "Regex": "m=(.*)"}]);
+            }),
+            &settings(),
+        )
+        .unwrap();
+        assert_eq!(own.metric_definitions.len(), 1);
+        let script = plan(
+            request(|v| {
+                v["AlgorithmSpecification"]["TrainingImage"] = json!(xgboost);
+                v["HyperParameters"] = json!({"sagemaker_program": "\"train.py\""});
+            }),
+            &settings(),
+        )
+        .unwrap();
+        assert!(script.metric_definitions.is_empty());
+        assert!(plan(request(|_| {}), &settings()).unwrap().metric_definitions.is_empty());
     }
 
     #[test]

@@ -31,6 +31,10 @@
 //!   S3-compatible server, local folders).
 //!
 //! Running:
+//! - [`images`]: which image a request's image runs as: itself when on this machine, else
+//!   the map's local image for AWS's `repository:tag` (`mod.rs`); `ecr.rs` AWS's registry
+//!   form; `stand_ins.rs` smlocal's stand-ins for SageMaker's XGBoost and scikit-learn
+//!   images, built from `stand-ins/` (compiled in).
 //! - [`docker`]: the only module that talks to the Docker Engine (bollard).
 //! - [`relay`]: a loopback S3 endpoint made reachable from containers (script mode).
 //! - [`run`]: one job, start to record. A failed algorithm is an outcome, not an error.
@@ -91,6 +95,7 @@ mod checkpoints;
 mod cleanup;
 mod docker;
 mod hosting;
+mod images;
 mod job;
 mod logs;
 mod metrics;
@@ -117,6 +122,10 @@ pub use crate::cleanup::{Cleaned, clean_up};
 pub use crate::docker::Docker;
 pub use crate::hosting::runtime::InvokeError;
 pub use crate::hosting::{Hosting, HostingConfig, HostingError};
+pub use crate::images::{
+    EntrySource, ImageError, ImageMap, MAP_FILE as IMAGE_MAP_FILE, MAP_VARIABLE as IMAGE_MAP_VARIABLE, MapEntry,
+    build_stand_in, present as image_present, stand_in_names,
+};
 pub use crate::job::{Job, JobError, Settings, plan};
 pub use crate::logs::{LogSink, hosts as log_hosts, read as read_logs};
 pub use crate::metrics::{read as read_metrics, summarize as summarize_metrics};

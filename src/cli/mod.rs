@@ -68,6 +68,13 @@ enum Command {
         #[command(subcommand)]
         action: Option<CacheAction>,
     },
+    /// The image map: which local image runs a request's image from AWS's registry
+    /// (SageMaker's algorithms and frameworks, which cannot be pulled here), and whether it
+    /// is on this machine; `images build NAME` builds one of smlocal's stand-ins.
+    Images {
+        #[command(subcommand)]
+        action: Option<ImagesAction>,
+    },
     /// Check an algorithm image against the training contract with a set of short jobs;
     /// exits 0 when no check failed.
     Check(CheckArgs),
@@ -179,6 +186,16 @@ struct ServeArgs {
 }
 
 #[derive(Subcommand)]
+enum ImagesAction {
+    /// Build smlocal's local stand-in for one of SageMaker's images, with no registry: a
+    /// Debian root (mmdebstrap) and pinned wheels downloaded from PyPI on this machine.
+    Build {
+        /// xgboost (sagemaker-xgboost:1.7-1) or sklearn (sagemaker-scikit-learn:1.2-1-cpu-py3).
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum CacheAction {
     /// Remove least-recently-used objects until the cache is at most SIZE (0 empties it).
     Prune {
@@ -284,6 +301,7 @@ pub(crate) async fn main(cli: Cli) -> ExitCode {
         Command::Cleanup => cleanup().await,
         Command::Check(args) => check(args).await,
         Command::Cache { action } => cache(action),
+        Command::Images { action } => images(action).await,
         Command::Stop { name } => stop(&name),
         Command::Serve(args) => serve(args).await,
         Command::Deploy(args) => hosting::deploy(args).await,
@@ -877,6 +895,47 @@ fn cache(action: Option<CacheAction>) -> Result<ExitCode> {
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn images(action: Option<ImagesAction>) -> Result<ExitCode> {
+    let home = StateDir::from_env().root().to_path_buf();
+    if let Some(ImagesAction::Build { name }) = action {
+        let image = smlocal::build_stand_in(&name, &home)?;
+        println!("{image} is ready: requests for the AWS image it stands for now run here");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let map = smlocal::ImageMap::load(&home)?;
+    let docker = Docker::connect().await?;
+    println!("An image from AWS's registry (<account>.dkr.ecr.<region>.amazonaws.com/REPOSITORY:TAG, any region)");
+    println!("runs as itself when it is on this machine, else as the local image mapped to REPOSITORY:TAG.");
+    println!();
+    let rows: Vec<[String; 4]> = {
+        let mut rows = Vec::new();
+        for entry in map.entries() {
+            let here = match smlocal::image_present(&docker, &entry.image).await? {
+                Some(size) => format!("yes, {}", human_bytes(size)),
+                None => match entry.build {
+                    Some(name) => format!("no: smlocal images build {name}"),
+                    None => "no".to_string(),
+                },
+            };
+            rows.push([entry.key.clone(), entry.image.clone(), entry.source.to_string(), here]);
+        }
+        rows
+    };
+    let header = ["AWS IMAGE", "LOCAL IMAGE", "FROM", "ON THIS MACHINE"].map(String::from);
+    let widths: Vec<usize> =
+        (0..4).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    for row in [&header].into_iter().chain(&rows) {
+        println!("{:w0$}  {:w1$}  {:w2$}  {}", row[0], row[1], row[2], row[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]);
+    }
+    println!();
+    println!(
+        "Add entries in {} ({{\"REPOSITORY:TAG\": \"local/image:tag\"}}, REPOSITORY:* for every tag) or {}=REPOSITORY:TAG=IMAGE,...",
+        map.file().display(),
+        smlocal::IMAGE_MAP_VARIABLE
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -84,7 +84,7 @@ impl Hosting {
                 "PrimaryContainer.Image is required: smlocal serves images on this machine (a ModelPackageName refers to your AWS account)".into(),
             )
         })?;
-        self.docker.image_id(image).await?;
+        crate::images::resolve(&self.docker, self.state.root(), image).await?;
         if let Some(uri) = super::model_data::ModelData::of(container).uri() {
             self.storage
                 .check(uri)

@@ -162,7 +162,8 @@ async fn start_variant(
         }
         Err(_) => return Err(Failed("the model data took over an hour to download".into())),
     }
-    let resolved = h.docker.image_id(&plan.image).await.map_err(|e| Failed(e.to_string()))?;
+    let local = crate::images::resolve(&h.docker, h.state.root(), &plan.image).await.map_err(|e| Failed(e.to_string()))?;
+    let resolved = h.docker.image_id(&local.image).await.map_err(|e| Failed(e.to_string()))?;
     let mut env: Vec<String> = Vec::new();
     if let Some(vars) = plan.container.get("Environment").and_then(Value::as_object) {
         env.extend(vars.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())));
@@ -175,7 +176,7 @@ async fn start_variant(
             ServingContainer {
                 name: format!("smlocal-ep-{endpoint}-{generation}-{}-{}", plan.name, index + 1),
                 id: id.clone(),
-                image: &plan.image,
+                image: &local.image,
                 model_dir: &model_dir,
                 env: env.clone(),
                 labels,

@@ -79,6 +79,8 @@ pub enum HostingError {
     Store(#[from] HostingStoreError),
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error(transparent)]
+    Image(#[from] crate::images::ImageError),
 }
 
 impl HostingError {
@@ -86,6 +88,8 @@ impl HostingError {
         match self {
             HostingError::Validation(_) | HostingError::Spec(_) => AwsErrorKind::Validation,
             HostingError::Docker(DockerError::ImageMissing(_)) => AwsErrorKind::Validation,
+            HostingError::Image(e) if e.is_validation() => AwsErrorKind::Validation,
+            HostingError::Image(_) => AwsErrorKind::Internal,
             HostingError::LimitExceeded(_) => AwsErrorKind::ResourceLimitExceeded,
             HostingError::InUse(_) => AwsErrorKind::ResourceInUse,
             HostingError::Store(_) | HostingError::Docker(_) => AwsErrorKind::Internal,

@@ -36,6 +36,8 @@ struct Volume {
 
 pub(crate) struct Cluster<'a> {
     job: &'a Job,
+    /// The local image the hosts start from (the request's, or what the image map names).
+    image: String,
     docker: Docker,
     storage: Storage,
     options: &'a RunOptions,
@@ -53,6 +55,7 @@ impl<'a> Cluster<'a> {
     /// `smlocal cleanup` finds it again and never touches another state directory's.
     pub(crate) fn new(
         job: &'a Job,
+        image: String,
         docker: &Docker,
         storage: &Storage,
         options: &'a RunOptions,
@@ -64,6 +67,7 @@ impl<'a> Cluster<'a> {
         ]);
         Cluster {
             job,
+            image,
             docker: docker.clone(),
             storage: storage.clone(),
             options,
@@ -340,7 +344,7 @@ impl<'a> Cluster<'a> {
             name: format!("smlocal-{}-{}-{suffix}", job.name, host.name),
             hostname: if self.options.instance_hostnames { instance_hostname(&host.name) } else { host.name.clone() },
             alias: host.name.clone(),
-            image: job.image.clone(),
+            image: self.image.clone(),
             entrypoint: job.entrypoint.clone(),
             args: job.args.clone(),
             env,

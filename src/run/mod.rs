@@ -34,6 +34,8 @@ pub enum RunError {
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
+    Image(#[from] crate::images::ImageError),
+    #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
     Stage(#[from] StageError),
@@ -62,6 +64,7 @@ impl RunError {
             RunError::Docker(DockerError::ImageMissing(_)) | RunError::OutputExists(_) | RunError::Storage(_) => {
                 AwsErrorKind::Validation
             }
+            RunError::Image(e) if e.is_validation() => AwsErrorKind::Validation,
             _ => AwsErrorKind::Internal,
         }
     }
@@ -159,7 +162,7 @@ pub async fn run(
 /// named as the job's runner. Returns the record for [`run_admitted`].
 pub(crate) async fn admit(job: &Job, services: &Services) -> Result<Record, RunError> {
     let state = &services.state;
-    services.docker.ensure_image(&job.image).await?;
+    crate::images::resolve(&services.docker, state.root(), &job.image).await?;
     if state.job_dir(&job.name).exists() {
         return Err(StateError::ResourceInUse { arn: job.arn.clone() }.into());
     }
@@ -193,7 +196,16 @@ pub(crate) async fn run_admitted(
     let result = async {
         let dir = services.state.job_dir(&job.name);
         let work = services.state.resolved_work_dir(&job.name).map_err(|source| RunError::Io { path: dir, source })?;
-        let mut cluster = Cluster::new(job, &services.docker, &services.storage, options, services.state.root());
+        let image = crate::images::resolve(&services.docker, services.state.root(), &job.image).await?;
+        if let Some((key, source)) = &image.via {
+            tracing::info!(
+                "{} is not on this machine: running the local image {} that {source} maps {key} to",
+                job.image,
+                image.image
+            );
+        }
+        let mut cluster =
+            Cluster::new(job, image.image, &services.docker, &services.storage, options, services.state.root());
         let stop_requested = CancellationToken::new();
         // In-process stops (StopTrainingJob in `smlocal serve`) take the same path as a
         // `smlocal stop` from another process, a marker in the job's folder, so there is

@@ -147,7 +147,11 @@ async fn execute(
         .first()
         .map(|c| (*c).clone())
         .unwrap_or_default();
-    let image = container.get("Image").and_then(Value::as_str).unwrap_or_default().to_string();
+    let requested = container.get("Image").and_then(Value::as_str).unwrap_or_default();
+    let image = crate::images::resolve(&h.docker, h.state.root(), requested)
+        .await
+        .map_err(|e| failed(format!("ClientError: {e}")))?
+        .image;
     let data = ModelData::of(&container);
     let model_dir = store.model_dir(&name);
     model_data::fetch(&h.storage, &data, &model_dir).await.map_err(|e| {
