@@ -559,10 +559,15 @@ mod tests {
     #[test]
     fn sagemaker_s_xgboost_gets_its_metric_definitions_unless_the_request_or_a_script_names_them() {
         let xgboost = "683313688378.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-xgboost:1.7-1";
-        let job = plan(request(|v| v["AlgorithmSpecification"]["TrainingImage"] = json!(xgboost)), &settings()).unwrap();
+        let job =
+            plan(request(|v| v["AlgorithmSpecification"]["TrainingImage"] = json!(xgboost)), &settings()).unwrap();
         assert!(job.metric_definitions.iter().any(|d| d.name == "validation:rmse"));
         let shown = &job.request.raw["AlgorithmSpecification"]["MetricDefinitions"];
-        assert_eq!(shown.as_array().map(Vec::len), Some(job.metric_definitions.len()), "DescribeTrainingJob shows them");
+        assert_eq!(
+            shown.as_array().map(Vec::len),
+            Some(job.metric_definitions.len()),
+            "DescribeTrainingJob shows them"
+        );
         let own = plan(
             request(|v| {
                 v["AlgorithmSpecification"]["TrainingImage"] = json!(xgboost);

@@ -52,13 +52,15 @@ done < <(grep -v -e '^#' -e '^$' "$requirements" | sed 's/[[:space:]]*#.*//')
 cp "$requirements" "$ctx/requirements.txt"
 cp -r "$here/$name/files" "$ctx/files"
 pip_wheel=$(cd "$ctx/wheels" && ls pip-*.whl)
+# The wheels are installed in a first stage, so the image holds what they install, not them.
 cat > "$ctx/Dockerfile" <<DOCKERFILE
-FROM $base
+FROM $base AS install
 COPY wheels /tmp/wheels
 COPY requirements.txt /tmp/requirements.txt
 RUN python3 /tmp/wheels/$pip_wheel/pip install --quiet --no-index --find-links /tmp/wheels \\
-      --break-system-packages --root-user-action=ignore --no-warn-script-location -r /tmp/requirements.txt \\
- && rm -rf /tmp/wheels /tmp/requirements.txt /root/.cache
+      --break-system-packages --root-user-action=ignore --no-warn-script-location -r /tmp/requirements.txt
+FROM $base
+COPY --from=install /usr/local /usr/local
 COPY files /
 ENV PATH=/opt/smlocal/bin:/usr/local/bin:/usr/bin:/bin PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \\
     PYTHONPATH=/opt/smlocal/lib SMLOCAL_STANDS_FOR=$stands_for

@@ -162,7 +162,8 @@ async fn start_variant(
         }
         Err(_) => return Err(Failed("the model data took over an hour to download".into())),
     }
-    let local = crate::images::resolve(&h.docker, h.state.root(), &plan.image).await.map_err(|e| Failed(e.to_string()))?;
+    let local =
+        crate::images::resolve(&h.docker, h.state.root(), &plan.image).await.map_err(|e| Failed(e.to_string()))?;
     let resolved = h.docker.image_id(&local.image).await.map_err(|e| Failed(e.to_string()))?;
     let mut env: Vec<String> = Vec::new();
     if let Some(vars) = plan.container.get("Environment").and_then(Value::as_object) {

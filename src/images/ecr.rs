@@ -16,11 +16,10 @@ impl EcrImage {
     pub(crate) fn parse(image: &str) -> Option<EcrImage> {
         let (host, rest) = image.split_once('/')?;
         let labels: Vec<&str> = host.split('.').collect();
-        let suffix_ok = match labels.as_slice() {
-            [_, "dkr", "ecr", _, "amazonaws", "com"] => true,
-            [_, "dkr", "ecr", _, "amazonaws", "com", "cn"] => true,
-            _ => false,
-        };
+        let suffix_ok = matches!(
+            labels.as_slice(),
+            [_, "dkr", "ecr", _, "amazonaws", "com"] | [_, "dkr", "ecr", _, "amazonaws", "com", "cn"]
+        );
         let (account, region) = (labels.first()?, labels.get(3)?);
         if !suffix_ok || account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) || region.is_empty() {
             return None;

@@ -36,9 +36,7 @@ pub enum ImageError {
     Docker(#[from] DockerError),
     #[error("{}: {reason}. It holds a JSON object of \"repository:tag\": \"local image\" entries", path.display())]
     BadFile { path: PathBuf, reason: String },
-    #[error(
-        "{MAP_VARIABLE} entry '{entry}' is not repository:tag=image (e.g. sagemaker-xgboost:1.7-1=my/xgboost:1.7)"
-    )]
+    #[error("{MAP_VARIABLE} entry '{entry}' is not repository:tag=image (e.g. sagemaker-xgboost:1.7-1=my/xgboost:1.7)")]
     BadVariable { entry: String },
     #[error("there is no stand-in called '{name}'; smlocal builds: {known}")]
     UnknownStandIn { name: String, known: String },
@@ -241,7 +239,9 @@ pub(crate) fn builtin_metric_definitions(requested: &str) -> Option<Vec<MetricDe
             .flat_map(|channel| {
                 XGBOOST_METRICS.iter().map(move |metric| MetricDefinition {
                     name: format!("{channel}:{metric}"),
-                    regex: format!(r".*\[[0-9]+\].*#011{channel}-{metric}:([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?).*"),
+                    regex: format!(
+                        r".*\[[0-9]+\].*#011{channel}-{metric}:([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?).*"
+                    ),
                 })
             })
             .collect()
@@ -326,7 +326,8 @@ mod tests {
             r#"{"sagemaker-xgboost:*": "mine/xgb:any", "sagemaker-xgboost:1.7-1": "mine/xgb:1.7"}"#,
         )
         .unwrap();
-        let map = ImageMap::from_parts(home.path(), Some("sagemaker-xgboost:1.7-1=env/xgb:1.7, other:1=env/o:1")).unwrap();
+        let map =
+            ImageMap::from_parts(home.path(), Some("sagemaker-xgboost:1.7-1=env/xgb:1.7, other:1=env/o:1")).unwrap();
         let entry = map.lookup(xgb).unwrap();
         assert_eq!((entry.image.as_str(), &entry.source), ("env/xgb:1.7", &EntrySource::Variable));
         assert_eq!(
@@ -352,8 +353,10 @@ mod tests {
         assert_eq!(&re.captures(line).unwrap()[1], "0.61234");
         assert!(defs.iter().any(|d| d.name == "train:rmse"));
         assert!(
-            builtin_metric_definitions("683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3")
-                .is_none()
+            builtin_metric_definitions(
+                "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+            )
+            .is_none()
         );
         assert!(builtin_metric_definitions("smlocal/probe:latest").is_none());
     }

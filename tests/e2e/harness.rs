@@ -9,7 +9,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub(crate) const REGION: &str = "us-west-2";
@@ -54,6 +54,27 @@ pub(crate) fn toolkit_image() {
         images();
         build("build-toolkit-image.sh");
     });
+}
+
+/// Builds smlocal's stand-in NAME with `smlocal images build NAME`, as a user would, unless
+/// IMAGE is already there (cached by name); the downloaded wheels are kept in
+/// `target/stand-ins-home` for the next run. Fails loudly when the build fails.
+pub(crate) fn stand_in(name: &str, image: &str) {
+    static BUILT: OnceLock<Mutex<()>> = OnceLock::new();
+    let _one_at_a_time = BUILT.get_or_init(|| Mutex::new(())).lock().unwrap_or_else(|e| e.into_inner());
+    images();
+    let here = Command::new("docker").args(["image", "inspect", image]).output().expect("docker image inspect");
+    if here.status.success() {
+        return;
+    }
+    let home = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/stand-ins-home");
+    std::fs::create_dir_all(&home).expect("create target/stand-ins-home");
+    let status = Command::new(env!("CARGO_BIN_EXE_smlocal"))
+        .args(["images", "build", name])
+        .env("SMLOCAL_HOME", &home)
+        .status()
+        .expect("run smlocal images build");
+    assert!(status.success(), "smlocal images build {name} failed");
 }
 
 /// A `sourcedir.tar.gz` as the SageMaker SDK packs `entry_point` and `source_dir`.

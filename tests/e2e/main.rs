@@ -2,6 +2,7 @@
 //! S3-compatible server on 127.0.0.1. One test binary, so the images and the server are
 //! prepared once.
 
+mod builtins;
 mod cache;
 mod check;
 mod clients;

@@ -20,6 +20,9 @@ from . import UserError, data, metrics, platform
 from .hyperparameters import Hyperparameters
 
 TRACKER_PORT = 9099
+# Where the first host says its tracker is listening (the tracker's own port takes every
+# connection as a worker's, so nothing may knock on it).
+READY_PORT = 9098
 CHECKPOINT = "xgboost-checkpoint"
 KEEP_CHECKPOINTS = 5
 
@@ -99,16 +102,28 @@ def saved(folder):
     return rounds
 
 
-def wait_for(host, port, seconds=300):
+def announce_ready(ip):
+    """Accepts (and closes) connections on READY_PORT from now on."""
+    ready = socket.create_server((ip, READY_PORT))
+
+    def serve():
+        while True:
+            connection, _ = ready.accept()
+            connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def wait_until_ready(ip, seconds=600):
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with socket.create_connection((host, port), timeout=2):
+            with socket.create_connection((ip, READY_PORT), timeout=2):
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise UserError(f"host {host} did not start the training tracker on port {port} in {seconds} s")
-            time.sleep(0.2)
+                raise UserError(f"the first host ({ip}) did not start the training tracker in {seconds} s")
+            time.sleep(0.05)
 
 
 def run():
@@ -181,11 +196,13 @@ def run():
     if rank == 0:
         tracker = xgb.tracker.RabitTracker(host_ip=first_ip, n_workers=len(hosts), port=TRACKER_PORT, sortby="task")
         tracker.start(len(hosts))
+        announce_ready(first_ip)
     else:
-        wait_for(first_ip, TRACKER_PORT)
+        wait_until_ready(first_ip)
     print(f"Distributed training: {current} is worker {rank} of {len(hosts)} (tracker {hosts[0]}:{TRACKER_PORT})",
           flush=True)
-    env = {"DMLC_TRACKER_URI": first_ip, "DMLC_TRACKER_PORT": TRACKER_PORT, "DMLC_TASK_ID": str(rank)}
+    env = {"DMLC_TRACKER_URI": first_ip, "DMLC_TRACKER_PORT": TRACKER_PORT, "DMLC_TASK_ID": str(rank),
+           "DMLC_WORKER_CONNECT_RETRY": 30}
     with xgb.collective.CommunicatorContext(**env):
         train_here()
     if tracker is not None:
@@ -204,3 +221,7 @@ def main():
     except Exception as e:
         traceback.print_exc()
         platform.fail(f"{type(e).__name__}: {e}")
+
+
+if __name__ == "__main__":
+    main()
