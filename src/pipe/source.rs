@@ -1,20 +1,33 @@
 //! The bytes of one piece of an epoch (an object, or an augmented manifest attribute), read
-//! on the feed's own thread: from the cache when the object is there, else straight from
-//! storage as the response arrives (copied into the cache on the way, for the next epoch),
-//! decompressed when the channel is `Gzip`. The next objects' requests are sent while this
-//! one is written, so a channel of small objects far away is not one round trip per object.
+//! on the feed's own thread: from the cache when the object is there, else from storage in
+//! ranges ([`FIRST_RANGE`], then [`RANGE`] bytes), each read whole as fast as the network
+//! gives it (so a reader that pauses never stalls a request into its timeout) and copied
+//! into the cache on the way, for the next epoch; decompressed when the channel is `Gzip`.
+//! The first range of the next objects and the next ranges of this one are requested while
+//! this one is written, so neither small objects far away nor one large one cost a round
+//! trip each.
 
 use super::{FeedError, Piece};
 use crate::cache::{Cache, Filler};
 use crate::storage::{Body, ObjectInfo, Opened, Storage, StorageError};
-use futures::StreamExt;
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::Read;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-/// Requests sent ahead of the piece being written.
+/// Objects whose first range is requested ahead of the piece being written.
 const AHEAD: usize = 8;
+
+/// The bytes one request reads after an object's first: with [`AHEAD`] and [`DEPTH`], what
+/// a feed holds in memory is bounded (at most 8 first ranges and 4 ranges, 24 MiB).
+const RANGE: u64 = 4 << 20;
+
+/// An object's first request: small, so its first byte reaches the FIFO soon.
+const FIRST_RANGE: u64 = 1 << 20;
+
+/// Ranges of the object being written that are requested ahead of the one being copied.
+const DEPTH: usize = 3;
 
 /// A decompressed object up to this size is framed from memory; a larger one is spilled to a
 /// temporary file first (a RecordIO header needs the length before the payload).
@@ -56,7 +69,11 @@ impl Sources {
                 && !self.cached(uri, info.as_ref())
             {
                 let (storage, uri) = (self.storage.clone(), uri.clone());
-                self.ahead.push_back((i, self.handle.spawn(async move { storage.open(&uri).await })));
+                let info = info.clone();
+                self.ahead.push_back((
+                    i,
+                    self.handle.spawn(async move { storage.open(&uri, info.as_ref(), FIRST_RANGE).await }),
+                ));
             }
         }
         let (uri, info) = match &pieces[at] {
@@ -82,7 +99,7 @@ impl Sources {
                             })
                         })
                     }
-                    _ => self.handle.block_on(self.storage.open(uri)),
+                    _ => self.handle.block_on(self.storage.open(uri, info.as_ref(), FIRST_RANGE)),
                 }
                 .map_err(|source| FeedError::Source { uri: uri.clone(), source })?;
                 self.stream(uri, info.as_ref(), opened)
@@ -100,10 +117,10 @@ impl Sources {
         info.is_some_and(|i| self.lookup.path_of(uri, i).exists())
     }
 
-    /// An object as it arrives, kept in the cache under the version the listing named (the
-    /// one the next epoch looks up: a listing and a GET need not both carry an ETag), or the
-    /// GET's own when nothing was listed. One whose size changed since it was listed is not
-    /// kept.
+    /// An object as its ranges arrive, kept in the cache under the version the listing named
+    /// (the one the next epoch looks up: a listing and a GET need not both carry an ETag),
+    /// or the one asked for when nothing was listed. One whose size changed since it was
+    /// listed is not kept.
     fn stream(&self, uri: &str, listed: Option<&ObjectInfo>, opened: Opened) -> Opening {
         let size = Some(opened.info.size);
         let version = match listed {
@@ -113,10 +130,21 @@ impl Sources {
         };
         match opened.body {
             Body::File(file) => Opening { reader: Box::new(file), size },
-            Body::Stream(stream) => {
+            Body::Ranged { first } => {
                 let fill = self.cache.as_ref().zip(version).and_then(|(c, v)| c.begin_fill(uri, v));
-                let reader =
-                    StreamRead { handle: self.handle.clone(), stream, chunk: bytes::Bytes::new(), fill, done: false };
+                let reader = RangedRead {
+                    handle: self.handle.clone(),
+                    storage: self.storage.clone(),
+                    uri: uri.to_string(),
+                    etag: opened.info.etag.clone(),
+                    size: opened.info.size,
+                    requested: first.len() as u64,
+                    pending: VecDeque::new(),
+                    chunk: Bytes::new(),
+                    fill,
+                };
+                let mut reader = reader;
+                reader.arrived(first);
                 Opening { reader: Box::new(reader), size }
             }
         }
@@ -152,37 +180,67 @@ impl Drop for Sources {
     }
 }
 
-/// A response body read as a file is, chunk by chunk, copied into the cache as it passes.
-struct StreamRead {
+/// An S3 object read as a file is: range after range, the next [`DEPTH`] requested while
+/// one is copied, each copied into the cache as it passes.
+struct RangedRead {
     handle: Handle,
-    stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, StorageError>>,
-    chunk: bytes::Bytes,
+    storage: Storage,
+    uri: String,
+    etag: Option<String>,
+    size: u64,
+    /// Bytes of the object requested so far (the next range starts here).
+    requested: u64,
+    pending: VecDeque<JoinHandle<Result<Bytes, StorageError>>>,
+    chunk: Bytes,
     fill: Option<Filler>,
-    done: bool,
 }
 
-impl Read for StreamRead {
+impl RangedRead {
+    /// Takes in a range that arrived; the cache entry is committed once the last has.
+    fn arrived(&mut self, bytes: Bytes) {
+        if let Some(fill) = &mut self.fill {
+            fill.write(&bytes);
+        }
+        self.chunk = bytes;
+        self.request_ahead();
+        if self.requested >= self.size
+            && self.pending.is_empty()
+            && let Some(fill) = self.fill.take()
+        {
+            fill.commit();
+        }
+    }
+
+    fn request_ahead(&mut self) {
+        while self.pending.len() < DEPTH && self.requested < self.size {
+            let range = self.requested..(self.requested + RANGE).min(self.size);
+            self.requested = range.end;
+            let (storage, uri, etag) = (self.storage.clone(), self.uri.clone(), self.etag.clone());
+            self.pending
+                .push_back(self.handle.spawn(async move { storage.read_range(&uri, range, etag.as_deref()).await }));
+        }
+    }
+}
+
+impl Read for RangedRead {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.chunk.is_empty() {
-            if self.done {
+            let Some(next) = self.pending.pop_front() else {
                 return Ok(0);
-            }
-            match self.handle.block_on(self.stream.next()) {
-                Some(Ok(chunk)) => {
-                    if let Some(fill) = &mut self.fill {
-                        fill.write(&chunk);
-                    }
-                    self.chunk = chunk;
+            };
+            match self.handle.block_on(next) {
+                Ok(Ok(bytes)) if !bytes.is_empty() => self.arrived(bytes),
+                Ok(Ok(_)) => {
+                    self.fill = None;
+                    return Err(std::io::Error::other(format!("{} ended before its listed size", self.uri)));
                 }
-                Some(Err(e)) => {
+                Ok(Err(e)) => {
                     self.fill = None;
                     return Err(std::io::Error::other(e));
                 }
-                None => {
-                    self.done = true;
-                    if let Some(fill) = self.fill.take() {
-                        fill.commit();
-                    }
+                Err(e) => {
+                    self.fill = None;
+                    return Err(std::io::Error::other(e));
                 }
             }
         }
@@ -190,5 +248,13 @@ impl Read for StreamRead {
         buf[..n].copy_from_slice(&self.chunk[..n]);
         self.chunk = self.chunk.slice(n..);
         Ok(n)
+    }
+}
+
+impl Drop for RangedRead {
+    fn drop(&mut self) {
+        for task in self.pending.drain(..) {
+            task.abort();
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! fetching an object to a file, uploading a file. `s3://` (AWS, MinIO, any S3-compatible
 //! server configured by the standard `AWS_*` variables) and `file://` behave alike.
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
@@ -242,8 +242,8 @@ pub(crate) struct Opened {
 
 /// An opened object's bytes.
 pub(crate) enum Body {
-    /// From S3, chunk by chunk as the response arrives.
-    Stream(futures::stream::BoxStream<'static, Result<bytes::Bytes, StorageError>>),
+    /// From S3: its first bytes; the rest by ranges.
+    Ranged { first: bytes::Bytes },
     /// A `file://` object.
     File(std::fs::File),
 }
@@ -464,21 +464,29 @@ impl Storage {
     }
 
     /// Opens one object for a reader that must not wait for all of it (Pipe mode): its size
-    /// and version, and its bytes as they arrive. A `file://` object is the file itself.
-    pub(crate) async fn open(&self, uri: &str) -> Result<Opened, StorageError> {
+    /// and version (`listed`, else asked for), and its first `first` bytes, read whole; the
+    /// rest comes by [`Storage::read_range`]. Ranges read whole keep every request's pace the
+    /// network's: a reader that pauses longer than a read timeout never fails a download. A
+    /// `file://` object is the file itself.
+    pub(crate) async fn open(
+        &self,
+        uri: &str,
+        listed: Option<&ObjectInfo>,
+        first: u64,
+    ) -> Result<Opened, StorageError> {
         match self.locate(uri)? {
-            Location::S3 { bucket, key } => {
-                let store = self.bucket(&bucket, uri)?;
-                let got = store.get(&key_path(&key)).await.map_err(|e| self.error(uri, e))?;
-                let info = ObjectInfo {
-                    key,
-                    size: got.meta.size,
-                    etag: got.meta.e_tag.clone(),
-                    modified_ms: got.meta.last_modified.timestamp_millis(),
+            Location::S3 { .. } => {
+                let info = match listed {
+                    Some(info) => info.clone(),
+                    None => self.head(uri).await?,
                 };
-                let (storage, uri) = (self.clone(), uri.to_string());
-                let body = got.into_stream().map_err(move |e| storage.error(&uri, e)).boxed();
-                Ok(Opened { info, body: Body::Stream(body) })
+                let end = info.size.min(first);
+                let bytes = if end == 0 {
+                    bytes::Bytes::new()
+                } else {
+                    self.read_range(uri, 0..end, info.etag.as_deref()).await?
+                };
+                Ok(Opened { info, body: Body::Ranged { first: bytes } })
             }
             Location::Local { path } => {
                 let not_found = |source: std::io::Error| match source.kind() {
@@ -493,6 +501,27 @@ impl Storage {
                 })
             }
         }
+    }
+
+    /// `range` of an S3 object, read whole. `etag` makes the server refuse the bytes of an
+    /// object that changed since it was listed.
+    pub(crate) async fn read_range(
+        &self,
+        uri: &str,
+        range: std::ops::Range<u64>,
+        etag: Option<&str>,
+    ) -> Result<bytes::Bytes, StorageError> {
+        let Location::S3 { bucket, key } = self.locate(uri)? else {
+            return Err(StorageError::BadUri { uri: uri.into(), reason: "ranged reads are for s3:// objects".into() });
+        };
+        let store = self.bucket(&bucket, uri)?;
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(range)),
+            if_match: etag.map(str::to_string),
+            ..Default::default()
+        };
+        let got = store.get_opts(&key_path(&key), options).await.map_err(|e| self.error(uri, e))?;
+        got.bytes().await.map_err(|e| self.error(uri, e))
     }
 
     /// Copies one object to `dest` (parents must exist). Returns the bytes written.

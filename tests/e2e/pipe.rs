@@ -226,15 +226,7 @@ fn an_object_of_600_mib_is_split_into_multipart_records() {
     let bucket = s3().bucket(&name);
     // Written as the S3 server's own file, mostly holes: 600 MiB that costs nothing on disk.
     let size: u64 = 600 << 20;
-    let path = s3().root.join(&name).join("big/blob.bin");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    {
-        use std::io::{Seek, SeekFrom};
-        let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(b"first sixteen b.").unwrap();
-        f.seek(SeekFrom::Start(size - 16)).unwrap();
-        f.write_all(b"...last sixteen!").unwrap();
-    }
+    s3().put_sparse(&name, "big/blob.bin", size, b"first sixteen b.", b"...last sixteen!");
     bucket.put("big/small.bin", b"tiny");
     let steps = ["pipe", "big", "1", "/opt/ml/model"];
     let mut big = pipe_channel("big", &bucket.uri("big/"), "S3Prefix");
@@ -458,4 +450,23 @@ fn a_fast_file_channel_is_read_only_for_the_algorithm() {
     assert_eq!(config["train"]["TrainingInputMode"], "FastFile");
     assert_eq!(std::fs::read(local.path().join("b.csv")).unwrap(), b"3,4\n");
     assert!(!local.path().join("new.csv").exists());
+}
+
+#[test]
+fn a_reader_that_pauses_longer_than_the_s3_timeout_still_gets_every_byte() {
+    // Ranges are read whole, as fast as the server sends them: no request waits on the
+    // reader, so a pause longer than SMLOCAL_S3_TIMEOUT fails nothing.
+    let sm = Smlocal::new();
+    let name = format!("pipe-pause-{}", unique());
+    let bucket = s3().bucket(&name);
+    let size: u64 = 40 << 20;
+    s3().put_sparse(&name, "slow/blob.bin", size, b"head", b"tail");
+    let steps = ["pipe-pause", "slow", "0", "4"];
+    let req =
+        pipe_request("pipe-pause-job", &bucket, &steps, vec![pipe_channel("slow", &bucket.uri("slow/"), "S3Prefix")]);
+    let file = sm.home.path().join("request-pause.json");
+    std::fs::write(&file, req.to_string()).unwrap();
+    let run = Run::from(sm.command().env("SMLOCAL_S3_TIMEOUT", "1").arg("train").arg(&file).output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains(&format!("pipe slow_0 bytes={size} after a 4 s pause")), "{run:?}");
 }

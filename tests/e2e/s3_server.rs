@@ -32,7 +32,40 @@ struct Control {
     stopped: tokio_util::sync::CancellationToken,
 }
 
+/// Base64, URL-safe, unpadded: how s3s-fs names an object's internal-info file.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
 impl S3Server {
+    /// An object written as the server's own file, mostly holes: `size` bytes that cost
+    /// nothing on disk, starting with `head` and ending with `tail`. Its ETag is recorded
+    /// where s3s-fs keeps one (the object's internal-info file), as an upload would have:
+    /// otherwise every GET, ranged or not, reads the whole file to hash it.
+    pub(crate) fn put_sparse(&self, bucket: &str, key: &str, size: u64, head: &[u8], tail: &[u8]) {
+        use std::io::{Seek, SeekFrom, Write};
+        let path = self.root.join(bucket).join(key);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("create the object's folder");
+        let mut f = std::fs::File::create(&path).expect("create the object");
+        f.write_all(head).expect("write its head");
+        f.seek(SeekFrom::Start(size - tail.len() as u64)).expect("seek");
+        f.write_all(tail).expect("write its tail");
+        let info = self.root.join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            base64_url(bucket.as_bytes()),
+            base64_url(key.as_bytes())
+        ));
+        std::fs::write(info, format!(r#"{{"e_tag":"sparse{size:024x}"}}"#)).expect("write the ETag");
+    }
+
     /// Starts a server of its own on its own thread and runtime, so it outlives every
     /// test's runtime.
     pub(crate) fn start() -> S3Server {

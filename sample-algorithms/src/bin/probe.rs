@@ -45,6 +45,7 @@
 //!                        opening the FIFO to its first byte, and the seconds from the first
 //!                        byte to the end (the benchmark's reader)
 //!   pipe-head CHANNEL E B  open CHANNEL_E, read B bytes, close it early; print what it did
+//!   pipe-pause CHANNEL E S open CHANNEL_E, read a byte, pause S seconds, read the rest; print its size
 //!   exists PATH          print "exists PATH=true" or "=false"
 //!   serve                the inference side (what SageMaker passes to a hosting image):
 //!                        port 8080, behaving as the environment says (see `serve` below)
@@ -83,7 +84,7 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
 fn arity(step: &str) -> usize {
     match step {
         "write" | "append" | "symlink" | "copy" | "sparse" => 2,
-        "send" | "pipe" | "pipe-head" => 3,
+        "send" | "pipe" | "pipe-head" | "pipe-pause" => 3,
         "pipe-time" => 2,
         "train" | "serve" | "env" | "args" | "may-fail" | "all" | "hostname-in-hosts" => 0,
         "only-if-unreachable" => 2,
@@ -403,6 +404,21 @@ fn main() {
                     let mut head = vec![0u8; want];
                     fifo.read_exact(&mut head)?;
                     println!("pipe {name} closed after {want} bytes");
+                    Ok(())
+                })
+            }
+            "pipe-pause" => {
+                // A training loop that stops reading for a while (an evaluation, a slow step).
+                let a = take(3, &mut i);
+                let seconds: u64 = a[2].parse().unwrap_or(0);
+                let name = format!("{}_{}", a[0], a[1]);
+                open_fifo(&name).and_then(|mut fifo| {
+                    use std::io::Read;
+                    let mut first = [0u8; 1];
+                    fifo.read_exact(&mut first)?;
+                    std::thread::sleep(Duration::from_secs(seconds));
+                    let rest = std::io::copy(&mut fifo, &mut std::io::sink())?;
+                    println!("pipe {name} bytes={} after a {seconds} s pause", rest + 1);
                     Ok(())
                 })
             }
