@@ -43,17 +43,15 @@ fn build(script: &str) {
     assert!(status.success(), "{} failed", script.display());
 }
 
-/// The framework image: SageMaker's training toolkit with scikit-learn and pandas.
-pub(crate) const TOOLKIT_IMAGE: &str = "smlocal/sklearn-toolkit:latest";
+/// The framework image: smlocal's stand-in for SageMaker's scikit-learn image (AWS's
+/// training toolkit with scikit-learn and pandas), which requests for
+/// `sagemaker-scikit-learn:1.2-1-cpu-py3` run as.
+pub(crate) const TOOLKIT_IMAGE: &str = "smlocal/sagemaker-scikit-learn:1.2-1-cpu-py3";
 
-/// Builds the framework image (mmdebstrap and wheels from PyPI; cached by name) once per
+/// Builds the framework image (`smlocal images build sklearn`; cached by name) once per
 /// process.
 pub(crate) fn toolkit_image() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        images();
-        build("build-toolkit-image.sh");
-    });
+    stand_in("sklearn", TOOLKIT_IMAGE);
 }
 
 /// Builds smlocal's stand-in NAME with `smlocal images build NAME`, as a user would, unless

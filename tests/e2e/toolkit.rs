@@ -119,14 +119,21 @@ fn the_sdks_sklearn_estimator_fits_through_the_server_isolated_and_not_and_its_a
     put_data(&bucket);
     let server = sm.serve(&["--max-parallel", "2", "--pass-aws-credentials"]);
     // (The SDK's SKLearn refuses instance_count > 1; two isolated hosts are tested above.)
-    for (isolated, hosts) in [("1", "1"), ("0", "1")] {
-        let run = python(
-            &sm,
-            &server,
-            "sdk_sklearn.py",
-            &[TOOLKIT_IMAGE, &bucket.uri("data"), &bucket.uri("out"), isolated, hosts],
-        );
+    // The second run names no image: the SDK picks AWS's for framework_version 1.2-1.
+    for (isolated, hosts, image) in [("1", "1", TOOLKIT_IMAGE), ("0", "1", "-")] {
+        let run =
+            python(&sm, &server, "sdk_sklearn.py", &[image, &bucket.uri("data"), &bucket.uri("out"), isolated, hosts]);
         assert_eq!(run.code, 0, "isolated={isolated} hosts={hosts}: {run:?}");
+        if image == "-" {
+            assert!(
+                run.stdout.contains(".dkr.ecr.us-west-2.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"),
+                "{run:?}"
+            );
+            assert!(
+                run.stdout.contains("a local stand-in for SageMaker's sagemaker-scikit-learn:1.2-1-cpu-py3 image"),
+                "{run:?}"
+            );
+        }
         let model = run.stdout.lines().find_map(|l| l.strip_prefix("model_data=")).expect("model_data").to_string();
         let key = model.splitn(4, '/').nth(3).unwrap();
         let entries = tar_entries(&bucket.get(key).unwrap_or_else(|| panic!("no model at {model}")));

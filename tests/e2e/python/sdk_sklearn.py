@@ -1,5 +1,6 @@
-"""The SDK's SKLearn estimator through `smlocal serve`, with the toolkit image smlocal builds
-(sample-algorithms/build-toolkit-image.sh) as image_uri.
+"""The SDK's SKLearn estimator through `smlocal serve`, with IMAGE as image_uri, or, for `-`,
+the image the SDK picks itself for framework_version 1.2-1 (AWS's registry path, which
+smlocal runs as its stand-in).
 
     sdk_sklearn.py IMAGE S3_DATA_PREFIX S3_OUTPUT_PATH ISOLATED INSTANCES
 
@@ -22,7 +23,7 @@ session = sagemaker.Session(boto_session=boto3.Session())
 estimator = SKLearn(
     entry_point="train.py",
     source_dir=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "toolkit"),
-    image_uri=image,
+    image_uri=None if image == "-" else image,
     framework_version="1.2-1",
     role="arn:aws:iam::123456789012:role/SageMakerRole",
     instance_count=int(instances),
@@ -37,6 +38,7 @@ started = time.time()
 estimator.fit({"train": f"{data}/train/"}, wait=True, logs=True)
 returned = time.time()
 print(f"model_data={estimator.model_data}")
+print(f"image={estimator.training_image_uri()}")
 name = estimator.latest_training_job.name
 print(f"job_name={name}")
 job = session.sagemaker_client.describe_training_job(TrainingJobName=name)
