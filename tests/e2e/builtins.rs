@@ -203,3 +203,112 @@ fn smlocal_images_shows_the_map_and_an_unmapped_aws_image_says_how_to_map_it() {
     assert!(mapped.stdout.contains("I am the mapped image"), "{mapped:?}");
     assert!(mapped.stderr.contains("running the local image smlocal/probe:latest"), "{mapped:?}");
 }
+
+/// Runs `xgboost_data.py` with the SDK's Python (no server needed: it only writes or scores).
+fn xgboost_data(args: &[&str]) -> Run {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/python/xgboost_data.py");
+    let run = Run::from(std::process::Command::new(sdk_python()).arg(script).args(args).output().expect("python"));
+    assert_eq!(run.code, 0, "xgboost_data.py {args:?}: {run:?}");
+    run
+}
+
+/// The model of a completed job, scored on the held-out rows: (RMSE, boosted rounds).
+fn score(bucket: &Bucket, sm: &Smlocal, job: &str, held_out: &str) -> (f64, u64) {
+    let archive = bucket.get(&format!("output/{job}/output/model.tar.gz")).expect("model.tar.gz uploaded");
+    let file = sm.home.path().join(format!("{job}.tar.gz"));
+    std::fs::write(&file, archive).expect("write the model");
+    let run = xgboost_data(&["score", &file.display().to_string(), held_out]);
+    let value = |key: &str| {
+        run.stdout.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no {key}: {run:?}")).to_string()
+    };
+    (value("rmse=").parse().expect("rmse"), value("rounds=").parse().expect("rounds"))
+}
+
+fn xgboost_request(name: &str, bucket: &Bucket, format: &str, content_type: &str, mode: &str, rounds: u32) -> Value {
+    let mut r = request(name, "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1", bucket);
+    r["AlgorithmSpecification"]["TrainingInputMode"] = json!(mode);
+    let channel = |channel: &str| {
+        json!({
+            "ChannelName": channel,
+            "ContentType": content_type,
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": bucket.uri(&format!("{format}/{channel}/")), "S3DataDistributionType": "FullyReplicated"}}
+        })
+    };
+    r["InputDataConfig"] = json!([channel("train"), channel("validation")]);
+    r["HyperParameters"] =
+        json!({"num_round": rounds.to_string(), "objective": "reg:squarederror", "max_depth": "4", "eta": "0.2"});
+    r
+}
+
+#[test]
+fn recordio_protobuf_through_a_pipe_parquet_and_a_resumed_checkpoint_train_as_on_sagemaker() {
+    stand_in("xgboost", XGBOOST);
+    let sm = Smlocal::new();
+    let bucket = s3().bucket(&format!("xgb-formats-{}", unique()));
+    let data = sm.home.path().join("data");
+    std::fs::create_dir_all(&data).expect("data folder");
+    xgboost_data(&["make", &data.display().to_string()]);
+    for format in ["rec", "parquet"] {
+        for channel in ["train", "validation"] {
+            let bytes = std::fs::read(data.join(format!("{channel}.{format}"))).expect("read the data");
+            bucket.put(&format!("{format}/{channel}/part-0.{format}"), &bytes);
+        }
+    }
+    let held_out = data.join("held-out.csv").display().to_string();
+
+    // RecordIO-protobuf written by the SDK, streamed through Pipe mode's FIFOs.
+    let name = format!("xgb-rec-{}", unique());
+    let run = sm.train(&xgboost_request(&name, &bucket, "rec", "application/x-recordio-protobuf", "Pipe", 40), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Train matrix has 1000 rows and 3 columns"), "{run:?}");
+    let (rmse, rounds) = score(&bucket, &sm, &name, &held_out);
+    // The label spans about ±6; 40 rounds of depth 4 leave the sine's wiggles.
+    assert!(rmse < 0.35 && rounds == 40, "RecordIO: RMSE {rmse} after {rounds} rounds: {run:?}");
+
+    // Parquet, label first, in File mode; with checkpoints kept in S3.
+    let prefix = format!("checkpoints/{}", unique());
+    let checkpoints = bucket.uri(&prefix);
+    let with_checkpoints = |name: &str, rounds: u32| {
+        let mut r = xgboost_request(name, &bucket, "parquet", "application/x-parquet", "File", rounds);
+        r["CheckpointConfig"] = json!({"S3Uri": checkpoints});
+        r
+    };
+    let first = format!("xgb-parquet-{}", unique());
+    let run = sm.train(&with_checkpoints(&first, 10), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Train matrix has 1000 rows and 3 columns"), "{run:?}");
+    assert!(!run.stdout.contains("Resuming"), "nothing to resume from yet: {run:?}");
+    // The newest five are kept, named as the algorithm names them.
+    let kept = object_names(&bucket, &prefix);
+    let expected: Vec<String> = (5..10).map(|n| format!("xgboost-checkpoint.{n}")).collect();
+    assert_eq!(kept, expected, "{run:?}");
+    let (_, rounds) = score(&bucket, &sm, &first, &held_out);
+    assert_eq!(rounds, 10);
+
+    // A second job on the same checkpoints resumes after round 9 instead of starting again.
+    let second = format!("xgb-resumed-{}", unique());
+    let run = sm.train(&with_checkpoints(&second, 40), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("Resuming from checkpoint /opt/ml/checkpoints/xgboost-checkpoint.9: 10 of 40 rounds done"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("[10]\ttrain-rmse:") && !run.stdout.contains("[9]\ttrain-rmse:"), "{run:?}");
+    let expected: Vec<String> = (35..40).map(|n| format!("xgboost-checkpoint.{n}")).collect();
+    assert_eq!(object_names(&bucket, &prefix), expected, "numbered by the model's rounds: {run:?}");
+    let (rmse, rounds) = score(&bucket, &sm, &second, &held_out);
+    assert!(rmse < 0.35 && rounds == 40, "resumed: RMSE {rmse} after {rounds} rounds: {run:?}");
+}
+
+/// The names of the objects under `prefix` in the bucket (s3s-fs keeps them as files),
+/// in their checkpoints' order.
+fn object_names(bucket: &Bucket, prefix: &str) -> Vec<String> {
+    let folder = s3().root.join(&bucket.name).join(prefix);
+    let mut names: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort_by_key(|n| n.rsplit('.').next().and_then(|r| r.parse::<u64>().ok()));
+    names
+}

@@ -50,14 +50,16 @@ def dmatrix(table, width):
 
 
 class Printer(xgb.callback.TrainingCallback):
-    """Each round's evaluation on one line, from the first host, as it happens."""
+    """Each round's evaluation on one line, from the first host, as it happens. A resumed
+    training counts its rounds from 0 in xgboost's callbacks; `done` (the rounds of the
+    checkpoint) makes the numbers the model's own, as the algorithm prints them."""
 
-    def __init__(self, rank):
-        self.rank = rank
+    def __init__(self, rank, done=0):
+        self.rank, self.done = rank, done
 
     def after_iteration(self, model, epoch, evals_log):
         if self.rank == 0 and evals_log:
-            line = f"[{epoch}]"
+            line = f"[{self.done + epoch}]"
             for channel, by_metric in evals_log.items():
                 for metric, log in by_metric.items():
                     line += f"\t{channel}-{metric}:{log[-1]:.5f}"
@@ -68,14 +70,15 @@ class Printer(xgb.callback.TrainingCallback):
 class Checkpoints(xgb.callback.TrainingCallback):
     """`xgboost-checkpoint.N` after round N in the checkpoint folder (the newest five kept)."""
 
-    def __init__(self, folder, rank):
-        self.folder, self.rank = folder, rank
+    def __init__(self, folder, rank, done=0):
+        self.folder, self.rank, self.done = folder, rank, done
 
     def after_iteration(self, model, epoch, evals_log):
         if self.rank != 0:
             return False
         os.makedirs(self.folder, exist_ok=True)
-        path = os.path.join(self.folder, f"{CHECKPOINT}.{epoch}")
+        # Named by the model's round, not the callback's count (which restarts on resume).
+        path = os.path.join(self.folder, f"{CHECKPOINT}.{self.done + epoch}")
         model.save_model(path + ".tmp")
         os.replace(path + ".tmp", path)
         for old in sorted(saved(self.folder))[:-KEEP_CHECKPOINTS]:
@@ -157,7 +160,6 @@ def run():
     print(f"Train matrix has {train.rows} rows and {width} columns"
           + (f"; validation matrix has {validation.rows} rows" if validation else ""), flush=True)
 
-    callbacks = [Printer(rank)]
     start_model, done = None, 0
     if checkpoint_config is not None:
         folder = checkpoint_config.get("LocalPath") or "/opt/ml/checkpoints"
@@ -166,7 +168,9 @@ def run():
             start_model = os.path.join(folder, f"{CHECKPOINT}.{max(rounds)}")
             done = max(rounds) + 1
             print(f"Resuming from checkpoint {start_model}: {done} of {hp.num_round} rounds done", flush=True)
-        callbacks.append(Checkpoints(folder, rank))
+    callbacks = [Printer(rank, done)]
+    if checkpoint_config is not None:
+        callbacks.append(Checkpoints(folder, rank, done))
     termination = Termination()
     if hp.values.get("save_model_on_termination"):
         signal.signal(signal.SIGTERM, lambda *_: termination.asked.set())
