@@ -12,6 +12,9 @@ OPERATIONS = [
     "CreateEndpointConfig", "DescribeEndpointConfig", "ListEndpointConfigs", "DeleteEndpointConfig",
     "CreateEndpoint", "DescribeEndpoint", "ListEndpoints", "UpdateEndpoint", "DeleteEndpoint",
     "CreateTransformJob", "DescribeTransformJob", "ListTransformJobs", "StopTransformJob",
+    "CreateHyperParameterTuningJob", "DescribeHyperParameterTuningJob",
+    "ListHyperParameterTuningJobs", "ListTrainingJobsForHyperParameterTuningJob",
+    "StopHyperParameterTuningJob",
 ]
 rel = "botocore/data/sagemaker/2017-07-24/service-2.json.gz"
 path = os.path.join(os.path.dirname(os.path.dirname(botocore.__file__)), rel)

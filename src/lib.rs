@@ -70,6 +70,9 @@
 //! - [`transform`]: batch transform: `plan.rs` the request typed, `records.rs` objects into
 //!   records and batches, `jsonpath.rs` the filters, `run.rs` one job start to record,
 //!   `store.rs` the records.
+//! - [`tuning`]: hyperparameter tuning jobs: `space.rs` the ranges and scales, `strategy.rs`
+//!   Random, Grid, Bayesian and Hyperband, `plan.rs` the request and each trial's training
+//!   job, `run.rs` the loop that launches and follows them, `record.rs`/`store.rs` the records.
 //!
 //! Front ends:
 //! - [`serve`]: `smlocal serve`: `mod.rs` HTTP, routing and AWS errors; `training.rs`,
@@ -112,6 +115,7 @@ mod state;
 mod storage;
 mod transform;
 mod tree;
+mod tuning;
 
 // The public surface: what the `smlocal` binary, the benchmark and the end-to-end tests use.
 // Everything else is `pub(crate)`, so the compiler reports what nothing uses.
@@ -144,3 +148,4 @@ pub use crate::state::{StateDir, StateError};
 pub use crate::storage::{S3Config, Storage};
 pub use crate::transform::{TransformOutcome, TransformProgress};
 pub use crate::tree::{Beneath, TreeError};
+pub use crate::tuning::{TuneOutcome, Tuning, TuningError};

@@ -32,6 +32,10 @@ enum Command {
     /// Run a CreateTrainingJob request (the JSON boto3 and `aws sagemaker create-training-job
     /// --cli-input-json` take) in the foreground.
     Train(TrainArgs),
+    /// Run a CreateHyperParameterTuningJob request in the foreground: its training jobs run
+    /// here (MaxParallelTrainingJobs at a time, as memory allows), shown as a live table
+    /// with their objective; Ctrl-C stops them all.
+    Tune(TuneArgs),
     /// Print a job's record as DescribeTrainingJob JSON.
     Describe {
         /// The TrainingJobName.
@@ -293,6 +297,7 @@ fn parse_time(text: &str) -> Result<f64, String> {
 pub(crate) async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train(args).await,
+        Command::Tune(args) => tune(args).await,
         Command::Describe { name } => describe(&name),
         Command::List(args) => list(args),
         Command::Logs { name, follow, host } => logs(&name, follow, host.as_deref()).await,
@@ -607,6 +612,96 @@ async fn stop_on_signals(shutdown: CancellationToken, hurry: CancellationToken, 
     hurry.cancel();
 }
 
+#[derive(clap::Args, Debug)]
+pub(crate) struct TuneArgs {
+    /// The CreateHyperParameterTuningJob request (JSON, as `aws sagemaker
+    /// create-hyper-parameter-tuning-job --cli-input-json` takes it).
+    request: std::path::PathBuf,
+    /// Seconds between SIGTERM and SIGKILL when a training job is stopped.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    stop_grace: u64,
+    /// Memory kept for this machine: no container may use it (default: the larger of 1 GiB
+    /// and 10% of memory).
+    #[arg(long, value_name = "SIZE", env = "SMLOCAL_MEMORY_RESERVE")]
+    memory_reserve: Option<String>,
+    /// Scale every container's memory cap down to fit this machine, instead of refusing.
+    #[arg(long)]
+    oversubscribe: bool,
+    /// Give the containers this process's AWS credentials and S3 endpoint.
+    #[arg(long)]
+    pass_aws_credentials: bool,
+}
+
+async fn tune(args: TuneArgs) -> Result<ExitCode> {
+    use smlocal::{Queue, QueueConfig};
+    use std::io::IsTerminal;
+    let text = std::fs::read_to_string(&args.request)
+        .with_context(|| format!("cannot read the request {}", args.request.display()))?;
+    let body: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a JSON request", args.request.display()))?;
+    let storage = Storage::from_env();
+    let max_parallel =
+        body["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxParallelTrainingJobs"].as_u64().unwrap_or(1).max(1)
+            as usize;
+    let config = QueueConfig {
+        settings: settings(args.memory_reserve.as_deref(), args.oversubscribe, &storage)?,
+        max_parallel,
+        stop_grace: Duration::from_secs(args.stop_grace),
+        pass_credentials: args.pass_aws_credentials,
+        hurry: CancellationToken::new(),
+    };
+    let hurry = config.hurry.clone();
+    let docker = Docker::connect().await?;
+    let queue = Arc::new(Queue::new(Services { state: StateDir::from_env(), docker, storage }, config));
+    let tuning = smlocal::Tuning::new(queue.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(stop_on_signals(stop.clone(), hurry, Duration::from_secs(args.stop_grace)));
+    // On a terminal the table is redrawn in place; otherwise each change is one line.
+    let tty = std::io::stdout().is_terminal();
+    let shown = std::sync::Mutex::new((0usize, std::collections::BTreeSet::<String>::new()));
+    let on_change: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |table: &str| {
+        let mut out = std::io::stdout().lock();
+        let Ok(mut shown) = shown.lock() else { return };
+        if tty {
+            if shown.0 > 0 {
+                let _ = write!(out, "\x1b[{}F\x1b[J", shown.0);
+            }
+            let _ = write!(out, "{table}");
+            shown.0 = table.lines().count();
+        } else {
+            for line in table.lines() {
+                if shown.1.insert(line.to_string()) {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
+        let _ = out.flush();
+    });
+    let outcome = tuning.tune_here(&body, stop, on_change).await;
+    queue.shut_down().await;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => bail!("{}: {e}", e.aws_kind().as_str()),
+    };
+    if let Some(why) = &outcome.completion {
+        eprintln!("smlocal: {} ended early: {why}", outcome.name);
+    }
+    match &outcome.best {
+        Some((job, value)) => eprintln!(
+            "smlocal: tuning job {} {} after {} training jobs; best: {job} ({value})",
+            outcome.name, outcome.status, outcome.jobs
+        ),
+        None => eprintln!(
+            "smlocal: tuning job {} {} after {} training jobs; no objective was reported",
+            outcome.name, outcome.status, outcome.jobs
+        ),
+    }
+    if let Some(reason) = &outcome.failure_reason {
+        eprintln!("smlocal: FailureReason: {reason}");
+    }
+    Ok(if outcome.status == "Completed" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
     use smlocal::{Queue, QueueConfig};
     if args.max_parallel == 0 {
@@ -682,7 +777,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let queue = Arc::new(Queue::new(Services { state: store, docker, storage }, config));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone(), config_hurry, Duration::from_secs(args.stop_grace)));
-    let api = Arc::new(smlocal::Api { queue: queue.clone(), hosting: hosting.clone() });
+    let tuning = Arc::new(smlocal::Tuning::new(queue.clone()));
+    let api = Arc::new(smlocal::Api { queue: queue.clone(), hosting: hosting.clone(), tuning });
     smlocal::serve(listener, api, signatures, shutdown).await;
     queue.shut_down().await;
     hosting.shut_down().await;

@@ -110,6 +110,7 @@ pub(crate) fn full(bytes: Bytes) -> Body {
 pub struct Api {
     pub queue: Arc<Queue>,
     pub hosting: Arc<Hosting>,
+    pub tuning: Arc<crate::tuning::Tuning>,
 }
 
 /// Serves the API on `listener` until `shutdown`, then lets every open connection finish
@@ -379,6 +380,11 @@ async fn dispatch(api: &Api, target: &str, body: Value) -> ApiResult {
         "SageMaker.DescribeTrainingJob" => training::describe(queue, body),
         "SageMaker.ListTrainingJobs" => training::list(queue, body),
         "SageMaker.StopTrainingJob" => training::stop(queue, body),
+        "SageMaker.CreateHyperParameterTuningJob" => tuning(api.tuning.create(body)),
+        "SageMaker.DescribeHyperParameterTuningJob" => tuning(api.tuning.describe(&body)),
+        "SageMaker.ListHyperParameterTuningJobs" => tuning(api.tuning.list(body)),
+        "SageMaker.ListTrainingJobsForHyperParameterTuningJob" => tuning(api.tuning.list_training_jobs(&body)),
+        "SageMaker.StopHyperParameterTuningJob" => tuning(api.tuning.stop(&body)),
         "Logs_20140328.DescribeLogStreams" => cloudwatch::describe_log_streams(queue.store(), &api.hosting, body).await,
         "Logs_20140328.GetLogEvents" => cloudwatch::get_log_events(queue.store(), &api.hosting, body).await,
         "Logs_20140328.FilterLogEvents" => log_filter::filter_log_events(queue.store(), &api.hosting, body).await,
@@ -387,10 +393,20 @@ async fn dispatch(api: &Api, target: &str, body: Value) -> ApiResult {
         other => Err(ApiError::new(
             "UnknownOperationException",
             format!(
-                "smlocal serve does not implement {other}; it answers SageMaker.CreateTrainingJob, DescribeTrainingJob, ListTrainingJobs, StopTrainingJob, Create/Describe/List/Delete Model and EndpointConfig, Create/Describe/List/Update/Delete Endpoint, Create/Describe/List/Stop TransformJob, the runtime's InvokeEndpoint, Logs_20140328.DescribeLogStreams, GetLogEvents, FilterLogEvents and CloudWatch's GetMetricStatistics, ListMetrics"
+                "smlocal serve does not implement {other}; it answers SageMaker.CreateTrainingJob, DescribeTrainingJob, ListTrainingJobs, StopTrainingJob, Create/Describe/List/Delete Model and EndpointConfig, Create/Describe/List/Update/Delete Endpoint, Create/Describe/List/Stop TransformJob, Create/Describe/List/Stop HyperParameterTuningJob and ListTrainingJobsForHyperParameterTuningJob, the runtime's InvokeEndpoint, Logs_20140328.DescribeLogStreams, GetLogEvents, FilterLogEvents and CloudWatch's GetMetricStatistics, ListMetrics"
             ),
         )),
     }
+}
+
+/// A tuning operation's answer, its errors as AWS sends them.
+fn tuning(result: Result<Value, crate::tuning::TuningError>) -> ApiResult {
+    result.map_err(|e| match e {
+        crate::tuning::TuningError::Spec(e) => e.into(),
+        // AWS's word for a tuning job that is not there.
+        crate::tuning::TuningError::NotFound(_) => ApiError::new("ResourceNotFound", e.to_string()),
+        other => ApiError::of(other.aws_kind(), other.to_string()),
+    })
 }
 
 /// A request ID for `x-amzn-RequestId`: the start time and a count, unique per server.

@@ -78,6 +78,21 @@ impl Queue {
         &self.services.state
     }
 
+    /// The machine and region every job is planned for.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.config.settings
+    }
+
+    /// Cancelled when the queue shuts down (tuning jobs stop with it).
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs `task` with the queue's jobs: [`Queue::shut_down`] waits for it too.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
     /// Validates and plans `request` (CreateTrainingJob JSON), reserves its name and starts it
     /// in the background. Returns the ARN as soon as the record exists.
     pub async fn create(&self, request: Value) -> Result<String, CreateError> {

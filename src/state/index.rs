@@ -57,6 +57,7 @@ pub(crate) enum Kind {
     Endpoint,
     Model,
     EndpointConfig,
+    TuningJob,
 }
 
 impl Kind {
@@ -67,6 +68,7 @@ impl Kind {
             Kind::Endpoint => "endpoint",
             Kind::Model => "model",
             Kind::EndpointConfig => "endpoint-config",
+            Kind::TuningJob => "tuning-job",
         }
     }
 }

@@ -21,4 +21,5 @@ mod staging;
 mod story;
 mod toolkit;
 mod transform;
+mod tuning;
 mod validation;

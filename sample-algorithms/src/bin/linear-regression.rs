@@ -1,7 +1,9 @@
 //! A real SageMaker training algorithm: linear regression by gradient descent on CSV data.
 //!
 //! It follows the training contract the way a production container does:
-//! - hyperparameters from `/opt/ml/input/config/hyperparameters.json` (all values strings),
+//! - hyperparameters from `/opt/ml/input/config/hyperparameters.json` (all values strings):
+//!   `epochs`, `learning_rate`, `l2` (a ridge penalty), `optimizer` (`gd` or `momentum`),
+//!   `target_column`,
 //! - data from the `train` channel (and `validation` when present), every `*.csv` file,
 //!   the target in `target_column` (default 0), no header,
 //! - the model in `/opt/ml/model/model.json`, a summary in `/opt/ml/output/data/summary-<host>.txt`,
@@ -42,7 +44,40 @@ struct Params {
     epochs: u32,
     learning_rate: f64,
     target_column: usize,
+    /// Ridge penalty on the weights (not the bias).
+    l2: f64,
+    /// `gd` (plain gradient descent) or `momentum` (heavy ball, coefficient 0.9).
+    optimizer: Optimizer,
 }
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Optimizer {
+    Gd,
+    Momentum,
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "gd" => Ok(Optimizer::Gd),
+            "momentum" => Ok(Optimizer::Momentum),
+            _ => Err(()),
+        }
+    }
+}
+
+impl Optimizer {
+    fn as_str(self) -> &'static str {
+        match self {
+            Optimizer::Gd => "gd",
+            Optimizer::Momentum => "momentum",
+        }
+    }
+}
+
+/// The momentum optimizer's coefficient.
+const MOMENTUM: f64 = 0.9;
 
 fn parse_params(raw: &serde_json::Map<String, serde_json::Value>) -> Result<Params, String> {
     fn get<T: std::str::FromStr>(
@@ -66,7 +101,15 @@ fn parse_params(raw: &serde_json::Map<String, serde_json::Value>) -> Result<Para
         epochs: get(raw, "epochs", 100, "a whole number of epochs, 1 or more")?,
         learning_rate: get(raw, "learning_rate", 0.05, "a positive number such as 0.05")?,
         target_column: get(raw, "target_column", 0, "a column index, 0 or more")?,
+        l2: get(raw, "l2", 0.0, "a number, 0 or more, such as 0.01")?,
+        optimizer: get(raw, "optimizer", Optimizer::Gd, "gd or momentum")?,
     };
+    if !(p.l2 >= 0.0 && p.l2.is_finite()) {
+        return Err(format!(
+            "ClientError: hyperparameter l2='{}' is not valid; expected a number, 0 or more, such as 0.01",
+            p.l2
+        ));
+    }
     if p.epochs == 0 {
         return Err("ClientError: hyperparameter epochs='0' is not valid; expected 1 or more".into());
     }
@@ -263,8 +306,12 @@ fn main() {
         .unwrap_or_default();
     let host = resource["current_host"].as_str().unwrap_or("unknown").to_string();
     println!(
-        "linear-regression on {host}: epochs={} learning_rate={} target_column={}",
-        params.epochs, params.learning_rate, params.target_column
+        "linear-regression on {host}: epochs={} learning_rate={} target_column={} l2={} optimizer={}",
+        params.epochs,
+        params.learning_rate,
+        params.target_column,
+        params.l2,
+        params.optimizer.as_str()
     );
 
     let hosts: Vec<String> = resource["hosts"]
@@ -298,6 +345,8 @@ fn main() {
         None => fail(&root, "AlgorithmError: a peer left before training began"),
     };
     let (mut w, mut b) = (vec![0.0; width], 0.0);
+    // The momentum optimizer's velocities (weights, then bias).
+    let mut velocity = vec![0.0; width + 1];
     let mut epochs_done = 0;
     let mut final_mse = f64::NAN;
     for epoch in 1..=params.epochs {
@@ -334,10 +383,18 @@ fn main() {
                 ),
             );
         }
-        for (wi, g) in w.iter_mut().zip(&total) {
-            *wi -= params.learning_rate * 2.0 * g / n;
+        let mut step: Vec<f64> = (0..width).map(|j| 2.0 * total[j] / n + 2.0 * params.l2 * w[j]).collect();
+        step.push(2.0 * total[width] / n);
+        if params.optimizer == Optimizer::Momentum {
+            for (v, g) in velocity.iter_mut().zip(step.iter_mut()) {
+                *v = MOMENTUM * *v + *g;
+                *g = *v;
+            }
         }
-        b -= params.learning_rate * 2.0 * total[width] / n;
+        for (wi, g) in w.iter_mut().zip(&step) {
+            *wi -= params.learning_rate * g;
+        }
+        b -= params.learning_rate * step[width];
         match &validation {
             Some((vx, vy)) if !vx.is_empty() => {
                 println!("epoch={epoch} train_mse={train_mse:.6} validation_mse={:.6}", mse(&w, b, vx, vy))

@@ -47,9 +47,15 @@
 //!   pipe-head CHANNEL E B  open CHANNEL_E, read B bytes, close it early; print what it did
 //!   pipe-pause CHANNEL E S open CHANNEL_E, read a byte, pause S seconds, read the rest; print its size
 //!   exists PATH          print "exists PATH=true" or "=false"
+//!   curve HP:N:MS        a training curve that a hyperparameter sets: for epoch 1..N print
+//!                        "epoch=E<tab>loss=L" with L = X·(1 + 1/E), X the float hyperparameter
+//!                        HP, pausing MS milliseconds after each line (what tuning tests
+//!                        rank and stop early)
 //!   serve                the inference side (what SageMaker passes to a hosting image):
 //!                        port 8080, behaving as the environment says (see `serve` below)
 //! Started as `probe -c "STEP ARG ..."` (a shell-form ENTRYPOINT), the steps are one string.
+//! Started as `probe train` (SageMaker's own start, as a tuning job's training jobs are), the
+//! steps are `$PROBE_STEPS`, split at white space.
 //! `{host}` in any argument becomes the current host from resourceconfig.json.
 //! Without `on-term`, SIGTERM is ignored, as it is for any PID 1 with no handler.
 
@@ -168,6 +174,13 @@ fn main() {
     // string, after the program the shell would start (the probe itself).
     if args.first().is_some_and(|a| a == "-c") {
         args = args.get(1).map(|s| s.split_whitespace().skip(1).map(str::to_string).collect()).unwrap_or_default();
+    }
+    // Started as SageMaker starts an image (`train`, no entrypoint of the request's own: a
+    // tuning job's definitions cannot name one), the steps come from the environment.
+    if args.iter().all(|a| a == "train")
+        && let Ok(steps) = std::env::var("PROBE_STEPS")
+    {
+        args = steps.split_whitespace().map(|a| a.replace("{host}", &host)).collect();
     }
     let mut may_fail = false;
     let mut term_code: Option<i32> = None;
@@ -447,6 +460,31 @@ fn main() {
                     Ok((files, bytes))
                 })();
                 counted.map(|(files, bytes)| println!("files={files} bytes={bytes}"))
+            }
+            "curve" => {
+                let spec = take(1, &mut i)[0].clone();
+                let mut parts = spec.split(':');
+                let (hp, n, ms) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+                let n: u32 = n.and_then(|n| n.parse().ok()).unwrap_or(1);
+                let ms: u64 = ms.and_then(|m| m.parse().ok()).unwrap_or(0);
+                let x: Option<f64> = fs::read_to_string("/opt/ml/input/config/hyperparameters.json")
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v.get(hp).and_then(|x| x.as_str()).and_then(|x| x.trim().parse().ok()));
+                match x {
+                    None => Err(std::io::Error::other(format!("no float hyperparameter {hp}"))),
+                    Some(x) => {
+                        for e in 1..=n {
+                            println!("epoch={e}\tloss={:.6}", x * (1.0 + 1.0 / f64::from(e)));
+                            let end = Instant::now() + Duration::from_millis(ms);
+                            while Instant::now() < end {
+                                check_term(term_code);
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                        Ok(())
+                    }
+                }
             }
             "sleep" => {
                 let secs: f64 = take(1, &mut i)[0].parse().unwrap_or(0.0);
