@@ -335,3 +335,67 @@ fn bad_requests_get_the_service_s_words_and_smlocal_tune_shows_a_table() {
         .collect();
     assert_eq!(names.len(), 2, "{stdout}");
 }
+
+#[test]
+fn several_definitions_take_turns_and_completion_criteria_end_the_search() {
+    let sm = Smlocal::new();
+    let server = sm.serve(&["--max-parallel", "2"]);
+    let bucket = s3().bucket(&format!("tune-defs-{}", unique()));
+    let name = format!("defs-{}", unique());
+    let mut request = probe_tuning(&name, &bucket, "Random", "on-term 0 curve x:2:0", json!({}), 4, 2);
+    let config = request["HyperParameterTuningJobConfig"].as_object_mut().unwrap();
+    let goal = config.remove("HyperParameterTuningJobObjective").unwrap();
+    config.remove("ParameterRanges");
+    let one = request.as_object_mut().unwrap().remove("TrainingJobDefinition").unwrap();
+    let definition = |def: &str, lo: &str, hi: &str| {
+        let mut d = one.clone();
+        d["DefinitionName"] = json!(def);
+        d["TuningObjective"] = goal.clone();
+        d["HyperParameterRanges"] =
+            json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": lo, "MaxValue": hi}]});
+        d
+    };
+    request["TrainingJobDefinitions"] = json!([definition("low", "1", "2"), definition("high", "5", "6")]);
+    let d = create_and_wait(&sm, &server, &request);
+    assert_eq!(d["HyperParameterTuningJobStatus"], "Completed", "{d:#}");
+    let jobs = d["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 4, "{d:#}");
+    for j in jobs {
+        let x: f64 = tuned(j, "x").parse().unwrap();
+        let expected = if x <= 2.0 { "low" } else { "high" };
+        assert_eq!(j["TrainingJobDefinitionName"], expected, "each job in its definition's ranges: {j}");
+    }
+    let low = jobs.iter().filter(|j| j["TrainingJobDefinitionName"] == "low").count();
+    assert_eq!(low, 2, "the definitions take turns: {d:#}");
+    assert_eq!(d["BestTrainingJob"]["TrainingJobDefinitionName"], "low", "{d:#}");
+
+    // TargetObjectiveMetricValue: the search ends once a job reaches it.
+    let ranges = json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "1", "MaxValue": "10"}]});
+    let target = format!("target-{}", unique());
+    let mut request = probe_tuning(&target, &bucket, "Random", "on-term 0 curve x:1:0", ranges.clone(), 30, 1);
+    request["HyperParameterTuningJobConfig"]["TuningJobCompletionCriteria"] =
+        json!({"TargetObjectiveMetricValue": 6.0});
+    let d = create_and_wait(&sm, &server, &request);
+    assert_eq!(d["HyperParameterTuningJobStatus"], "Completed", "{d:#}");
+    let jobs = d["jobs"].as_array().unwrap();
+    let best = objective(&d["BestTrainingJob"]).unwrap();
+    assert!(best <= 6.0 && jobs.len() < 30, "{} jobs, best {best}", jobs.len());
+    // Only the last job reached it: the search stopped right there.
+    let reached = jobs.iter().filter(|j| objective(j).is_some_and(|v| v <= 6.0)).count();
+    assert_eq!(reached, 1, "{d:#}");
+
+    // BestObjectiveNotImproving: three jobs in a row (the least botocore allows) no better
+    // than the best end it.
+    let flat = format!("flat-{}", unique());
+    let mut request = probe_tuning(&flat, &bucket, "Random", "on-term 0 curve x:1:0", ranges, 30, 1);
+    request["HyperParameterTuningJobConfig"]["TuningJobCompletionCriteria"] =
+        json!({"BestObjectiveNotImproving": {"MaxNumberOfTrainingJobsNotImproving": 3}});
+    let d = create_and_wait(&sm, &server, &request);
+    assert_eq!(d["HyperParameterTuningJobStatus"], "Completed", "{d:#}");
+    assert_eq!(d["TuningJobCompletionDetails"]["NumberOfTrainingJobsObjectiveNotImproving"], 3, "{d:#}");
+    let mut jobs: Vec<&Value> = d["jobs"].as_array().unwrap().iter().collect();
+    jobs.sort_by_key(|j| j["TrainingJobName"].as_str().unwrap().to_string());
+    let values: Vec<f64> = jobs.iter().map(|j| objective(j).unwrap()).collect();
+    let best_before = values[..values.len() - 3].iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(values[values.len() - 3..].iter().all(|&v| v >= best_before), "{values:?}");
+}
