@@ -18,6 +18,8 @@
 //!      100,000 small files.
 //!   j. Pipe mode (`pipe/mod.rs`): a FIFO fed from the cache against `cat` into a FIFO; the
 //!      first byte cold against 1% of the staging path.
+//!   k. a tuning job (`tuning/mod.rs`): `smlocal tune` of 20 sample jobs 4 at a time against
+//!      the same 20 jobs run by `smlocal train`, 4 processes at a time.
 //!
 //! `cargo bench --bench smlocal` runs the full sizes (1 GiB); `-- --tiny` runs small ones
 //! (what CI does to keep the benchmark working); `-- a c` runs only those.
@@ -38,6 +40,8 @@ mod pipe;
 mod s3_server;
 #[path = "scale/mod.rs"]
 mod scale;
+#[path = "tuning/mod.rs"]
+mod tuning;
 
 struct Size {
     objects: usize,
@@ -72,7 +76,7 @@ fn main() {
     // `-- a c` runs only those benchmarks.
     let picked: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"].contains(&a.as_str()))
+        .filter(|a| ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"].contains(&a.as_str()))
         .collect();
     let run = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
     println!("{:<44} {:>12} {:>12} {:>8}", "benchmark", "smlocal", "floor", "ratio");
@@ -105,6 +109,9 @@ fn main() {
     }
     if run("j") {
         rt.block_on(pipe::pipe_mode(root.path(), tiny));
+    }
+    if run("k") {
+        tuning::tune(root.path(), tiny);
     }
 }
 

@@ -26,6 +26,10 @@ const RANGE: u64 = 4 << 20;
 /// An object's first request: small, so its first byte reaches the FIFO soon.
 const FIRST_RANGE: u64 = 1 << 20;
 
+/// The first request of an object nobody asked for ahead (an epoch's first, cold): smaller
+/// still, since the reader is waiting for it.
+const WAITED_RANGE: u64 = 64 << 10;
+
 /// Ranges of the object being written that are requested ahead of the one being copied.
 const DEPTH: usize = 3;
 
@@ -55,13 +59,56 @@ impl Sources {
         Sources { handle, storage, cache: fill.then(|| cache.clone()), lookup: cache, gzip, ahead: VecDeque::new() }
     }
 
-    /// Opens `pieces[at]`, first sending the requests for the objects after it.
+    /// Opens `pieces[at]` and sends the requests for the objects after it: once its own
+    /// first range is in, so its first byte never waits behind theirs.
     pub(crate) fn open(&mut self, pieces: &[Piece], at: usize) -> Result<Opening, FeedError> {
         while self.ahead.front().is_some_and(|(i, _)| *i < at) {
             if let Some((_, task)) = self.ahead.pop_front() {
                 task.abort();
             }
         }
+        let (uri, info) = match &pieces[at] {
+            Piece::Text(bytes) => {
+                self.send_ahead(pieces, at);
+                return Ok(Opening {
+                    reader: Box::new(std::io::Cursor::new(bytes.clone())),
+                    size: Some(bytes.len() as u64),
+                });
+            }
+            Piece::Object { uri, info } => (uri, info),
+        };
+        let plain: Opening = match info.as_ref().and_then(|i| self.lookup.open_present(uri, i).map(|f| (f, i.size))) {
+            Some((file, size)) => {
+                self.send_ahead(pieces, at);
+                Opening { reader: Box::new(file), size: Some(size) }
+            }
+            None => {
+                let task = match self.ahead.front() {
+                    Some((i, _)) if *i == at => self.ahead.pop_front().map(|(_, task)| task),
+                    _ => None,
+                };
+                let task = task.unwrap_or_else(|| {
+                    let (storage, uri, info) = (self.storage.clone(), uri.clone(), info.clone());
+                    self.handle.spawn(async move { storage.open(&uri, info.as_ref(), WAITED_RANGE).await })
+                });
+                let opened = self.handle.block_on(task).unwrap_or_else(|e| {
+                    Err(StorageError::Io { action: "cannot read", path: uri.into(), source: std::io::Error::other(e) })
+                });
+                self.send_ahead(pieces, at);
+                let opened = opened.map_err(|source| FeedError::Source { uri: uri.clone(), source })?;
+                self.stream(uri, info.as_ref(), opened)
+            }
+        };
+        if !self.gzip {
+            return Ok(plain);
+        }
+        let decoder = flate2::read::MultiGzDecoder::new(plain.reader);
+        Ok(Opening { reader: Box::new(decoder), size: None })
+    }
+
+    /// Sends the first-range requests of the objects after `at` (up to [`AHEAD`] of them)
+    /// that are not already asked for or cached.
+    fn send_ahead(&mut self, pieces: &[Piece], at: usize) {
         let next = self.ahead.back().map(|(i, _)| i + 1).unwrap_or(at + 1).max(at + 1);
         let window = pieces.iter().enumerate().take(at + 1 + AHEAD).skip(next);
         for (i, piece) in window {
@@ -76,40 +123,6 @@ impl Sources {
                 ));
             }
         }
-        let (uri, info) = match &pieces[at] {
-            Piece::Text(bytes) => {
-                return Ok(Opening {
-                    reader: Box::new(std::io::Cursor::new(bytes.clone())),
-                    size: Some(bytes.len() as u64),
-                });
-            }
-            Piece::Object { uri, info } => (uri, info),
-        };
-        let plain: Opening = match info.as_ref().and_then(|i| self.lookup.open_present(uri, i).map(|f| (f, i.size))) {
-            Some((file, size)) => Opening { reader: Box::new(file), size: Some(size) },
-            None => {
-                let opened = match self.ahead.front() {
-                    Some((i, _)) if *i == at => {
-                        let (_, task) = self.ahead.pop_front().expect("front was just seen");
-                        self.handle.block_on(task).unwrap_or_else(|e| {
-                            Err(StorageError::Io {
-                                action: "cannot read",
-                                path: uri.into(),
-                                source: std::io::Error::other(e),
-                            })
-                        })
-                    }
-                    _ => self.handle.block_on(self.storage.open(uri, info.as_ref(), FIRST_RANGE)),
-                }
-                .map_err(|source| FeedError::Source { uri: uri.clone(), source })?;
-                self.stream(uri, info.as_ref(), opened)
-            }
-        };
-        if !self.gzip {
-            return Ok(plain);
-        }
-        let decoder = flate2::read::MultiGzDecoder::new(plain.reader);
-        Ok(Opening { reader: Box::new(decoder), size: None })
     }
 
     /// Whether the object is in the cache now (its request need not be sent ahead).

@@ -96,7 +96,16 @@ impl Queue {
     /// Validates and plans `request` (CreateTrainingJob JSON), reserves its name and starts it
     /// in the background. Returns the ARN as soon as the record exists.
     pub async fn create(&self, request: Value) -> Result<String, CreateError> {
-        let request = spec::from_value(request)?;
+        self.create_for(request, None).await
+    }
+
+    /// [`Queue::create`] for a tuning job's training job: its record (DescribeTrainingJob)
+    /// names the tuning job in `TuningJobArn`, as AWS's does.
+    pub(crate) async fn create_for(&self, request: Value, tuning_job_arn: Option<&str>) -> Result<String, CreateError> {
+        let mut request = spec::from_value(request)?;
+        if let Some(arn) = tuning_job_arn {
+            request.raw.insert("TuningJobArn".into(), Value::String(arn.to_string()));
+        }
         let job = job::plan(request, &self.config.settings)?;
         let span = tracing::info_span!("job", name = %job.name);
         for notice in &job.notices {

@@ -368,7 +368,7 @@ impl Run<'_> {
                 failure_reason: None,
                 stopped_early: None,
             };
-            match self.queue.create(request).await {
+            match self.queue.create_for(request, Some(&self.record.arn)).await {
                 Ok(arn) => trial.arn = arn,
                 Err(e) => {
                     // Checked at creation, so rare: an output that appeared meanwhile, say.

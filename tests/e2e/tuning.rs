@@ -226,6 +226,10 @@ fn early_stopping_stops_a_job_worse_than_the_median_and_a_silent_metric_says_why
         // It ran fewer than its 10 epochs, and its objective is the last it reported.
         let job = &d["training_jobs"][j["TrainingJobName"].as_str().unwrap()];
         assert_eq!(job["TrainingJobStatus"], "Stopped", "{job}");
+        assert!(
+            job["TuningJobArn"].as_str().is_some_and(|a| a.ends_with(&format!("hyper-parameter-tuning-job/{name}"))),
+            "{job}"
+        );
         assert!(objective(j).is_some_and(|v| v > x * 1.1), "stopped before epoch 10: {j}");
     }
     eprintln!("early stopping stopped {} of 10 jobs", stopped.len());
