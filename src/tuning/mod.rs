@@ -28,6 +28,18 @@ use store::TuningStore;
 
 pub(crate) use crate::hosting::store::HostingStoreError as TuningStoreError;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_table_shows_four_significant_digits_of_continuous_values() {
+        assert_eq!(super::short("0.04017084773942995"), "0.04017");
+        assert_eq!(super::short("0.0089363897246466"), "0.008936");
+        assert_eq!(super::short("12.3456"), "12.35");
+        assert_eq!(super::short("7"), "7");
+        assert_eq!(super::short("momentum"), "momentum");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TuningError {
     #[error(transparent)]
@@ -350,6 +362,17 @@ impl Tuning {
     }
 }
 
+/// A continuous value to four significant digits, for the table (the job has them all).
+fn short(value: &str) -> String {
+    match value.parse::<f64>() {
+        Ok(x) if x.is_finite() && x != 0.0 && (value.contains('.') || value.contains('e')) => {
+            let magnitude = x.abs().log10().floor() as i32;
+            format!("{x:.*}", (3 - magnitude).max(0) as usize)
+        }
+        _ => value.to_string(),
+    }
+}
+
 /// The parts of a record the command line prints.
 pub(crate) fn table(record: &TuningRecord) -> String {
     let mut out = format!("{:<48} {:<11} {:>14}  {}\n", "TRAINING JOB", "STATUS", "OBJECTIVE", "HYPERPARAMETERS");
@@ -359,7 +382,7 @@ pub(crate) fn table(record: &TuningRecord) -> String {
             || if t.objective_status == record::ObjectiveStatus::Failed { "-".to_string() } else { "…".to_string() },
             |v| format!("{v:.6}"),
         );
-        let tuned: Vec<String> = t.tuned.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let tuned: Vec<String> = t.tuned.iter().map(|(k, v)| format!("{k}={}", short(v))).collect();
         let mark = if best.as_deref() == Some(t.name.as_str()) { "*" } else { " " };
         out.push_str(&format!("{mark}{:<47} {:<11} {:>14}  {}\n", t.name, t.status, objective, tuned.join(" ")));
     }

@@ -279,7 +279,13 @@ const LOCAL_CANDIDATES: usize = 500;
 /// already scored the best loss so far ("constant liar"), so parallel proposals spread out
 /// instead of piling onto one spot.
 fn bayesian_next(rng: &mut Rng, dimensions: usize, observed: &[Observation], pending: &[Vec<f64>]) -> Vec<f64> {
-    let losses: Vec<f64> = observed.iter().map(|o| o.loss).collect();
+    // Objectives are often skewed (a diverging configuration scores 100× the good ones): the
+    // process models the log of each loss's distance above the best, so it tells the good
+    // configurations apart instead of spending its variance on the bad ones.
+    let lowest = observed.iter().map(|o| o.loss).fold(f64::INFINITY, f64::min);
+    let highest = observed.iter().map(|o| o.loss).fold(f64::NEG_INFINITY, f64::max);
+    let offset = (0.01 * (highest - lowest)).max(1e-12);
+    let losses: Vec<f64> = observed.iter().map(|o| (o.loss - lowest + offset).ln()).collect();
     let mean = losses.iter().sum::<f64>() / losses.len() as f64;
     let sd = (losses.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / losses.len() as f64).sqrt().max(1e-12);
     let best = losses.iter().copied().fold(f64::INFINITY, f64::min);
