@@ -259,69 +259,40 @@ impl Run<'_> {
 
     /// `TuningJobCompletionCriteria` and the first-failures rule.
     fn check_completion(&mut self) {
-        let finished: Vec<&Trial> = {
-            let mut f: Vec<&Trial> = self.record.trials.iter().filter(|t| t.is_terminal()).collect();
-            f.sort_by(|a, b| a.end_time.unwrap_or(0.0).total_cmp(&b.end_time.unwrap_or(0.0)));
-            f
-        };
-        if finished.len() >= FIRST_FAILURES.min(self.plan.job_limit().unwrap_or(u32::MAX) as usize)
-            && !finished.is_empty()
-            && finished.iter().all(|t| t.status == "Failed")
-            && finished.len() == self.record.trials.iter().filter(|t| t.is_terminal()).count()
-        {
-            let first = finished[0];
-            let reason = format!(
-                "The first {} training jobs failed, so no more were launched: {}: {}",
-                finished.len(),
-                first.name,
-                first.failure_reason.as_deref().unwrap_or("no reason given")
-            );
-            self.stop_all(TuningStatus::Failed, Some(reason));
-            return;
-        }
+        let mut finished: Vec<&Trial> = self.record.trials.iter().filter(|t| t.is_terminal()).collect();
+        finished.sort_by(|a, b| a.end_time.unwrap_or(0.0).total_cmp(&b.end_time.unwrap_or(0.0)));
         let Some((_, objective)) = self.record.objectives.first().cloned() else { return };
-        // The best so far, and how many finished jobs since it last improved.
-        let mut best: Option<f64> = None;
-        let mut since = 0u32;
-        let mut small_steps = 0usize;
-        for t in finished.iter().filter(|t| t.objective_status == ObjectiveStatus::Succeeded) {
-            let Some(v) = t.objective else { continue };
-            match best {
-                Some(b) if !objective.better(v, b) => {
-                    since += 1;
-                    small_steps += 1;
-                }
-                Some(b) => {
-                    since = 0;
-                    if (v - b).abs() < CONVERGED_BY * b.abs().max(1e-12) {
-                        small_steps += 1;
-                    } else {
-                        small_steps = 0;
-                    }
-                    best = Some(v);
-                }
-                None => best = Some(v),
+        let criteria = Criteria {
+            target: self.plan.target,
+            not_improving: self.plan.not_improving,
+            convergence: self.plan.convergence,
+            job_limit: self.plan.job_limit(),
+        };
+        match judge_completion(&finished, &objective, &criteria) {
+            Ending::Go => {}
+            Ending::FirstFailed { count, job, reason } => {
+                let reason =
+                    format!("The first {count} training jobs failed, so no more were launched: {job}: {reason}");
+                self.stop_all(TuningStatus::Failed, Some(reason));
             }
-        }
-        if let (Some(target), Some(b)) = (self.plan.target, best)
-            && !objective.better(target, b)
-        {
-            self.launching = false;
-            self.record.completion.reason =
-                Some(format!("the objective reached TargetObjectiveMetricValue {target} (best {b})"));
-        } else if let Some(limit) = self.plan.not_improving
-            && since >= limit
-        {
-            self.launching = false;
-            self.record.completion.not_improving = Some(since);
-            self.record.completion.reason =
-                Some(format!("{since} training jobs in a row did not improve the best objective"));
-        } else if self.plan.convergence && finished.len() >= CONVERGENCE_MIN_JOBS && small_steps >= CONVERGENCE_WINDOW {
-            self.launching = false;
-            self.record.completion.convergence_time = Some(now());
-            self.record.completion.reason = Some(format!(
-                "converged: {CONVERGENCE_WINDOW} training jobs in a row improved the best objective by less than {CONVERGED_BY} of it"
-            ));
+            Ending::Target { target, best } => {
+                self.launching = false;
+                self.record.completion.reason =
+                    Some(format!("the objective reached TargetObjectiveMetricValue {target} (best {best})"));
+            }
+            Ending::NotImproving(since) => {
+                self.launching = false;
+                self.record.completion.not_improving = Some(since);
+                self.record.completion.reason =
+                    Some(format!("{since} training jobs in a row did not improve the best objective"));
+            }
+            Ending::Converged => {
+                self.launching = false;
+                self.record.completion.convergence_time = Some(now());
+                self.record.completion.reason = Some(format!(
+                    "converged: {CONVERGENCE_WINDOW} training jobs in a row improved the best objective by less than {CONVERGED_BY} of it"
+                ));
+            }
         }
     }
 
@@ -439,6 +410,76 @@ impl Run<'_> {
     }
 }
 
+/// What ends a search early.
+#[derive(Debug, Clone, PartialEq)]
+struct Criteria {
+    target: Option<f64>,
+    not_improving: Option<u32>,
+    convergence: bool,
+    job_limit: Option<u32>,
+}
+
+/// The judgement on the finished training jobs (in the order they ended).
+#[derive(Debug, Clone, PartialEq)]
+enum Ending {
+    Go,
+    /// The first jobs all failed: the definition cannot train.
+    FirstFailed {
+        count: usize,
+        job: String,
+        reason: String,
+    },
+    Target {
+        target: f64,
+        best: f64,
+    },
+    NotImproving(u32),
+    Converged,
+}
+
+fn judge_completion(finished: &[&Trial], objective: &super::record::Objective, criteria: &Criteria) -> Ending {
+    let first = FIRST_FAILURES.min(criteria.job_limit.unwrap_or(u32::MAX) as usize).max(1);
+    if finished.len() >= first && finished[..first].iter().all(|t| t.status == "Failed") {
+        return Ending::FirstFailed {
+            count: first,
+            job: finished[0].name.clone(),
+            reason: finished[0].failure_reason.clone().unwrap_or_else(|| "no reason given".into()),
+        };
+    }
+    // The best so far, how many finished jobs since it last improved, and how many in a row
+    // improved it by less than the convergence threshold (or not at all).
+    let (mut best, mut since, mut small_steps) = (None::<f64>, 0u32, 0usize);
+    for t in finished.iter().filter(|t| t.objective_status == ObjectiveStatus::Succeeded) {
+        let Some(v) = t.objective else { continue };
+        match best {
+            Some(b) if !objective.better(v, b) => {
+                since += 1;
+                small_steps += 1;
+            }
+            Some(b) => {
+                since = 0;
+                small_steps = if (v - b).abs() < CONVERGED_BY * b.abs().max(1e-12) { small_steps + 1 } else { 0 };
+                best = Some(v);
+            }
+            None => best = Some(v),
+        }
+    }
+    if let (Some(target), Some(b)) = (criteria.target, best)
+        && !objective.better(target, b)
+    {
+        return Ending::Target { target, best: b };
+    }
+    if let Some(limit) = criteria.not_improving
+        && since >= limit
+    {
+        return Ending::NotImproving(since);
+    }
+    if criteria.convergence && finished.len() >= CONVERGENCE_MIN_JOBS && small_steps >= CONVERGENCE_WINDOW {
+        return Ending::Converged;
+    }
+    Ending::Go
+}
+
 /// A training job's objective values, in the order its first host reported them.
 fn curve(state: &StateDir, job: &str, metric: &str) -> Vec<f64> {
     let Ok(text) = std::fs::read_to_string(state.metrics_path(job)) else {
@@ -511,4 +552,70 @@ fn warm_start_observations(plan: &Plan, store: &TuningStore) -> Vec<Vec<Observat
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tuning::record::Objective;
+
+    fn trial(status: &str, objective: Option<f64>) -> Trial {
+        Trial {
+            name: format!("t-{status}-{objective:?}"),
+            arn: String::new(),
+            definition: None,
+            creation_time: 0.0,
+            start_time: None,
+            end_time: None,
+            status: status.into(),
+            tuned: Assignment::new(),
+            objective,
+            objective_status: if objective.is_some() { ObjectiveStatus::Succeeded } else { ObjectiveStatus::Failed },
+            failure_reason: (status == "Failed").then(|| "ClientError: no data".into()),
+            stopped_early: None,
+        }
+    }
+
+    fn judge(trials: &[Trial], maximize: bool, criteria: Criteria) -> Ending {
+        let refs: Vec<&Trial> = trials.iter().collect();
+        judge_completion(&refs, &Objective { maximize, metric: "m".into() }, &criteria)
+    }
+
+    const NONE: Criteria = Criteria { target: None, not_improving: None, convergence: false, job_limit: Some(10) };
+
+    #[test]
+    fn the_first_three_failures_end_the_search_but_a_later_one_does_not() {
+        let failed = vec![trial("Failed", None), trial("Failed", None), trial("Failed", None)];
+        assert!(matches!(judge(&failed, false, NONE), Ending::FirstFailed { count: 3, .. }));
+        assert_eq!(judge(&failed[..2], false, NONE), Ending::Go);
+        let mut later = vec![trial("Completed", Some(1.0))];
+        later.extend(failed);
+        assert_eq!(judge(&later, false, NONE), Ending::Go);
+        // A one-job tuning job fails with its job.
+        let one = Criteria { job_limit: Some(1), ..NONE };
+        assert!(matches!(judge(&later[1..2], false, one), Ending::FirstFailed { count: 1, .. }));
+    }
+
+    #[test]
+    fn target_not_improving_and_convergence_follow_the_objective_s_direction() {
+        let values = [3.0, 2.0, 2.5, 2.2, 2.1];
+        let trials: Vec<Trial> = values.iter().map(|&v| trial("Completed", Some(v))).collect();
+        assert_eq!(
+            judge(&trials, false, Criteria { target: Some(2.0), ..NONE }),
+            Ending::Target { target: 2.0, best: 2.0 }
+        );
+        assert_eq!(judge(&trials, false, Criteria { target: Some(1.5), ..NONE }), Ending::Go);
+        // Maximizing, 3.0 is the best and every later job is worse.
+        assert_eq!(
+            judge(&trials, true, Criteria { target: Some(2.9), ..NONE }),
+            Ending::Target { target: 2.9, best: 3.0 }
+        );
+        assert_eq!(judge(&trials, false, Criteria { not_improving: Some(3), ..NONE }), Ending::NotImproving(3));
+        assert_eq!(judge(&trials, true, Criteria { not_improving: Some(4), ..NONE }), Ending::NotImproving(4));
+        assert_eq!(judge(&trials, false, Criteria { not_improving: Some(4), ..NONE }), Ending::Go);
+        let flat: Vec<Trial> = (0..25).map(|i| trial("Completed", Some(1.0 - 1e-6 * f64::from(i)))).collect();
+        let converging = Criteria { convergence: true, job_limit: None, ..NONE };
+        assert_eq!(judge(&flat, false, converging.clone()), Ending::Converged);
+        assert_eq!(judge(&flat[..15], false, converging), Ending::Go, "fewer than twenty jobs");
+    }
 }

@@ -202,6 +202,51 @@ fn grid_runs_exactly_the_grid_a_tabbed_line_matches_and_lists_sort_by_objective(
     assert_eq!(w["HyperParameterTuningJobStatus"], "Completed", "{w:#}");
     assert_eq!(w["OverallBestTrainingJob"]["TrainingJobName"], best["TrainingJobName"], "{w:#}");
     assert_ne!(w["BestTrainingJob"]["TrainingJobName"], best["TrainingJobName"], "{w:#}");
+
+    // Other data: IdenticalDataAndAlgorithm is refused, naming the parent; TransferLearning runs.
+    bucket.put("train2/data.txt", b"2");
+    let mut other = warm.clone();
+    other["HyperParameterTuningJobName"] = json!(format!("other-{}", unique()));
+    other["TrainingJobDefinition"]["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] =
+        json!(bucket.uri("train2/"));
+    let refused = tuning_calls(&sm, &server, &["create", &request_file(&sm, &other)]);
+    assert_eq!(refused["error"], "ValidationException", "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("IdenticalDataAndAlgorithm needs the same TrainingImage and InputDataConfig as the parent")
+            && message.contains(&name),
+        "{message}"
+    );
+    other["WarmStartConfig"]["WarmStartType"] = json!("TransferLearning");
+    let t = create_and_wait(&sm, &server, &other);
+    assert_eq!(t["HyperParameterTuningJobStatus"], "Completed", "{t:#}");
+    assert_eq!(t["OverallBestTrainingJob"]["TrainingJobName"], best["TrainingJobName"], "{t:#}");
+}
+
+#[test]
+fn a_tuning_job_whose_server_was_killed_is_failed_by_the_next_server() {
+    let sm = Smlocal::new();
+    let mut server = sm.serve(&[]);
+    let bucket = s3().bucket(&format!("tune-kill-{}", unique()));
+    let name = format!("kill-{}", unique());
+    let ranges = json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "1", "MaxValue": "2"}]});
+    let request = probe_tuning(&name, &bucket, "Random", "on-term 0 curve x:300:200", ranges, 2, 1);
+    let created = tuning_calls(&sm, &server, &["create", &request_file(&sm, &request)]);
+    assert!(created["HyperParameterTuningJobArn"].is_string(), "{created}");
+    wait_until("a training job running", std::time::Duration::from_secs(60), || {
+        let listed = sm.command().args(["list", "--name-contains", &name]).output().unwrap();
+        String::from_utf8_lossy(&listed.stdout).contains("InProgress")
+    });
+    server.kill();
+    let server = sm.serve(&[]);
+    let d = tuning_calls(&sm, &server, &["wait", &name]);
+    assert_eq!(d["HyperParameterTuningJobStatus"], "Failed", "{d:#}");
+    assert!(d["FailureReason"].as_str().unwrap_or_default().contains("ended before it did"), "{d:#}");
+    let jobs = d["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{d:#}");
+    let job = jobs[0]["TrainingJobName"].as_str().unwrap();
+    assert_eq!(d["training_jobs"][job]["TrainingJobStatus"], "Failed", "the new server's cleanup ended it: {d:#}");
+    assert_eq!(leftovers(job), (String::new(), String::new()), "{job} left containers or networks");
 }
 
 #[test]
