@@ -262,6 +262,9 @@ impl Plan {
             None
         };
 
+        if body.get("Autotune").is_some() {
+            errors.push("Autotune: choosing the strategy and ranges for you is not available on this machine; give HyperParameterTuningJobConfig in full".into());
+        }
         let warm_start = body.get("WarmStartConfig").map(|w| WarmStart {
             kind: if text(w, "WarmStartType") == "TransferLearning" {
                 WarmStartKind::TransferLearning
@@ -469,12 +472,14 @@ mod tests {
         r["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"] = json!("accuracy");
         r["TrainingJobDefinition"]["StaticHyperParameters"]["lr"] = json!("0.2");
         r["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxParallelTrainingJobs"] = json!(9);
+        r["Autotune"] = json!({"Mode": "Enabled"});
         let errors = Plan::of(&r, 1).unwrap_err().join("\n");
         for words in [
             "ContinuousParameterRanges cannot be used with it",
             "the objective metric 'accuracy' is not one of the metrics the training jobs report (loss)",
             "StaticHyperParameters: 'lr' is tuned",
             "MaxParallelTrainingJobs (9) cannot be greater than MaxNumberOfTrainingJobs (4)",
+            "Autotune: choosing the strategy and ranges for you is not available on this machine",
         ] {
             assert!(errors.contains(words), "{words}:\n{errors}");
         }
