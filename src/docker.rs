@@ -149,6 +149,7 @@ pub struct ImageInfo {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub size_bytes: u64,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A path the container added, changed or deleted outside its mounts.
@@ -452,6 +453,7 @@ impl Docker {
             entrypoint: config.entrypoint.unwrap_or_default(),
             cmd: config.cmd.unwrap_or_default(),
             size_bytes: inspected.size.unwrap_or(0).max(0) as u64,
+            labels: config.labels.unwrap_or_default().into_iter().collect(),
         })
     }
 

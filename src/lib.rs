@@ -128,7 +128,7 @@ pub use crate::hosting::runtime::InvokeError;
 pub use crate::hosting::{Hosting, HostingConfig, HostingError};
 pub use crate::images::{
     EntrySource, ImageError, ImageMap, MAP_FILE as IMAGE_MAP_FILE, MAP_VARIABLE as IMAGE_MAP_VARIABLE, MapEntry,
-    build_stand_in, present as image_present, stand_in_names,
+    build_stand_in, present as image_present, stand_in_names, stand_in_outdated,
 };
 pub use crate::job::{Job, JobError, Settings, plan};
 pub use crate::logs::{LogSink, hosts as log_hosts, read as read_logs};

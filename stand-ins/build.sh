@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Builds one of smlocal's local stand-ins for SageMaker's own images with no registry:
-#   build.sh NAME IMAGE STANDS_FOR
+#   build.sh NAME IMAGE STANDS_FOR [DIGEST]
 # NAME is a folder beside this script (xgboost, sklearn) holding requirements.txt and the
 # stand-in's own files; IMAGE the local name to tag; STANDS_FOR the AWS repository:tag it
 # answers for (printed by the stand-in when it starts). The root is Debian bookworm made by
 # mmdebstrap (cached as smlocal/python-native-base:bookworm); Python packages are wheels
 # downloaded on this machine at the pinned versions (a build container cannot reach PyPI)
-# into $WHEELS, which is kept between builds. `smlocal images build NAME` runs this.
+# into $WHEELS, which is kept between builds. DIGEST (of the sources) is kept as a label, so
+# `smlocal images` can tell an image built from older sources. `smlocal images build NAME`
+# runs this.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-name=$1 image=$2 stands_for=$3
+name=$1 image=$2 stands_for=$3 digest=${4:-unknown}
 wheels=${WHEELS:?WHEELS names the folder downloaded wheels are kept in}
 started=$(date +%s)
 base=smlocal/python-native-base:bookworm
@@ -64,7 +66,7 @@ COPY --from=install /usr/local /usr/local
 COPY files /
 ENV PATH=/opt/smlocal/bin:/usr/local/bin:/usr/bin:/bin PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \\
     PYTHONPATH=/opt/smlocal/lib SMLOCAL_STANDS_FOR=$stands_for
-LABEL smlocal.stand-in-for=$stands_for
+LABEL smlocal.stand-in-for=$stands_for smlocal.stand-in.digest=$digest
 DOCKERFILE
 DOCKER_BUILDKIT=0 docker build --quiet -t "$image" "$ctx" >/dev/null 2>&1 ||
   DOCKER_BUILDKIT=0 docker build -t "$image" "$ctx"

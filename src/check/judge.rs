@@ -305,6 +305,7 @@ mod tests {
     #[test]
     fn shell_form_entrypoints_are_warned() {
         let info = ImageInfo {
+            labels: Default::default(),
             entrypoint: vec!["/bin/sh".into(), "-c".into(), "python train.py".into()],
             cmd: vec![],
             size_bytes: 1 << 20,

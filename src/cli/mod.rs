@@ -1010,7 +1010,12 @@ async fn images(action: Option<ImagesAction>) -> Result<ExitCode> {
         let mut rows = Vec::new();
         for entry in map.entries() {
             let here = match smlocal::image_present(&docker, &entry.image).await? {
-                Some(size) => format!("yes, {}", human_bytes(size)),
+                Some(size) => match entry.build {
+                    Some(name) if smlocal::stand_in_outdated(&docker, name).await? => {
+                        format!("yes, {}, from older sources: smlocal images build {name}", human_bytes(size))
+                    }
+                    _ => format!("yes, {}", human_bytes(size)),
+                },
                 None => match entry.build {
                     Some(name) => format!("no: smlocal images build {name}"),
                     None => "no".to_string(),

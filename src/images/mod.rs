@@ -203,7 +203,17 @@ pub(crate) async fn resolve(docker: &Docker, home: &Path, requested: &str) -> Re
         });
     };
     match docker.image_id(&entry.image).await {
-        Ok(_) => Ok(Resolved { image: entry.image.clone(), via: Some((entry.key.clone(), entry.source.to_string())) }),
+        Ok(_) => {
+            if let Some(build) = entry.build
+                && stand_in_outdated(docker, build).await.unwrap_or(false)
+            {
+                tracing::warn!(
+                    "{} was built from other sources than this smlocal's stand-in; `smlocal images build {build}` rebuilds it",
+                    entry.image
+                );
+            }
+            Ok(Resolved { image: entry.image.clone(), via: Some((entry.key.clone(), entry.source.to_string())) })
+        }
         Err(DockerError::ImageMissing(_)) => Err(match entry.build {
             Some(build) => {
                 ImageError::StandInMissing { requested: requested.to_string(), image: entry.image.clone(), build }
@@ -224,6 +234,17 @@ pub async fn present(docker: &Docker, image: &str) -> Result<Option<u64>, ImageE
     match docker.image_info(image).await {
         Ok(info) => Ok(Some(info.size_bytes)),
         Err(DockerError::ImageMissing(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the stand-in called `name` is on this machine but was built from other sources
+/// than this smlocal's (an older version's, or edited since).
+pub async fn stand_in_outdated(docker: &Docker, name: &str) -> Result<bool, ImageError> {
+    let stand_in = stand_ins::by_name(name)?;
+    match docker.image_info(stand_in.image).await {
+        Ok(info) => Ok(info.labels.get(stand_ins::DIGEST_LABEL) != Some(&stand_in.digest())),
+        Err(DockerError::ImageMissing(_)) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -290,7 +311,7 @@ pub fn build_stand_in(name: &str, home: &Path) -> Result<String, ImageError> {
     let wheels = home.join("wheels");
     let status = std::process::Command::new("bash")
         .arg(&script)
-        .args([stand_in.name, stand_in.image, &stand_in.stands_for()])
+        .args([stand_in.name, stand_in.image, &stand_in.stands_for(), &stand_in.digest()])
         .env("WHEELS", &wheels)
         .status()
         .map_err(|source| ImageError::Io { path: script.clone(), source })?;

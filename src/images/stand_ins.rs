@@ -60,6 +60,9 @@ pub(crate) const STAND_INS: &[StandIn] = &[
 
 const BUILD_SCRIPT: &str = include_str!("../../stand-ins/build.sh");
 
+/// The label a built stand-in carries with [`StandIn::digest`].
+pub(crate) const DIGEST_LABEL: &str = "smlocal.stand-in.digest";
+
 pub(crate) fn by_name(name: &str) -> Result<&'static StandIn, ImageError> {
     STAND_INS.iter().find(|s| s.name == name).ok_or_else(|| ImageError::UnknownStandIn {
         name: name.to_string(),
@@ -71,6 +74,21 @@ impl StandIn {
     /// `repository:tag`, as the image map keys it.
     pub(crate) fn stands_for(&self) -> String {
         format!("{}:{}", self.repository, self.tag)
+    }
+
+    /// A digest of everything the image is built from (the build script, the requirements,
+    /// the stand-in's files): an image whose label differs was built from other sources.
+    pub(crate) fn digest(&self) -> String {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(BUILD_SCRIPT.as_bytes());
+        for (path, text) in self.files {
+            hash.update((path.len() as u64).to_le_bytes());
+            hash.update(path.as_bytes());
+            hash.update((text.len() as u64).to_le_bytes());
+            hash.update(text.as_bytes());
+        }
+        hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
     /// Writes the build's files into `dir` (scripts executable), ready for `bash build.sh`.
@@ -99,6 +117,14 @@ impl StandIn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_stand_in_has_its_own_stable_digest_of_its_sources() {
+        let (xgboost, sklearn) = (by_name("xgboost").unwrap(), by_name("sklearn").unwrap());
+        assert_eq!(xgboost.digest(), xgboost.digest());
+        assert_ne!(xgboost.digest(), sklearn.digest());
+        assert_eq!(xgboost.digest().len(), 16);
+    }
 
     #[test]
     fn a_build_context_holds_every_file_with_its_programs_executable() {

@@ -55,18 +55,25 @@ pub(crate) fn toolkit_image() {
 }
 
 /// Builds smlocal's stand-in NAME with `smlocal images build NAME`, as a user would, unless
-/// IMAGE is already there (cached by name); the downloaded wheels are kept in
+/// IMAGE is already there, built from these sources; the downloaded wheels are kept in
 /// `target/stand-ins-home` for the next run. Fails loudly when the build fails.
 pub(crate) fn stand_in(name: &str, image: &str) {
     static BUILT: OnceLock<Mutex<()>> = OnceLock::new();
     let _one_at_a_time = BUILT.get_or_init(|| Mutex::new(())).lock().unwrap_or_else(|e| e.into_inner());
     images();
-    let here = Command::new("docker").args(["image", "inspect", image]).output().expect("docker image inspect");
-    if here.status.success() {
-        return;
-    }
     let home = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/stand-ins-home");
     std::fs::create_dir_all(&home).expect("create target/stand-ins-home");
+    // Cached by name, unless built from other sources than these (`smlocal images` says so).
+    let listed = Command::new(env!("CARGO_BIN_EXE_smlocal"))
+        .arg("images")
+        .env("SMLOCAL_HOME", &home)
+        .output()
+        .expect("smlocal images");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let line = listed.lines().find(|l| l.contains(image)).unwrap_or_default();
+    if line.contains("yes") && !line.contains("older sources") {
+        return;
+    }
     let status = Command::new(env!("CARGO_BIN_EXE_smlocal"))
         .args(["images", "build", name])
         .env("SMLOCAL_HOME", &home)
