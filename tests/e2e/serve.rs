@@ -254,7 +254,7 @@ fn bad_requests_get_aws_errors_that_say_what_is_wrong() {
     assert!(body["message"].as_str().unwrap().contains("not valid JSON"), "{body}");
     let (status, body) = post(&server, None, "{}");
     assert_eq!((status, body["__type"].as_str()), (400, Some("MissingAction")), "{body}");
-    let (status, body) = post(&server, Some("SageMaker.CreateHyperParameterTuningJob"), "{}");
+    let (status, body) = post(&server, Some("SageMaker.CreateProcessingJob"), "{}");
     assert_eq!((status, body["__type"].as_str()), (400, Some("UnknownOperationException")), "{body}");
 
     // What botocore would refuse before sending, the server refuses too, in AWS's words.
