@@ -320,12 +320,12 @@ impl Tuning {
         let record = self.load(body["HyperParameterTuningJobName"].as_str().unwrap_or_default())?;
         let text = |k: &str| body.get(k).and_then(Value::as_str);
         let mut trials: Vec<&record::Trial> =
-            record.trials.iter().filter(|t| text("StatusEquals").is_none_or(|s| t.status == s)).collect();
+            record.trials.iter().filter(|t| text("StatusEquals").is_none_or(|s| t.status.as_str() == s)).collect();
         let sort_by = text("SortBy").unwrap_or("CreationTime");
         let descending = text("SortOrder").unwrap_or("Descending") == "Descending";
         match sort_by {
             "Name" => trials.sort_by(|a, b| a.name.cmp(&b.name)),
-            "Status" => trials.sort_by(|a, b| a.status.cmp(&b.status).then(a.name.cmp(&b.name))),
+            "Status" => trials.sort_by(|a, b| a.status.as_str().cmp(b.status.as_str()).then(a.name.cmp(&b.name))),
             "FinalObjectiveMetricValue" => {
                 // Descending is best first for a Maximize objective; either way, jobs with
                 // no objective come after every job with one.
@@ -384,7 +384,13 @@ pub(crate) fn table(record: &TuningRecord) -> String {
         );
         let tuned: Vec<String> = t.tuned.iter().map(|(k, v)| format!("{k}={}", short(v))).collect();
         let mark = if best.as_deref() == Some(t.name.as_str()) { "*" } else { " " };
-        out.push_str(&format!("{mark}{:<47} {:<11} {:>14}  {}\n", t.name, t.status, objective, tuned.join(" ")));
+        out.push_str(&format!(
+            "{mark}{:<47} {:<11} {:>14}  {}\n",
+            t.name,
+            t.status.as_str(),
+            objective,
+            tuned.join(" ")
+        ));
     }
     out
 }

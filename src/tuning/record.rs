@@ -7,31 +7,10 @@ use crate::state::record::now;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-/// `HyperParameterTuningJobStatus` (smlocal deletes nothing, so never `Deleting`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum TuningStatus {
-    InProgress,
-    Completed,
-    Failed,
-    Stopping,
-    Stopped,
-}
-
-impl TuningStatus {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            TuningStatus::InProgress => "InProgress",
-            TuningStatus::Completed => "Completed",
-            TuningStatus::Failed => "Failed",
-            TuningStatus::Stopping => "Stopping",
-            TuningStatus::Stopped => "Stopped",
-        }
-    }
-
-    pub(crate) fn is_terminal(self) -> bool {
-        matches!(self, TuningStatus::Completed | TuningStatus::Failed | TuningStatus::Stopped)
-    }
-}
+/// `HyperParameterTuningJobStatus` has the training job's five values (smlocal deletes
+/// nothing, so never `Deleting`), and a trial's `TrainingJobStatus` is its job's.
+pub(crate) use crate::state::record::Status as TuningStatus;
+use crate::state::record::Status;
 
 /// `ObjectiveStatus`: whether the training job's objective metric was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +56,7 @@ pub(crate) struct Trial {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) end_time: Option<f64>,
     /// `TrainingJobStatus` as the training job's record says.
-    pub(crate) status: String,
+    pub(crate) status: Status,
     pub(crate) tuned: Assignment,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) objective: Option<f64>,
@@ -91,7 +70,7 @@ pub(crate) struct Trial {
 
 impl Trial {
     pub(crate) fn is_terminal(&self) -> bool {
-        matches!(self.status.as_str(), "Completed" | "Failed" | "Stopped")
+        self.status.is_terminal()
     }
 
     /// `HyperParameterTrainingJobSummary`.
@@ -223,14 +202,14 @@ impl TuningRecord {
     }
 
     fn status_counters(&self) -> Value {
-        let count = |statuses: &[&str]| self.trials.iter().filter(|t| statuses.contains(&t.status.as_str())).count();
+        let count = |statuses: &[Status]| self.trials.iter().filter(|t| statuses.contains(&t.status)).count();
         json!({
-            "Completed": count(&["Completed"]),
-            "InProgress": count(&["InProgress", "Stopping"]),
+            "Completed": count(&[Status::Completed]),
+            "InProgress": count(&[Status::InProgress, Status::Stopping]),
             // smlocal retries nothing on the tuning job's behalf: every failure is final.
             "RetryableError": 0,
-            "NonRetryableError": count(&["Failed"]),
-            "Stopped": count(&["Stopped"]),
+            "NonRetryableError": count(&[Status::Failed]),
+            "Stopped": count(&[Status::Stopped]),
         })
     }
 
@@ -321,7 +300,7 @@ impl TuningRecord {
 mod tests {
     use super::*;
 
-    fn trial(name: &str, status: &str, objective: Option<f64>) -> Trial {
+    fn trial(name: &str, status: Status, objective: Option<f64>) -> Trial {
         Trial {
             name: name.into(),
             arn: format!("arn:{name}"),
@@ -329,12 +308,12 @@ mod tests {
             creation_time: 1.0,
             start_time: None,
             end_time: None,
-            status: status.into(),
+            status,
             tuned: Assignment::new(),
             objective,
             objective_status: match (status, objective) {
                 (_, Some(_)) => ObjectiveStatus::Succeeded,
-                ("InProgress", None) => ObjectiveStatus::Pending,
+                (Status::InProgress, None) => ObjectiveStatus::Pending,
                 _ => ObjectiveStatus::Failed,
             },
             failure_reason: None,
@@ -352,11 +331,11 @@ mod tests {
                 vec![(String::new(), Objective { maximize, metric: "m".into() })],
             );
             r.trials = vec![
-                trial("a", "Failed", None),
-                trial("b", "Completed", Some(0.1)),
-                trial("c", "Stopped", Some(0.9)),
-                trial("d", "InProgress", None),
-                trial("e", "Completed", None),
+                trial("a", Status::Failed, None),
+                trial("b", Status::Completed, Some(0.1)),
+                trial("c", Status::Stopped, Some(0.9)),
+                trial("d", Status::InProgress, None),
+                trial("e", Status::Completed, None),
             ];
             let d = r.description();
             assert_eq!(

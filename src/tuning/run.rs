@@ -11,7 +11,7 @@ use super::strategy::{self, Observation, Searcher, Verdict};
 use crate::metrics::Point;
 use crate::serve::queue::Queue;
 use crate::state::StateDir;
-use crate::state::record::{Record, now};
+use crate::state::record::{Record, Status, now};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,7 +151,7 @@ impl Run<'_> {
                 self.curves.insert(name.clone(), curve);
             }
             let trial = &mut self.record.trials[i];
-            trial.status = job.training_job_status.as_str().to_string();
+            trial.status = job.training_job_status;
             trial.start_time = job.training_start_time;
             trial.end_time = job.training_end_time;
             if !job.training_job_status.is_terminal() {
@@ -163,12 +163,12 @@ impl Run<'_> {
                 .find(|m| m.metric_name == objective.metric)
                 .map(|m| m.value)
                 .or_else(|| self.curves.get(&name).and_then(|c| c.last().copied()));
-            match (final_value, job.training_job_status.as_str()) {
-                (Some(value), "Completed" | "Stopped") => {
+            match (final_value, job.training_job_status) {
+                (Some(value), Status::Completed | Status::Stopped) => {
                     trial.objective = Some(value);
                     trial.objective_status = ObjectiveStatus::Succeeded;
                 }
-                (_, "Failed") => {
+                (_, Status::Failed) => {
                     trial.objective_status = ObjectiveStatus::Failed;
                     trial.failure_reason = job.failure_reason.clone();
                 }
@@ -178,7 +178,7 @@ impl Run<'_> {
                 }
             }
             if let Some(why) = &trial.stopped_early
-                && trial.status == "Stopped"
+                && trial.status == Status::Stopped
                 && trial.failure_reason.is_none()
             {
                 tracing::info!("{}: {why}", trial.name);
@@ -198,7 +198,7 @@ impl Run<'_> {
         };
         let mut stops = Vec::new();
         for t in &self.record.trials {
-            if t.status != "InProgress" || t.stopped_early.is_some() {
+            if t.status != Status::InProgress || t.stopped_early.is_some() {
                 continue;
             }
             let Some(mine) = self.curves.get(&t.name) else { continue };
@@ -208,7 +208,7 @@ impl Run<'_> {
                 .trials
                 .iter()
                 .filter(|o| o.name != t.name)
-                .filter(|o| self.plan.rungs.is_some() || o.status == "Completed")
+                .filter(|o| self.plan.rungs.is_some() || o.status == Status::Completed)
                 .filter_map(|o| self.curves.get(&o.name).map(|c| loss(&self.record, o, c)))
                 .collect();
             let others: Vec<&[f64]> = others.iter().map(Vec::as_slice).collect();
@@ -332,7 +332,7 @@ impl Run<'_> {
                 creation_time: now(),
                 start_time: None,
                 end_time: None,
-                status: "InProgress".into(),
+                status: Status::InProgress,
                 tuned,
                 objective: None,
                 objective_status: ObjectiveStatus::Pending,
@@ -343,7 +343,7 @@ impl Run<'_> {
                 Ok(arn) => trial.arn = arn,
                 Err(e) => {
                     // Checked at creation, so rare: an output that appeared meanwhile, say.
-                    trial.status = "Failed".into();
+                    trial.status = Status::Failed;
                     trial.objective_status = ObjectiveStatus::Failed;
                     trial.failure_reason = Some(format!("{}: {e}", e.aws_kind().as_str()));
                     trial.end_time = Some(now());
@@ -394,7 +394,7 @@ impl Run<'_> {
     /// produced its objective because all of them failed.
     fn natural_end(&self) -> (TuningStatus, Option<String>) {
         let trials = &self.record.trials;
-        if !trials.is_empty() && trials.iter().all(|t| t.status == "Failed") {
+        if !trials.is_empty() && trials.iter().all(|t| t.status == Status::Failed) {
             let first = &trials[0];
             return (
                 TuningStatus::Failed,
@@ -439,7 +439,7 @@ enum Ending {
 
 fn judge_completion(finished: &[&Trial], objective: &super::record::Objective, criteria: &Criteria) -> Ending {
     let first = FIRST_FAILURES.min(criteria.job_limit.unwrap_or(u32::MAX) as usize).max(1);
-    if finished.len() >= first && finished[..first].iter().all(|t| t.status == "Failed") {
+    if finished.len() >= first && finished[..first].iter().all(|t| t.status == Status::Failed) {
         return Ending::FirstFailed {
             count: first,
             job: finished[0].name.clone(),
@@ -559,7 +559,7 @@ mod tests {
     use super::*;
     use crate::tuning::record::Objective;
 
-    fn trial(status: &str, objective: Option<f64>) -> Trial {
+    fn trial(status: Status, objective: Option<f64>) -> Trial {
         Trial {
             name: format!("t-{status}-{objective:?}"),
             arn: String::new(),
@@ -567,11 +567,11 @@ mod tests {
             creation_time: 0.0,
             start_time: None,
             end_time: None,
-            status: status.into(),
+            status,
             tuned: Assignment::new(),
             objective,
             objective_status: if objective.is_some() { ObjectiveStatus::Succeeded } else { ObjectiveStatus::Failed },
-            failure_reason: (status == "Failed").then(|| "ClientError: no data".into()),
+            failure_reason: (status == Status::Failed).then(|| "ClientError: no data".into()),
             stopped_early: None,
         }
     }
@@ -585,10 +585,10 @@ mod tests {
 
     #[test]
     fn the_first_three_failures_end_the_search_but_a_later_one_does_not() {
-        let failed = vec![trial("Failed", None), trial("Failed", None), trial("Failed", None)];
+        let failed = vec![trial(Status::Failed, None), trial(Status::Failed, None), trial(Status::Failed, None)];
         assert!(matches!(judge(&failed, false, NONE), Ending::FirstFailed { count: 3, .. }));
         assert_eq!(judge(&failed[..2], false, NONE), Ending::Go);
-        let mut later = vec![trial("Completed", Some(1.0))];
+        let mut later = vec![trial(Status::Completed, Some(1.0))];
         later.extend(failed);
         assert_eq!(judge(&later, false, NONE), Ending::Go);
         // A one-job tuning job fails with its job.
@@ -599,7 +599,7 @@ mod tests {
     #[test]
     fn target_not_improving_and_convergence_follow_the_objective_s_direction() {
         let values = [3.0, 2.0, 2.5, 2.2, 2.1];
-        let trials: Vec<Trial> = values.iter().map(|&v| trial("Completed", Some(v))).collect();
+        let trials: Vec<Trial> = values.iter().map(|&v| trial(Status::Completed, Some(v))).collect();
         assert_eq!(
             judge(&trials, false, Criteria { target: Some(2.0), ..NONE }),
             Ending::Target { target: 2.0, best: 2.0 }
@@ -613,7 +613,7 @@ mod tests {
         assert_eq!(judge(&trials, false, Criteria { not_improving: Some(3), ..NONE }), Ending::NotImproving(3));
         assert_eq!(judge(&trials, true, Criteria { not_improving: Some(4), ..NONE }), Ending::NotImproving(4));
         assert_eq!(judge(&trials, false, Criteria { not_improving: Some(4), ..NONE }), Ending::Go);
-        let flat: Vec<Trial> = (0..25).map(|i| trial("Completed", Some(1.0 - 1e-6 * f64::from(i)))).collect();
+        let flat: Vec<Trial> = (0..25).map(|i| trial(Status::Completed, Some(1.0 - 1e-6 * f64::from(i)))).collect();
         let converging = Criteria { convergence: true, job_limit: None, ..NONE };
         assert_eq!(judge(&flat, false, converging.clone()), Ending::Converged);
         assert_eq!(judge(&flat[..15], false, converging), Ending::Go, "fewer than twenty jobs");
