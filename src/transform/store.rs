@@ -1,8 +1,9 @@
-//! Transform jobs in the state directory: `transform-jobs/<name>/` with `record.json`
-//! (written beside and renamed over: never half-written), the instances' logs, the model
-//! folder the containers mount, and the markers a runner and a stop request leave.
+//! Transform jobs in the state directory: `transform-jobs/<name>/` with `record.json`, the
+//! runner lock and stop marker ([`RecordFolders`]), and beside them the instances' logs and
+//! the model folder the containers mount.
 
-use crate::state::index::{Index, Kind, Records, Row};
+use crate::state::folders::RecordFolders;
+use crate::state::index::{Kind, Records, Row};
 use crate::state::listing::{ListError, ListQuery, Page};
 use crate::state::record::now;
 use serde::{Deserialize, Serialize};
@@ -105,15 +106,10 @@ impl TransformRecord {
 /// The hosting records' error: the same two ways a record can be unusable.
 pub(crate) use crate::hosting::store::HostingStoreError as TransformStoreError;
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TransformStoreError + 'a {
-    move |source| TransformStoreError::Io { action, path: path.to_path_buf(), source }
-}
-
 #[derive(Debug, Clone)]
 pub(crate) struct TransformStore {
-    root: PathBuf,
-    /// What ListTransformJobs reads; kept beside every write.
-    index: std::sync::Arc<Index>,
+    /// `transform-jobs/<name>/`, listed through the index.
+    folders: RecordFolders,
 }
 
 impl Records for TransformStore {
@@ -122,13 +118,11 @@ impl Records for TransformStore {
     }
 
     fn folder(&self) -> PathBuf {
-        self.root.clone()
+        self.folders.root().to_path_buf()
     }
 
     fn names(&self) -> Vec<String> {
-        std::fs::read_dir(&self.root)
-            .map(|e| e.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
-            .unwrap_or_default()
+        self.folders.names()
     }
 
     fn row(&self, name: &str) -> Option<Row> {
@@ -170,11 +164,11 @@ impl TransformRecord {
 
 impl TransformStore {
     pub(crate) fn new(state_root: &Path) -> Self {
-        TransformStore { root: state_root.join("transform-jobs"), index: std::sync::Arc::new(Index::new(state_root)) }
+        TransformStore { folders: RecordFolders::new(state_root, "transform-jobs") }
     }
 
     pub(crate) fn job_dir(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        self.folders.dir(name)
     }
 
     pub(crate) fn model_dir(&self, name: &str) -> PathBuf {
@@ -202,63 +196,31 @@ impl TransformStore {
         streams
     }
 
-    fn stop_marker(&self, name: &str) -> PathBuf {
-        self.job_dir(name).join("stop-requested")
-    }
-
     pub(crate) fn request_stop(&self, name: &str) -> Result<(), TransformStoreError> {
-        let path = self.stop_marker(name);
-        std::fs::write(&path, b"").map_err(io("write", &path))
+        self.folders.request_stop(name)
     }
 
     pub(crate) fn stop_requested(&self, name: &str) -> bool {
-        self.stop_marker(name).exists()
+        self.folders.stop_requested(name)
     }
 
     /// Reserves the name and writes the first record; `false` when the name is taken.
     pub(crate) fn create(&self, record: &TransformRecord) -> Result<bool, TransformStoreError> {
-        std::fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
-        let dir = self.job_dir(&record.name);
-        let intent = self.index.intend(self, &record.name);
-        let created = match std::fs::create_dir(&dir) {
-            Ok(()) => self.write(record).map(|()| true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(io("create", &dir)(e)),
-        };
-        self.index.wrote(self, intent, &record.name, self.row(&record.name).as_ref());
-        created
+        self.folders.create(self, &record.name, record)
     }
 
     pub(crate) fn save(&self, record: &TransformRecord) -> Result<(), TransformStoreError> {
-        let intent = self.index.intend(self, &record.name);
-        let written = self.write(record);
-        self.index.wrote(self, intent, &record.name, self.row(&record.name).as_ref());
-        written
-    }
-
-    fn write(&self, record: &TransformRecord) -> Result<(), TransformStoreError> {
-        let path = self.job_dir(&record.name).join("record.json");
-        crate::hosting::store::write_record(&path, record, false).map(drop)
+        self.folders.save(self, &record.name, record)
     }
 
     /// The page of transform jobs `query` asks for (ListTransformJobs), from the index.
     pub(crate) fn page(&self, query: &ListQuery) -> Result<Page, ListError> {
         // AWS's default page size.
-        self.index.page(self, query, 10)
+        self.folders.index().page(self, query, 10)
     }
 
     pub(crate) fn load(&self, name: &str) -> Result<Option<TransformRecord>, TransformStoreError> {
-        if !crate::hosting::store::is_name(name) {
-            return Ok(None);
-        }
-        let path = self.job_dir(name).join("record.json");
-        match std::fs::read(&path) {
-            Ok(text) => serde_json::from_slice(&text)
-                .map(Some)
-                .map_err(|e| TransformStoreError::Corrupt { path, reason: e.to_string() }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("read", &path)(e)),
-        }
+        self.folders.load(name)
     }
 
     pub(crate) fn list(&self) -> Vec<TransformRecord> {
@@ -268,9 +230,6 @@ impl TransformStore {
 
     /// A lock held by the process running the job while it runs.
     pub(crate) fn claim(&self, name: &str) -> Option<std::fs::File> {
-        let path = self.job_dir(name).join("runner.lock");
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).ok()?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
-        Some(file)
+        self.folders.claim(name)
     }
 }
