@@ -60,6 +60,14 @@ fn create_and_wait(sm: &Smlocal, server: &Server, request: &Value) -> Value {
     tuning_calls(sm, server, &["wait", request["HyperParameterTuningJobName"].as_str().unwrap()])
 }
 
+/// Waits until `count` of the tuning job's training jobs are InProgress (`smlocal list`).
+fn running(sm: &Smlocal, tuning_job: &str, count: usize) {
+    wait_until(&format!("{count} training jobs of {tuning_job} running"), std::time::Duration::from_secs(60), || {
+        let listed = sm.command().args(["list", "--name-contains", tuning_job]).output().unwrap();
+        String::from_utf8_lossy(&listed.stdout).matches("InProgress").count() >= count
+    });
+}
+
 fn tuned(summary: &Value, key: &str) -> String {
     summary["TunedHyperParameters"][key].as_str().unwrap_or_else(|| panic!("no {key}: {summary}")).to_string()
 }
@@ -233,10 +241,7 @@ fn a_tuning_job_whose_server_was_killed_is_failed_by_the_next_server() {
     let request = probe_tuning(&name, &bucket, "Random", "on-term 0 curve x:300:200", ranges, 2, 1);
     let created = tuning_calls(&sm, &server, &["create", &request_file(&sm, &request)]);
     assert!(created["HyperParameterTuningJobArn"].is_string(), "{created}");
-    wait_until("a training job running", std::time::Duration::from_secs(60), || {
-        let listed = sm.command().args(["list", "--name-contains", &name]).output().unwrap();
-        String::from_utf8_lossy(&listed.stdout).contains("InProgress")
-    });
+    running(&sm, &name, 1);
     server.kill();
     let server = sm.serve(&[]);
     let d = tuning_calls(&sm, &server, &["wait", &name]);
@@ -325,10 +330,7 @@ fn hyperband_halves_the_jobs_and_a_stop_mid_way_leaves_nothing_running() {
     let request = probe_tuning(&long, &bucket, "Random", "on-term 0 curve x:200:200", ranges, 4, 2);
     let created = tuning_calls(&sm, &server, &["create", &request_file(&sm, &request)]);
     assert!(created["HyperParameterTuningJobArn"].is_string(), "{created}");
-    wait_until("two training jobs running", std::time::Duration::from_secs(60), || {
-        let listed = sm.command().args(["list", "--name-contains", &long]).output().unwrap();
-        String::from_utf8_lossy(&listed.stdout).matches("InProgress").count() >= 2
-    });
+    running(&sm, &long, 2);
     let d = tuning_calls(&sm, &server, &["stop", &long]);
     assert_eq!(d["HyperParameterTuningJobStatus"], "Stopped", "{d:#}");
     assert_eq!(d["TrainingJobStatusCounters"]["InProgress"], 0, "{d:#}");
