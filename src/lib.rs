@@ -79,6 +79,11 @@
 //!   `hosting.rs` (with the runtime's path), `cloudwatch.rs` and `monitoring.rs` one AWS
 //!   service each; `auth.rs` SigV4 checks; `queue.rs` admits jobs and runs them in the
 //!   background.
+//! - [`console`]: the browser console `smlocal serve` answers GETs with: `mod.rs` routes and
+//!   the same-origin-and-token rule for actions, `jobs.rs` the jobs table, `job.rs` a job's
+//!   page and Stop, `create.rs` Clone and its checks, `endpoints.rs` endpoints and Invoke,
+//!   `files.rs` a `file://` output's archives and checkpoints, `events.rs` the live streams
+//!   (Server-Sent Events), `html.rs` the page shell; `assets/` the embedded CSS and script.
 //! - [`check`]: `smlocal check IMAGE`, built on [`run`]: `mod.rs` the checks and their order,
 //!   `lab.rs` the jobs they run, `judge.rs` the verdicts, `junit.rs` the report; `serve.rs`
 //!   the inference contract's checks (`--serve`).
@@ -96,6 +101,7 @@ mod cache;
 mod check;
 mod checkpoints;
 mod cleanup;
+mod console;
 mod docker;
 mod hosting;
 mod images;

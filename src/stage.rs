@@ -8,6 +8,7 @@ use crate::cache::{Cache, Progress, Wanted};
 use crate::job::{ChannelPlan, DataType, HostPlan, Job};
 use crate::pipe::{Feed, Item};
 use crate::spec::InputMode;
+use crate::state::details::ChannelStaged;
 use crate::storage::{Location, ObjectInfo, Storage, StorageError};
 use crate::tree::{Beneath, EntryKind, TreeError};
 use futures::{StreamExt, TryStreamExt};
@@ -155,6 +156,8 @@ impl ChannelMount {
 pub struct Staged {
     pub(crate) mounts: Vec<ChannelMount>,
     pub(crate) feeds: Vec<Feed>,
+    /// What each channel put before each host (the console shows it).
+    pub(crate) counts: Vec<ChannelStaged>,
 }
 
 /// Makes every host's tree and fills it: S3 channels through the cache (as overlay mounts),
@@ -168,6 +171,7 @@ pub async fn stage(
 ) -> Result<Staged, StageError> {
     let mut mounts = Vec::new();
     let mut feeds = Vec::new();
+    let mut counts = Vec::new();
     for host in &job.hosts {
         let tree = HostTree::new(work, &host.name);
         for dir in tree.folders() {
@@ -189,7 +193,16 @@ pub async fn stage(
     for channel in &job.channels {
         let storage_err = |source| StageError::Storage { channel: channel.name.clone(), source };
         if channel.input_mode == InputMode::Pipe {
-            feeds.extend(plan_feeds(job, work, storage, cache, channel).await?);
+            let planned = plan_feeds(job, work, storage, cache, channel).await?;
+            if let Some(feed) = planned.first() {
+                counts.push(ChannelStaged {
+                    channel: channel.name.clone(),
+                    host: None,
+                    objects: feed.items.len() as u64,
+                    bytes: feed.items.iter().map(|i| i.known_size()).sum(),
+                });
+            }
+            feeds.extend(planned);
             continue;
         }
         let objects = resolve(storage, channel).await?;
@@ -210,6 +223,14 @@ pub async fn stage(
         } else {
             vec![objects.clone(); receivers.len()]
         };
+        for (host, share) in receivers.iter().zip(&shares) {
+            counts.push(ChannelStaged {
+                channel: channel.name.clone(),
+                host: Some(host.name.clone()),
+                objects: share.len() as u64,
+                bytes: share.iter().filter_map(|o| o.info.as_ref()).map(|i| i.size).sum(),
+            });
+        }
         let remote = matches!(Location::parse(&channel.uri), Ok(Location::S3 { .. }));
         if remote {
             // Every object once, whatever the number of hosts that see it.
@@ -246,7 +267,7 @@ pub async fn stage(
             }
         }
     }
-    Ok(Staged { mounts, feeds })
+    Ok(Staged { mounts, feeds, counts })
 }
 
 /// A Pipe channel: what it sends (objects, or an augmented manifest's lines, checked now so
@@ -274,8 +295,7 @@ async fn plan_feeds(
             objects.into_iter().map(|o| Item::Object { uri: o.uri, info: o.info }).collect()
         }
     };
-    let known: u64 =
-        items.iter().map(|i| if let Item::Object { info: Some(info), .. } = i { info.size } else { 0 }).sum();
+    let known: u64 = items.iter().map(Item::known_size).sum();
     let items = std::sync::Arc::new(items);
     let receivers: Vec<&HostPlan> = job.hosts.iter().filter(|h| serves(channel, h)).collect();
     let mut feeds = Vec::new();

@@ -42,6 +42,14 @@ pub(crate) enum Piece {
 }
 
 impl Item {
+    /// Its size when the listing gave one (an augmented manifest's line: none).
+    pub(crate) fn known_size(&self) -> u64 {
+        match self {
+            Item::Object { info: Some(info), .. } => info.size,
+            _ => 0,
+        }
+    }
+
     fn pieces(&self, out: &mut Vec<Piece>) {
         match self {
             Item::Object { uri, info } => out.push(Piece::Object { uri: uri.clone(), info: info.clone() }),

@@ -5,6 +5,7 @@
 //! `message`; the runtime is rest-json on `POST /endpoints/<name>/invocations`. By default signatures are accepted without being
 //! checked (the server answers this machine's loopback clients only, never a web page);
 //! `--require-signature` checks them (`auth.rs`), for a machine shared with other users.
+//! Every GET is the console's ([`crate::console`]): its pages for people, on the same port.
 
 pub(crate) mod auth;
 pub(crate) mod queue;
@@ -16,6 +17,7 @@ mod log_filter;
 mod monitoring;
 mod training;
 
+use crate::console::{self, Console};
 use crate::hosting::Hosting;
 use crate::serve::auth::Signatures;
 use crate::serve::queue::Queue;
@@ -123,6 +125,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let console = Arc::new(Console::new(shutdown.clone(), signatures.is_none()));
     let listen = listener.local_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut last_warning: Option<tokio::time::Instant> = None;
@@ -150,13 +153,13 @@ pub async fn serve(
                 continue;
             }
         };
-        let (api, shutdown, signatures) = (api.clone(), shutdown.clone(), signatures.clone());
+        let (api, shutdown, signatures, console) = (api.clone(), shutdown.clone(), signatures.clone(), console.clone());
         connections.spawn(async move {
             // Held while the connection lives.
             let _place = place;
             let service = hyper::service::service_fn(move |request| {
-                let (api, signatures) = (api.clone(), signatures.clone());
-                async move { Ok::<_, Infallible>(handle(&api, listen, signatures.as_deref(), request).await) }
+                let (api, signatures, console) = (api.clone(), signatures.clone(), console.clone());
+                async move { Ok::<_, Infallible>(handle(&api, &console, listen, signatures.as_deref(), request).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let connection = hyper::server::conn::http1::Builder::new()
@@ -183,6 +186,7 @@ pub async fn serve(
 
 async fn handle(
     api: &Api,
+    console: &Console,
     listen: IpAddr,
     signatures: Option<&Signatures>,
     request: Request<Incoming>,
@@ -190,6 +194,10 @@ async fn handle(
     if let Err(refused) = same_machine(&request, listen) {
         tracing::warn!("refused a request: {}", refused.message);
         return Wire::Json.respond(Err(refused));
+    }
+    // People's pages: every GET, and the pages' own actions.
+    if console::claims(&request) {
+        return console::handle(api, console, request).await;
     }
     // The runtime (rest-json, signing name `sagemaker`) is told apart by its path.
     if request.method() == hyper::Method::POST
@@ -259,10 +267,6 @@ async fn handle(
                 Ok(_) => tracing::debug!("{operation}: ok"),
             }
             result
-        }
-        None if request.method() == hyper::Method::GET => {
-            // A plain GET (a browser, a health check) gets a pointer, not an AWS error.
-            Ok(json!({"service": "smlocal", "api": "SageMaker training (AWS JSON 1.1, POST / with X-Amz-Target)"}))
         }
         None => Err(ApiError::new(
             "MissingAction",
@@ -397,6 +401,11 @@ async fn dispatch(api: &Api, target: &str, body: Value) -> ApiResult {
             ),
         )),
     }
+}
+
+/// CreateTrainingJob, answered as the API answers it (the console's Create uses it too).
+pub(crate) async fn create_training_job(api: &Api, body: Value) -> ApiResult {
+    training::create(&api.queue, body).await
 }
 
 /// A tuning operation's answer, its errors as AWS sends them.

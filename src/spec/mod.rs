@@ -214,6 +214,11 @@ pub(crate) fn check(shape: &str, value: &Value) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// The fields botocore's model gives a structure (e.g. `CreateTrainingJobRequest`).
+pub(crate) fn members(shape: &str) -> Vec<String> {
+    validate::members(shape)
+}
+
 /// Checks a request and keeps it whole. Parameter errors (botocore's) are reported before
 /// constraint errors (the service's), as a real client would meet them.
 pub fn from_value(value: Value) -> Result<Request, SpecError> {

@@ -24,6 +24,16 @@ fn model() -> &'static Map<String, Value> {
     })
 }
 
+/// The member names of a structure shape of the model (none for an unknown shape).
+pub(crate) fn members(shape: &str) -> Vec<String> {
+    model()
+        .get(shape)
+        .and_then(|s| s.get("members"))
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// Validates `value` as an instance of the named top-level shape (e.g. `CreateTrainingJobRequest`).
 pub(crate) fn check(shape: &str, value: &Value) -> Findings {
     let mut findings = Findings::default();

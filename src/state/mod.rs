@@ -2,6 +2,7 @@
 //! record (written atomically: never half-written), its logs and, while it runs, its work
 //! files. Creating the folder is what reserves a job name, so two runs cannot share one.
 
+pub(crate) mod details;
 pub(crate) mod folders;
 pub(crate) mod index;
 pub(crate) mod listing;
