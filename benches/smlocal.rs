@@ -20,6 +20,8 @@
 //!      first byte cold against 1% of the staging path.
 //!   k. a tuning job (`tuning/mod.rs`): `smlocal tune` of 20 sample jobs 4 at a time against
 //!      the same 20 jobs run by `smlocal train`, 4 processes at a time.
+//!   l. the console with 10,000 jobs (`console/mod.rs`): each page's first byte and whole
+//!      HTML against the API answer it is built from; first byte and full load in Chromium.
 //!
 //! `cargo bench --bench smlocal` runs the full sizes (1 GiB); `-- --tiny` runs small ones
 //! (what CI does to keep the benchmark working); `-- a c` runs only those.
@@ -29,6 +31,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+#[path = "console/mod.rs"]
+mod console;
 /// The tests' S3 server and image builds, shared rather than copied.
 #[allow(dead_code)]
 #[path = "../tests/e2e/harness.rs"]
@@ -76,7 +80,7 @@ fn main() {
     // `-- a c` runs only those benchmarks.
     let picked: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"].contains(&a.as_str()))
+        .filter(|a| ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"].contains(&a.as_str()))
         .collect();
     let run = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
     println!("{:<44} {:>12} {:>12} {:>8}", "benchmark", "smlocal", "floor", "ratio");
@@ -112,6 +116,9 @@ fn main() {
     }
     if run("k") {
         tuning::tune(root.path(), tiny);
+    }
+    if run("l") {
+        rt.block_on(console::console(tiny));
     }
 }
 

@@ -366,7 +366,7 @@ pub(crate) async fn store_at_scale(tiny: bool) {
 
 /// A host's log of `lines` lines as the job's log sink leaves it: `algo-1.log` and its index
 /// (per line: the ms it was printed and where it starts, 16 bytes little-endian).
-fn write_log(dir: &Path, lines: usize) {
+pub(crate) fn write_log(dir: &Path, lines: usize) {
     use std::io::Write;
     std::fs::create_dir_all(dir).expect("logs dir");
     let mut log = std::io::BufWriter::new(std::fs::File::create(dir.join("algo-1.log")).expect("log"));

@@ -750,6 +750,11 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         "smlocal: jobs, endpoints and logs are in {}; point clients here with\n  export AWS_ENDPOINT_URL_SAGEMAKER={url} AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={url} AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={url}",
         store.root().display()
     );
+    if signatures.is_none() {
+        eprintln!("smlocal: console: {url}/ (jobs, logs, metrics, endpoints)");
+    } else {
+        eprintln!("smlocal: the console at {url}/ is off: requests must be signed, and a browser cannot sign");
+    }
     if let Some(signatures) = &signatures {
         eprintln!(
             "smlocal: requests must be signed with the key pair {} in {} (AWS_SHARED_CREDENTIALS_FILE={} AWS_PROFILE=smlocal){}",

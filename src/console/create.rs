@@ -50,14 +50,20 @@ fn editor(console: &Console, source: &str, text: &str, problem: Option<&Problem>
     );
     let mut select = String::new();
     if let Some(problem) = problem {
-        let _ = write!(main, r#"<div class="failure" role="alert" id="problem"><h2>The request was refused</h2><pre id="message">{}</pre>"#, escape(&problem.message));
+        let _ = write!(
+            main,
+            r#"<div class="failure" role="alert" id="problem"><h2>The request was refused</h2><pre id="message">{}</pre>"#,
+            escape(&problem.message)
+        );
         if let Some(field) = &problem.field {
             let _ = write!(main, r#"<p>Field: <mark id="field">{}</mark></p>"#, escape(field));
         }
         if let Some((first, last)) = problem.lines {
             main.push_str(r#"<pre class="excerpt">"#);
             let all: Vec<&str> = text.lines().collect();
-            for (i, line) in all.iter().enumerate().skip(first.saturating_sub(2)).take(last - first.saturating_sub(2) + 3) {
+            for (i, line) in
+                all.iter().enumerate().skip(first.saturating_sub(2)).take(last - first.saturating_sub(2) + 3)
+            {
                 let shown = format!("{:>4}  {}", i + 1, escape(line));
                 if (first..=last).contains(&i) {
                     let _ = writeln!(main, "<mark>{shown}</mark>");
@@ -67,7 +73,9 @@ fn editor(console: &Console, source: &str, text: &str, problem: Option<&Problem>
             }
             main.push_str("</pre>");
             let (start, end) = char_range(text, first, last);
-            select = format!(r#" data-select-start="{start}" data-select-end="{end}" aria-invalid="true" aria-describedby="problem""#);
+            select = format!(
+                r#" data-select-start="{start}" data-select-end="{end}" aria-invalid="true" aria-describedby="problem""#
+            );
         }
         main.push_str("</div>");
     }
@@ -143,7 +151,13 @@ fn pretty(value: &Value) -> (String, BTreeMap<String, (usize, usize)>) {
     (out, lines)
 }
 
-fn write_value(out: &mut String, value: &Value, depth: usize, path: &str, lines: &mut BTreeMap<String, (usize, usize)>) {
+fn write_value(
+    out: &mut String,
+    value: &Value,
+    depth: usize,
+    path: &str,
+    lines: &mut BTreeMap<String, (usize, usize)>,
+) {
     let line_now = |out: &String| out.matches('\n').count();
     let indent = |d: usize| "  ".repeat(d);
     match value {

@@ -22,7 +22,9 @@ async fn call(api: &Api, operation: &str, body: Value) -> Result<Value, String> 
 }
 
 pub(super) async fn list(api: &Api, console: &Console) -> Response<Body> {
-    let listed = call(api, "ListEndpoints", json!({"SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": 100})).await;
+    let listed =
+        call(api, "ListEndpoints", json!({"SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": 100}))
+            .await;
     let endpoints = match listed {
         Ok(value) => value.get("Endpoints").and_then(Value::as_array).cloned().unwrap_or_default(),
         Err(e) => return reply::error(StatusCode::INTERNAL_SERVER_ERROR, "Cannot list endpoints", &e, &console.token),
@@ -78,16 +80,26 @@ async fn render(api: &Api, console: &Console, name: &str, answer: Option<Answer>
         s = escape(status)
     );
     if let Some(reason) = described.get("FailureReason").and_then(Value::as_str) {
-        let _ = write!(main, r#"<div class="failure" role="alert"><h2>FailureReason</h2><pre>{}</pre></div>"#, escape(reason));
+        let _ = write!(
+            main,
+            r#"<div class="failure" role="alert"><h2>FailureReason</h2><pre>{}</pre></div>"#,
+            escape(reason)
+        );
     }
     let config = call(api, "DescribeEndpointConfig", json!({"EndpointConfigName": config_name})).await;
-    let _ = write!(main, r#"<section aria-labelledby="config-h"><h2 id="config-h">Config <code>{}</code></h2>"#, escape(config_name));
+    let _ = write!(
+        main,
+        r#"<section aria-labelledby="config-h"><h2 id="config-h">Config <code>{}</code></h2>"#,
+        escape(config_name)
+    );
     match &config {
         Ok(config) => {
             main.push_str(r#"<div class="scroll"><table><thead><tr><th scope="col">Variant</th><th scope="col">Model</th><th scope="col">Instance type</th><th scope="col">Instances</th><th scope="col">Weight</th></tr></thead><tbody>"#);
             let running = described.get("ProductionVariants").and_then(Value::as_array).cloned().unwrap_or_default();
             for v in config.get("ProductionVariants").and_then(Value::as_array).into_iter().flatten() {
-                let field = |k: &str| v.get(k).map(|x| x.as_str().map(escape).unwrap_or_else(|| x.to_string())).unwrap_or_default();
+                let field = |k: &str| {
+                    v.get(k).map(|x| x.as_str().map(escape).unwrap_or_else(|| x.to_string())).unwrap_or_default()
+                };
                 let variant = v.get("VariantName").and_then(Value::as_str).unwrap_or_default();
                 let current = running
                     .iter()
@@ -107,7 +119,11 @@ async fn render(api: &Api, console: &Console, name: &str, answer: Option<Answer>
             }
             main.push_str("</tbody></table></div>");
             let text = serde_json::to_string_pretty(config).unwrap_or_default();
-            let _ = write!(main, r#"<details><summary>DescribeEndpointConfig</summary><pre class="json">{}</pre></details>"#, escape(&text));
+            let _ = write!(
+                main,
+                r#"<details><summary>DescribeEndpointConfig</summary><pre class="json">{}</pre></details>"#,
+                escape(&text)
+            );
         }
         Err(e) => {
             let _ = write!(main, r#"<p class="failure">{}</p>"#, escape(e));
@@ -116,7 +132,8 @@ async fn render(api: &Api, console: &Console, name: &str, answer: Option<Answer>
     main.push_str("</section>");
 
     let link = url_part(name);
-    let (content_type, body) = answer.as_ref().map_or(("text/csv".to_string(), String::new()), |a| (a.content_type.clone(), a.body.clone()));
+    let (content_type, body) =
+        answer.as_ref().map_or(("text/csv".to_string(), String::new()), |a| (a.content_type.clone(), a.body.clone()));
     let _ = write!(
         main,
         r#"<section aria-labelledby="invoke-h"><h2 id="invoke-h">Invoke</h2><form method="post" action="/endpoints/{link}/invoke#invoke-h" class="editor"><input type="hidden" name="token" value="{token}"><label for="content-type">Content type</label><input id="content-type" name="content_type" value="{ct}"><label for="accept">Accept</label><input id="accept" name="accept" placeholder="(the container's default)"><label for="body">Body</label><textarea id="body" name="body" rows="6" spellcheck="false">{body}</textarea><p><button type="submit" id="invoke">Invoke</button></p></form>"#,
@@ -163,7 +180,11 @@ async fn render(api: &Api, console: &Console, name: &str, answer: Option<Answer>
     }
     main.push_str("</div></section>");
     let text = serde_json::to_string_pretty(&described).unwrap_or_default();
-    let _ = write!(main, r#"<details><summary>DescribeEndpoint</summary><pre class="json">{}</pre></details>"#, escape(&text));
+    let _ = write!(
+        main,
+        r#"<details><summary>DescribeEndpoint</summary><pre class="json">{}</pre></details>"#,
+        escape(&text)
+    );
     reply::html(StatusCode::OK, html::page(name, html::Section::Endpoints, &console.token, &main))
 }
 
@@ -182,10 +203,7 @@ pub(super) async fn invoke(api: &Api, console: &Console, name: &str, form: &Fiel
                 Ok(text) => text.to_string(),
                 Err(_) => format!("({} bytes that are not text)", bytes.len()),
             };
-            Ok(format!(
-                "Content-Type: {}\nVariant: {variant}\n\n{text}",
-                kind.unwrap_or_else(|| "(none)".into())
-            ))
+            Ok(format!("Content-Type: {}\nVariant: {variant}\n\n{text}", kind.unwrap_or_else(|| "(none)".into())))
         }
         Err(e) => Err(e.to_string()),
     };

@@ -93,7 +93,8 @@ pub(super) fn jobs(api: &Api, console: &Console, query: &Fields) -> Response<Bod
             let listed = tokio::task::spawn_blocking(move || rows(&store, &view)).await.ok()?;
             let text = match listed {
                 Ok(rows) if rows.html != feed.last => {
-                    let data = json!({"html": rows.html, "count": rows.count, "next": rows.next.as_deref().map(url_part)});
+                    let data =
+                        json!({"html": rows.html, "count": rows.count, "next": rows.next.as_deref().map(url_part)});
                     feed.last = rows.html;
                     event("rows", None, &data)
                 }
@@ -181,7 +182,11 @@ pub(super) fn job(
             let mut out = String::new();
             let id = tick.place.id();
             if let Some((html, status, terminal)) = &tick.status {
-                out.push_str(&event("status", Some(&id), &json!({"html": html, "status": status, "terminal": terminal})));
+                out.push_str(&event(
+                    "status",
+                    Some(&id),
+                    &json!({"html": html, "status": status, "terminal": terminal}),
+                ));
             }
             for batch in &tick.lines {
                 out.push_str(&event("log", Some(&id), &json!({"html": batch.0, "count": batch.1})));
@@ -225,9 +230,8 @@ fn look(store: &StateDir, name: &str, mut place: Place, modified: f64) -> Option
     let record = store.load(name).ok()?;
     // Read first: every line written before the job ended is read below.
     let ended = record.training_job_status.is_terminal();
-    let status = (record.last_modified_time != modified).then(|| {
-        (status_block(store, &record), record.training_job_status.to_string(), ended)
-    });
+    let status = (record.last_modified_time != modified)
+        .then(|| (status_block(&record), record.training_job_status.to_string(), ended));
     let dir = store.logs_dir(name);
     let mut lines = Vec::new();
     for host in crate::logs::hosts(&dir) {

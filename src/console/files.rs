@@ -38,7 +38,10 @@ pub(super) async fn artifact(api: &Api, console: &Console, name: &str, file: &st
         return reply::error(
             StatusCode::NOT_FOUND,
             "Not served here",
-            &format!("{file} of {name} is not a file on this machine ({}); read it with the AWS CLI", uri.unwrap_or_default()),
+            &format!(
+                "{file} of {name} is not a file on this machine ({}); read it with the AWS CLI",
+                uri.unwrap_or_default()
+            ),
             &console.token,
         );
     };
@@ -105,7 +108,10 @@ pub(super) async fn checkpoint(api: &Api, console: &Console, name: &str, rest: &
             main.push_str("</tbody></table></div>");
         }
     }
-    reply::html(StatusCode::OK, html::page(&format!("Checkpoints of {name}"), html::Section::Jobs, &console.token, &main))
+    reply::html(
+        StatusCode::OK,
+        html::page(&format!("Checkpoints of {name}"), html::Section::Jobs, &console.token, &main),
+    )
 }
 
 /// The regular file `relative` below `folder`, streamed.
@@ -113,12 +119,13 @@ async fn send(console: &Console, folder: &Path, relative: &Path, kind: &'static 
     let opened = tree::open_file(folder, relative);
     let file = match opened {
         Ok(file) => file,
-        Err(e) if e.is_not_found() => return reply::not_found(&folder.join(relative).display().to_string(), &console.token),
+        Err(e) if e.is_not_found() => {
+            return reply::not_found(&folder.join(relative).display().to_string(), &console.token);
+        }
         Err(e) => return reply::error(StatusCode::FORBIDDEN, "Not served", &e.to_string(), &console.token),
     };
     let len = file.metadata().map(|m| m.len()).ok();
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file))
-        .map_ok(hyper::body::Frame::data);
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)).map_ok(hyper::body::Frame::data);
     let body = http_body_util::StreamBody::new(stream).boxed_unsync();
     let mut response = reply::stream(kind, body);
     let file_name = relative.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

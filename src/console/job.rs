@@ -36,23 +36,25 @@ pub(super) fn page(api: &Api, console: &Console, name: &str, query: &Fields) -> 
         let _ = write!(main, r#"<a class="button danger" id="stop" href="/jobs/{link}/stop">Stop</a> "#);
     }
     let _ = write!(main, r#"<a class="button" id="clone" href="/jobs/{link}/clone">Clone</a></div>"#);
-    let _ = write!(main, r#"<div id="status-block">{}</div>"#, status_block(store, &record));
+    let _ = write!(main, r#"<div id="status-block">{}</div>"#, status_block(&record));
 
-    main.push_str(r#"<div class="columns">"#);
-    section(&mut main, "Overview", &overview(&record));
-    section(&mut main, "Hyperparameters", &hyperparameters(&record));
-    section(&mut main, "Input channels", &channels(&record, details::read(&job_dir, details::STAGED)));
-    section(&mut main, "Resources", &resources(&record, details::read(&job_dir, details::PLACEMENT)));
-    section(&mut main, "Stopping condition", &stopping(&record));
-    main.push_str("</div>");
-
+    // What people watch first: the curves beside the logs; then what the job was given.
     let points = crate::metrics::read(&store.metrics_path(name));
+    main.push_str(r#"<div class="watch">"#);
     let _ = write!(
         main,
         r#"<section aria-labelledby="metrics-h"><h2 id="metrics-h">Metrics</h2><div id="chart" class="chart">{}</div></section>"#,
         chart(name, &points)
     );
     logs(&mut main, store, &record, host, search);
+    main.push_str("</div>");
+    main.push_str(r#"<div class="columns">"#);
+    section(&mut main, "Overview", &overview(&record));
+    section(&mut main, "Hyperparameters", &hyperparameters(&record));
+    section(&mut main, "Stopping condition", &stopping(&record));
+    main.push_str("</div>");
+    section(&mut main, "Input channels", &channels(&record, details::read(&job_dir, details::STAGED)));
+    section(&mut main, "Resources", &resources(&record, details::read(&job_dir, details::PLACEMENT)));
     let request = serde_json::to_string_pretty(&request_of(&record)).unwrap_or_default();
     let _ = write!(
         main,
@@ -63,7 +65,7 @@ pub(super) fn page(api: &Api, console: &Console, name: &str, query: &Fields) -> 
 }
 
 /// The part of the page that changes as the job runs: status, failure, timeline, outputs.
-pub(super) fn status_block(store: &StateDir, record: &Record) -> String {
+pub(super) fn status_block(record: &Record) -> String {
     let mut out = String::new();
     let status = record.training_job_status.as_str();
     let _ = write!(
@@ -79,7 +81,7 @@ pub(super) fn status_block(store: &StateDir, record: &Record) -> String {
             escape(reason)
         );
     }
-    out.push_str(r#"<section aria-labelledby="timeline-h"><h2 id="timeline-h">Timeline</h2><ol class="timeline">"#);
+    out.push_str(r#"<div class="status-grid"><section aria-labelledby="timeline-h"><h2 id="timeline-h">Timeline</h2><ol class="timeline">"#);
     let now = crate::state::record::now();
     for t in &record.secondary_status_transitions {
         let took = t.end_time.unwrap_or(now) - t.start_time;
@@ -94,8 +96,9 @@ pub(super) fn status_block(store: &StateDir, record: &Record) -> String {
             message = escape(&t.status_message),
         );
     }
-    out.push_str("</ol></section>");
-    out.push_str(&outputs(store, record));
+    out.push_str("</ol></section><div>");
+    out.push_str(&outputs(record));
+    out.push_str("</div></div>");
     out
 }
 
@@ -128,10 +131,8 @@ fn shown(value: Option<&Value>) -> String {
 
 fn overview(record: &Record) -> String {
     let request = Value::Object(record.request.clone());
-    let mut rows = vec![
-        ("ARN", escape(&record.training_job_arn)),
-        ("Created (UTC)", html::time_element(record.creation_time)),
-    ];
+    let mut rows =
+        vec![("ARN", escape(&record.training_job_arn)), ("Created (UTC)", html::time_element(record.creation_time))];
     if let Some(t) = record.training_start_time {
         rows.push(("Training started", html::time_element(t)));
     }
@@ -188,19 +189,14 @@ fn channels(record: &Record, staged: Option<Vec<ChannelStaged>>) -> String {
                 let _ = write!(extra, "<br><span class=\"note\">{label}: {}</span>", escape(v));
             }
         }
-        let staged_here: Vec<&ChannelStaged> =
-            staged.iter().flatten().filter(|s| s.channel == name).collect();
+        let staged_here: Vec<&ChannelStaged> = staged.iter().flatten().filter(|s| s.channel == name).collect();
         let staged_text = if staged_here.is_empty() {
             if staged.is_some() { "—".to_string() } else { "not yet".to_string() }
         } else {
             staged_here
                 .iter()
                 .map(|s| {
-                    let what = format!(
-                        "{} objects, {}",
-                        s.objects,
-                        crate::resources::human_bytes(s.bytes)
-                    );
+                    let what = format!("{} objects, {}", s.objects, crate::resources::human_bytes(s.bytes));
                     match &s.host {
                         Some(host) => format!("{}: {what}", escape(host)),
                         None => format!("streamed each epoch: {what}"),
@@ -273,7 +269,7 @@ fn stopping(record: &Record) -> String {
 
 /// What the job produced: links to the archives of a `file://` output (served by
 /// `files.rs`), the URIs of an S3 one; and its checkpoints.
-fn outputs(store: &StateDir, record: &Record) -> String {
+fn outputs(record: &Record) -> String {
     let name = &record.training_job_name;
     let link = url_part(name);
     let model = &record.model_artifacts.s3_model_artifacts;
@@ -310,7 +306,6 @@ fn outputs(store: &StateDir, record: &Record) -> String {
             metrics.iter().map(|m| (m.metric_name.as_str(), format!("{}", m.value))).collect();
         section(&mut out, "Final metrics", &pairs(&rows));
     }
-    let _ = store;
     out
 }
 
@@ -331,9 +326,12 @@ pub(super) fn chart(name: &str, points: &[Point]) -> String {
     )
 }
 
-/// The log lines of every host (or `only`), the newest `SHOWN_LINES`, merged in time, and
+/// A log line with when it was printed (ms) and its host.
+type TimedLine = (i64, String, String);
+
+/// The log lines of every host, the newest `SHOWN_LINES`, merged in time, and
 /// how many lines each host's log held: where the live stream goes on.
-pub(super) fn log_lines(store: &StateDir, name: &str) -> (Vec<(i64, String, String)>, BTreeMap<String, u64>) {
+fn log_lines(store: &StateDir, name: &str) -> (Vec<TimedLine>, BTreeMap<String, u64>) {
     let dir = store.logs_dir(name);
     let mut lines = Vec::new();
     let mut positions = BTreeMap::new();
@@ -364,7 +362,12 @@ pub(super) fn parse_positions(text: &str) -> BTreeMap<String, u64> {
 
 /// One log line as the page shows it.
 pub(super) fn log_line(out: &mut String, host: &str, message: &str) {
-    let _ = write!(out, r#"<div class="line" data-host="{h}"><span class="host">{h}</span> {}</div>"#, escape(message), h = escape(host));
+    let _ = write!(
+        out,
+        r#"<div class="line" data-host="{h}"><span class="host">{h}</span> {}</div>"#,
+        escape(message),
+        h = escape(host)
+    );
 }
 
 fn logs(out: &mut String, store: &StateDir, record: &Record, only: Option<&str>, search: &str) {

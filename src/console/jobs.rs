@@ -4,9 +4,9 @@
 use super::html::{self, escape, url_part};
 use super::{Console, Fields, reply};
 use crate::serve::{Api, Body};
+use crate::state::StateDir;
 use crate::state::listing::ListQuery;
 use crate::state::record::{Record, Status};
-use crate::state::StateDir;
 use hyper::{Response, StatusCode};
 use std::fmt::Write;
 

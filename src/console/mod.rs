@@ -98,10 +98,7 @@ fn action(path: &str) -> Option<Action> {
 
 /// The path's segments, percent-decoded.
 fn segments(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| percent_decode(s))
-        .collect()
+    path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect()
 }
 
 fn percent_decode(text: &str) -> String {

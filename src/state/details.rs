@@ -4,8 +4,8 @@
 //! beside its place and renamed over, so a reader sees all of it or none.
 
 use crate::job::Job;
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 

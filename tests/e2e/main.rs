@@ -2,10 +2,12 @@
 //! S3-compatible server on 127.0.0.1. One test binary, so the images and the server are
 //! prepared once.
 
+mod browser;
 mod builtins;
 mod cache;
 mod check;
 mod clients;
+mod console;
 mod contract;
 mod distributed;
 mod harness;
