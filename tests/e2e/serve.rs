@@ -373,6 +373,14 @@ fn with_require_signature_only_requests_signed_by_an_accepted_key_pair_are_serve
     let own = calls(&sm, &server, &["describe", &name]);
     assert_eq!(own["TrainingJobName"], name.as_str(), "{own:#}");
 
+    // A browser cannot sign: the console is off, and says why, rather than a way around.
+    let address = server.url.trim_start_matches("http://");
+    let mut page = String::new();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET /jobs/{name} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    std::io::Read::read_to_string(&mut stream, &mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 403") && page.contains("--require-signature"), "{page}");
+
     // A wrong secret, an unknown key, and no signature at all.
     let wrong = [("AWS_ACCESS_KEY_ID", key.as_str()), ("AWS_SECRET_ACCESS_KEY", "not-the-secret")];
     let refused = python_with(&sm, &server, "boto3_calls.py", &["describe", &name], &wrong);
