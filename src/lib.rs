@@ -56,7 +56,9 @@
 //!   `tar.rs` merges the hosts' trees, `gzip.rs` compresses on every core.
 //! - [`state`]: `mod.rs` the state directory and every path in a job's folder (records
 //!   written atomically, logs, work files); `record.rs` the `DescribeTrainingJob`-shaped
-//!   record and its typed vocabulary; `listing.rs` ListTrainingJobs' filters and pages.
+//!   record and its typed vocabulary; `listing.rs` ListTrainingJobs' filters and pages;
+//!   `details.rs` what a job was given beyond its request (each container's caps, what
+//!   each channel staged), for the console.
 //! - [`cleanup`]: leftovers of runs whose smlocal process died: Docker objects removed,
 //!   records marked `Failed`.
 //!
