@@ -119,8 +119,20 @@ fn number(v: f64) -> String {
     if v.abs() >= 1000.0 || (v != 0.0 && v.abs() < 0.01) { format!("{v:.3e}") } else { format!("{v:.3}") }
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+/// `text` safe in SVG or HTML text and in a quoted attribute (the console's pages use it too).
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

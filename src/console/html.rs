@@ -1,23 +1,8 @@
 //! Writing HTML: escaping, the page shell every page shares, and how times, durations and
 //! sizes read.
 
+pub(crate) use crate::plot::escape;
 use std::fmt::Write;
-
-/// `text` safe inside an element or a quoted attribute.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// `text` as one path segment or query value of a URL.
 pub(crate) fn url_part(text: &str) -> String {

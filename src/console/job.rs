@@ -27,7 +27,6 @@ pub(super) fn page(api: &Api, console: &Console, name: &str, query: &Fields) -> 
     };
     let host = query.get("host").filter(|h| !h.is_empty()).map(String::as_str);
     let search = query.get("q").map(String::as_str).unwrap_or_default();
-    let job_dir = store.job_dir(name);
     let mut main = String::new();
     let link = url_part(name);
     let _ = write!(main, r#"<h1 class="job-name">{}</h1>"#, escape(name));
@@ -53,8 +52,8 @@ pub(super) fn page(api: &Api, console: &Console, name: &str, query: &Fields) -> 
     section(&mut main, "Hyperparameters", &hyperparameters(&record));
     section(&mut main, "Stopping condition", &stopping(&record));
     main.push_str("</div>");
-    section(&mut main, "Input channels", &channels(&record, details::read(&job_dir, details::STAGED)));
-    section(&mut main, "Resources", &resources(&record, details::read(&job_dir, details::PLACEMENT)));
+    section(&mut main, "Input channels", &channels(&record, details::read(&store.staged_path(name))));
+    section(&mut main, "Resources", &resources(&record, details::read(&store.placement_path(name))));
     let request = serde_json::to_string_pretty(&request_of(&record)).unwrap_or_default();
     let _ = write!(
         main,

@@ -98,13 +98,7 @@ fn action(path: &str) -> Option<Action> {
 
 /// The path's segments, percent-decoded.
 fn segments(path: &str) -> Vec<String> {
-    path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    // `form_urlencoded` would read `+` as a space; a path keeps it.
-    let text = text.replace('+', "%2B");
-    url::form_urlencoded::parse(format!("x={text}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    path.split('/').filter(|s| !s.is_empty()).map(crate::serve::percent_decode).collect()
 }
 
 /// A query string or form body as its fields (the first of a repeated one).

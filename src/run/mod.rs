@@ -179,10 +179,7 @@ pub(crate) async fn admit(job: &Job, services: &Services) -> Result<Record, RunE
     let record = Record::new(&job.name, &job.arn, &model_uri, &job.request.raw);
     state.create(&record)?;
     state.claim(&job.name)?;
-    let dir = state.job_dir(&job.name);
-    if let Err(e) = details::write(&dir, details::PLACEMENT, &details::placement(job)) {
-        tracing::warn!("cannot record the job's caps in {}: {e}", dir.display());
-    }
+    details::write(&state.placement_path(&job.name), &details::placement(job));
     Ok(record)
 }
 
@@ -436,10 +433,7 @@ impl Attempt<'_> {
         let staged = stage::stage(job, work, storage, &cache, &self.options.progress)
             .await
             .map_err(|e| client(format!("ClientError: Data download failed: {e}")))?;
-        let dir = self.services.state.job_dir(&job.name);
-        if let Err(e) = details::write(&dir, details::STAGED, &staged.counts) {
-            tracing::warn!("cannot record what was staged in {}: {e}", dir.display());
-        }
+        details::write(&self.services.state.staged_path(&job.name), &staged.counts);
         if let Some(c) = &job.checkpoint {
             for host in &job.hosts {
                 // Made here, before any container starts: a folder of smlocal's own.

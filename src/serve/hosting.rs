@@ -40,7 +40,8 @@ pub(super) fn runtime_route(path: &str) -> Option<(String, bool)> {
     }
 }
 
-fn percent_decode(text: &str) -> String {
+/// A URL path segment decoded (`+` stays `+`: only a query reads it as a space).
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

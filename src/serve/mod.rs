@@ -17,6 +17,8 @@ mod log_filter;
 mod monitoring;
 mod training;
 
+pub(crate) use self::hosting::percent_decode;
+
 use crate::console::{self, Console};
 use crate::hosting::Hosting;
 use crate::serve::auth::Signatures;

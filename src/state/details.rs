@@ -1,16 +1,14 @@
 //! What a job was given, beyond its request: the caps each host's container got
 //! (`placement.json`, written when the job is admitted) and what each channel staged
-//! (`staged.json`, written when staging ends). The console shows them; each file is written
-//! beside its place and renamed over, so a reader sees all of it or none.
+//! (`staged.json`, written when staging ends); [`crate::state::StateDir`] names both files.
+//! The console shows them; each is written as records are (beside, then renamed over), so a
+//! reader sees all of it or none.
 
+use crate::hosting::store::write_record;
 use crate::job::Job;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
-
-pub(crate) const PLACEMENT: &str = "placement.json";
-pub(crate) const STAGED: &str = "staged.json";
 
 /// The resources one host's container was capped at.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,19 +52,17 @@ pub(crate) struct ChannelStaged {
     pub(crate) bytes: u64,
 }
 
-/// Writes `value` as `file` in the job folder `dir`, atomically.
-pub(crate) fn write(dir: &Path, file: &str, value: &impl Serialize) -> std::io::Result<()> {
-    let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(&text)?;
-    tmp.persist(dir.join(file)).map_err(|e| e.error)?;
-    Ok(())
+/// Writes `value` at `path` atomically; a failure is only warned about (the job runs on, its
+/// page shows less).
+pub(crate) fn write(path: &Path, value: &impl Serialize) {
+    if let Err(e) = write_record(path, value, false) {
+        tracing::warn!("cannot record the job's details: {e}");
+    }
 }
 
-/// Reads `file` of the job folder `dir`; None when it is not there (an older job's folder)
-/// or unreadable.
-pub(crate) fn read<T: DeserializeOwned>(dir: &Path, file: &str) -> Option<T> {
-    let text = std::fs::read(dir.join(file)).ok()?;
+/// Reads `path`; None when it is not there (an older job's folder) or unreadable.
+pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    let text = std::fs::read(path).ok()?;
     serde_json::from_slice(&text).ok()
 }
 
@@ -79,8 +75,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let staged =
             vec![ChannelStaged { channel: "train".into(), host: Some("algo-1".into()), objects: 3, bytes: 42 }];
-        write(dir.path(), STAGED, &staged).unwrap();
-        assert_eq!(read::<Vec<ChannelStaged>>(dir.path(), STAGED), Some(staged));
-        assert_eq!(read::<Vec<HostCaps>>(dir.path(), PLACEMENT), None);
+        write(&dir.path().join("staged.json"), &staged);
+        assert_eq!(read::<Vec<ChannelStaged>>(&dir.path().join("staged.json")), Some(staged));
+        assert_eq!(read::<Vec<HostCaps>>(&dir.path().join("placement.json")), None);
     }
 }

@@ -170,6 +170,16 @@ impl StateDir {
         self.job_dir(name).join("metrics.jsonl")
     }
 
+    /// `jobs/<name>/placement.json`: the caps each host's container got ([`details`]).
+    pub(crate) fn placement_path(&self, name: &str) -> PathBuf {
+        self.job_dir(name).join("placement.json")
+    }
+
+    /// `jobs/<name>/staged.json`: what each channel staged for each host ([`details`]).
+    pub(crate) fn staged_path(&self, name: &str) -> PathBuf {
+        self.job_dir(name).join("staged.json")
+    }
+
     /// `jobs/<name>/metrics.svg`: the plot `smlocal metrics` draws.
     pub fn plot_path(&self, name: &str) -> PathBuf {
         self.job_dir(name).join("metrics.svg")

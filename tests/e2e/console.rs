@@ -57,9 +57,7 @@ fn count(value: &Value) -> u64 {
 
 #[test]
 fn a_person_follows_jobs_live_from_the_list_to_their_model_and_stops_one_with_the_button() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("console-{}", unique()));
-    bucket.put("train/data.csv", b"1,2\n");
+    let (sm, bucket) = with_data("console");
     let out = tempfile::tempdir().expect("tempdir");
     let out_root = out.path().display().to_string();
     let server = sm.serve(&["--allow-file-root", &out_root]);
@@ -119,7 +117,7 @@ fn a_person_follows_jobs_live_from_the_list_to_their_model_and_stops_one_with_th
         browser.js("const h = document.getElementById('host'); h.value = ''; h.dispatchEvent(new Event('input')); return true;").await;
         // What it was given is on the page.
         let page = browser.text("main").await;
-        for given in ["lr", "0.5", "train", "FullyReplicated", "algo-1: 1 objects, 4 B", "Caps applied to each container", "MaxRuntimeInSeconds"] {
+        for given in ["lr", "0.5", "train", "FullyReplicated", "algo-1: 1 objects, 2 B", "Caps applied to each container", "MaxRuntimeInSeconds"] {
             assert!(page.contains(given), "the job page does not show '{given}'");
         }
         browser.js("window.scrollTo(0, 0); document.activeElement.blur(); return true;").await;
@@ -156,9 +154,7 @@ fn a_person_follows_jobs_live_from_the_list_to_their_model_and_stops_one_with_th
 
 #[test]
 fn a_clone_with_an_invalid_field_is_refused_in_the_apis_words_then_fixed_it_runs() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("clone-{}", unique()));
-    bucket.put("train/data.csv", b"1,2\n");
+    let (sm, bucket) = with_data("clone");
     let server = sm.serve(&[]);
     let source = format!("source-{}", unique());
     runtime().block_on(async {
@@ -198,9 +194,7 @@ fn a_clone_with_an_invalid_field_is_refused_in_the_apis_words_then_fixed_it_runs
 
 #[test]
 fn no_other_site_can_stop_a_job_through_the_console() {
-    let sm = Smlocal::new();
-    let bucket = s3().bucket(&format!("csrf-{}", unique()));
-    bucket.put("train/data.csv", b"1,2\n");
+    let (sm, bucket) = with_data("csrf");
     let server = sm.serve(&[]);
     let name = format!("target-{}", unique());
     runtime().block_on(async {
