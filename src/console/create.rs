@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 pub(super) fn page(api: &Api, console: &Console, name: &str) -> Response<Body> {
-    let record = match api.queue.store().load(name) {
+    let record = match super::training_job(api, console, name) {
         Ok(record) => record,
-        Err(e) => return reply::error(StatusCode::NOT_FOUND, "No such training job", &e.to_string(), &console.token),
+        Err(page) => return *page,
     };
     let mut request = super::job::request_of(&record);
     let fresh = crate::spec::unique_name(base_name(name), time::OffsetDateTime::now_utc());

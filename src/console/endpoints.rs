@@ -142,24 +142,16 @@ async fn render(api: &Api, console: &Console, name: &str, answer: Option<Answer>
         body = escape(&body),
     );
     if let Some(answer) = &answer {
-        match &answer.outcome {
-            Ok(text) => {
-                let _ = write!(
-                    main,
-                    r#"<div id="answer" aria-live="polite"><p>Answered in <strong id="latency">{:.1} ms</strong></p><pre id="response">{}</pre></div>"#,
-                    answer.millis,
-                    escape(text)
-                );
-            }
-            Err(e) => {
-                let _ = write!(
-                    main,
-                    r#"<div id="answer" class="failure" role="alert"><p>Failed after {:.1} ms</p><pre id="response">{}</pre></div>"#,
-                    answer.millis,
-                    escape(e)
-                );
-            }
-        }
+        let (role, said, text) = match &answer.outcome {
+            Ok(text) => (r#"aria-live="polite""#, "Answered in", text),
+            Err(e) => (r#"class="failure" role="alert""#, "Failed after", e),
+        };
+        let _ = write!(
+            main,
+            r#"<div id="answer" {role}><p>{said} <strong id="latency">{:.1} ms</strong></p><pre id="response">{}</pre></div>"#,
+            answer.millis,
+            escape(text)
+        );
     }
     main.push_str("</section>");
 

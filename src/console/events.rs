@@ -5,7 +5,6 @@
 //! its position as the event ID, so a browser that reconnects goes on where it was. Every
 //! stream ends with the server's shutdown.
 
-use super::html::url_part;
 use super::job::{chart, log_line, parse_positions, positions_text, status_block};
 use super::jobs::{View, rows};
 use super::{Console, Fields, reply};
@@ -72,31 +71,31 @@ pub(super) fn jobs(api: &Api, console: &Console, query: &Fields) -> Response<Bod
     struct Feed {
         store: StateDir,
         view: View,
-        last: String,
+        /// The rows last sent; None before the first.
+        last: Option<String>,
         quiet: Duration,
         shutdown: CancellationToken,
     }
     let feed = Feed {
         store: api.queue.store().clone(),
         view: View::from_query(query),
-        last: String::new(),
+        last: None,
         quiet: Duration::ZERO,
         shutdown: console.shutdown.clone(),
     };
     sse(futures::stream::unfold(feed, |mut feed| async move {
         loop {
-            if !feed.last.is_empty() && !wait(LIST_TICK, &feed.shutdown).await {
+            if feed.last.is_some() && !wait(LIST_TICK, &feed.shutdown).await {
                 return None;
             }
             let store = feed.store.clone();
             let view = feed.view.clone();
             let listed = tokio::task::spawn_blocking(move || rows(&store, &view)).await.ok()?;
             let text = match listed {
-                Ok(rows) if rows.html != feed.last => {
-                    let data =
-                        json!({"html": rows.html, "count": rows.count, "next": rows.next.as_deref().map(url_part)});
-                    feed.last = rows.html;
-                    event("rows", None, &data)
+                Ok(rows) if feed.last.as_ref() != Some(&rows.html) => {
+                    let text = event("rows", None, &json!({"html": rows.html}));
+                    feed.last = Some(rows.html);
+                    text
                 }
                 _ => {
                     feed.quiet += LIST_TICK;
@@ -143,7 +142,8 @@ pub(super) fn job(
         store: StateDir,
         name: String,
         place: Place,
-        modified: f64,
+        /// The record's LastModifiedTime when its status was last sent; None before the first.
+        modified: Option<f64>,
         quiet: Duration,
         ended: bool,
         shutdown: CancellationToken,
@@ -157,7 +157,7 @@ pub(super) fn job(
         store: api.queue.store().clone(),
         name: name.to_string(),
         place,
-        modified: 0.0,
+        modified: None,
         quiet: Duration::ZERO,
         ended: false,
         shutdown: console.shutdown.clone(),
@@ -166,7 +166,7 @@ pub(super) fn job(
         if feed.ended {
             return None;
         }
-        let mut first = feed.modified == 0.0;
+        let mut first = feed.modified.is_none();
         loop {
             if !first && !wait(JOB_TICK, &feed.shutdown).await {
                 return None;
@@ -181,21 +181,17 @@ pub(super) fn job(
             };
             let mut out = String::new();
             let id = tick.place.id();
-            if let Some((html, status, terminal)) = &tick.status {
-                out.push_str(&event(
-                    "status",
-                    Some(&id),
-                    &json!({"html": html, "status": status, "terminal": terminal}),
-                ));
+            if let Some(html) = &tick.status {
+                out.push_str(&event("status", Some(&id), &json!({"html": html, "terminal": tick.ended})));
             }
             for batch in &tick.lines {
-                out.push_str(&event("log", Some(&id), &json!({"html": batch.0, "count": batch.1})));
+                out.push_str(&event("log", Some(&id), &json!({"html": batch})));
             }
             if let Some(html) = &tick.chart {
                 out.push_str(&event("chart", Some(&id), &json!({"html": html})));
             }
             feed.place = tick.place;
-            feed.modified = tick.modified;
+            feed.modified = Some(tick.modified);
             if tick.ended && tick.lines.is_empty() {
                 out.push_str(&event("end", None, &json!({})));
                 feed.ended = true;
@@ -217,25 +213,23 @@ pub(super) fn job(
 struct Tick {
     place: Place,
     modified: f64,
-    /// The status block, the status, whether it is final.
-    status: Option<(String, String, bool)>,
-    /// Batches of new lines as HTML, and how many each holds.
-    lines: Vec<(String, u64)>,
+    /// The status block, when the record changed.
+    status: Option<String>,
+    /// Batches of new lines, as HTML.
+    lines: Vec<String>,
     chart: Option<String>,
     ended: bool,
 }
 
 /// None when the job is gone.
-fn look(store: &StateDir, name: &str, mut place: Place, modified: f64) -> Option<Tick> {
+fn look(store: &StateDir, name: &str, mut place: Place, modified: Option<f64>) -> Option<Tick> {
     let record = store.load(name).ok()?;
     // Read first: every line written before the job ended is read below.
     let ended = record.training_job_status.is_terminal();
-    let status = (record.last_modified_time != modified)
-        .then(|| (status_block(&record), record.training_job_status.to_string(), ended));
-    let dir = store.logs_dir(name);
+    let status = (Some(record.last_modified_time) != modified).then(|| status_block(&record));
     let mut lines = Vec::new();
-    for host in crate::logs::hosts(&dir) {
-        let Ok(reader) = Reader::open(&dir.join(format!("{host}.log"))) else { continue };
+    for host in crate::logs::hosts(&store.logs_dir(name)) {
+        let Ok(reader) = Reader::open(&store.log_path(name, &host)) else { continue };
         let from = place.lines.entry(host.clone()).or_insert(0);
         while *from < reader.len() {
             let to = reader.len().min(*from + BATCH);
@@ -244,7 +238,7 @@ fn look(store: &StateDir, name: &str, mut place: Place, modified: f64) -> Option
             for e in &events {
                 log_line(&mut html, &host, &e.message);
             }
-            lines.push((html, to - *from));
+            lines.push(html);
             *from = to;
         }
     }

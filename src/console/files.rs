@@ -5,6 +5,7 @@
 use super::html::{self, escape, url_part};
 use super::{Console, reply};
 use crate::serve::{Api, Body};
+use crate::state::record::Record;
 use crate::storage::Location;
 use crate::tree::{self, Beneath, EntryKind};
 use futures::TryStreamExt;
@@ -22,16 +23,22 @@ pub(super) fn local_path(uri: &str) -> Option<PathBuf> {
     }
 }
 
+/// Where `output.tar.gz` is: beside `model.tar.gz` (None when the model is not archived).
+pub(super) fn output_uri(record: &Record) -> Option<String> {
+    let model = &record.model_artifacts.s3_model_artifacts;
+    model.strip_suffix("model.tar.gz").map(|base| format!("{base}output.tar.gz"))
+}
+
 /// `model.tar.gz` or `output.tar.gz` of the job's `file://` output.
 pub(super) async fn artifact(api: &Api, console: &Console, name: &str, file: &str) -> Response<Body> {
-    let record = match api.queue.store().load(name) {
+    let record = match super::training_job(api, console, name) {
         Ok(record) => record,
-        Err(e) => return reply::error(StatusCode::NOT_FOUND, "No such training job", &e.to_string(), &console.token),
+        Err(page) => return *page,
     };
     let model = &record.model_artifacts.s3_model_artifacts;
     let uri = match file {
         "model.tar.gz" => Some(model.clone()),
-        "output.tar.gz" => model.strip_suffix("model.tar.gz").map(|base| format!("{base}output.tar.gz")),
+        "output.tar.gz" => output_uri(&record),
         _ => None,
     };
     let Some(path) = uri.as_deref().and_then(local_path) else {
@@ -53,9 +60,9 @@ pub(super) async fn artifact(api: &Api, console: &Console, name: &str, file: &st
 
 /// The checkpoint folder of a job with a `file://` CheckpointConfig: a listing, or a file.
 pub(super) async fn checkpoint(api: &Api, console: &Console, name: &str, rest: &[&str]) -> Response<Body> {
-    let record = match api.queue.store().load(name) {
+    let record = match super::training_job(api, console, name) {
         Ok(record) => record,
-        Err(e) => return reply::error(StatusCode::NOT_FOUND, "No such training job", &e.to_string(), &console.token),
+        Err(page) => return *page,
     };
     let uri = record.request.get("CheckpointConfig").and_then(|c| c.get("S3Uri")).and_then(|u| u.as_str());
     let Some(folder) = uri.and_then(local_path) else {

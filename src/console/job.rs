@@ -21,9 +21,9 @@ const SHOWN_LINES: u64 = 2000;
 
 pub(super) fn page(api: &Api, console: &Console, name: &str, query: &Fields) -> Response<Body> {
     let store = api.queue.store();
-    let record = match store.load(name) {
+    let record = match super::training_job(api, console, name) {
         Ok(record) => record,
-        Err(e) => return reply::error(StatusCode::NOT_FOUND, "No such training job", &e.to_string(), &console.token),
+        Err(page) => return *page,
     };
     let host = query.get("host").filter(|h| !h.is_empty()).map(String::as_str);
     let search = query.get("q").map(String::as_str).unwrap_or_default();
@@ -272,7 +272,7 @@ fn outputs(record: &Record) -> String {
     let name = &record.training_job_name;
     let link = url_part(name);
     let model = &record.model_artifacts.s3_model_artifacts;
-    let output = model.strip_suffix("model.tar.gz").map(|base| format!("{base}output.tar.gz"));
+    let output = super::files::output_uri(record);
     let mut rows = Vec::new();
     for (label, file, uri) in [("Model", "model.tar.gz", Some(model.clone())), ("Output", "output.tar.gz", output)] {
         let Some(uri) = uri else { continue };
@@ -331,11 +331,10 @@ type TimedLine = (i64, String, String);
 /// The log lines of every host, the newest `SHOWN_LINES`, merged in time, and
 /// how many lines each host's log held: where the live stream goes on.
 fn log_lines(store: &StateDir, name: &str) -> (Vec<TimedLine>, BTreeMap<String, u64>) {
-    let dir = store.logs_dir(name);
     let mut lines = Vec::new();
     let mut positions = BTreeMap::new();
-    for host in crate::logs::hosts(&dir) {
-        let Ok(reader) = Reader::open(&dir.join(format!("{host}.log"))) else { continue };
+    for host in crate::logs::hosts(&store.logs_dir(name)) {
+        let Ok(reader) = Reader::open(&store.log_path(name, &host)) else { continue };
         let len = reader.len();
         let events = reader.events(len.saturating_sub(SHOWN_LINES), len).unwrap_or_default();
         lines.extend(events.into_iter().map(|e| (e.timestamp, host.clone(), e.message)));
@@ -427,9 +426,9 @@ pub(super) fn request_of(record: &Record) -> Value {
 
 /// The confirmation a stop needs: a page of its own, so it works without JavaScript.
 pub(super) fn confirm_stop(api: &Api, console: &Console, name: &str) -> Response<Body> {
-    let record = match api.queue.store().load(name) {
+    let record = match super::training_job(api, console, name) {
         Ok(record) => record,
-        Err(e) => return reply::error(StatusCode::NOT_FOUND, "No such training job", &e.to_string(), &console.token),
+        Err(page) => return *page,
     };
     let link = url_part(name);
     let main = if record.training_job_status.is_terminal() {

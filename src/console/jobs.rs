@@ -63,7 +63,6 @@ impl View {
 pub(super) struct Rows {
     pub(super) html: String,
     pub(super) next: Option<String>,
-    pub(super) count: usize,
 }
 
 /// The rows of `view`, each job's record read for its resources (only this page's).
@@ -80,7 +79,7 @@ pub(super) fn rows(store: &StateDir, view: &View) -> Result<Rows, String> {
     if page.summaries.is_empty() {
         out.push_str(r#"<tr><td colspan="5" class="empty">No training jobs match.</td></tr>"#);
     }
-    Ok(Rows { html: out, next: page.next_token, count: page.summaries.len() })
+    Ok(Rows { html: out, next: page.next_token })
 }
 
 fn row(out: &mut String, record: &Record, now: f64) {

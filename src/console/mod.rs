@@ -19,6 +19,7 @@ mod job;
 mod jobs;
 
 use crate::serve::{Api, Body, full};
+use crate::state::record::Record;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -117,7 +118,9 @@ pub(crate) async fn handle(api: &Api, console: &Console, request: Request<Incomi
     let query = fields(request.uri().query().unwrap_or_default().as_bytes());
     let span = tracing::debug_span!("console", method = %request.method(), path = %path);
     let _entered = span.enter();
-    if let ["assets", file] = segments(&path).iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let parts: Vec<String> = segments(&path);
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    if let ["assets", file] = parts.as_slice() {
         return asset(file);
     }
     if !console.enabled {
@@ -147,8 +150,6 @@ pub(crate) async fn handle(api: &Api, console: &Console, request: Request<Incomi
             Action::Invoke(name) => endpoints::invoke(api, console, &name, &form).await,
         };
     }
-    let parts: Vec<String> = segments(&path);
-    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let response = match parts.as_slice() {
         [] => jobs::page(api, console, &query),
         ["events", "jobs"] => events::jobs(api, console, &query),
@@ -167,6 +168,14 @@ pub(crate) async fn handle(api: &Api, console: &Console, request: Request<Incomi
         return Response::from_parts(parts, full(Bytes::new()));
     }
     response
+}
+
+/// A training job's record, or the page saying there is none.
+/// (Boxed: a response is large beside a record.)
+fn training_job(api: &Api, console: &Console, name: &str) -> Result<Record, Box<Response<Body>>> {
+    api.queue.store().load(name).map_err(|e| {
+        Box::new(reply::error(StatusCode::NOT_FOUND, "No such training job", &e.to_string(), &console.token))
+    })
 }
 
 fn last_event_id(request: &Request<Incoming>) -> Option<String> {
